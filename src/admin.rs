@@ -1,0 +1,118 @@
+//! The admin HTTP listener: `/livez`, `/readyz` and `/metrics`, on its own port.
+
+use crate::metrics::Metrics;
+use crate::tier::redis::Upstream;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Whether cacheside should receive traffic: the upstream answered and no drain has begun.
+pub struct Readiness {
+    draining: AtomicBool,
+    upstream: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+impl Readiness {
+    pub fn new(upstream: Option<Arc<dyn Fn() -> bool + Send + Sync>>) -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            upstream,
+        }
+    }
+
+    pub fn for_upstream(upstream: Option<&Arc<crate::server::Ctx>>) -> Self {
+        let check = upstream.cloned().map(|ctx| {
+            Arc::new(move || ctx.upstream.as_ref().is_none_or(Upstream::is_up))
+                as Arc<dyn Fn() -> bool + Send + Sync>
+        });
+        Self::new(check)
+    }
+
+    pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.upstream.as_ref().is_none_or(|f| f())
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn route(
+    req: &Request<hyper::body::Incoming>,
+    ready: &Readiness,
+    metrics: &Metrics,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
+    }
+    match req.uri().path() {
+        "/livez" => respond(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" if ready.is_ready() => respond(StatusCode::OK, "text/plain", "ready\n"),
+        "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"),
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /livez, /readyz, /metrics\n",
+        ),
+    }
+}
+
+/// Serves admin requests until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    ready: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.changed() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ready = ready.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let resp = route(&req, &ready, &metrics);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}

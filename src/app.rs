@@ -1,0 +1,102 @@
+//! Wiring: builds every component from validated config, runs the listeners, and runs the
+//! shutdown sequence (not ready -> stop accepting -> deliver in-flight replies -> exit).
+
+use crate::admin::{self, Readiness};
+use crate::config::Validated;
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::server::{self, Ctx};
+use crate::tier::redis::Upstream;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Binds the configured addresses and serves until `shutdown` resolves.
+pub async fn run(
+    cfg: Validated,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AppError> {
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Bind { addr, source })
+    };
+    let listener = bind(cfg.listen).await?;
+    let admin = match cfg.admin_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    serve(listener, admin, cfg, shutdown).await;
+    Ok(())
+}
+
+/// Serves on listeners the caller bound (tests bind `127.0.0.1:0`) until `shutdown` resolves,
+/// then drains within the configured grace period.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    cfg: Validated,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
+    let upstream = cfg
+        .upstream
+        .clone()
+        .map(|s| Upstream::start(s, metrics.clone()));
+    match &upstream {
+        Some(u) => {
+            tracing::info!(upstream = %u.settings().url, connections = u.settings().connections, "upstream configured")
+        }
+        None => tracing::warn!(
+            "no upstream configured (upstream.url): only connection commands are answered"
+        ),
+    }
+    let router = Router::new(cfg.client_auth.clone(), upstream.is_some());
+    let ctx = Arc::new(Ctx::new(
+        router,
+        upstream,
+        metrics.clone(),
+        cfg.limits,
+        cfg.max_query_buffer,
+        cfg.max_pending_replies,
+        cfg.max_clients,
+    ));
+    let ready = Arc::new(Readiness::for_upstream(Some(&ctx)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, auth = cfg.client_auth.is_some(), "listening for Redis clients");
+    }
+    let admin_task = admin.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "admin listening (/livez /readyz /metrics)");
+        }
+        tokio::spawn(admin::serve(
+            l,
+            ready.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ))
+    });
+    let server_task = tokio::spawn(server::serve(listener, ctx, stop_rx, cfg.grace_period));
+
+    shutdown.await;
+    ready.start_drain();
+    let _ = stop_tx.send(true);
+    let _ = server_task.await;
+    if let Some(t) = admin_task {
+        t.abort();
+    }
+    tracing::info!("stopped");
+}

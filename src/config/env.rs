@@ -1,0 +1,158 @@
+//! `CACHESIDE_*` environment overrides: one variable per config key, read through a `Vars` trait
+//! so tests inject a map instead of mutating the process environment.
+
+use super::{Config, ConfigError};
+use std::collections::HashMap;
+
+/// A source of environment variables.
+pub trait Vars {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct EnvVars;
+
+impl Vars for EnvVars {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Vars for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Str,
+    Int,
+    Bool,
+}
+
+/// Every scalar config key that an environment variable can set, with its TOML type.
+/// A test checks this list against proxy.toml and the defaults, so it cannot drift.
+pub const ENV_KEYS: &[(&str, Kind)] = &[
+    ("server.listen", Kind::Str),
+    ("server.max_clients", Kind::Int),
+    ("server.requirepass", Kind::Str),
+    ("server.requirepass_file", Kind::Str),
+    ("server.username", Kind::Str),
+    ("server.max_query_buffer", Kind::Str),
+    ("server.max_bulk_len", Kind::Str),
+    ("server.max_multibulk_len", Kind::Int),
+    ("server.max_inline_len", Kind::Str),
+    ("server.max_pending_replies", Kind::Int),
+    ("upstream.url", Kind::Str),
+    ("upstream.password_file", Kind::Str),
+    ("upstream.connections", Kind::Int),
+    ("upstream.connect_timeout", Kind::Str),
+    ("upstream.command_timeout", Kind::Str),
+    ("upstream.reconnect_min", Kind::Str),
+    ("upstream.reconnect_max", Kind::Str),
+    ("admin.listen", Kind::Str),
+    ("log.level", Kind::Str),
+    ("log.format", Kind::Str),
+    ("shutdown.grace_period", Kind::Str),
+];
+
+/// `server.max_clients` -> `CACHESIDE_SERVER_MAX_CLIENTS`.
+pub fn env_name(key: &str) -> String {
+    format!("CACHESIDE_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+pub(super) fn apply(config: Config, vars: &dyn Vars) -> Result<Config, ConfigError> {
+    let mut overrides = Vec::new();
+    for &(key, kind) in ENV_KEYS {
+        let var = env_name(key);
+        if let Some(raw) = vars.get(&var) {
+            let value = match kind {
+                Kind::Str => toml::Value::String(raw),
+                Kind::Int => raw
+                    .trim()
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("{raw:?} is not an integer"),
+                    })?,
+                Kind::Bool => raw
+                    .trim()
+                    .parse::<bool>()
+                    .map(toml::Value::Boolean)
+                    .map_err(|_| ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("{raw:?} is not true or false"),
+                    })?,
+            };
+            overrides.push((key, var, value));
+        }
+    }
+    if overrides.is_empty() {
+        return Ok(config);
+    }
+    let mut table = toml::Table::try_from(&config).map_err(|e| ConfigError::Env {
+        var: "CACHESIDE_*".into(),
+        message: e.to_string(),
+    })?;
+    for (key, _, value) in &overrides {
+        let (section, field) = key
+            .split_once('.')
+            .expect("ENV_KEYS entries are section.key");
+        let entry = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = entry {
+            t.insert(field.to_string(), value.clone());
+        }
+    }
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            let names: Vec<&str> = overrides.iter().map(|(_, v, _)| v.as_str()).collect();
+            ConfigError::Env {
+                var: names.join(", "),
+                message: e.message().to_string(),
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let c = Config::from_toml("[server]\nlisten = \"127.0.0.1:7000\"\n", "t").unwrap();
+        let c = c
+            .with_env(&vars(&[
+                ("CACHESIDE_SERVER_LISTEN", "127.0.0.1:7001"),
+                ("CACHESIDE_UPSTREAM_CONNECTIONS", "4"),
+            ]))
+            .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:7001");
+        assert_eq!(c.upstream.connections, 4);
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        let err = Config::default()
+            .with_env(&vars(&[("CACHESIDE_UPSTREAM_CONNECTIONS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CACHESIDE_UPSTREAM_CONNECTIONS"), "{err}");
+        let err = Config::default()
+            .with_env(&vars(&[("CACHESIDE_UPSTREAM_CONNECT_TIMEOUT", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CACHESIDE_UPSTREAM_CONNECT_TIMEOUT"), "{err}");
+    }
+}

@@ -1,0 +1,202 @@
+//! Configuration: serde structs mirroring proxy.toml section by section, loading, env overrides.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file, `CACHESIDE_*` environment
+//! variables, command-line flags. `validate` turns the plain data into checked settings before
+//! anything binds a port.
+
+mod env;
+pub mod units;
+mod url;
+pub(crate) mod validate;
+
+pub use env::{env_name, EnvVars, Vars, ENV_KEYS};
+pub use url::UpstreamUrl;
+pub use validate::Validated;
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use units::{Human, Size};
+
+/// A configuration problem: the process exits with code 64 before binding anything.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Toml { path: String, message: String },
+    #[error("{var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[server]`: the client-facing RESP listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub max_clients: usize,
+    pub requirepass: Option<String>,
+    pub requirepass_file: Option<PathBuf>,
+    pub username: String,
+    pub max_query_buffer: Size,
+    pub max_bulk_len: Size,
+    pub max_multibulk_len: usize,
+    pub max_inline_len: Size,
+    pub max_pending_replies: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:6380".into(),
+            max_clients: 10_000,
+            requirepass: None,
+            requirepass_file: None,
+            username: "default".into(),
+            max_query_buffer: Size(1 << 30),
+            max_bulk_len: Size::mib(512),
+            max_multibulk_len: 1024 * 1024,
+            max_inline_len: Size::kib(64),
+            max_pending_replies: 1024,
+        }
+    }
+}
+
+/// `[upstream]`: the Redis that cacheside forwards to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub url: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub connections: usize,
+    pub connect_timeout: Human,
+    pub command_timeout: Human,
+    pub reconnect_min: Human,
+    pub reconnect_max: Human,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            password_file: None,
+            connections: 2,
+            connect_timeout: Human::secs(1),
+            command_timeout: Human::secs(2),
+            reconnect_min: Human::millis(50),
+            reconnect_max: Human::secs(5),
+        }
+    }
+}
+
+/// `[admin]`: the HTTP listener for /livez, /readyz and /metrics.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9380".into(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    pub grace_period: Human,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace_period: Human::secs(25),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; errors keep toml's line and column.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Toml {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Reads the file (if any), then applies environment overrides.
+    pub fn load(path: Option<&Path>, vars: &dyn Vars) -> Result<Self, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+                p.display().to_string(),
+            ),
+            None => (String::new(), "defaults".to_string()),
+        };
+        Self::from_toml(&text, &origin)?.with_env(vars)
+    }
+
+    /// Applies `CACHESIDE_*` overrides (see [`ENV_KEYS`]).
+    pub fn with_env(self, vars: &dyn Vars) -> Result<Self, ConfigError> {
+        env::apply(self, vars)
+    }
+
+    /// The effective config as TOML with secrets masked (what `check-config` prints).
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        if c.server.requirepass.is_some() {
+            c.server.requirepass = Some("********".into());
+        }
+        if let Some(u) = &c.upstream.url {
+            c.upstream.url = Some(url::redact(u));
+        }
+        toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}

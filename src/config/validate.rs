@@ -1,0 +1,258 @@
+//! `Config::validate`: cross-field checks that turn plain config data into checked settings.
+//! Every error names the key path and the bad value.
+
+use super::{Config, ConfigError, UpstreamUrl};
+use crate::protocol::Limits;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Credentials a client must present to cacheside's own listener.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientAuth({}, ********)", self.username)
+    }
+}
+
+/// How to reach the upstream Redis.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub url: UpstreamUrl,
+    pub connections: usize,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// Checked settings, built only by [`Config::validate`].
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub max_clients: usize,
+    pub client_auth: Option<ClientAuth>,
+    pub limits: Limits,
+    pub max_query_buffer: usize,
+    pub max_pending_replies: usize,
+    pub upstream: Option<UpstreamSettings>,
+    pub log_level: String,
+    pub log_json: bool,
+    pub grace_period: Duration,
+    pub config: Config,
+}
+
+fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("{value:?} is not an address like \"127.0.0.1:6380\" or \"[::1]:6380\""),
+        )
+    })
+}
+
+fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        return Err(ConfigError::invalid(key, "\"0s\" must be > 0"));
+    }
+    Ok(d)
+}
+
+fn read_secret(key: &str, path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))?;
+    let secret = text.trim_end_matches(['\r', '\n']).to_string();
+    if secret.is_empty() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(secret)
+}
+
+impl Config {
+    pub fn validate(self) -> Result<Validated, ConfigError> {
+        let s = &self.server;
+        let listen = addr("server.listen", &s.listen)?;
+        let admin_listen = match self.admin.listen.trim() {
+            "" => None,
+            a => Some(addr("admin.listen", a)?),
+        };
+        if s.max_clients == 0 {
+            return Err(ConfigError::invalid("server.max_clients", "0 must be >= 1"));
+        }
+        let password = match (&s.requirepass, &s.requirepass_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "server.requirepass_file",
+                    "set either server.requirepass or server.requirepass_file, not both",
+                ))
+            }
+            (Some(p), None) if p.is_empty() => None,
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(f)) => Some(read_secret("server.requirepass_file", f)?),
+            (None, None) => None,
+        };
+        if s.username.is_empty() || s.username.contains(char::is_whitespace) {
+            return Err(ConfigError::invalid(
+                "server.username",
+                format!("{:?} must be one word", s.username),
+            ));
+        }
+        let client_auth = password.map(|password| ClientAuth {
+            username: s.username.clone(),
+            password,
+        });
+        let max_bulk_len = s.max_bulk_len.bytes() as usize;
+        let max_query_buffer = s.max_query_buffer.bytes() as usize;
+        if max_bulk_len == 0 {
+            return Err(ConfigError::invalid("server.max_bulk_len", "must be > 0"));
+        }
+        if max_query_buffer < max_bulk_len.min(64 * 1024) {
+            return Err(ConfigError::invalid(
+                "server.max_query_buffer",
+                format!("\"{}\" must be at least 64KiB", s.max_query_buffer),
+            ));
+        }
+        if s.max_multibulk_len == 0 || s.max_multibulk_len > i32::MAX as usize {
+            return Err(ConfigError::invalid(
+                "server.max_multibulk_len",
+                format!("{} must be between 1 and {}", s.max_multibulk_len, i32::MAX),
+            ));
+        }
+        let max_inline_len = s.max_inline_len.bytes() as usize;
+        if max_inline_len < 64 {
+            return Err(ConfigError::invalid(
+                "server.max_inline_len",
+                format!("\"{}\" must be at least 64B", s.max_inline_len),
+            ));
+        }
+        if s.max_pending_replies == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_pending_replies",
+                "0 must be >= 1",
+            ));
+        }
+        let limits = Limits {
+            max_bulk_len,
+            max_multibulk_len: s.max_multibulk_len,
+            max_inline_len,
+        };
+
+        let u = &self.upstream;
+        let upstream = match &u.url {
+            None => None,
+            Some(raw) if raw.trim().is_empty() => None,
+            Some(raw) => {
+                let mut url = UpstreamUrl::parse(raw.trim())
+                    .map_err(|m| ConfigError::invalid("upstream.url", m))?;
+                if let Some(f) = &u.password_file {
+                    url.password = Some(read_secret("upstream.password_file", f)?);
+                }
+                if u.connections == 0 || u.connections > 64 {
+                    return Err(ConfigError::invalid(
+                        "upstream.connections",
+                        format!("{} must be between 1 and 64", u.connections),
+                    ));
+                }
+                let reconnect_min = positive("upstream.reconnect_min", u.reconnect_min.get())?;
+                let reconnect_max = positive("upstream.reconnect_max", u.reconnect_max.get())?;
+                if reconnect_max < reconnect_min {
+                    return Err(ConfigError::invalid(
+                        "upstream.reconnect_max",
+                        format!(
+                            "\"{}\" must be >= upstream.reconnect_min (\"{}\")",
+                            u.reconnect_max, u.reconnect_min
+                        ),
+                    ));
+                }
+                Some(UpstreamSettings {
+                    url,
+                    connections: u.connections,
+                    connect_timeout: positive("upstream.connect_timeout", u.connect_timeout.get())?,
+                    command_timeout: positive("upstream.command_timeout", u.command_timeout.get())?,
+                    reconnect_min,
+                    reconnect_max,
+                })
+            }
+        };
+
+        let log_json = match self.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(ConfigError::invalid(
+                    "log.format",
+                    format!("{other:?} must be \"text\" or \"json\""),
+                ))
+            }
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!("{:?}: {e}", self.log.level),
+            ));
+        }
+        Ok(Validated {
+            listen,
+            admin_listen,
+            max_clients: s.max_clients,
+            client_auth,
+            limits,
+            max_query_buffer,
+            max_pending_replies: s.max_pending_replies,
+            upstream,
+            log_level: self.log.level.clone(),
+            log_json,
+            grace_period: self.shutdown.grace_period.get(),
+            config: self,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(toml: &str) -> String {
+        Config::from_toml(toml, "t")
+            .and_then(Config::validate)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key_and_value() {
+        assert_eq!(
+            err("[upstream]\nurl = \"redis://h\"\ncommand_timeout = \"0s\"\n"),
+            "upstream.command_timeout: \"0s\" must be > 0"
+        );
+        assert!(err("[server]\nlisten = \"nowhere\"\n").starts_with("server.listen: \"nowhere\""));
+        assert!(err("[log]\nformat = \"xml\"\n").starts_with("log.format: \"xml\""));
+        assert!(err("[upstream]\nurl = \"http://h\"\n").starts_with("upstream.url:"));
+    }
+
+    #[test]
+    fn toml_errors_keep_line_and_column() {
+        let e = err("[server]\nmax_clients = \"lots\"\n");
+        assert!(e.contains("line 2"), "{e}");
+        let e = err("[server]\nlisten_typo = 1\n");
+        assert!(e.contains("unknown field") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn defaults_are_valid_and_listen_on_localhost() {
+        let v = Config::default().validate().unwrap();
+        assert!(v.listen.ip().is_loopback());
+        assert_eq!(v.listen.port(), 6380);
+        assert!(v.admin_listen.unwrap().ip().is_loopback());
+        assert!(v.upstream.is_none());
+    }
+}

@@ -1,0 +1,33 @@
+//! cacheside: a transparent Redis-protocol caching proxy sidecar.
+//!
+//! Applications point their ordinary Redis client at cacheside; it forwards every command to the
+//! upstream Redis, pipelined and multiplexed over a few shared connections, and keeps per-client
+//! state (transactions, pub/sub, blocking commands) on connections pinned to that client.
+//!
+//! # Layout
+//!
+//! In the order a request travels:
+//!
+//! - [`config`]: proxy.toml + `CACHESIDE_*` env + flags, validated before anything binds.
+//! - [`server`]: accept loop with a connection limit; per client a session (read, parse, route)
+//!   and a writer (ordered replies, one write per batch).
+//! - [`protocol`]: request parsing, the command table, reply framing and building. No I/O.
+//! - [`router`]: where each command is answered: locally, on a shared upstream connection, or
+//!   on the client's pinned connection.
+//! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects.
+//! - [`error`]: typed errors and the one function that maps them to replies.
+//! - [`metrics`], [`admin`]: Prometheus metrics and the /livez /readyz /metrics listener.
+//! - [`app`], [`shutdown`]: wiring, and the drain on SIGTERM.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod protocol;
+pub mod router;
+pub mod server;
+pub mod shutdown;
+pub mod tier;

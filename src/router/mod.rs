@@ -1,0 +1,370 @@
+//! The request lifecycle in one place: for each client command, decide where it is answered:
+//! by cacheside itself (connection state lives in the proxy), on a shared upstream connection,
+//! or on the client's pinned connection; and track the state that pinning depends on.
+
+mod local;
+
+use crate::config::validate::ClientAuth;
+use crate::error::ProxyError;
+use crate::protocol::command::{self, CommandInfo, Local, Pin, Route};
+use crate::protocol::{Proto, Request};
+use bytes::Bytes;
+
+/// What cacheside knows about one client connection.
+#[derive(Debug, Clone)]
+pub struct ClientState {
+    pub id: u64,
+    pub proto: Proto,
+    pub authenticated: bool,
+    pub name: Option<Bytes>,
+    /// The database the client has selected.
+    pub db: u32,
+    /// The upstream URL's database: the one shared connections use.
+    pub default_db: u32,
+    pub in_multi: bool,
+    pub watching: bool,
+    /// Pub/sub, MONITOR, CLIENT TRACKING/REPLY/NO-EVICT/NO-TOUCH: pinned for good.
+    pub sticky: bool,
+    pub reply_mode: ReplyMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyMode {
+    On,
+    Off,
+    Skip,
+}
+
+impl ClientState {
+    pub fn new(id: u64, default_db: u32, needs_auth: bool) -> Self {
+        Self {
+            id,
+            proto: Proto::Resp2,
+            authenticated: !needs_auth,
+            name: None,
+            db: default_db,
+            default_db,
+            in_multi: false,
+            watching: false,
+            sticky: false,
+            reply_mode: ReplyMode::On,
+        }
+    }
+
+    /// Whether nothing ties the client to its pinned connection any more.
+    pub fn can_release(&self) -> bool {
+        !self.in_multi && !self.watching && !self.sticky && self.db == self.default_db
+    }
+
+    /// Back to a fresh connection's state (RESET), keeping identity and authentication.
+    pub fn reset(&mut self) {
+        *self = Self {
+            id: self.id,
+            authenticated: self.authenticated,
+            ..Self::new(self.id, self.default_db, false)
+        };
+    }
+
+    /// Updates the pinned-connection state for a request sent on it, and returns how many replies
+    /// the upstream will send for it (0 while CLIENT REPLY is OFF or skipping).
+    pub fn note_pinned(&mut self, info: &CommandInfo, req: &Request) -> u64 {
+        let mut replies = match self.reply_mode {
+            ReplyMode::On => 1,
+            ReplyMode::Off => 0,
+            ReplyMode::Skip => {
+                self.reply_mode = ReplyMode::On;
+                0
+            }
+        };
+        match info.route {
+            Route::Pin(Pin::Multi) => self.in_multi = true,
+            Route::Pin(Pin::Watch) if !self.in_multi => self.watching = true,
+            Route::Pin(Pin::Subscribe | Pin::Monitor) => self.sticky = true,
+            Route::Local(Local::Select) if !self.in_multi => {
+                if let Some(db) = parse_db(req.arg(1)) {
+                    self.db = db;
+                }
+            }
+            Route::Local(Local::Client) => {
+                if req.arg_is(1, "REPLY") {
+                    self.sticky = true;
+                    if req.arg_is(2, "OFF") {
+                        self.reply_mode = ReplyMode::Off;
+                        replies = 0;
+                    } else if req.arg_is(2, "SKIP") {
+                        if self.reply_mode == ReplyMode::On {
+                            self.reply_mode = ReplyMode::Skip;
+                        }
+                        replies = 0;
+                    } else if req.arg_is(2, "ON") {
+                        self.reply_mode = ReplyMode::On;
+                        replies = 1;
+                    }
+                } else if client_sub_is_sticky(req) {
+                    self.sticky = true;
+                } else if req.arg_is(1, "SETNAME") {
+                    self.name = Some(req.arg_bytes(2)).filter(|n| !n.is_empty());
+                }
+            }
+            _ => match info.name {
+                "EXEC" | "DISCARD" => {
+                    self.in_multi = false;
+                    self.watching = false;
+                }
+                "UNWATCH" if !self.in_multi => self.watching = false,
+                _ => {}
+            },
+        }
+        replies
+    }
+}
+
+fn parse_db(b: &[u8]) -> Option<u32> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// CLIENT subcommands that change per-connection server state and so must not run on a shared
+/// connection.
+fn client_sub_is_sticky(req: &Request) -> bool {
+    ["TRACKING", "CACHING", "NO-EVICT", "NO-TOUCH", "REPLY"]
+        .iter()
+        .any(|s| req.arg_is(1, s))
+}
+
+/// Where one command goes.
+#[derive(Debug)]
+pub enum Decision {
+    /// A shared upstream connection.
+    Forward,
+    /// The client's pinned connection (opened and/or begun if needed).
+    Pinned,
+    /// The pinned connection, with these bytes instead of the request's (HELLO without AUTH).
+    PinnedRewrite(Bytes),
+    /// Answered by cacheside.
+    Reply(Bytes),
+    /// +OK, then close.
+    Quit,
+    /// RESET: leave any pinned connection, reset state, +RESET.
+    Reset,
+    /// An error reply (or a close), mapped by `error::to_reply`.
+    Fail(ProxyError),
+}
+
+/// The per-process routing policy.
+pub struct Router {
+    auth: Option<ClientAuth>,
+    has_upstream: bool,
+}
+
+impl Router {
+    pub fn new(auth: Option<ClientAuth>, has_upstream: bool) -> Self {
+        Self { auth, has_upstream }
+    }
+
+    pub fn needs_auth(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// Decides where `req` goes. `pinned` is true while the client's pinned connection is the
+    /// one carrying its commands.
+    pub fn route(
+        &self,
+        st: &mut ClientState,
+        req: &Request,
+        pinned: bool,
+    ) -> (Decision, &'static CommandInfo) {
+        let info = command::lookup(req.arg(0));
+        (self.decide(st, info, req, pinned), info)
+    }
+
+    fn decide(
+        &self,
+        st: &mut ClientState,
+        info: &'static CommandInfo,
+        req: &Request,
+        pinned: bool,
+    ) -> Decision {
+        if !st.authenticated
+            && !matches!(
+                info.route,
+                Route::Local(Local::Auth | Local::Hello | Local::Quit)
+            )
+        {
+            return Decision::Fail(ProxyError::NoAuth);
+        }
+        match info.route {
+            Route::Local(Local::Auth) => local::auth(self.auth.as_ref(), st, req),
+            Route::Local(Local::Quit) => Decision::Quit,
+            Route::Local(Local::Reset) => Decision::Reset,
+            Route::Local(Local::Hello) => local::hello(self.auth.as_ref(), st, req, pinned),
+            _ if pinned => match info.route {
+                Route::Local(Local::Select)
+                    if parse_db(req.arg(1)).is_none() && req.argc() == 2 =>
+                {
+                    Decision::Fail(ProxyError::Command(
+                        "ERR value is not an integer or out of range".into(),
+                    ))
+                }
+                _ => Decision::Pinned,
+            },
+            Route::Local(Local::Ping) => local::ping(st, req),
+            Route::Local(Local::Echo) => local::echo(req),
+            Route::Local(Local::Select) => match local::select(st, req) {
+                Some(d) => d,
+                None => self.upstream_or_fail(Decision::Pinned, req),
+            },
+            Route::Local(Local::Client) => match local::client(st, req) {
+                Some(d) => d,
+                None if client_sub_is_sticky(req) => self.upstream_or_fail(Decision::Pinned, req),
+                None => self.upstream_or_fail(Decision::Forward, req),
+            },
+            Route::Pin(Pin::MaybeBlocking) => {
+                let blocking = (1..req.argc()).any(|i| req.arg_is(i, "BLOCK"));
+                self.upstream_or_fail(
+                    if blocking {
+                        Decision::Pinned
+                    } else {
+                        Decision::Forward
+                    },
+                    req,
+                )
+            }
+            Route::Pin(_) => self.upstream_or_fail(Decision::Pinned, req),
+            Route::Forward => self.upstream_or_fail(Decision::Forward, req),
+        }
+    }
+
+    fn upstream_or_fail(&self, d: Decision, req: &Request) -> Decision {
+        if self.has_upstream {
+            d
+        } else {
+            Decision::Fail(ProxyError::NoUpstream {
+                command: String::from_utf8_lossy(req.arg(0)).to_ascii_uppercase(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(r: &Router, st: &mut ClientState, args: &[&str], pinned: bool) -> Decision {
+        r.route(st, &Request::from_args(args), pinned).0
+    }
+
+    #[test]
+    fn stateful_commands_pin_and_plain_ones_share() {
+        let r = Router::new(None, true);
+        let mut st = ClientState::new(1, 0, false);
+        assert!(matches!(
+            route(&r, &mut st, &["GET", "k"], false),
+            Decision::Forward
+        ));
+        assert!(matches!(
+            route(&r, &mut st, &["MULTI"], false),
+            Decision::Pinned
+        ));
+        assert!(matches!(
+            route(&r, &mut st, &["BLPOP", "l", "0"], false),
+            Decision::Pinned
+        ));
+        assert!(matches!(
+            route(&r, &mut st, &["XREAD", "STREAMS", "s", "0"], false),
+            Decision::Forward
+        ));
+        assert!(matches!(
+            route(
+                &r,
+                &mut st,
+                &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"],
+                false
+            ),
+            Decision::Pinned
+        ));
+        assert!(matches!(
+            route(&r, &mut st, &["SELECT", "0"], false),
+            Decision::Reply(_)
+        ));
+        assert!(matches!(
+            route(&r, &mut st, &["SELECT", "3"], false),
+            Decision::Pinned
+        ));
+        assert!(matches!(
+            route(&r, &mut st, &["CLIENT", "TRACKING", "on"], false),
+            Decision::Pinned
+        ));
+        assert!(matches!(
+            route(&r, &mut st, &["CLIENT", "LIST"], false),
+            Decision::Forward
+        ));
+        assert!(matches!(
+            route(&r, &mut st, &["GET", "k"], true),
+            Decision::Pinned
+        ));
+    }
+
+    #[test]
+    fn pinned_state_is_tracked_until_it_can_be_released() {
+        let mut st = ClientState::new(1, 0, false);
+        let note = |st: &mut ClientState, args: &[&str]| {
+            let req = Request::from_args(args);
+            st.note_pinned(command::lookup(req.arg(0)), &req)
+        };
+        note(&mut st, &["WATCH", "k"]);
+        assert!(!st.can_release());
+        note(&mut st, &["MULTI"]);
+        note(&mut st, &["SET", "k", "v"]);
+        note(&mut st, &["EXEC"]);
+        assert!(st.can_release());
+        note(&mut st, &["SELECT", "2"]);
+        assert!(!st.can_release());
+        note(&mut st, &["SELECT", "0"]);
+        assert!(st.can_release());
+        assert_eq!(note(&mut st, &["CLIENT", "REPLY", "OFF"]), 0);
+        assert_eq!(note(&mut st, &["SET", "a", "b"]), 0);
+        assert_eq!(note(&mut st, &["CLIENT", "REPLY", "ON"]), 1);
+        assert!(!st.can_release());
+    }
+
+    #[test]
+    fn without_auth_only_auth_hello_and_quit_pass() {
+        let r = Router::new(
+            Some(ClientAuth {
+                username: "default".into(),
+                password: "pw".into(),
+            }),
+            true,
+        );
+        let mut st = ClientState::new(1, 0, true);
+        assert!(matches!(
+            route(&r, &mut st, &["GET", "k"], false),
+            Decision::Fail(ProxyError::NoAuth)
+        ));
+        assert!(matches!(
+            route(&r, &mut st, &["AUTH", "bad"], false),
+            Decision::Fail(ProxyError::WrongPass)
+        ));
+        assert!(matches!(
+            route(&r, &mut st, &["AUTH", "pw"], false),
+            Decision::Reply(_)
+        ));
+        assert!(matches!(
+            route(&r, &mut st, &["GET", "k"], false),
+            Decision::Forward
+        ));
+    }
+
+    #[test]
+    fn without_an_upstream_forwarded_commands_fail_clearly() {
+        let r = Router::new(None, false);
+        let mut st = ClientState::new(1, 0, false);
+        match route(&r, &mut st, &["lpush", "l", "x"], false) {
+            Decision::Fail(e) => assert_eq!(
+                e.to_string(),
+                "LPUSH needs an upstream Redis (set upstream.url)"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}

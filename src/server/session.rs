@@ -1,0 +1,469 @@
+//! One client connection: read, parse every complete request in the buffer, route each, and
+//! queue replies in request order for the writer task.
+//!
+//! Consecutive requests bound for the same upstream connection are contiguous in the read
+//! buffer, so a run of them is sent as one zero-copy slice with one reply waiter. Moving between
+//! shared and pinned upstream connections waits on a barrier so the upstream executes commands
+//! in the order the client sent them.
+
+use super::writer::Out;
+use super::Ctx;
+use crate::error::{to_reply, Disposition, ProxyError, UpstreamError};
+use crate::metrics::Outcome;
+use crate::protocol::reply::{self, Proto};
+use crate::protocol::request::{self, Parsed, Step};
+use crate::protocol::Request;
+use crate::router::{ClientState, Decision};
+use crate::tier::redis::Pinned;
+use bytes::{Bytes, BytesMut};
+use std::ops::Range;
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+/// The session ends; `graceful` means replies already queued should still be delivered.
+pub(super) struct Stop {
+    pub graceful: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dest {
+    Shared,
+    Pinned,
+}
+
+/// A run of contiguous requests of the current chunk bound for one destination.
+struct Run {
+    dest: Dest,
+    span: Range<usize>,
+    count: u32,
+    replies: u64,
+}
+
+pub(super) struct Session {
+    ctx: Arc<Ctx>,
+    st: ClientState,
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    out: mpsc::Sender<Out>,
+    pinned: Option<Pinned>,
+    pinned_proto: Proto,
+    /// The pinned connection carries this client's commands now.
+    pinned_active: bool,
+    /// The pinned phase ended but its last commands may still be executing upstream.
+    release_pending: bool,
+    /// Shared batches were sent since the last barrier.
+    shared_dirty: bool,
+    run: Option<Run>,
+    parsed: Vec<Parsed>,
+}
+
+impl Session {
+    pub(super) fn new(ctx: Arc<Ctx>, rd: OwnedReadHalf, out: mpsc::Sender<Out>) -> Self {
+        let id = ctx.next_client_id();
+        let default_db = ctx.upstream.as_ref().map_or(0, |u| u.settings().url.db);
+        let st = ClientState::new(id, default_db, ctx.router.needs_auth());
+        Self {
+            ctx,
+            st,
+            rd,
+            buf: BytesMut::with_capacity(16 * 1024),
+            out,
+            pinned: None,
+            pinned_proto: Proto::Resp2,
+            pinned_active: false,
+            release_pending: false,
+            shared_dirty: false,
+            run: None,
+            parsed: Vec::new(),
+        }
+    }
+
+    pub(super) fn client_id(&self) -> u64 {
+        self.st.id
+    }
+
+    /// Drops the pinned connection (ending any stream it feeds).
+    pub(super) fn drop_pinned(&mut self) {
+        self.pinned = None;
+    }
+
+    /// Splits into the pinned connection and the reply queue, so the queue can close first.
+    pub(super) fn into_parts(self) -> (Option<Pinned>, mpsc::Sender<Out>) {
+        (self.pinned, self.out)
+    }
+
+    /// Whether the client's pinned connection holds state that only ends when the client leaves.
+    pub(super) fn is_sticky(&self) -> bool {
+        self.st.sticky
+    }
+
+    /// Serves the client until it leaves, misbehaves, quits, or shutdown begins.
+    pub(super) async fn serve(&mut self, shutdown: &mut watch::Receiver<bool>) -> Stop {
+        let mut need = 0usize;
+        loop {
+            if self.buf.len() > self.ctx.max_query_buffer {
+                let e = ProxyError::QueryBuffer {
+                    size: self.buf.len(),
+                    limit: self.ctx.max_query_buffer,
+                };
+                return self.fail_and_close(e).await;
+            }
+            let want = need
+                .saturating_sub(self.buf.len())
+                .clamp(16 * 1024, 4 * 1024 * 1024);
+            if self.buf.capacity() - self.buf.len() < want / 2 {
+                self.buf.reserve(want);
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    if self.st.sticky {
+                        self.pinned = None;
+                    }
+                    let _ = self.out.send(Out::Close).await;
+                    return Stop { graceful: true };
+                }
+                lost = pinned_lost(&mut self.pinned) => {
+                    if self.pinned_active || self.release_pending {
+                        return self.fail_and_close(ProxyError::PinnedLost(lost)).await;
+                    }
+                    self.pinned = None;
+                    continue;
+                }
+                r = self.rd.read_buf(&mut self.buf) => match r {
+                    Ok(0) | Err(_) => return Stop { graceful: false },
+                    Ok(_) => {}
+                },
+            }
+            match self.process().await {
+                Ok(n) => need = n,
+                Err(stop) => return stop,
+            }
+        }
+    }
+
+    /// Handles every complete request in the buffer; returns a hint of the bytes the next
+    /// request needs.
+    async fn process(&mut self) -> Result<usize, Stop> {
+        let mut parsed = std::mem::take(&mut self.parsed);
+        let mut pos = 0;
+        let mut need = 0;
+        let mut bad = None;
+        loop {
+            match request::parse(&self.buf[pos..], pos, &self.ctx.limits) {
+                Ok(Step::Request(p)) => {
+                    pos = p.span.end;
+                    parsed.push(p);
+                }
+                Ok(Step::Skip(n)) => pos += n,
+                Ok(Step::Incomplete { need: n }) => {
+                    need = n;
+                    break;
+                }
+                Err(e) => {
+                    bad = Some(e);
+                    break;
+                }
+            }
+        }
+        let chunk = self.buf.split_to(pos).freeze();
+        let mut result = Ok(need);
+        for p in parsed.drain(..) {
+            let span = p.encoded.is_none().then(|| p.span.clone());
+            let req = Request::from_parsed(&chunk, p);
+            if let Err(stop) = self.handle(&chunk, span, req).await {
+                result = Err(stop);
+                break;
+            }
+        }
+        self.parsed = parsed;
+        if result.is_ok() {
+            if let Err(stop) = self.flush_run(&chunk).await {
+                result = Err(stop);
+            }
+        }
+        self.run = None;
+        if let (Ok(_), Some(e)) = (&result, bad) {
+            // Like Redis: commands before the malformed one run, then an error and a close.
+            self.ctx.metrics.protocol_errors.inc();
+            tracing::debug!(client = self.st.id, error = %e, "closing client: malformed request");
+            return Err(self.fail_and_close(ProxyError::Protocol(e)).await);
+        }
+        result
+    }
+
+    async fn handle(
+        &mut self,
+        chunk: &Bytes,
+        span: Option<Range<usize>>,
+        req: Request,
+    ) -> Result<(), Stop> {
+        let (decision, info) = self
+            .ctx
+            .router
+            .route(&mut self.st, &req, self.pinned_active);
+        let metrics = self.ctx.metrics.clone();
+        match decision {
+            Decision::Forward => {
+                metrics.command(info.family, Outcome::Forwarded);
+                if self.release_pending {
+                    self.flush_run(chunk).await?;
+                    self.barrier().await?;
+                }
+                self.push_run(Dest::Shared, chunk, span, &req, 1).await
+            }
+            Decision::Pinned | Decision::PinnedRewrite(_) => {
+                if !self.pinned_active {
+                    self.flush_run(chunk).await?;
+                    if let Err(e) = self.enter_pinned().await {
+                        metrics.command(info.family, Outcome::Rejected);
+                        return self
+                            .reply(crate::error::reply_bytes(&ProxyError::Upstream(e)))
+                            .await;
+                    }
+                }
+                metrics.command(info.family, Outcome::Pinned);
+                let replies = self.st.note_pinned(info, &req);
+                match decision {
+                    Decision::PinnedRewrite(bytes) => {
+                        self.flush_run(chunk).await?;
+                        self.send_to(Dest::Pinned, bytes, 1, replies).await?;
+                    }
+                    _ => {
+                        self.push_run(Dest::Pinned, chunk, span, &req, replies)
+                            .await?
+                    }
+                }
+                if self.st.can_release() {
+                    self.flush_run(chunk).await?;
+                    if let Some(p) = &mut self.pinned {
+                        p.release();
+                    }
+                    self.pinned_active = false;
+                    self.release_pending = true;
+                }
+                Ok(())
+            }
+            Decision::Reply(bytes) => {
+                metrics.command(info.family, Outcome::Local);
+                self.flush_run(chunk).await?;
+                self.reply(bytes).await
+            }
+            Decision::Quit => {
+                metrics.command(info.family, Outcome::Local);
+                self.flush_run(chunk).await?;
+                self.reply(Bytes::from_static(reply::OK)).await?;
+                if self.pinned_active {
+                    if let Some(p) = &mut self.pinned {
+                        p.release();
+                    }
+                }
+                let _ = self.out.send(Out::Close).await;
+                Err(Stop { graceful: true })
+            }
+            Decision::Reset => {
+                metrics.command(info.family, Outcome::Local);
+                self.flush_run(chunk).await?;
+                self.reply(Bytes::from_static(reply::QUEUED_RESET)).await?;
+                if self.pinned_active {
+                    if let Some(p) = &mut self.pinned {
+                        p.release();
+                    }
+                    self.pinned_active = false;
+                    self.release_pending = true;
+                    // Its upstream state (subscriptions, transaction) goes with the connection.
+                    self.barrier().await?;
+                    self.pinned = None;
+                }
+                self.st.reset();
+                Ok(())
+            }
+            Decision::Fail(e) => {
+                metrics.command(info.family, Outcome::Rejected);
+                self.flush_run(chunk).await?;
+                match to_reply(&e) {
+                    Disposition::Reply(bytes) => self.reply(bytes).await,
+                    Disposition::Close(_) => Err(self.fail_and_close(e).await),
+                }
+            }
+        }
+    }
+
+    /// Opens (or reuses) the pinned connection and starts relaying its frames to the client,
+    /// after every shared command sent before has executed.
+    async fn enter_pinned(&mut self) -> Result<(), UpstreamError> {
+        if self.shared_dirty {
+            self.barrier().await.map_err(|_| UpstreamError::Closed {
+                addr: "client".into(),
+            })?;
+        }
+        if self.pinned.is_some() && self.pinned_proto != self.st.proto {
+            if self.release_pending {
+                let _ = self.barrier().await;
+            }
+            self.pinned = None;
+        }
+        if self.pinned.is_none() {
+            let upstream =
+                self.ctx
+                    .upstream
+                    .as_ref()
+                    .ok_or_else(|| UpstreamError::Unavailable {
+                        addr: "none".into(),
+                        detail: "no upstream configured".into(),
+                    })?;
+            self.pinned = Some(upstream.pin(self.st.proto, self.st.name.as_deref()).await?);
+            self.pinned_proto = self.st.proto;
+        }
+        let frames = self
+            .pinned
+            .as_mut()
+            .expect("pinned connection opened above")
+            .begin();
+        self.out
+            .send(Out::Stream(frames))
+            .await
+            .map_err(|_| UpstreamError::Closed {
+                addr: "client".into(),
+            })?;
+        self.pinned_active = true;
+        self.release_pending = false;
+        Ok(())
+    }
+
+    /// Adds a request to the current run, or starts a new one.
+    async fn push_run(
+        &mut self,
+        dest: Dest,
+        chunk: &Bytes,
+        span: Option<Range<usize>>,
+        req: &Request,
+        replies: u64,
+    ) -> Result<(), Stop> {
+        match span {
+            Some(s) => {
+                if let Some(run) = &mut self.run {
+                    if run.dest == dest && run.span.end == s.start {
+                        run.span.end = s.end;
+                        run.count += 1;
+                        run.replies += replies;
+                        return Ok(());
+                    }
+                }
+                self.flush_run(chunk).await?;
+                self.run = Some(Run {
+                    dest,
+                    span: s,
+                    count: 1,
+                    replies,
+                });
+                Ok(())
+            }
+            // An inline command was re-encoded: it travels alone.
+            None => {
+                self.flush_run(chunk).await?;
+                self.send_to(dest, req.frame().clone(), 1, replies).await
+            }
+        }
+    }
+
+    async fn flush_run(&mut self, chunk: &Bytes) -> Result<(), Stop> {
+        match self.run.take() {
+            Some(run) => {
+                self.send_to(run.dest, chunk.slice(run.span), run.count, run.replies)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn send_to(
+        &mut self,
+        dest: Dest,
+        bytes: Bytes,
+        count: u32,
+        replies: u64,
+    ) -> Result<(), Stop> {
+        match dest {
+            Dest::Shared => {
+                let upstream = self
+                    .ctx
+                    .upstream
+                    .as_ref()
+                    .expect("the router forwards only when an upstream is configured");
+                let started = Instant::now();
+                let rx = upstream.send(self.st.proto, bytes, count);
+                self.shared_dirty = true;
+                self.queue(Out::Upstream { rx, count, started }).await
+            }
+            Dest::Pinned => {
+                let p = self
+                    .pinned
+                    .as_mut()
+                    .expect("pinned requests are sent only after enter_pinned");
+                if let Err(e) = p.send(&bytes, replies).await {
+                    return Err(self.fail_and_close(ProxyError::PinnedLost(e)).await);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A reply of the proxy's own, in order with everything before it.
+    async fn reply(&mut self, bytes: Bytes) -> Result<(), Stop> {
+        if self.pinned_active {
+            if let Some(p) = &mut self.pinned {
+                p.emit(bytes);
+                return Ok(());
+            }
+        }
+        self.queue(Out::Ready(bytes)).await
+    }
+
+    async fn queue(&mut self, item: Out) -> Result<(), Stop> {
+        self.out
+            .send(item)
+            .await
+            .map_err(|_| Stop { graceful: false })
+    }
+
+    /// Waits until every reply queued so far has been written, so everything sent before has
+    /// executed upstream. Reads ahead meanwhile, to notice a client that leaves.
+    async fn barrier(&mut self) -> Result<(), Stop> {
+        let (tx, mut rx) = oneshot::channel();
+        self.queue(Out::Barrier(tx)).await?;
+        self.shared_dirty = false;
+        self.release_pending = false;
+        loop {
+            tokio::select! {
+                r = &mut rx => return r.map_err(|_| Stop { graceful: false }),
+                r = self.rd.read_buf(&mut self.buf), if self.buf.len() <= self.ctx.max_query_buffer => {
+                    if matches!(r, Ok(0) | Err(_)) {
+                        return Err(Stop { graceful: false });
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fail_and_close(&mut self, err: ProxyError) -> Stop {
+        let bytes = crate::error::reply_bytes(&err);
+        if self.pinned_active {
+            self.pinned = None;
+            self.pinned_active = false;
+        }
+        let _ = self.out.send(Out::Ready(bytes)).await;
+        let _ = self.out.send(Out::Close).await;
+        Stop { graceful: true }
+    }
+}
+
+async fn pinned_lost(p: &mut Option<Pinned>) -> UpstreamError {
+    match p {
+        Some(p) => p.lost().await,
+        None => std::future::pending().await,
+    }
+}

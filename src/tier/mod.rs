@@ -1,0 +1,3 @@
+//! Storage tiers behind the router: the upstream Redis (and, later, the in-process hot tier).
+
+pub mod redis;

@@ -1,0 +1,106 @@
+//! Opening one upstream connection: TCP connect with a timeout, then the handshake
+//! (HELLO/AUTH, SELECT, CLIENT SETNAME) pipelined in one write.
+
+use crate::config::UpstreamUrl;
+use crate::error::UpstreamError;
+use crate::protocol::reply::{self, Proto, ReplyKind};
+use crate::protocol::request::encode_command;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What a new connection must be set up with.
+pub struct Handshake<'a> {
+    pub url: &'a UpstreamUrl,
+    pub proto: Proto,
+    pub db: u32,
+    pub client_name: Option<&'a [u8]>,
+}
+
+/// Connects and runs the handshake, all within `timeout`.
+pub async fn open(
+    hs: &Handshake<'_>,
+    addr: &Arc<str>,
+    timeout: Duration,
+) -> Result<TcpStream, UpstreamError> {
+    match tokio::time::timeout(timeout, open_inner(hs, addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamError::Unavailable {
+            addr: addr.clone(),
+            detail: format!("connect and handshake took longer than {timeout:?}").into(),
+        }),
+    }
+}
+
+async fn open_inner(hs: &Handshake<'_>, addr: &Arc<str>) -> Result<TcpStream, UpstreamError> {
+    let mut stream =
+        TcpStream::connect(addr.as_ref())
+            .await
+            .map_err(|e| UpstreamError::Unavailable {
+                addr: addr.clone(),
+                detail: e.to_string().into(),
+            })?;
+    stream.set_nodelay(true).ok();
+    let commands = handshake_commands(hs);
+    if commands.is_empty() {
+        return Ok(stream);
+    }
+    let mut out = BytesMut::new();
+    for c in &commands {
+        out.extend_from_slice(c);
+    }
+    let io_err = |e: std::io::Error| UpstreamError::Unavailable {
+        addr: addr.clone(),
+        detail: e.to_string().into(),
+    };
+    stream.write_all(&out).await.map_err(io_err)?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut answered = 0;
+    while answered < commands.len() {
+        if stream.read_buf(&mut buf).await.map_err(io_err)? == 0 {
+            return Err(UpstreamError::Closed { addr: addr.clone() });
+        }
+        while let Some(f) = reply::frame(&buf).map_err(|e| UpstreamError::Protocol {
+            addr: addr.clone(),
+            detail: e.to_string().into(),
+        })? {
+            if f.kind == ReplyKind::Error {
+                let text = reply::error_text(&buf, &f.frame).unwrap_or(b"error");
+                return Err(UpstreamError::Handshake {
+                    addr: addr.clone(),
+                    detail: String::from_utf8_lossy(text).into_owned().into(),
+                });
+            }
+            let _ = buf.split_to(f.len);
+            if f.kind != ReplyKind::Push {
+                answered += 1;
+            }
+        }
+    }
+    Ok(stream)
+}
+
+fn handshake_commands(hs: &Handshake<'_>) -> Vec<Bytes> {
+    let mut cmds = Vec::new();
+    let url = hs.url;
+    let password = url.password.as_deref();
+    let user = url.username.as_deref().unwrap_or("default");
+    match (hs.proto, password) {
+        (Proto::Resp3, Some(p)) => cmds.push(encode_command(&["HELLO", "3", "AUTH", user, p])),
+        (Proto::Resp3, None) => cmds.push(encode_command(&["HELLO", "3"])),
+        (Proto::Resp2, Some(p)) => match &url.username {
+            Some(u) => cmds.push(encode_command(&["AUTH", u.as_str(), p])),
+            None => cmds.push(encode_command(&["AUTH", p])),
+        },
+        (Proto::Resp2, None) => {}
+    }
+    if hs.db != 0 {
+        cmds.push(encode_command(&["SELECT", &hs.db.to_string()]));
+    }
+    if let Some(name) = hs.client_name {
+        cmds.push(encode_command(&[&b"CLIENT"[..], b"SETNAME", name]));
+    }
+    cmds
+}

@@ -1,0 +1,425 @@
+//! Shared upstream connections: requests of many clients multiplexed on a few pipelined
+//! connections, replies matched first-in first-out.
+//!
+//! Each connection slot has a supervisor task that connects (with exponential backoff and
+//! jitter), then runs a writer and a reader side by side. The writer drains every queued batch
+//! into one write; the reader frames replies and completes the oldest waiter with the exact
+//! bytes of its replies (one contiguous slice of the read buffer, no copy). A dead connection
+//! fails every waiter it holds, so no reply can ever reach the wrong client.
+
+use super::conn::{self, Handshake};
+use super::Settings;
+use crate::error::UpstreamError;
+use crate::metrics::Metrics;
+use crate::protocol::reply::{self, Proto, ReplyKind};
+use bytes::{Bytes, BytesMut};
+use rand::Rng;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+
+/// The replies to one batch: `count` frames back to back, or the error that lost them.
+pub type BatchResult = Result<Bytes, UpstreamError>;
+pub type ReplyRx = oneshot::Receiver<BatchResult>;
+
+/// Batches that may wait for one connection's writer before new ones are refused.
+const QUEUE_PER_CONNECTION: usize = 4096;
+/// Most batches the writer takes from its queue for one write.
+const WRITE_BATCH: usize = 256;
+
+struct Job {
+    bytes: Bytes,
+    count: u32,
+    tx: oneshot::Sender<BatchResult>,
+}
+
+struct Pending {
+    count: u32,
+    tx: oneshot::Sender<BatchResult>,
+    deadline: Instant,
+}
+
+const CONNECTING: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+struct Slot {
+    tx: mpsc::Sender<Job>,
+    state: AtomicU8,
+    last_error: Mutex<Option<UpstreamError>>,
+}
+
+/// A fixed set of shared, pipelined connections to one upstream node, in one protocol version.
+pub struct Pool {
+    slots: Vec<Arc<Slot>>,
+    next: AtomicUsize,
+    addr: Arc<str>,
+    up: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    /// Starts `settings.connections` supervisors; they connect in the background.
+    pub fn start(settings: Arc<Settings>, proto: Proto, metrics: Arc<Metrics>) -> Self {
+        let addr: Arc<str> = settings.url.addr().into();
+        let up = Arc::new(AtomicUsize::new(0));
+        let slots = (0..settings.connections)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE_PER_CONNECTION);
+                let slot = Arc::new(Slot {
+                    tx,
+                    state: AtomicU8::new(CONNECTING),
+                    last_error: Mutex::new(None),
+                });
+                let sup = Supervisor {
+                    settings: settings.clone(),
+                    proto,
+                    addr: addr.clone(),
+                    slot: slot.clone(),
+                    metrics: metrics.clone(),
+                    up: up.clone(),
+                };
+                tokio::spawn(sup.run(rx));
+                slot
+            })
+            .collect();
+        Self {
+            slots,
+            next: AtomicUsize::new(0),
+            addr,
+            up,
+        }
+    }
+
+    /// Connections that are up now.
+    pub fn up_count(&self) -> usize {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Queues `bytes` (holding `count` complete requests) on one connection. The replies, or the
+    /// reason there are none, arrive on the returned receiver; a failure that is known now (no
+    /// connection up, queue full) is already in it.
+    pub fn send(&self, bytes: Bytes, count: u32) -> ReplyRx {
+        let (tx, rx) = oneshot::channel();
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // Prefer a connection that is up; else one that is still connecting (the job then waits
+        // at most the connect timeout); else fail now with the last connect error.
+        let pick = (0..n)
+            .map(|i| &self.slots[(start + i) % n])
+            .find(|s| s.state.load(Ordering::Relaxed) == UP)
+            .or_else(|| {
+                (0..n)
+                    .map(|i| &self.slots[(start + i) % n])
+                    .find(|s| s.state.load(Ordering::Relaxed) == CONNECTING)
+            });
+        let Some(slot) = pick else {
+            let err = self.slots[start % n]
+                .last_error
+                .lock()
+                .expect("last_error lock is never poisoned: no panics while held")
+                .clone()
+                .unwrap_or_else(|| UpstreamError::Unavailable {
+                    addr: self.addr.clone(),
+                    detail: "not connected".into(),
+                });
+            let _ = tx.send(Err(err));
+            return rx;
+        };
+        if let Err(e) = slot.tx.try_send(Job { bytes, count, tx }) {
+            let job = match e {
+                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+            };
+            let _ = job.tx.send(Err(UpstreamError::Overloaded {
+                addr: self.addr.clone(),
+                limit: QUEUE_PER_CONNECTION,
+            }));
+        }
+        rx
+    }
+}
+
+struct Supervisor {
+    settings: Arc<Settings>,
+    proto: Proto,
+    addr: Arc<str>,
+    slot: Arc<Slot>,
+    metrics: Arc<Metrics>,
+    up: Arc<AtomicUsize>,
+}
+
+impl Supervisor {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let mut attempt: u32 = 0;
+        loop {
+            self.slot.state.store(CONNECTING, Ordering::Relaxed);
+            let hs = Handshake {
+                url: &self.settings.url,
+                proto: self.proto,
+                db: self.settings.url.db,
+                client_name: None,
+            };
+            let err = match conn::open(&hs, &self.addr, self.settings.connect_timeout).await {
+                Ok(stream) => {
+                    attempt = 0;
+                    self.slot.state.store(UP, Ordering::Relaxed);
+                    self.up.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.upstream_connections.inc();
+                    tracing::debug!(upstream = %self.addr, proto = self.proto.number(), "upstream connection up");
+                    let (rd, wr) = stream.into_split();
+                    let err =
+                        serve(rd, wr, &mut rx, &self.settings, &self.addr, &self.metrics).await;
+                    self.up.fetch_sub(1, Ordering::Relaxed);
+                    self.metrics.upstream_connections.dec();
+                    match err {
+                        Some(e) => e,
+                        None => return, // the pool was dropped
+                    }
+                }
+                Err(e) => e,
+            };
+            self.metrics.upstream_failure(err.failure());
+            if attempt == 0 {
+                tracing::warn!(upstream = %self.addr, error = %err, "upstream connection failed");
+            } else {
+                tracing::debug!(upstream = %self.addr, error = %err, attempt, "upstream reconnect failed");
+            }
+            *self
+                .slot
+                .last_error
+                .lock()
+                .expect("last_error lock is never poisoned") = Some(err.clone());
+            self.slot.state.store(DOWN, Ordering::Relaxed);
+            // While down, queued jobs fail at once instead of waiting for the next attempt.
+            let delay = backoff(
+                attempt,
+                self.settings.reconnect_min,
+                self.settings.reconnect_max,
+            );
+            attempt = attempt.saturating_add(1);
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    job = rx.recv() => match job {
+                        Some(job) => { let _ = job.tx.send(Err(err.clone())); }
+                        None => return,
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter between `min` and `max`.
+fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
+    let exp = min.saturating_mul(1u32 << attempt.min(16));
+    let cap = exp.min(max);
+    let lo = min.as_micros() as u64;
+    let hi = (cap.as_micros() as u64).max(lo + 1);
+    Duration::from_micros(rand::rng().random_range(lo..hi))
+}
+
+/// Runs one live connection until it fails (`Some(error)`) or the pool is dropped (`None`).
+/// Every waiter still pending when it ends gets the error.
+async fn serve(
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    rx: &mut mpsc::Receiver<Job>,
+    settings: &Settings,
+    addr: &Arc<str>,
+    metrics: &Metrics,
+) -> Option<UpstreamError> {
+    let pending = Mutex::new(VecDeque::<Pending>::new());
+    let wake = Notify::new();
+    let result = tokio::select! {
+        r = write_loop(wr, rx, &pending, &wake, settings.command_timeout, addr) => r,
+        r = read_loop(rd, &pending, &wake, settings.command_timeout, addr, metrics) => Some(r),
+    };
+    let err = result
+        .clone()
+        .unwrap_or_else(|| UpstreamError::Closed { addr: addr.clone() });
+    for p in pending
+        .lock()
+        .expect("pending lock is never poisoned")
+        .drain(..)
+    {
+        let _ = p.tx.send(Err(err.clone()));
+    }
+    result
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    rx: &mut mpsc::Receiver<Job>,
+    pending: &Mutex<VecDeque<Pending>>,
+    wake: &Notify,
+    timeout: Duration,
+    addr: &Arc<str>,
+) -> Option<UpstreamError> {
+    let mut jobs = Vec::with_capacity(WRITE_BATCH);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        if rx.recv_many(&mut jobs, WRITE_BATCH).await == 0 {
+            return None;
+        }
+        let deadline = Instant::now() + timeout;
+        let single = if jobs.len() == 1 {
+            Some(jobs[0].bytes.clone())
+        } else {
+            None
+        };
+        let was_empty;
+        {
+            let mut p = pending.lock().expect("pending lock is never poisoned");
+            was_empty = p.is_empty();
+            for job in jobs.drain(..) {
+                if single.is_none() {
+                    buf.extend_from_slice(&job.bytes);
+                }
+                p.push_back(Pending {
+                    count: job.count,
+                    tx: job.tx,
+                    deadline,
+                });
+            }
+        }
+        if was_empty {
+            wake.notify_one();
+        }
+        let res = match &single {
+            // One batch: write its bytes as they are, without copying them.
+            Some(b) => wr.write_all(b).await,
+            None => wr.write_all(&buf).await,
+        };
+        buf.clear();
+        if let Err(e) = res {
+            return Some(UpstreamError::Unavailable {
+                addr: addr.clone(),
+                detail: e.to_string().into(),
+            });
+        }
+    }
+}
+
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    pending: &Mutex<VecDeque<Pending>>,
+    wake: &Notify,
+    timeout: Duration,
+    addr: &Arc<str>,
+    metrics: &Metrics,
+) -> UpstreamError {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Progress through the oldest waiter's replies: frames seen, bytes they span.
+    let (mut frames, mut scanned) = (0u32, 0usize);
+    loop {
+        // Complete every waiter whose replies are all in the buffer.
+        loop {
+            let want = match pending
+                .lock()
+                .expect("pending lock is never poisoned")
+                .front()
+            {
+                Some(p) => p.count,
+                None => break,
+            };
+            while frames < want {
+                match reply::frame(&buf[scanned..]) {
+                    Ok(Some(f)) => {
+                        if f.kind == ReplyKind::Push {
+                            // Shared connections never enable pushes; drop any stray one.
+                            let tail = buf.split_off(scanned);
+                            buf.extend_from_slice(&tail[f.len..]);
+                            continue;
+                        }
+                        if f.kind == ReplyKind::Error {
+                            metrics.upstream_error_replies.inc();
+                        }
+                        scanned += f.len;
+                        frames += 1;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        return UpstreamError::Protocol {
+                            addr: addr.clone(),
+                            detail: e.to_string().into(),
+                        }
+                    }
+                }
+            }
+            if frames < want {
+                break;
+            }
+            let replies = buf.split_to(scanned).freeze();
+            (frames, scanned) = (0, 0);
+            let p = pending
+                .lock()
+                .expect("pending lock is never poisoned")
+                .pop_front()
+                .expect("the front waiter was seen above and only this loop pops");
+            let _ = p.tx.send(Ok(replies));
+        }
+        if !buf.is_empty()
+            && pending
+                .lock()
+                .expect("pending lock is never poisoned")
+                .is_empty()
+        {
+            return UpstreamError::Protocol {
+                addr: addr.clone(),
+                detail: "reply with no request waiting for it".into(),
+            };
+        }
+        let deadline = pending
+            .lock()
+            .expect("pending lock is never poisoned")
+            .front()
+            .map(|p| p.deadline);
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        let read = match deadline {
+            Some(d) => tokio::select! {
+                r = rd.read_buf(&mut buf) => r,
+                _ = tokio::time::sleep_until(d) => {
+                    return UpstreamError::Timeout { addr: addr.clone(), after: timeout };
+                }
+            },
+            None => tokio::select! {
+                r = rd.read_buf(&mut buf) => r,
+                _ = wake.notified() => continue,
+            },
+        };
+        match read {
+            Ok(0) => return UpstreamError::Closed { addr: addr.clone() },
+            Ok(_) => {}
+            Err(e) => {
+                return UpstreamError::Unavailable {
+                    addr: addr.clone(),
+                    detail: e.to_string().into(),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_bounds_and_grows() {
+        let (min, max) = (Duration::from_millis(50), Duration::from_secs(5));
+        for attempt in 0..40 {
+            let d = backoff(attempt, min, max);
+            assert!(d >= min && d <= max, "attempt {attempt}: {d:?}");
+        }
+        assert!(backoff(0, min, max) <= Duration::from_millis(100));
+    }
+}
