@@ -2,8 +2,16 @@
 //! RESP2 too) and building the replies cacheside answers itself, in the client's protocol.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use redis_protocol::resp3::decode::complete::decode_range;
 use redis_protocol::resp3::types::RangeFrame;
+use redis_protocol::{resp2::decode as resp2_decode, resp2::types as resp2_types};
+
+mod resp2 {
+    pub use super::resp2_decode::decode_range;
+    pub use super::resp2_types::RangeFrame;
+}
+mod resp3 {
+    pub use redis_protocol::resp3::decode::complete::decode_range;
+}
 
 use super::request::put_decimal;
 
@@ -35,11 +43,12 @@ pub enum ReplyKind {
 }
 
 /// A complete reply frame at the front of a buffer.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyFrame {
     pub len: usize,
     pub kind: ReplyKind,
-    pub frame: RangeFrame,
+    /// For errors: where the error text is (without the `-`).
+    pub text: Option<(usize, usize)>,
 }
 
 /// A reply that is not valid RESP: the upstream connection cannot be trusted any more.
@@ -47,44 +56,64 @@ pub struct ReplyFrame {
 #[error("invalid reply from upstream: {0}")]
 pub struct ReplyError(String);
 
-/// Frames the reply at the front of `buf`; `Ok(None)` when it is not complete yet.
-pub fn frame(buf: &[u8]) -> Result<Option<ReplyFrame>, ReplyError> {
-    match decode_range(buf) {
-        Ok(Some((frame, len))) => {
-            let kind = match &frame {
-                RangeFrame::Push { .. } => ReplyKind::Push,
-                RangeFrame::SimpleError { .. } | RangeFrame::BlobError { .. } => ReplyKind::Error,
-                _ => ReplyKind::Value,
-            };
-            Ok(Some(ReplyFrame { len, kind, frame }))
-        }
-        Ok(None) => Ok(None),
-        Err(e) => Err(ReplyError(e.to_string())),
+/// Frames the reply at the front of `buf` in the connection's protocol; `Ok(None)` when it is
+/// not complete yet. (RESP2 and RESP3 differ: `$-1` is a RESP2 null and not valid RESP3.)
+pub fn frame(buf: &[u8], proto: Proto) -> Result<Option<ReplyFrame>, ReplyError> {
+    match proto {
+        Proto::Resp2 => match resp2::decode_range(buf) {
+            Ok(Some((f, len))) => Ok(Some(match f {
+                resp2::RangeFrame::Error(r) => ReplyFrame {
+                    len,
+                    kind: ReplyKind::Error,
+                    text: Some((r.0, r.1)),
+                },
+                _ => ReplyFrame {
+                    len,
+                    kind: ReplyKind::Value,
+                    text: None,
+                },
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(ReplyError(e.to_string())),
+        },
+        Proto::Resp3 => match resp3::decode_range(buf) {
+            Ok(Some((f, len))) => Ok(Some(match f {
+                RangeFrame::Push { .. } => ReplyFrame {
+                    len,
+                    kind: ReplyKind::Push,
+                    text: None,
+                },
+                RangeFrame::SimpleError { data, .. } | RangeFrame::BlobError { data, .. } => {
+                    ReplyFrame {
+                        len,
+                        kind: ReplyKind::Error,
+                        text: Some((data.0, data.1)),
+                    }
+                }
+                _ => ReplyFrame {
+                    len,
+                    kind: ReplyKind::Value,
+                    text: None,
+                },
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(ReplyError(e.to_string())),
+        },
     }
 }
 
-/// Byte range of the `n`th element of an array or push frame, if it is a string.
-pub fn element_str<'a>(buf: &'a [u8], frame: &RangeFrame, n: usize) -> Option<&'a [u8]> {
-    let items = match frame {
-        RangeFrame::Array { data, .. } | RangeFrame::Push { data, .. } => data,
-        _ => return None,
-    };
-    match items.get(n)? {
-        RangeFrame::BlobString { data, .. } | RangeFrame::SimpleString { data, .. } => {
-            buf.get(data.0..data.1)
-        }
-        _ => None,
+/// Frames a reply of either protocol (for connections that switch with HELLO): RESP2's
+/// encodings mean the same in RESP3, so RESP2 is tried first and RESP3 only when it fails.
+pub fn frame_any(buf: &[u8]) -> Result<Option<ReplyFrame>, ReplyError> {
+    match frame(buf, Proto::Resp2) {
+        Err(_) => frame(buf, Proto::Resp3),
+        ok => ok,
     }
 }
 
 /// The text of an error frame (without the leading `-`).
-pub fn error_text<'a>(buf: &'a [u8], frame: &RangeFrame) -> Option<&'a [u8]> {
-    match frame {
-        RangeFrame::SimpleError { data, .. } | RangeFrame::BlobError { data, .. } => {
-            buf.get(data.0..data.1)
-        }
-        _ => None,
-    }
+pub fn error_text<'a>(buf: &'a [u8], f: &ReplyFrame) -> Option<&'a [u8]> {
+    f.text.and_then(|(s, e)| buf.get(s..e))
 }
 
 pub const OK: &[u8] = b"+OK\r\n";
@@ -159,18 +188,25 @@ mod tests {
 
     #[test]
     fn frames_resp2_and_resp3_replies() {
-        let f = frame(b"$3\r\nabc\r\n+OK").unwrap().unwrap();
-        assert_eq!((f.len, f.kind), (9, ReplyKind::Value));
-        assert_eq!(
-            frame(b"-ERR x\r\n").unwrap().unwrap().kind,
-            ReplyKind::Error
-        );
-        assert_eq!(frame(b"$-1\r\n").unwrap().unwrap().len, 5);
-        assert_eq!(frame(b"*-1\r\n").unwrap().unwrap().len, 5);
+        use Proto::{Resp2, Resp3};
+        for p in [Resp2, Resp3] {
+            let f = frame(b"$3\r\nabc\r\n+OK", p).unwrap().unwrap();
+            assert_eq!((f.len, f.kind), (9, ReplyKind::Value));
+            let e = frame(b"-ERR x\r\n", p).unwrap().unwrap();
+            assert_eq!(e.kind, ReplyKind::Error);
+            assert_eq!(error_text(b"-ERR x\r\n", &e), Some(&b"ERR x"[..]));
+            assert!(frame(b"$3\r\nab", p).unwrap().is_none());
+            assert!(frame(b"?", p).is_err());
+        }
+        assert_eq!(frame(b"$-1\r\n", Resp2).unwrap().unwrap().len, 5);
+        assert_eq!(frame(b"*-1\r\n", Resp2).unwrap().unwrap().len, 5);
+        assert_eq!(frame(b"_\r\n", Resp3).unwrap().unwrap().len, 3);
         let push = b">2\r\n$7\r\nmessage\r\n$1\r\nx\r\n";
-        assert_eq!(frame(push).unwrap().unwrap().kind, ReplyKind::Push);
-        assert!(frame(b"$3\r\nab").unwrap().is_none());
-        assert!(frame(b"?").is_err());
+        assert_eq!(frame(push, Resp3).unwrap().unwrap().kind, ReplyKind::Push);
+        assert_eq!(frame_any(push).unwrap().unwrap().kind, ReplyKind::Push);
+        assert_eq!(frame_any(b"$-1\r\n").unwrap().unwrap().len, 5);
+        assert_eq!(frame_any(b"%1\r\n+a\r\n_\r\n").unwrap().unwrap().len, 11);
+        assert!(frame_any(b"*2\r\n%1\r\n").unwrap().is_none());
     }
 
     #[test]

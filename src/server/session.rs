@@ -395,7 +395,7 @@ impl Session {
                     .as_ref()
                     .expect("the router forwards only when an upstream is configured");
                 let started = Instant::now();
-                let rx = upstream.send(self.st.proto, bytes, count);
+                let rx = upstream.send(self.st.proto, self.st.id, bytes, count);
                 self.shared_dirty = true;
                 self.queue(Out::Upstream { rx, count, started }).await
             }

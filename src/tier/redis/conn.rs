@@ -62,12 +62,12 @@ async fn open_inner(hs: &Handshake<'_>, addr: &Arc<str>) -> Result<TcpStream, Up
         if stream.read_buf(&mut buf).await.map_err(io_err)? == 0 {
             return Err(UpstreamError::Closed { addr: addr.clone() });
         }
-        while let Some(f) = reply::frame(&buf).map_err(|e| UpstreamError::Protocol {
+        while let Some(f) = reply::frame(&buf, hs.proto).map_err(|e| UpstreamError::Protocol {
             addr: addr.clone(),
             detail: e.to_string().into(),
         })? {
             if f.kind == ReplyKind::Error {
-                let text = reply::error_text(&buf, &f.frame).unwrap_or(b"error");
+                let text = reply::error_text(&buf, &f).unwrap_or(b"error");
                 return Err(UpstreamError::Handshake {
                     addr: addr.clone(),
                     detail: String::from_utf8_lossy(text).into_owned().into(),

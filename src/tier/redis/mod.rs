@@ -54,9 +54,10 @@ impl Upstream {
         }
     }
 
-    /// Sends `count` complete requests on a shared connection speaking `proto`.
-    pub fn send(&self, proto: Proto, bytes: Bytes, count: u32) -> ReplyRx {
-        self.pool(proto).send(bytes, count)
+    /// Sends `count` complete requests on a shared connection speaking `proto`; `affinity` (the
+    /// client id) keeps one client's commands on one connection, in order.
+    pub fn send(&self, proto: Proto, affinity: u64, bytes: Bytes, count: u32) -> ReplyRx {
+        self.pool(proto).send(affinity as usize, bytes, count)
     }
 
     /// Opens a connection of one client's own.

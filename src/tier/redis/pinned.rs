@@ -197,7 +197,7 @@ async fn relay(
                     Err(e) => return UpstreamError::Unavailable { addr, detail: e.to_string().into() },
                 }
                 loop {
-                    let f = match reply::frame(&buf) {
+                    let f = match reply::frame_any(&buf) {
                         Ok(Some(f)) => f,
                         Ok(None) => break,
                         Err(e) => return UpstreamError::Protocol { addr, detail: e.to_string().into() },

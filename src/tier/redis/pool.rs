@@ -57,7 +57,6 @@ struct Slot {
 /// A fixed set of shared, pipelined connections to one upstream node, in one protocol version.
 pub struct Pool {
     slots: Vec<Arc<Slot>>,
-    next: AtomicUsize,
     addr: Arc<str>,
     up: Arc<AtomicUsize>,
 }
@@ -87,12 +86,7 @@ impl Pool {
                 slot
             })
             .collect();
-        Self {
-            slots,
-            next: AtomicUsize::new(0),
-            addr,
-            up,
-        }
+        Self { slots, addr, up }
     }
 
     /// Connections that are up now.
@@ -102,23 +96,20 @@ impl Pool {
 
     /// Queues `bytes` (holding `count` complete requests) on one connection. The replies, or the
     /// reason there are none, arrive on the returned receiver; a failure that is known now (no
-    /// connection up, queue full) is already in it.
-    pub fn send(&self, bytes: Bytes, count: u32) -> ReplyRx {
+    /// connection usable, queue full) is already in it.
+    ///
+    /// `affinity` picks the connection: one client always uses the same one, so the upstream runs
+    /// its commands in the order it sent them. Only when that connection is down does it move to
+    /// the next usable one; commands queued on a down connection fail and never run, so moving
+    /// cannot reorder what runs.
+    pub fn send(&self, affinity: usize, bytes: Bytes, count: u32) -> ReplyRx {
         let (tx, rx) = oneshot::channel();
         let n = self.slots.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        // Prefer a connection that is up; else one that is still connecting (the job then waits
-        // at most the connect timeout); else fail now with the last connect error.
         let pick = (0..n)
-            .map(|i| &self.slots[(start + i) % n])
-            .find(|s| s.state.load(Ordering::Relaxed) == UP)
-            .or_else(|| {
-                (0..n)
-                    .map(|i| &self.slots[(start + i) % n])
-                    .find(|s| s.state.load(Ordering::Relaxed) == CONNECTING)
-            });
+            .map(|i| &self.slots[(affinity + i) % n])
+            .find(|s| s.state.load(Ordering::Relaxed) != DOWN);
         let Some(slot) = pick else {
-            let err = self.slots[start % n]
+            let err = self.slots[affinity % n]
                 .last_error
                 .lock()
                 .expect("last_error lock is never poisoned: no panics while held")
@@ -171,8 +162,16 @@ impl Supervisor {
                     self.metrics.upstream_connections.inc();
                     tracing::debug!(upstream = %self.addr, proto = self.proto.number(), "upstream connection up");
                     let (rd, wr) = stream.into_split();
-                    let err =
-                        serve(rd, wr, &mut rx, &self.settings, &self.addr, &self.metrics).await;
+                    let err = serve(
+                        rd,
+                        wr,
+                        &mut rx,
+                        &self.settings,
+                        &self.addr,
+                        &self.metrics,
+                        self.proto,
+                    )
+                    .await;
                     self.up.fetch_sub(1, Ordering::Relaxed);
                     self.metrics.upstream_connections.dec();
                     match err {
@@ -234,12 +233,13 @@ async fn serve(
     settings: &Settings,
     addr: &Arc<str>,
     metrics: &Metrics,
+    proto: Proto,
 ) -> Option<UpstreamError> {
     let pending = Mutex::new(VecDeque::<Pending>::new());
     let wake = Notify::new();
     let result = tokio::select! {
         r = write_loop(wr, rx, &pending, &wake, settings.command_timeout, addr) => r,
-        r = read_loop(rd, &pending, &wake, settings.command_timeout, addr, metrics) => Some(r),
+        r = read_loop(rd, &pending, &wake, settings.command_timeout, addr, metrics, proto) => Some(r),
     };
     let err = result
         .clone()
@@ -314,6 +314,7 @@ async fn read_loop(
     timeout: Duration,
     addr: &Arc<str>,
     metrics: &Metrics,
+    proto: Proto,
 ) -> UpstreamError {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     // Progress through the oldest waiter's replies: frames seen, bytes they span.
@@ -330,7 +331,7 @@ async fn read_loop(
                 None => break,
             };
             while frames < want {
-                match reply::frame(&buf[scanned..]) {
+                match reply::frame(&buf[scanned..], proto) {
                     Ok(Some(f)) => {
                         if f.kind == ReplyKind::Push {
                             // Shared connections never enable pushes; drop any stray one.

@@ -1,0 +1,315 @@
+//! Test harness: real `redis-server` processes on free loopback ports, cacheside in-process on
+//! `127.0.0.1:0`, a real client (the `redis` crate) and raw RESP helpers.
+//!
+//! A missing binary fails the test with the package to install; nothing is skipped.
+#![allow(dead_code)]
+
+use cacheside::config::Config;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0 to find a free port")
+}
+
+fn require_binary(name: &str, package: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{name}` is not installed: install it with `apt-get install -y {package}` (the tests need a real server)"
+    );
+}
+
+/// A real redis-server, killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts redis-server with extra `--option value` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
+        require_binary("redis-server", "redis-server");
+        let mut s = Self {
+            port: free_port(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ])
+        .args(&self.extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = cmd.spawn().expect("spawn redis-server");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10));
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// A direct client, bypassing cacheside.
+    pub async fn direct(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("valid url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis-server directly")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until something accepts connections on `port` (polling, bounded).
+pub fn wait_for_port(port: u16, limit: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < limit,
+            "nothing listens on port {port} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// cacheside running in-process on free ports.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts cacheside in front of `upstream_url` with default settings.
+    pub async fn start(upstream_url: &str) -> Self {
+        Self::start_with(upstream_url, |_| {}).await
+    }
+
+    /// Starts cacheside after letting the test adjust the config.
+    pub async fn start_with(upstream_url: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::default();
+        config.upstream.url = Some(upstream_url.to_string());
+        tweak(&mut config);
+        Self::start_config(config).await
+    }
+
+    pub async fn start_config(config: Config) -> Self {
+        let validated = config.validate().expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let addr = listener.local_addr().expect("proxy addr");
+        let admin_addr = admin.local_addr().expect("admin addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(cacheside::app::serve(
+            listener,
+            Some(admin),
+            validated,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            addr,
+            admin: admin_addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// A real client connected through cacheside.
+    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("valid url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect through cacheside")
+    }
+
+    /// A RESP3 client connected through cacheside.
+    pub async fn client_resp3(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("{}?protocol=resp3", self.url()))
+            .expect("valid url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect through cacheside with RESP3")
+    }
+
+    /// A raw TCP connection for byte-level tests.
+    pub async fn raw(&self) -> Raw {
+        Raw(TcpStream::connect(self.addr).await.expect("connect raw"))
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path).await
+    }
+
+    /// Stops accepting, drains, and waits for the drain to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+    }
+
+    /// Starts the drain and returns its task, for tests that watch what happens meanwhile.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.take().expect("proxy task still running")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET, enough for the admin endpoints.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect admin");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write http");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("admin answers in time")
+        .expect("read http");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A raw client connection.
+pub struct Raw(pub TcpStream);
+
+impl Raw {
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.0.write_all(bytes).await.expect("write to cacheside");
+    }
+
+    /// Reads until exactly `expected` has arrived (or fails with what did arrive).
+    pub async fn expect(&mut self, expected: &[u8]) {
+        let got = self.read_exact_len(expected.len()).await;
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected),
+            "unexpected reply bytes"
+        );
+    }
+
+    pub async fn read_exact_len(&mut self, n: usize) -> Vec<u8> {
+        let mut got = vec![0u8; n];
+        let mut filled = 0;
+        while filled < n {
+            let r = tokio::time::timeout(Duration::from_secs(10), self.0.read(&mut got[filled..]))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "timed out; got so far: {:?}",
+                        String::from_utf8_lossy(&got[..filled])
+                    )
+                })
+                .expect("read");
+            assert!(
+                r > 0,
+                "connection closed after {:?}",
+                String::from_utf8_lossy(&got[..filled])
+            );
+            filled += r;
+        }
+        got
+    }
+
+    /// Reads until the server closes the connection; returns everything read.
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), self.0.read_to_end(&mut out))
+            .await
+            .expect("server closes the connection in time")
+            .ok();
+        out
+    }
+}
+
+/// Reads a metric's value from a Prometheus text exposition (`name{labels}` as written).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
