@@ -18,10 +18,14 @@ use crate::tier::redis::Pinned;
 use bytes::{Bytes, BytesMut};
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+/// How long a client must stay quiet during a drain before its connection is closed.
+const DRAIN_IDLE: Duration = Duration::from_millis(100);
 
 /// The session ends; `graceful` means replies already queued should still be delivered.
 pub(super) struct Stop {
@@ -100,9 +104,12 @@ impl Session {
         self.st.sticky
     }
 
-    /// Serves the client until it leaves, misbehaves, quits, or shutdown begins.
+    /// Serves the client until it leaves, misbehaves or quits. Once shutdown begins the client is
+    /// still served until it goes quiet for `DRAIN_IDLE`, so requests it already sent are
+    /// answered; a pub/sub or MONITOR client is closed at once.
     pub(super) async fn serve(&mut self, shutdown: &mut watch::Receiver<bool>) -> Stop {
         let mut need = 0usize;
+        let mut draining = *shutdown.borrow();
         loop {
             if self.buf.len() > self.ctx.max_query_buffer {
                 let e = ProxyError::QueryBuffer {
@@ -110,6 +117,9 @@ impl Session {
                     limit: self.ctx.max_query_buffer,
                 };
                 return self.fail_and_close(e).await;
+            }
+            if draining && self.st.sticky {
+                return self.close_for_drain().await;
             }
             let want = need
                 .saturating_sub(self.buf.len())
@@ -119,12 +129,9 @@ impl Session {
             }
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => {
-                    if self.st.sticky {
-                        self.pinned = None;
-                    }
-                    let _ = self.out.send(Out::Close).await;
-                    return Stop { graceful: true };
+                _ = shutdown.changed(), if !draining => {
+                    draining = true;
+                    continue;
                 }
                 lost = pinned_lost(&mut self.pinned) => {
                     if self.pinned_active || self.release_pending {
@@ -137,12 +144,25 @@ impl Session {
                     Ok(0) | Err(_) => return Stop { graceful: false },
                     Ok(_) => {}
                 },
+                _ = tokio::time::sleep(DRAIN_IDLE), if draining => return self.close_for_drain().await,
             }
             match self.process().await {
                 Ok(n) => need = n,
                 Err(stop) => return stop,
             }
         }
+    }
+
+    /// Ends the session during a drain: replies already queued are delivered. A pinned
+    /// connection still holding state (a blocked command, an open transaction, subscriptions)
+    /// is closed, which makes the upstream drop that state.
+    async fn close_for_drain(&mut self) -> Stop {
+        if self.pinned_active {
+            self.pinned = None;
+            self.pinned_active = false;
+        }
+        let _ = self.out.send(Out::Close).await;
+        Stop { graceful: true }
     }
 
     /// Handles every complete request in the buffer; returns a hint of the bytes the next
