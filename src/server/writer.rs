@@ -103,10 +103,8 @@ pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, metrics: A
                     return;
                 }
             }
-            if buf.len() > 1024 * 1024 {
-                if flush(&mut wr, &mut buf).await.is_err() {
-                    return;
-                }
+            if buf.len() > 1024 * 1024 && flush(&mut wr, &mut buf).await.is_err() {
+                return;
             }
             next = rx.try_recv().ok();
         }
