@@ -116,9 +116,92 @@ pub fn error_text<'a>(buf: &'a [u8], f: &ReplyFrame) -> Option<&'a [u8]> {
     f.text.and_then(|(s, e)| buf.get(s..e))
 }
 
+/// Pub/sub subscription kinds: each has its own set of subscriptions upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubKind {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+/// How many reply frames one request produces, for connections where that is not always one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Exactly this many (0 while CLIENT REPLY is OFF or skipping; one per channel for SUBSCRIBE).
+    Frames(u32),
+    /// UNSUBSCRIBE/PUNSUBSCRIBE/SUNSUBSCRIBE without arguments: one frame per subscription of
+    /// that kind at the time it runs, or one if there is none.
+    UnsubscribeAll(SubKind),
+}
+
+/// A pub/sub frame (array or push) by its first element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PubSub {
+    /// `message`/`pmessage`/`smessage`, or a tracking `invalidate`: not the reply to any request.
+    Message,
+    /// A (un)subscribe confirmation: the reply (or one of the replies) to a request.
+    Confirm {
+        kind: SubKind,
+        subscribe: bool,
+        name: Option<Bytes>,
+    },
+}
+
+/// Classifies a complete frame (exactly `buf`) as pub/sub traffic, if it is.
+pub fn pubsub(buf: &[u8]) -> Option<PubSub> {
+    // Only aggregates can be pub/sub frames; cheap check before decoding.
+    if !matches!(buf.first(), Some(b'*' | b'>')) {
+        return None;
+    }
+    let (head, name) = match buf[0] {
+        b'*' => match resp2::decode_range(buf).ok()?? {
+            (resp2::RangeFrame::Array(items), _) => {
+                let s = |i: usize| match items.get(i) {
+                    Some(resp2::RangeFrame::BulkString(r) | resp2::RangeFrame::SimpleString(r)) => {
+                        buf.get(r.0..r.1)
+                    }
+                    _ => None,
+                };
+                (s(0)?, s(1).map(Bytes::copy_from_slice))
+            }
+            _ => return None,
+        },
+        _ => match resp3::decode_range(buf).ok()?? {
+            (RangeFrame::Push { data: items, .. }, _) => {
+                let s = |i: usize| match items.get(i) {
+                    Some(
+                        RangeFrame::BlobString { data, .. } | RangeFrame::SimpleString { data, .. },
+                    ) => buf.get(data.0..data.1),
+                    _ => None,
+                };
+                (s(0)?, s(1).map(Bytes::copy_from_slice))
+            }
+            _ => return None,
+        },
+    };
+    let head = head.to_ascii_lowercase();
+    let confirm = |kind, subscribe| {
+        Some(PubSub::Confirm {
+            kind,
+            subscribe,
+            name: name.clone(),
+        })
+    };
+    match head.as_slice() {
+        b"message" | b"pmessage" | b"smessage" | b"invalidate" => Some(PubSub::Message),
+        b"subscribe" => confirm(SubKind::Channel, true),
+        b"unsubscribe" => confirm(SubKind::Channel, false),
+        b"psubscribe" => confirm(SubKind::Pattern, true),
+        b"punsubscribe" => confirm(SubKind::Pattern, false),
+        b"ssubscribe" => confirm(SubKind::Shard, true),
+        b"sunsubscribe" => confirm(SubKind::Shard, false),
+        _ => None,
+    }
+}
+
 pub const OK: &[u8] = b"+OK\r\n";
 pub const PONG: &[u8] = b"+PONG\r\n";
-pub const QUEUED_RESET: &[u8] = b"+RESET\r\n";
+pub const RESET: &[u8] = b"+RESET\r\n";
 
 /// `+<text>\r\n`
 pub fn simple(out: &mut BytesMut, text: &[u8]) {
@@ -207,6 +290,32 @@ mod tests {
         assert_eq!(frame_any(b"$-1\r\n").unwrap().unwrap().len, 5);
         assert_eq!(frame_any(b"%1\r\n+a\r\n_\r\n").unwrap().unwrap().len, 11);
         assert!(frame_any(b"*2\r\n%1\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn pubsub_frames_are_told_apart_from_replies() {
+        assert_eq!(
+            pubsub(b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n"),
+            Some(PubSub::Message)
+        );
+        assert_eq!(
+            pubsub(b">3\r\n$11\r\nunsubscribe\r\n_\r\n:0\r\n"),
+            Some(PubSub::Confirm {
+                kind: SubKind::Channel,
+                subscribe: false,
+                name: None
+            })
+        );
+        assert_eq!(
+            pubsub(b"*3\r\n$10\r\npsubscribe\r\n$2\r\np*\r\n:1\r\n"),
+            Some(PubSub::Confirm {
+                kind: SubKind::Pattern,
+                subscribe: true,
+                name: Some(Bytes::from_static(b"p*"))
+            })
+        );
+        assert_eq!(pubsub(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"), None);
+        assert_eq!(pubsub(b"$7\r\nmessage\r\n"), None);
     }
 
     #[test]

@@ -196,6 +196,32 @@ pub(super) fn select(st: &mut ClientState, req: &Request) -> Option<Decision> {
     None
 }
 
+/// UNSUBSCRIBE/PUNSUBSCRIBE/SUNSUBSCRIBE from a client that is not subscribed: one confirmation
+/// per channel named (or one with a null channel), each with a count of 0, as Redis sends them.
+pub(super) fn unsubscribe(st: &ClientState, name: &str, req: &Request) -> Decision {
+    let head = name.to_ascii_lowercase();
+    let mut out = BytesMut::new();
+    let one = |out: &mut BytesMut, channel: Option<&[u8]>| {
+        out.extend_from_slice(match st.proto {
+            Proto::Resp2 => b"*3\r\n",
+            Proto::Resp3 => b">3\r\n",
+        });
+        reply::bulk(out, head.as_bytes());
+        match channel {
+            Some(c) => reply::bulk(out, c),
+            None => reply::null(out, st.proto),
+        }
+        reply::integer(out, 0);
+    };
+    if req.argc() == 1 {
+        one(&mut out, None);
+    }
+    for i in 1..req.argc() {
+        one(&mut out, Some(req.arg(i)));
+    }
+    Decision::Reply(out.freeze())
+}
+
 /// CLIENT subcommands about the client's own identity; `None` for the rest.
 pub(super) fn client(st: &mut ClientState, req: &Request) -> Option<Decision> {
     let sub = req.arg(1);

@@ -7,6 +7,7 @@ mod local;
 use crate::config::validate::ClientAuth;
 use crate::error::ProxyError;
 use crate::protocol::command::{self, CommandInfo, Local, Pin, Route};
+use crate::protocol::reply::{Expect, SubKind};
 use crate::protocol::{Proto, Request};
 use bytes::Bytes;
 
@@ -65,22 +66,30 @@ impl ClientState {
         };
     }
 
-    /// Updates the pinned-connection state for a request sent on it, and returns how many replies
-    /// the upstream will send for it (0 while CLIENT REPLY is OFF or skipping).
-    pub fn note_pinned(&mut self, info: &CommandInfo, req: &Request) -> u64 {
-        let mut replies = match self.reply_mode {
-            ReplyMode::On => 1,
-            ReplyMode::Off => 0,
+    /// Updates the pinned-connection state for a request sent on it, and returns the replies the
+    /// upstream will send for it.
+    pub fn note_pinned(&mut self, info: &CommandInfo, req: &Request) -> Expect {
+        let silent = match self.reply_mode {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
             ReplyMode::Skip => {
                 self.reply_mode = ReplyMode::On;
-                0
+                true
             }
+        };
+        let mut replies = if silent {
+            Expect::Frames(0)
+        } else {
+            pubsub_replies(info, req).unwrap_or(Expect::Frames(1))
         };
         match info.route {
             Route::Pin(Pin::Multi) => self.in_multi = true,
             Route::Pin(Pin::Watch) if !self.in_multi => self.watching = true,
             Route::Pin(Pin::Subscribe | Pin::Monitor) => self.sticky = true,
-            Route::Local(Local::Select) if !self.in_multi => {
+            // Queued in a transaction, SELECT takes effect only if EXEC runs it: the client's db
+            // is then known only to its pinned connection, which it keeps.
+            Route::Local(Local::Select) if self.in_multi => self.sticky = true,
+            Route::Local(Local::Select) => {
                 if let Some(db) = parse_db(req.arg(1)) {
                     self.db = db;
                 }
@@ -90,15 +99,15 @@ impl ClientState {
                     self.sticky = true;
                     if req.arg_is(2, "OFF") {
                         self.reply_mode = ReplyMode::Off;
-                        replies = 0;
+                        replies = Expect::Frames(0);
                     } else if req.arg_is(2, "SKIP") {
                         if self.reply_mode == ReplyMode::On {
                             self.reply_mode = ReplyMode::Skip;
                         }
-                        replies = 0;
+                        replies = Expect::Frames(0);
                     } else if req.arg_is(2, "ON") {
                         self.reply_mode = ReplyMode::On;
-                        replies = 1;
+                        replies = Expect::Frames(1);
                     }
                 } else if client_sub_is_sticky(req) {
                     self.sticky = true;
@@ -117,6 +126,22 @@ impl ClientState {
         }
         replies
     }
+}
+
+/// Replies to the pub/sub commands that answer once per channel.
+fn pubsub_replies(info: &CommandInfo, req: &Request) -> Option<Expect> {
+    let kind = match info.name {
+        "SUBSCRIBE" | "UNSUBSCRIBE" => SubKind::Channel,
+        "PSUBSCRIBE" | "PUNSUBSCRIBE" => SubKind::Pattern,
+        "SSUBSCRIBE" | "SUNSUBSCRIBE" => SubKind::Shard,
+        _ => return None,
+    };
+    let channels = req.argc().saturating_sub(1) as u32;
+    Some(if channels == 0 && info.name.contains("UNSUB") {
+        Expect::UnsubscribeAll(kind)
+    } else {
+        Expect::Frames(channels)
+    })
 }
 
 fn parse_db(b: &[u8]) -> Option<u32> {
@@ -207,6 +232,14 @@ impl Router {
                 }
                 _ => Decision::Pinned,
             },
+            // Not subscribed (or it would be pinned): answered as Redis answers it, because the
+            // reply is one frame per channel (a push in RESP3) that a shared connection must
+            // never see.
+            Route::Forward
+                if matches!(info.name, "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE") =>
+            {
+                local::unsubscribe(st, info.name, req)
+            }
             Route::Local(Local::Ping) => local::ping(st, req),
             Route::Local(Local::Echo) => local::echo(req),
             Route::Local(Local::Select) => match local::select(st, req) {
@@ -321,10 +354,26 @@ mod tests {
         assert!(!st.can_release());
         note(&mut st, &["SELECT", "0"]);
         assert!(st.can_release());
-        assert_eq!(note(&mut st, &["CLIENT", "REPLY", "OFF"]), 0);
-        assert_eq!(note(&mut st, &["SET", "a", "b"]), 0);
-        assert_eq!(note(&mut st, &["CLIENT", "REPLY", "ON"]), 1);
+        assert_eq!(note(&mut st, &["SUBSCRIBE", "a", "b"]), Expect::Frames(2));
+        assert_eq!(
+            note(&mut st, &["UNSUBSCRIBE"]),
+            Expect::UnsubscribeAll(SubKind::Channel)
+        );
+        assert_eq!(
+            note(&mut st, &["CLIENT", "REPLY", "OFF"]),
+            Expect::Frames(0)
+        );
+        assert_eq!(note(&mut st, &["SET", "a", "b"]), Expect::Frames(0));
+        assert_eq!(note(&mut st, &["CLIENT", "REPLY", "ON"]), Expect::Frames(1));
         assert!(!st.can_release());
+        let mut st = ClientState::new(1, 0, false);
+        note(&mut st, &["MULTI"]);
+        note(&mut st, &["SELECT", "1"]);
+        note(&mut st, &["EXEC"]);
+        assert!(
+            !st.can_release(),
+            "a SELECT run by EXEC keeps the client pinned"
+        );
     }
 
     #[test]

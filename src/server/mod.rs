@@ -130,7 +130,7 @@ async fn run_client(
     let mut s = session::Session::new(ctx, rd, out_tx);
     tracing::debug!(client = s.client_id(), %peer, "client connected");
     let stop = s.serve(&mut shutdown).await;
-    if !stop.graceful || s.is_sticky() {
+    if !stop.graceful {
         // Nobody is left to read what a pinned connection would still relay.
         s.drop_pinned();
     }

@@ -43,7 +43,6 @@ struct Run {
     dest: Dest,
     span: Range<usize>,
     count: u32,
-    replies: u64,
 }
 
 pub(super) struct Session {
@@ -97,11 +96,6 @@ impl Session {
     /// Splits into the pinned connection and the reply queue, so the queue can close first.
     pub(super) fn into_parts(self) -> (Option<Pinned>, mpsc::Sender<Out>) {
         (self.pinned, self.out)
-    }
-
-    /// Whether the client's pinned connection holds state that only ends when the client leaves.
-    pub(super) fn is_sticky(&self) -> bool {
-        self.st.sticky
     }
 
     /// Serves the client until it leaves, misbehaves or quits. Once shutdown begins the client is
@@ -233,7 +227,7 @@ impl Session {
                     self.flush_run(chunk).await?;
                     self.barrier().await?;
                 }
-                self.push_run(Dest::Shared, chunk, span, &req, 1).await
+                self.push_run(Dest::Shared, chunk, span, &req).await
             }
             Decision::Pinned | Decision::PinnedRewrite(_) => {
                 if !self.pinned_active {
@@ -246,16 +240,16 @@ impl Session {
                     }
                 }
                 metrics.command(info.family, Outcome::Pinned);
-                let replies = self.st.note_pinned(info, &req);
+                let expect = self.st.note_pinned(info, &req);
+                if let Decision::PinnedRewrite(_) = decision {
+                    self.flush_run(chunk).await?;
+                }
+                if let Some(p) = &mut self.pinned {
+                    p.expect(expect);
+                }
                 match decision {
-                    Decision::PinnedRewrite(bytes) => {
-                        self.flush_run(chunk).await?;
-                        self.send_to(Dest::Pinned, bytes, 1, replies).await?;
-                    }
-                    _ => {
-                        self.push_run(Dest::Pinned, chunk, span, &req, replies)
-                            .await?
-                    }
+                    Decision::PinnedRewrite(bytes) => self.send_to(Dest::Pinned, bytes, 1).await?,
+                    _ => self.push_run(Dest::Pinned, chunk, span, &req).await?,
                 }
                 if self.st.can_release() {
                     self.flush_run(chunk).await?;
@@ -287,16 +281,23 @@ impl Session {
             Decision::Reset => {
                 metrics.command(info.family, Outcome::Local);
                 self.flush_run(chunk).await?;
-                self.reply(Bytes::from_static(reply::QUEUED_RESET)).await?;
                 if self.pinned_active {
+                    // The upstream drops the connection's subscriptions and transaction before
+                    // it answers +RESET, as Redis does for a direct client; then the connection
+                    // (now in a state cacheside did not set up) is closed.
+                    if let Some(p) = &mut self.pinned {
+                        p.expect(crate::protocol::reply::Expect::Frames(1));
+                    }
+                    self.send_to(Dest::Pinned, req.frame().clone(), 1).await?;
                     if let Some(p) = &mut self.pinned {
                         p.release();
                     }
                     self.pinned_active = false;
                     self.release_pending = true;
-                    // Its upstream state (subscriptions, transaction) goes with the connection.
                     self.barrier().await?;
                     self.pinned = None;
+                } else {
+                    self.reply(Bytes::from_static(reply::RESET)).await?;
                 }
                 self.st.reset();
                 Ok(())
@@ -361,7 +362,6 @@ impl Session {
         chunk: &Bytes,
         span: Option<Range<usize>>,
         req: &Request,
-        replies: u64,
     ) -> Result<(), Stop> {
         match span {
             Some(s) => {
@@ -369,7 +369,6 @@ impl Session {
                     if run.dest == dest && run.span.end == s.start {
                         run.span.end = s.end;
                         run.count += 1;
-                        run.replies += replies;
                         return Ok(());
                     }
                 }
@@ -378,14 +377,13 @@ impl Session {
                     dest,
                     span: s,
                     count: 1,
-                    replies,
                 });
                 Ok(())
             }
             // An inline command was re-encoded: it travels alone.
             None => {
                 self.flush_run(chunk).await?;
-                self.send_to(dest, req.frame().clone(), 1, replies).await
+                self.send_to(dest, req.frame().clone(), 1).await
             }
         }
     }
@@ -393,20 +391,14 @@ impl Session {
     async fn flush_run(&mut self, chunk: &Bytes) -> Result<(), Stop> {
         match self.run.take() {
             Some(run) => {
-                self.send_to(run.dest, chunk.slice(run.span), run.count, run.replies)
+                self.send_to(run.dest, chunk.slice(run.span), run.count)
                     .await
             }
             None => Ok(()),
         }
     }
 
-    async fn send_to(
-        &mut self,
-        dest: Dest,
-        bytes: Bytes,
-        count: u32,
-        replies: u64,
-    ) -> Result<(), Stop> {
+    async fn send_to(&mut self, dest: Dest, bytes: Bytes, count: u32) -> Result<(), Stop> {
         match dest {
             Dest::Shared => {
                 let upstream = self
@@ -424,7 +416,7 @@ impl Session {
                     .pinned
                     .as_mut()
                     .expect("pinned requests are sent only after enter_pinned");
-                if let Err(e) = p.send(&bytes, replies).await {
+                if let Err(e) = p.send(&bytes).await {
                     return Err(self.fail_and_close(ProxyError::PinnedLost(e)).await);
                 }
                 Ok(())

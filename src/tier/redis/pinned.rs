@@ -2,17 +2,22 @@
 //! connections: transactions, WATCH, pub/sub, MONITOR, blocking commands, a non-default db.
 //!
 //! The session writes the client's requests to it directly; a relay task forwards every frame the
-//! upstream sends, in arrival order, into a stream that the client's writer drains. Replies the
-//! proxy answers itself while pinned (`emit`) and the end of the pinned phase (`release`) are
-//! ordered by reply count: each takes effect right after the replies to every request written
-//! before it, and before any reply to a later one.
+//! upstream sends, in arrival order, into a stream that the client's writer drains.
+//!
+//! The relay accounts for replies per request: each request comes with an [`Expect`] (usually one
+//! frame; one per channel for SUBSCRIBE; none under CLIENT REPLY OFF; for a bare UNSUBSCRIBE, one
+//! per subscription the relay knows of when it runs). Pub/sub messages, tracking invalidations
+//! and MONITOR output are recognised and never counted. Replies the proxy answers itself while
+//! pinned (`emit`) and the end of the pinned phase (`release`) take effect once every request
+//! written before them is fully answered, and before any reply to a later one.
 
 use super::conn::{self, Handshake};
 use super::Settings;
 use crate::error::UpstreamError;
 use crate::metrics::Metrics;
-use crate::protocol::reply::{self, Proto, ReplyKind};
+use crate::protocol::reply::{self, Expect, Proto, PubSub, SubKind};
 use bytes::{Bytes, BytesMut};
+use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,8 +30,17 @@ const STREAM_CAPACITY: usize = 256;
 
 enum Ctl {
     Begin(mpsc::Sender<Bytes>),
-    Emit { after: u64, bytes: Bytes },
-    Release { after: u64 },
+    /// The replies the next request written will produce.
+    Expect(Expect),
+    /// Relay `bytes` once `after` requests are fully answered.
+    Emit {
+        after: u64,
+        bytes: Bytes,
+    },
+    /// End the stream once `after` requests are fully answered.
+    Release {
+        after: u64,
+    },
 }
 
 pub struct Pinned {
@@ -34,7 +48,7 @@ pub struct Pinned {
     ctl: mpsc::UnboundedSender<Ctl>,
     task: JoinHandle<UpstreamError>,
     addr: Arc<str>,
-    /// Replies expected for everything written so far.
+    /// Requests written so far.
     sent: u64,
     metrics: Arc<Metrics>,
 }
@@ -75,9 +89,14 @@ impl Pinned {
         rx
     }
 
-    /// Writes requests that expect `replies` replies in all.
-    pub async fn send(&mut self, bytes: &[u8], replies: u64) -> Result<(), UpstreamError> {
-        self.sent += replies;
+    /// Declares the replies of the next request; call once per request, before `send` writes it.
+    pub fn expect(&mut self, e: Expect) {
+        self.sent += 1;
+        let _ = self.ctl.send(Ctl::Expect(e));
+    }
+
+    /// Writes requests, each already declared with `expect`.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
         self.wr
             .write_all(bytes)
             .await
@@ -122,12 +141,18 @@ struct Relay {
     ctl: mpsc::UnboundedReceiver<Ctl>,
     queue: VecDeque<Ctl>,
     stream: Option<mpsc::Sender<Bytes>>,
-    received: u64,
+    /// Replies still owed, one entry per request not yet fully answered.
+    owed: VecDeque<Expect>,
+    /// Requests fully answered.
+    completed: u64,
+    channels: HashSet<Bytes>,
+    patterns: HashSet<Bytes>,
+    shards: HashSet<Bytes>,
 }
 
 impl Relay {
-    /// Moves control messages already sent into the queue (or the stream slot), so that they are
-    /// ordered before frames that answer later requests.
+    /// Moves control messages already sent into place, so that they are ordered before frames
+    /// that answer later requests.
     fn drain_ctl(&mut self) -> bool {
         loop {
             match self.ctl.try_recv() {
@@ -140,16 +165,73 @@ impl Relay {
 
     fn take(&mut self, c: Ctl) {
         match c {
+            Ctl::Expect(e) => {
+                self.owed.push_back(e);
+                self.retire_empty();
+            }
             Ctl::Begin(tx) if self.queue.is_empty() => self.stream = Some(tx),
             other => self.queue.push_back(other),
         }
     }
 
-    /// Applies every queued emit/release whose replies have all been relayed.
+    /// Requests that owe no frames at all are answered as soon as they are first in line.
+    fn retire_empty(&mut self) {
+        while self.owed.front() == Some(&Expect::Frames(0)) {
+            self.owed.pop_front();
+            self.completed += 1;
+        }
+    }
+
+    fn subscriptions(&mut self, kind: SubKind) -> &mut HashSet<Bytes> {
+        match kind {
+            SubKind::Channel => &mut self.channels,
+            SubKind::Pattern => &mut self.patterns,
+            SubKind::Shard => &mut self.shards,
+        }
+    }
+
+    /// Accounts for one frame from the upstream.
+    fn account(&mut self, frame: &[u8]) {
+        let ps = reply::pubsub(frame);
+        if matches!(ps, Some(PubSub::Message)) || self.owed.is_empty() {
+            // A message, an invalidation, MONITOR output: relayed, never a reply.
+            return;
+        }
+        if let Some(PubSub::Confirm {
+            kind,
+            subscribe,
+            name: Some(name),
+        }) = &ps
+        {
+            let set = self.subscriptions(*kind);
+            if *subscribe {
+                set.insert(name.clone());
+            } else {
+                set.remove(name);
+            }
+        }
+        let front = self.owed.front_mut().expect("checked non-empty above");
+        if let Expect::UnsubscribeAll(kind) = *front {
+            // Resolved when its first reply arrives: every earlier request has run by then.
+            // This frame already removed one subscription from the set.
+            let left = match kind {
+                SubKind::Channel => self.channels.len(),
+                SubKind::Pattern => self.patterns.len(),
+                SubKind::Shard => self.shards.len(),
+            };
+            *self.owed.front_mut().expect("non-empty") = Expect::Frames(left as u32 + 1);
+        }
+        if let Some(Expect::Frames(n)) = self.owed.front_mut() {
+            *n = n.saturating_sub(1);
+        }
+        self.retire_empty();
+    }
+
+    /// Applies every queued emit/release whose requests have all been answered.
     async fn settle(&mut self) {
         while let Some(front) = self.queue.front() {
             match front {
-                Ctl::Emit { after, .. } | Ctl::Release { after } if *after > self.received => {
+                Ctl::Emit { after, .. } | Ctl::Release { after } if *after > self.completed => {
                     return
                 }
                 _ => {}
@@ -162,6 +244,7 @@ impl Relay {
                 }
                 Some(Ctl::Release { .. }) => self.stream = None,
                 Some(Ctl::Begin(tx)) => self.stream = Some(tx),
+                Some(Ctl::Expect(e)) => self.owed.push_back(e),
                 None => return,
             }
         }
@@ -177,7 +260,11 @@ async fn relay(
         ctl,
         queue: VecDeque::new(),
         stream: None,
-        received: 0,
+        owed: VecDeque::new(),
+        completed: 0,
+        channels: HashSet::new(),
+        patterns: HashSet::new(),
+        shards: HashSet::new(),
     };
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
@@ -207,15 +294,13 @@ async fn relay(
                     }
                     r.settle().await;
                     let bytes = buf.split_to(f.len).freeze();
+                    r.account(&bytes);
                     let Some(stream) = &r.stream else {
                         return UpstreamError::Protocol { addr, detail: "reply with no request waiting for it".into() };
                     };
                     // A client that went away drops its stream: the connection is then dropped too.
                     if stream.send(bytes).await.is_err() {
                         return UpstreamError::Closed { addr };
-                    }
-                    if f.kind != ReplyKind::Push {
-                        r.received += 1;
                     }
                 }
             }

@@ -333,12 +333,8 @@ async fn read_loop(
             while frames < want {
                 match reply::frame(&buf[scanned..], proto) {
                     Ok(Some(f)) => {
-                        if f.kind == ReplyKind::Push {
-                            // Shared connections never enable pushes; drop any stray one.
-                            let tail = buf.split_off(scanned);
-                            buf.extend_from_slice(&tail[f.len..]);
-                            continue;
-                        }
+                        // Shared connections never subscribe or track, so every frame,
+                        // a RESP3 push included, answers a request.
                         if f.kind == ReplyKind::Error {
                             metrics.upstream_error_replies.inc();
                         }
