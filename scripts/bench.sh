@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# End-to-end throughput/latency comparison: redis-benchmark against Redis directly, through
+# twemproxy (nutcracker) and through cacheside, all three in the same run and interleaved per
+# test so that machine noise is shared.
+#
+# Usage (from the repo root): scripts/bench.sh [--requests N] [--keep-logs]
+#
+#   --requests N   requests per redis-benchmark run (default: 200000 at -P 1, 800000 at -P 16)
+#   --keep-logs    keep the temporary directory with configs and server logs
+#
+# Needs: cargo, redis-server (Debian package redis-server), redis-cli and redis-benchmark
+# (redis-tools), nutcracker (nutcracker). Nothing is installed by this script.
+#
+# Every process (client, proxies, Redis) shares the same machine; on a small machine they
+# compete for CPU, so compare targets with each other within one run, not across machines.
+
+set -euo pipefail
+
+CLIENTS=50
+DATA_SIZE=100
+KEYSPACE=100000
+REQ_P1=200000
+REQ_P16=800000
+KEEP_LOGS=0
+
+usage() {
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --requests)
+            [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]*$ ]] || {
+                echo "bench.sh: --requests needs a positive integer" >&2
+                exit 2
+            }
+            REQ_P1=$2
+            REQ_P16=$2
+            shift 2
+            ;;
+        --requests=*)
+            v=${1#--requests=}
+            [[ "$v" =~ ^[1-9][0-9]*$ ]] || {
+                echo "bench.sh: --requests needs a positive integer" >&2
+                exit 2
+            }
+            REQ_P1=$v
+            REQ_P16=$v
+            shift
+            ;;
+        --keep-logs)
+            KEEP_LOGS=1
+            shift
+            ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        *)
+            echo "bench.sh: unknown argument: $1" >&2
+            usage >&2
+            exit 2
+            ;;
+    esac
+done
+
+# --- prerequisites ---------------------------------------------------------------------------
+
+missing=0
+need() { # need BINARY DEBIAN-PACKAGE
+    if ! command -v "$1" >/dev/null 2>&1; then
+        echo "bench.sh: '$1' not found; install the Debian package '$2' (apt-get install $2)" >&2
+        missing=1
+    fi
+}
+need redis-server redis-server
+need redis-cli redis-tools
+need redis-benchmark redis-tools
+need nutcracker nutcracker
+need cargo "cargo (or rustup)"
+need awk "mawk (or gawk)"
+[[ $missing -eq 0 ]] || exit 1
+
+cd "$(dirname "$0")/.."
+[[ -f Cargo.toml ]] || {
+    echo "bench.sh: cannot find the repo root" >&2
+    exit 1
+}
+
+# --- processes and cleanup -------------------------------------------------------------------
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/cacheside-bench.XXXXXX")
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $KEEP_LOGS -eq 1 ]]; then
+        echo "bench.sh: logs kept in $TMP" >&2
+    else
+        rm -rf "$TMP"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A port nothing listens on (checked by trying to connect), not handed out before in this run.
+USED_PORTS=" "
+free_port() {
+    local p i
+    for i in $(seq 1 200); do
+        p=$((20000 + RANDOM % 30000))
+        [[ "$USED_PORTS" == *" $p "* ]] && continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            USED_PORTS+="$p "
+            echo "$p"
+            return 0
+        fi
+    done
+    echo "bench.sh: no free port found" >&2
+    return 1
+}
+
+wait_ping() { # wait_ping NAME PORT PID LOG
+    local i
+    for i in $(seq 1 100); do
+        if [[ "$(redis-cli -h 127.0.0.1 -p "$2" ping 2>/dev/null)" == "PONG" ]]; then
+            return 0
+        fi
+        if ! kill -0 "$3" 2>/dev/null; then
+            echo "bench.sh: $1 exited during startup; its log ($4):" >&2
+            tail -n 20 "$4" >&2 || true
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "bench.sh: $1 did not answer PING on port $2 within 10s; its log ($4):" >&2
+    tail -n 20 "$4" >&2 || true
+    exit 1
+}
+
+# --- build -----------------------------------------------------------------------------------
+
+echo "== building cacheside (cargo build --release)" >&2
+cargo build --release --bin cacheside >&2
+CACHESIDE=target/release/cacheside
+[[ -x "$CACHESIDE" ]] || {
+    echo "bench.sh: $CACHESIDE was not built" >&2
+    exit 1
+}
+
+# --- start the three targets -----------------------------------------------------------------
+
+REDIS_PORT=$(free_port)
+TWEM_PORT=$(free_port)
+TWEM_STATS_PORT=$(free_port)
+CS_PORT=$(free_port)
+
+echo "== starting redis-server on $REDIS_PORT" >&2
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --daemonize no --logfile "$TMP/redis.log" --dir "$TMP" &
+PIDS+=($!)
+wait_ping redis-server "$REDIS_PORT" "${PIDS[-1]}" "$TMP/redis.log"
+
+echo "== starting nutcracker on $TWEM_PORT" >&2
+cat >"$TMP/nutcracker.yml" <<EOF
+bench:
+  listen: 127.0.0.1:$TWEM_PORT
+  redis: true
+  hash: fnv1a_64
+  distribution: ketama
+  auto_eject_hosts: false
+  preconnect: true
+  server_connections: 2
+  servers:
+    - 127.0.0.1:$REDIS_PORT:1
+EOF
+nutcracker -t -c "$TMP/nutcracker.yml" >"$TMP/nutcracker-check.log" 2>&1 || {
+    echo "bench.sh: nutcracker rejected its config:" >&2
+    cat "$TMP/nutcracker-check.log" >&2
+    exit 1
+}
+nutcracker -c "$TMP/nutcracker.yml" -o "$TMP/nutcracker.log" -p "$TMP/nutcracker.pid" \
+    -s "$TWEM_STATS_PORT" -a 127.0.0.1 -v 4 &
+PIDS+=($!)
+wait_ping nutcracker "$TWEM_PORT" "${PIDS[-1]}" "$TMP/nutcracker.log"
+
+echo "== starting cacheside on $CS_PORT" >&2
+: >"$TMP/cacheside.toml" # empty config: ignore any ./proxy.toml, flags set the rest
+"$CACHESIDE" --config "$TMP/cacheside.toml" --upstream "redis://127.0.0.1:$REDIS_PORT" \
+    --listen "127.0.0.1:$CS_PORT" --admin-listen "" --log-level warn \
+    >"$TMP/cacheside.log" 2>&1 &
+PIDS+=($!)
+wait_ping cacheside "$CS_PORT" "${PIDS[-1]}" "$TMP/cacheside.log"
+
+# --- data ------------------------------------------------------------------------------------
+
+# redis-benchmark -r N names keys key:%012d for 0 <= %d < N; write all of them so GETs hit.
+echo "== writing $KEYSPACE keys of $DATA_SIZE bytes" >&2
+awk -v n="$KEYSPACE" -v size="$DATA_SIZE" 'BEGIN {
+    v = ""; for (i = 0; i < size; i++) v = v "x"
+    for (i = 0; i < n; i++) {
+        k = sprintf("key:%012d", i)
+        printf "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", length(k), k, size, v
+    }
+}' | redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --pipe >"$TMP/populate.log" 2>&1 || {
+    echo "bench.sh: populating Redis failed:" >&2
+    cat "$TMP/populate.log" >&2
+    exit 1
+}
+
+declare -A PORT=([direct]=$REDIS_PORT [twemproxy]=$TWEM_PORT [cacheside]=$CS_PORT)
+TARGETS=(direct twemproxy cacheside)
+
+for t in "${TARGETS[@]}"; do
+    got=$(redis-cli -h 127.0.0.1 -p "${PORT[$t]}" get key:000000000042 2>&1)
+    if [[ ${#got} -ne $DATA_SIZE ]]; then
+        echo "bench.sh: sanity GET through $t returned '$got'" >&2
+        exit 1
+    fi
+done
+
+# --- benchmark -------------------------------------------------------------------------------
+
+RESULTS="$TMP/results.tsv" # test pipeline target rps p50 p99
+: >"$RESULTS"
+round=0
+for test in get set; do
+    for pipe in 1 16; do
+        if [[ $pipe -eq 1 ]]; then n=$REQ_P1; else n=$REQ_P16; fi
+        # Rotate the order each round so no target always runs first (or last).
+        for k in 0 1 2; do
+            t=${TARGETS[$(((round + k) % 3))]}
+            echo "== $test -P $pipe -n $n -> $t" >&2
+            out=$(redis-benchmark -h 127.0.0.1 -p "${PORT[$t]}" -c "$CLIENTS" -n "$n" \
+                -d "$DATA_SIZE" -r "$KEYSPACE" -P "$pipe" -t "$test" --csv \
+                2>>"$TMP/redis-benchmark.stderr") || {
+                echo "bench.sh: redis-benchmark against $t failed:" >&2
+                tail -n 20 "$TMP/redis-benchmark.stderr" >&2
+                exit 1
+            }
+            # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",
+            # "p99_latency_ms","max_latency_ms"
+            line=$(printf '%s\n' "$out" | tr -d '"\r' | awk -F, -v T="${test^^}" '$1 == T')
+            [[ -n "$line" ]] || {
+                echo "bench.sh: no $test result from redis-benchmark against $t; output:" >&2
+                printf '%s\n' "$out" >&2
+                exit 1
+            }
+            IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"$line"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$test" "$pipe" "$t" "$rps" "$p50" "$p99" >>"$RESULTS"
+        done
+        round=$((round + 1))
+    done
+done
+
+# Every target must still be alive: a crash mid-run would otherwise look like a slow result.
+for i in "${!PIDS[@]}"; do
+    kill -0 "${PIDS[$i]}" 2>/dev/null || {
+        echo "bench.sh: a server (pid ${PIDS[$i]}) died during the run; see $TMP" >&2
+        KEEP_LOGS=1
+        exit 1
+    }
+done
+
+# --- report ----------------------------------------------------------------------------------
+
+cores=$(nproc 2>/dev/null || echo "?")
+echo
+echo "redis-benchmark: -c $CLIENTS -d $DATA_SIZE -r $KEYSPACE, -n $REQ_P1 at -P 1, -n $REQ_P16 at -P 16;" \
+    "$cores CPU cores shared by client, proxies and Redis"
+echo "$(redis-server --version | awk '{print $1, $2, $3}'); $(nutcracker --version 2>&1 | head -n 1);" \
+    "cacheside $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted src changes)')"
+echo
+echo "| test | pipeline | target | rps | p50 ms | p99 ms |"
+echo "|------|---------:|--------|----:|-------:|-------:|"
+for test in get set; do
+    for pipe in 1 16; do
+        for t in "${TARGETS[@]}"; do
+            awk -F'\t' -v a="$test" -v b="$pipe" -v c="$t" '$1 == a && $2 == b && $3 == c {
+                printf "| %s | %s | %s | %.0f | %.3f | %.3f |\n", toupper($1), $2, $3, $4, $5, $6
+            }' "$RESULTS"
+        done
+    done
+done
+
+echo
+echo "| test | pipeline | cacheside/direct rps | cacheside/twemproxy rps |"
+echo "|------|---------:|---------------------:|------------------------:|"
+awk -F'\t' '
+    { rps[$1 SUBSEP $2 SUBSEP $3] = $4 }
+    END {
+        split("get set", tests, " "); split("1 16", pipes, " ")
+        for (i = 1; i <= 2; i++) for (j = 1; j <= 2; j++) {
+            k = tests[i] SUBSEP pipes[j]
+            cs = rps[k SUBSEP "cacheside"]; d = rps[k SUBSEP "direct"]; tw = rps[k SUBSEP "twemproxy"]
+            printf "| %s | %s | %s | %s |\n", toupper(tests[i]), pipes[j],
+                (d > 0 ? sprintf("%.2f", cs / d) : "n/a"), (tw > 0 ? sprintf("%.2f", cs / tw) : "n/a")
+        }
+    }' "$RESULTS"
