@@ -100,6 +100,7 @@ fn main() -> ExitCode {
     }
     init_tracing(&validated);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(validated.worker_threads)
         .enable_all()
         .build()
     {

@@ -44,6 +44,7 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("server.max_multibulk_len", Kind::Int),
     ("server.max_inline_len", Kind::Str),
     ("server.max_pending_replies", Kind::Int),
+    ("server.worker_threads", Kind::Int),
     ("upstream.url", Kind::Str),
     ("upstream.password_file", Kind::Str),
     ("upstream.connections", Kind::Int),

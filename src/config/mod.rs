@@ -66,6 +66,7 @@ pub struct ServerConfig {
     pub max_multibulk_len: usize,
     pub max_inline_len: Size,
     pub max_pending_replies: usize,
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +82,7 @@ impl Default for ServerConfig {
             max_multibulk_len: 1024 * 1024,
             max_inline_len: Size::kib(64),
             max_pending_replies: 1024,
+            worker_threads: 1,
         }
     }
 }

@@ -41,6 +41,7 @@ pub struct Validated {
     pub limits: Limits,
     pub max_query_buffer: usize,
     pub max_pending_replies: usize,
+    pub worker_threads: usize,
     pub upstream: Option<UpstreamSettings>,
     pub log_level: String,
     pub log_json: bool,
@@ -140,6 +141,12 @@ impl Config {
                 "0 must be >= 1",
             ));
         }
+        if s.worker_threads == 0 || s.worker_threads > 256 {
+            return Err(ConfigError::invalid(
+                "server.worker_threads",
+                format!("{} must be between 1 and 256", s.worker_threads),
+            ));
+        }
         let limits = Limits {
             max_bulk_len,
             max_multibulk_len: s.max_multibulk_len,
@@ -208,6 +215,7 @@ impl Config {
             limits,
             max_query_buffer,
             max_pending_replies: s.max_pending_replies,
+            worker_threads: s.worker_threads,
             upstream,
             log_level: self.log.level.clone(),
             log_json,

@@ -219,10 +219,9 @@ impl Session {
             .ctx
             .router
             .route(&mut self.st, &req, self.pinned_active);
-        let metrics = self.ctx.metrics.clone();
         match decision {
             Decision::Forward => {
-                metrics.command(info.family, Outcome::Forwarded);
+                self.ctx.metrics.command(info.family, Outcome::Forwarded);
                 if self.release_pending {
                     self.flush_run(chunk).await?;
                     self.barrier().await?;
@@ -233,13 +232,13 @@ impl Session {
                 if !self.pinned_active {
                     self.flush_run(chunk).await?;
                     if let Err(e) = self.enter_pinned().await {
-                        metrics.command(info.family, Outcome::Rejected);
+                        self.ctx.metrics.command(info.family, Outcome::Rejected);
                         return self
                             .reply(crate::error::reply_bytes(&ProxyError::Upstream(e)))
                             .await;
                     }
                 }
-                metrics.command(info.family, Outcome::Pinned);
+                self.ctx.metrics.command(info.family, Outcome::Pinned);
                 let expect = self.st.note_pinned(info, &req);
                 if let Decision::PinnedRewrite(_) = decision {
                     self.flush_run(chunk).await?;
@@ -262,12 +261,12 @@ impl Session {
                 Ok(())
             }
             Decision::Reply(bytes) => {
-                metrics.command(info.family, Outcome::Local);
+                self.ctx.metrics.command(info.family, Outcome::Local);
                 self.flush_run(chunk).await?;
                 self.reply(bytes).await
             }
             Decision::Quit => {
-                metrics.command(info.family, Outcome::Local);
+                self.ctx.metrics.command(info.family, Outcome::Local);
                 self.flush_run(chunk).await?;
                 self.reply(Bytes::from_static(reply::OK)).await?;
                 if self.pinned_active {
@@ -279,7 +278,7 @@ impl Session {
                 Err(Stop { graceful: true })
             }
             Decision::Reset => {
-                metrics.command(info.family, Outcome::Local);
+                self.ctx.metrics.command(info.family, Outcome::Local);
                 self.flush_run(chunk).await?;
                 if self.pinned_active {
                     // The upstream drops the connection's subscriptions and transaction before
@@ -303,7 +302,7 @@ impl Session {
                 Ok(())
             }
             Decision::Fail(e) => {
-                metrics.command(info.family, Outcome::Rejected);
+                self.ctx.metrics.command(info.family, Outcome::Rejected);
                 self.flush_run(chunk).await?;
                 match to_reply(&e) {
                     Disposition::Reply(bytes) => self.reply(bytes).await,
