@@ -1,7 +1,6 @@
 //! The admin HTTP listener: `/livez`, `/readyz` and `/metrics`, on its own port.
 
 use crate::metrics::Metrics;
-use crate::tier::redis::Upstream;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
@@ -27,7 +26,7 @@ impl Readiness {
 
     pub fn for_upstream(upstream: Option<&Arc<crate::server::Ctx>>) -> Self {
         let check = upstream.cloned().map(|ctx| {
-            Arc::new(move || ctx.upstream.as_ref().is_none_or(Upstream::is_up))
+            Arc::new(move || ctx.upstream.as_ref().is_none_or(|u| u.is_up()))
                 as Arc<dyn Fn() -> bool + Send + Sync>
         });
         Self::new(check)

@@ -4,8 +4,10 @@
 use crate::admin::{self, Readiness};
 use crate::config::Validated;
 use crate::metrics::Metrics;
+use crate::protocol::Proto;
 use crate::router::Router;
 use crate::server::{self, Ctx};
+use crate::tier::hot::{coherence, HotTier};
 use crate::tier::redis::Upstream;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,7 +55,7 @@ pub async fn serve(
     let upstream = cfg
         .upstream
         .clone()
-        .map(|s| Upstream::start(s, metrics.clone()));
+        .map(|s| Arc::new(Upstream::start(s, metrics.clone())));
     match &upstream {
         Some(u) => {
             tracing::info!(upstream = %u.settings().url, connections = u.settings().connections, "upstream configured")
@@ -62,7 +64,31 @@ pub async fn serve(
             "no upstream configured (upstream.url): only connection commands are answered"
         ),
     }
-    let router = Router::new(cfg.client_auth.clone(), upstream.is_some());
+    let hot = match &upstream {
+        Some(u) if !cfg.hot.rules.is_empty() => {
+            let tier = HotTier::new(&cfg.hot, metrics.clone());
+            let publisher = u.clone();
+            tier.set_publisher(move |cmd| {
+                // Fire and forget: the reply is not awaited (see HotTier::invalidate_written).
+                drop(publisher.send(Proto::Resp2, 0, cmd, 1));
+            });
+            coherence::spawn(
+                tier.clone(),
+                u.settings_arc(),
+                cfg.hot.coherence,
+                cfg.hot.channel.clone(),
+            );
+            tracing::info!(
+                rules = cfg.hot.rules.len(),
+                max_bytes = cfg.hot.max_bytes,
+                coherence = ?cfg.hot.coherence,
+                "hot tier enabled"
+            );
+            Some(tier)
+        }
+        _ => None,
+    };
+    let router = Router::new(cfg.client_auth.clone(), upstream.is_some(), hot);
     let ctx = Arc::new(Ctx::new(
         router,
         upstream,

@@ -15,15 +15,18 @@ pub enum Outcome {
     Pinned,
     /// Answered by cacheside itself.
     Local,
+    /// Answered from the hot tier.
+    Cached,
     /// Refused by cacheside with an error reply (auth, limits, upstream unavailable).
     Rejected,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 4] = [
+    const ALL: [Outcome; 5] = [
         Outcome::Forwarded,
         Outcome::Pinned,
         Outcome::Local,
+        Outcome::Cached,
         Outcome::Rejected,
     ];
     fn as_str(self) -> &'static str {
@@ -31,6 +34,7 @@ impl Outcome {
             Outcome::Forwarded => "forwarded",
             Outcome::Pinned => "pinned",
             Outcome::Local => "local",
+            Outcome::Cached => "cached",
             Outcome::Rejected => "rejected",
         }
     }
@@ -71,8 +75,71 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Where an invalidation of the hot tier came from, the `source` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidationSource {
+    /// A write through this sidecar.
+    LocalWrite,
+    /// A CLIENT TRACKING invalidation push.
+    Tracking,
+    /// A message from another sidecar on the broadcast channel.
+    Broadcast,
+    /// The whole tier was emptied (FLUSHDB/FLUSHALL/SWAPDB, or the coherence connection dropped).
+    Flush,
+}
+
+impl InvalidationSource {
+    const ALL: [InvalidationSource; 4] = [
+        InvalidationSource::LocalWrite,
+        InvalidationSource::Tracking,
+        InvalidationSource::Broadcast,
+        InvalidationSource::Flush,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidationSource::LocalWrite => "local_write",
+            InvalidationSource::Tracking => "tracking",
+            InvalidationSource::Broadcast => "broadcast",
+            InvalidationSource::Flush => "flush",
+        }
+    }
+}
+
+/// The hot tier's counters, resolved once.
+pub struct CacheMetrics {
+    pub hot_hits: IntCounter,
+    pub hot_misses: IntCounter,
+    pub upstream_hits: IntCounter,
+    pub upstream_misses: IntCounter,
+    pub evicted_size: IntCounter,
+    pub evicted_expiry: IntCounter,
+    pub evicted_invalidation: IntCounter,
+    pub fills_stored: IntCounter,
+    pub fills_raced: IntCounter,
+    pub fills_too_large: IntCounter,
+    pub fills_expired: IntCounter,
+    pub size_bytes: IntGauge,
+    pub entries: IntGauge,
+    pub coherent: IntGauge,
+    invalidations: Vec<IntCounter>,
+}
+
+impl CacheMetrics {
+    pub fn invalidation(&self, source: InvalidationSource) {
+        let i = InvalidationSource::ALL
+            .iter()
+            .position(|s| *s == source)
+            .unwrap_or(0);
+        self.invalidations[i].inc();
+    }
+}
+
+type ScrapeHook = Box<dyn Fn() + Send + Sync>;
+
 pub struct Metrics {
     registry: Registry,
+    pub cache: CacheMetrics,
+    scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
     pub client_connections: IntGauge,
     pub client_connections_total: IntCounter,
     pub client_rejections_max_clients: IntCounter,
@@ -143,7 +210,64 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let vec2 = |name: &str, help: &str, label: &str| {
+            register(
+                r,
+                IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
+            )
+        };
+        let gets = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cacheside_cache_gets_total",
+                    "Cached reads by tier (hot: in-process; upstream: fills from Redis) and result.",
+                ),
+                &["tier", "result"],
+            )
+            .expect("valid metric"),
+        );
+        let evictions = vec2(
+            "cacheside_cache_evictions_total",
+            "Hot-tier entries removed, by reason (size, expiry, invalidation).",
+            "reason",
+        );
+        let fills = vec2(
+            "cacheside_cache_fills_total",
+            "Hot-tier fills by result (stored; raced: a write invalidated the key while the read was in flight; too_large; expired).",
+            "result",
+        );
+        let invalidations_vec = vec2(
+            "cacheside_invalidations_total",
+            "Hot-tier invalidations by source (local_write, tracking, broadcast, flush).",
+            "source",
+        );
+        let cache = CacheMetrics {
+            hot_hits: gets.with_label_values(&["hot", "hit"]),
+            hot_misses: gets.with_label_values(&["hot", "miss"]),
+            upstream_hits: gets.with_label_values(&["upstream", "hit"]),
+            upstream_misses: gets.with_label_values(&["upstream", "miss"]),
+            evicted_size: evictions.with_label_values(&["size"]),
+            evicted_expiry: evictions.with_label_values(&["expiry"]),
+            evicted_invalidation: evictions.with_label_values(&["invalidation"]),
+            fills_stored: fills.with_label_values(&["stored"]),
+            fills_raced: fills.with_label_values(&["raced"]),
+            fills_too_large: fills.with_label_values(&["too_large"]),
+            fills_expired: fills.with_label_values(&["expired"]),
+            size_bytes: gauge("cacheside_cache_size_bytes", "Bytes held by the hot tier (keys, values, overhead)."),
+            entries: gauge("cacheside_cache_entries", "Keys held by the hot tier."),
+            coherent: gauge(
+                "cacheside_cache_coherent",
+                "1 while the hot tier receives invalidations (or needs none); 0 while it is bypassed.",
+            ),
+            invalidations: InvalidationSource::ALL
+                .iter()
+                .map(|s| invalidations_vec.with_label_values(&[s.as_str()]))
+                .collect(),
+        };
         Self {
+            cache,
+            scrape_hooks: std::sync::Mutex::new(Vec::new()),
             client_connections: gauge("cacheside_client_connections", "Open client connections."),
             client_connections_total: counter(
                 "cacheside_client_connections_total",
@@ -193,8 +317,20 @@ impl Metrics {
         self.upstream_failures[i].inc();
     }
 
+    /// Runs `hook` before every scrape (to refresh gauges that are read, not counted).
+    pub fn on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut hooks) = self.scrape_hooks.lock() {
+            hooks.push(Box::new(hook));
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Ok(hooks) = self.scrape_hooks.lock() {
+            for h in hooks.iter() {
+                h();
+            }
+        }
         let mut out = String::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {

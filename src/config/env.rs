@@ -56,6 +56,10 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("log.level", Kind::Str),
     ("log.format", Kind::Str),
     ("shutdown.grace_period", Kind::Str),
+    ("hot.max_size", Kind::Str),
+    ("hot.policy", Kind::Str),
+    ("hot.coherence", Kind::Str),
+    ("hot.channel", Kind::Str),
 ];
 
 /// `server.max_clients` -> `CACHESIDE_SERVER_MAX_CLIENTS`.

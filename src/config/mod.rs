@@ -50,6 +50,51 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+    pub hot: HotConfig,
+    /// `[[cache]]` rules: which keys the hot tier may hold, and for how long.
+    pub cache: Vec<CacheRule>,
+}
+
+/// `[hot]`: the in-process tier.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HotConfig {
+    pub max_size: Size,
+    pub policy: String,
+    pub coherence: String,
+    pub channel: String,
+}
+
+impl Default for HotConfig {
+    fn default() -> Self {
+        Self {
+            max_size: Size::mib(64),
+            policy: "tinylfu".into(),
+            coherence: "auto".into(),
+            channel: "cacheside:invalidate".into(),
+        }
+    }
+}
+
+/// One `[[cache]]` rule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRule {
+    pub keys: String,
+    pub ttl: Human,
+    #[serde(default = "CacheRule::default_max_value_size")]
+    pub max_value_size: Size,
+    #[serde(default = "CacheRule::default_enabled")]
+    pub enabled: bool,
+}
+
+impl CacheRule {
+    fn default_max_value_size() -> Size {
+        Size::mib(1)
+    }
+    fn default_enabled() -> bool {
+        true
+    }
 }
 
 /// `[server]`: the client-facing RESP listener.

@@ -31,6 +31,38 @@ pub struct UpstreamSettings {
     pub reconnect_max: Duration,
 }
 
+/// How the hot tier learns of writes made through other sidecars or straight to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coherence {
+    /// Probe CLIENT TRACKING at start; fall back to broadcast where the upstream refuses it.
+    Auto,
+    /// A RESP3 connection with `CLIENT TRACKING ON BCAST` for the cached prefixes.
+    Tracking,
+    /// Sidecars publish the keys their writes touched on a channel and evict what others publish.
+    Broadcast,
+    /// No messages: the rule TTL bounds staleness.
+    Ttl,
+}
+
+/// One checked `[[cache]]` rule.
+#[derive(Debug, Clone)]
+pub struct RuleSettings {
+    pub pattern: String,
+    pub ttl: Duration,
+    pub max_value_size: usize,
+}
+
+/// The hot tier's checked settings.
+#[derive(Debug, Clone)]
+pub struct HotSettings {
+    pub max_bytes: u64,
+    pub lru: bool,
+    pub coherence: Coherence,
+    pub channel: String,
+    /// Enabled rules, in file order: the first match wins.
+    pub rules: Vec<RuleSettings>,
+}
+
 /// Checked settings, built only by [`Config::validate`].
 #[derive(Debug, Clone)]
 pub struct Validated {
@@ -46,6 +78,7 @@ pub struct Validated {
     pub log_level: String,
     pub log_json: bool,
     pub grace_period: Duration,
+    pub hot: HotSettings,
     pub config: Config,
 }
 
@@ -76,6 +109,74 @@ fn read_secret(key: &str, path: &Path) -> Result<String, ConfigError> {
         ));
     }
     Ok(secret)
+}
+
+fn validate_hot(c: &Config) -> Result<HotSettings, ConfigError> {
+    let h = &c.hot;
+    if h.max_size.bytes() < 1024 {
+        return Err(ConfigError::invalid(
+            "hot.max_size",
+            format!("\"{}\" must be at least 1KiB", h.max_size),
+        ));
+    }
+    let lru = match h.policy.as_str() {
+        "tinylfu" => false,
+        "lru" => true,
+        other => {
+            return Err(ConfigError::invalid(
+                "hot.policy",
+                format!("{other:?} must be \"tinylfu\" or \"lru\""),
+            ))
+        }
+    };
+    let coherence = match h.coherence.as_str() {
+        "auto" => Coherence::Auto,
+        "tracking" => Coherence::Tracking,
+        "broadcast" => Coherence::Broadcast,
+        "ttl" => Coherence::Ttl,
+        other => {
+            return Err(ConfigError::invalid(
+                "hot.coherence",
+                format!("{other:?} must be one of auto, tracking, broadcast, ttl"),
+            ))
+        }
+    };
+    if h.channel.is_empty() {
+        return Err(ConfigError::invalid("hot.channel", "must not be empty"));
+    }
+    let mut rules = Vec::new();
+    for (i, r) in c.cache.iter().enumerate() {
+        let key = |k: &str| format!("cache[{i}].{k}");
+        if r.keys.is_empty() {
+            return Err(ConfigError::invalid(key("keys"), "must not be empty"));
+        }
+        if let Err(m) = crate::tier::hot::Pattern::parse(&r.keys) {
+            return Err(ConfigError::invalid(
+                key("keys"),
+                format!("{:?}: {m}", r.keys),
+            ));
+        }
+        if r.ttl.get().is_zero() {
+            return Err(ConfigError::invalid(key("ttl"), "\"0s\" must be > 0"));
+        }
+        if r.max_value_size.bytes() == 0 {
+            return Err(ConfigError::invalid(key("max_value_size"), "must be > 0"));
+        }
+        if r.enabled {
+            rules.push(RuleSettings {
+                pattern: r.keys.clone(),
+                ttl: r.ttl.get(),
+                max_value_size: r.max_value_size.bytes() as usize,
+            });
+        }
+    }
+    Ok(HotSettings {
+        max_bytes: h.max_size.bytes(),
+        lru,
+        coherence,
+        channel: h.channel.clone(),
+        rules,
+    })
 }
 
 impl Config {
@@ -207,7 +308,9 @@ impl Config {
                 format!("{:?}: {e}", self.log.level),
             ));
         }
+        let hot = validate_hot(&self)?;
         Ok(Validated {
+            hot,
             listen,
             admin_listen,
             max_clients: s.max_clients,
@@ -245,6 +348,16 @@ mod tests {
         assert!(err("[server]\nlisten = \"nowhere\"\n").starts_with("server.listen: \"nowhere\""));
         assert!(err("[log]\nformat = \"xml\"\n").starts_with("log.format: \"xml\""));
         assert!(err("[upstream]\nurl = \"http://h\"\n").starts_with("upstream.url:"));
+    }
+
+    #[test]
+    fn cache_rule_errors_name_the_rule() {
+        assert_eq!(
+            err("[[cache]]\nkeys = \"a:*\"\nttl = \"1s\"\n[[cache]]\nkeys = \"b:*\"\nttl = \"0s\"\n"),
+            "cache[1].ttl: \"0s\" must be > 0"
+        );
+        assert!(err("[[cache]]\nkeys = \"a[b\"\nttl = \"1s\"\n").starts_with("cache[0].keys:"));
+        assert!(err("[hot]\ncoherence = \"psychic\"\n").starts_with("hot.coherence:"));
     }
 
     #[test]

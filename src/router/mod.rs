@@ -2,14 +2,19 @@
 //! by cacheside itself (connection state lives in the proxy), on a shared upstream connection,
 //! or on the client's pinned connection; and track the state that pinning depends on.
 
+pub mod fill;
 mod local;
 
 use crate::config::validate::ClientAuth;
 use crate::error::ProxyError;
+use crate::metrics::InvalidationSource;
 use crate::protocol::command::{self, CommandInfo, Local, Pin, Route};
 use crate::protocol::reply::{Expect, SubKind};
 use crate::protocol::{Proto, Request};
+use crate::tier::hot::HotTier;
 use bytes::Bytes;
+use smallvec::SmallVec;
+use std::sync::Arc;
 
 /// What cacheside knows about one client connection.
 #[derive(Debug, Clone)]
@@ -173,17 +178,66 @@ pub enum Decision {
     Reset,
     /// An error reply (or a close), mapped by `error::to_reply`.
     Fail(ProxyError),
+    /// Answered from the hot tier.
+    Cached(Bytes),
+    /// A hot-tier miss: read the value and its TTL upstream, then store it.
+    Fill(Box<fill::FillPlan>),
+    /// INFO: forwarded, with cacheside's own section appended to the reply.
+    Info,
+}
+
+/// Keys a write touched that the hot tier may hold: evicted when the write is sent, and again
+/// when its reply arrives (which fails any fill that raced it).
+#[derive(Debug, Default)]
+pub struct Invalidation {
+    pub keys: SmallVec<[Bytes; 2]>,
+    /// The write empties whole databases (FLUSHDB, FLUSHALL, SWAPDB).
+    pub flush: bool,
 }
 
 /// The per-process routing policy.
 pub struct Router {
     auth: Option<ClientAuth>,
     has_upstream: bool,
+    hot: Option<Arc<HotTier>>,
 }
 
 impl Router {
-    pub fn new(auth: Option<ClientAuth>, has_upstream: bool) -> Self {
-        Self { auth, has_upstream }
+    pub fn new(auth: Option<ClientAuth>, has_upstream: bool, hot: Option<Arc<HotTier>>) -> Self {
+        Self {
+            auth,
+            has_upstream,
+            hot,
+        }
+    }
+
+    pub fn hot(&self) -> Option<&Arc<HotTier>> {
+        self.hot.as_ref()
+    }
+
+    /// For a write: evicts the cached keys it touches now, and returns them so they are evicted
+    /// again when its reply arrives. `None` when it touches nothing the tier may hold.
+    pub async fn invalidate(&self, info: &CommandInfo, req: &Request) -> Option<Invalidation> {
+        let hot = self.hot.as_ref()?;
+        if info.clears_all() {
+            hot.invalidate_all(InvalidationSource::Flush).await;
+            return Some(Invalidation {
+                keys: SmallVec::new(),
+                flush: true,
+            });
+        }
+        if !info.is_write() {
+            return None;
+        }
+        let mut inv = Invalidation::default();
+        for i in info.key_indices(req) {
+            let key = req.arg(i);
+            if hot.rule(key).is_some() {
+                hot.invalidate(key, InvalidationSource::LocalWrite).await;
+                inv.keys.push(req.arg_bytes(i));
+            }
+        }
+        (!inv.keys.is_empty()).then_some(inv)
     }
 
     pub fn needs_auth(&self) -> bool {
@@ -192,14 +246,26 @@ impl Router {
 
     /// Decides where `req` goes. `pinned` is true while the client's pinned connection is the
     /// one carrying its commands.
-    pub fn route(
+    pub async fn route(
         &self,
         st: &mut ClientState,
         req: &Request,
         pinned: bool,
     ) -> (Decision, &'static CommandInfo) {
         let info = command::lookup(req.arg(0));
-        (self.decide(st, info, req, pinned), info)
+        let mut decision = self.decide(st, info, req, pinned);
+        if let (Decision::Forward, Some(hot)) = (&decision, &self.hot) {
+            if info.is_read() {
+                match fill::read(hot, info.name, req, st.proto).await {
+                    fill::Outcome::Hit(b) => decision = Decision::Cached(b),
+                    fill::Outcome::Miss(plan) => decision = Decision::Fill(plan),
+                    fill::Outcome::Skip => {}
+                }
+            } else if info.name == "INFO" {
+                decision = Decision::Info;
+            }
+        }
+        (decision, info)
     }
 
     fn decide(
@@ -283,12 +349,16 @@ mod tests {
     use super::*;
 
     fn route(r: &Router, st: &mut ClientState, args: &[&str], pinned: bool) -> Decision {
-        r.route(st, &Request::from_args(args), pinned).0
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(r.route(st, &Request::from_args(args), pinned))
+            .0
     }
 
     #[test]
     fn stateful_commands_pin_and_plain_ones_share() {
-        let r = Router::new(None, true);
+        let r = Router::new(None, true, None);
         let mut st = ClientState::new(1, 0, false);
         assert!(matches!(
             route(&r, &mut st, &["GET", "k"], false),
@@ -384,6 +454,7 @@ mod tests {
                 password: "pw".into(),
             }),
             true,
+            None,
         );
         let mut st = ClientState::new(1, 0, true);
         assert!(matches!(
@@ -406,7 +477,7 @@ mod tests {
 
     #[test]
     fn without_an_upstream_forwarded_commands_fail_clearly() {
-        let r = Router::new(None, false);
+        let r = Router::new(None, false, None);
         let mut st = ClientState::new(1, 0, false);
         match route(&r, &mut st, &["lpush", "l", "x"], false) {
             Decision::Fail(e) => assert_eq!(

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 /// What every session shares.
 pub struct Ctx {
     pub router: Router,
-    pub upstream: Option<Upstream>,
+    pub upstream: Option<Arc<Upstream>>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub max_query_buffer: usize,
@@ -32,7 +32,7 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(
         router: Router,
-        upstream: Option<Upstream>,
+        upstream: Option<Arc<Upstream>>,
         metrics: Arc<Metrics>,
         limits: Limits,
         max_query_buffer: usize,
@@ -126,7 +126,7 @@ async fn run_client(
 ) {
     let (rd, wr) = socket.into_split();
     let (out_tx, out_rx) = mpsc::channel(ctx.max_pending_replies);
-    let writer = tokio::spawn(writer::run(wr, out_rx, ctx.metrics.clone()));
+    let writer = tokio::spawn(writer::run(wr, out_rx, ctx.clone()));
     let mut s = session::Session::new(ctx, rd, out_tx);
     tracing::debug!(client = s.client_id(), %peer, "client connected");
     let stop = s.serve(&mut shutdown).await;

@@ -6,14 +6,14 @@
 //! shared and pinned upstream connections waits on a barrier so the upstream executes commands
 //! in the order the client sent them.
 
-use super::writer::Out;
+use super::writer::{AfterReply, Out};
 use super::Ctx;
 use crate::error::{to_reply, Disposition, ProxyError, UpstreamError};
 use crate::metrics::Outcome;
 use crate::protocol::reply::{self, Proto};
 use crate::protocol::request::{self, Parsed, Step};
 use crate::protocol::Request;
-use crate::router::{ClientState, Decision};
+use crate::router::{ClientState, Decision, Invalidation};
 use crate::tier::redis::Pinned;
 use bytes::{Bytes, BytesMut};
 use std::ops::Range;
@@ -43,6 +43,17 @@ struct Run {
     dest: Dest,
     span: Range<usize>,
     count: u32,
+    /// Hot-tier work for when the run's replies arrive.
+    after: Option<Box<AfterReply>>,
+}
+
+/// Adds a write's invalidation to what a batch does when its replies arrive.
+fn merge(after: &mut Option<Box<AfterReply>>, inv: Option<Invalidation>) {
+    if let Some(inv) = inv {
+        let a = after.get_or_insert_with(Box::default);
+        a.keys.extend(inv.keys);
+        a.flush |= inv.flush;
+    }
 }
 
 pub(super) struct Session {
@@ -218,15 +229,62 @@ impl Session {
         let (decision, info) = self
             .ctx
             .router
-            .route(&mut self.st, &req, self.pinned_active);
+            .route(&mut self.st, &req, self.pinned_active)
+            .await;
         match decision {
             Decision::Forward => {
                 self.ctx.metrics.command(info.family, Outcome::Forwarded);
+                let inv = self.ctx.router.invalidate(info, &req).await;
                 if self.release_pending {
                     self.flush_run(chunk).await?;
                     self.barrier().await?;
                 }
-                self.push_run(Dest::Shared, chunk, span, &req).await
+                self.push_run(Dest::Shared, chunk, span, &req, inv).await
+            }
+            Decision::Cached(bytes) => {
+                self.ctx.metrics.command(info.family, Outcome::Cached);
+                self.flush_run(chunk).await?;
+                self.reply(bytes).await
+            }
+            Decision::Fill(plan) => {
+                self.ctx.metrics.command(info.family, Outcome::Forwarded);
+                self.flush_run(chunk).await?;
+                if self.release_pending {
+                    self.barrier().await?;
+                }
+                let upstream = self
+                    .ctx
+                    .upstream
+                    .as_ref()
+                    .expect("the router plans fills only with an upstream");
+                let started = Instant::now();
+                let rx = upstream.send(
+                    self.st.proto,
+                    self.st.id,
+                    plan.frame.clone(),
+                    plan.upstream_replies,
+                );
+                self.shared_dirty = true;
+                self.queue(Out::Fill {
+                    rx,
+                    plan,
+                    started,
+                    proto: self.st.proto,
+                })
+                .await
+            }
+            Decision::Info => {
+                self.ctx.metrics.command(info.family, Outcome::Forwarded);
+                self.flush_run(chunk).await?;
+                if self.release_pending {
+                    self.barrier().await?;
+                }
+                let after = AfterReply {
+                    info: true,
+                    ..AfterReply::default()
+                };
+                self.send_to(Dest::Shared, req.frame().clone(), 1, Some(Box::new(after)))
+                    .await
             }
             Decision::Pinned | Decision::PinnedRewrite(_) => {
                 if !self.pinned_active {
@@ -239,16 +297,22 @@ impl Session {
                     }
                 }
                 self.ctx.metrics.command(info.family, Outcome::Pinned);
+                let inv = self.ctx.router.invalidate(info, &req).await;
                 let expect = self.st.note_pinned(info, &req);
                 if let Decision::PinnedRewrite(_) = decision {
                     self.flush_run(chunk).await?;
                 }
                 if let Some(p) = &mut self.pinned {
                     p.expect(expect);
+                    if let Some(inv) = inv {
+                        p.invalidate_on_reply(inv.keys.into_vec(), inv.flush);
+                    }
                 }
                 match decision {
-                    Decision::PinnedRewrite(bytes) => self.send_to(Dest::Pinned, bytes, 1).await?,
-                    _ => self.push_run(Dest::Pinned, chunk, span, &req).await?,
+                    Decision::PinnedRewrite(bytes) => {
+                        self.send_to(Dest::Pinned, bytes, 1, None).await?
+                    }
+                    _ => self.push_run(Dest::Pinned, chunk, span, &req, None).await?,
                 }
                 if self.st.can_release() {
                     self.flush_run(chunk).await?;
@@ -287,7 +351,8 @@ impl Session {
                     if let Some(p) = &mut self.pinned {
                         p.expect(crate::protocol::reply::Expect::Frames(1));
                     }
-                    self.send_to(Dest::Pinned, req.frame().clone(), 1).await?;
+                    self.send_to(Dest::Pinned, req.frame().clone(), 1, None)
+                        .await?;
                     if let Some(p) = &mut self.pinned {
                         p.release();
                     }
@@ -335,7 +400,15 @@ impl Session {
                         addr: "none".into(),
                         detail: "no upstream configured".into(),
                     })?;
-            self.pinned = Some(upstream.pin(self.st.proto, self.st.name.as_deref()).await?);
+            self.pinned = Some(
+                upstream
+                    .pin(
+                        self.st.proto,
+                        self.st.name.as_deref(),
+                        self.ctx.router.hot().cloned(),
+                    )
+                    .await?,
+            );
             self.pinned_proto = self.st.proto;
         }
         let frames = self
@@ -361,6 +434,7 @@ impl Session {
         chunk: &Bytes,
         span: Option<Range<usize>>,
         req: &Request,
+        inv: Option<Invalidation>,
     ) -> Result<(), Stop> {
         match span {
             Some(s) => {
@@ -368,21 +442,27 @@ impl Session {
                     if run.dest == dest && run.span.end == s.start {
                         run.span.end = s.end;
                         run.count += 1;
+                        merge(&mut run.after, inv);
                         return Ok(());
                     }
                 }
                 self.flush_run(chunk).await?;
+                let mut after = None;
+                merge(&mut after, inv);
                 self.run = Some(Run {
                     dest,
                     span: s,
                     count: 1,
+                    after,
                 });
                 Ok(())
             }
             // An inline command was re-encoded: it travels alone.
             None => {
                 self.flush_run(chunk).await?;
-                self.send_to(dest, req.frame().clone(), 1).await
+                let mut after = None;
+                merge(&mut after, inv);
+                self.send_to(dest, req.frame().clone(), 1, after).await
             }
         }
     }
@@ -390,14 +470,20 @@ impl Session {
     async fn flush_run(&mut self, chunk: &Bytes) -> Result<(), Stop> {
         match self.run.take() {
             Some(run) => {
-                self.send_to(run.dest, chunk.slice(run.span), run.count)
+                self.send_to(run.dest, chunk.slice(run.span), run.count, run.after)
                     .await
             }
             None => Ok(()),
         }
     }
 
-    async fn send_to(&mut self, dest: Dest, bytes: Bytes, count: u32) -> Result<(), Stop> {
+    async fn send_to(
+        &mut self,
+        dest: Dest,
+        bytes: Bytes,
+        count: u32,
+        mut after: Option<Box<AfterReply>>,
+    ) -> Result<(), Stop> {
         match dest {
             Dest::Shared => {
                 let upstream = self
@@ -405,10 +491,32 @@ impl Session {
                     .upstream
                     .as_ref()
                     .expect("the router forwards only when an upstream is configured");
+                // Broadcast coherence: the invalidation message runs right after the writes, on
+                // the same connection, and the client's replies wait for it.
+                let mut bytes = bytes;
+                let mut sent = count;
+                if let (Some(a), Some(hot)) = (after.as_mut(), self.ctx.router.hot()) {
+                    if let Some(publish) = hot.broadcast_command(&a.keys, a.flush) {
+                        let mut joined =
+                            bytes::BytesMut::with_capacity(bytes.len() + publish.len());
+                        joined.extend_from_slice(&bytes);
+                        joined.extend_from_slice(&publish);
+                        bytes = joined.freeze();
+                        a.extra = 1;
+                        sent += 1;
+                    }
+                }
                 let started = Instant::now();
-                let rx = upstream.send(self.st.proto, self.st.id, bytes, count);
+                let rx = upstream.send(self.st.proto, self.st.id, bytes, sent);
                 self.shared_dirty = true;
-                self.queue(Out::Upstream { rx, count, started }).await
+                self.queue(Out::Upstream {
+                    rx,
+                    count,
+                    started,
+                    after,
+                    proto: self.st.proto,
+                })
+                .await
             }
             Dest::Pinned => {
                 let p = self

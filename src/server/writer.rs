@@ -1,10 +1,14 @@
 //! The write half of a client connection: replies in request order, each ready reply encoded
 //! into one buffer, written when nothing more is ready (so a pipelined batch goes out in one
-//! write).
+//! write). Hot-tier work tied to a reply (storing a fill, evicting what a write touched) happens
+//! here, before the client sees the reply.
 
+use super::Ctx;
 use crate::error::{reply_bytes, ProxyError};
-use crate::metrics::Metrics;
-use crate::tier::redis::ReplyRx;
+use crate::metrics::InvalidationSource;
+use crate::protocol::reply::{self, Proto};
+use crate::router::fill::{self, FillPlan};
+use crate::tier::redis::{BatchResult, ReplyRx};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -21,6 +25,15 @@ pub enum Out {
         rx: ReplyRx,
         count: u32,
         started: Instant,
+        after: Option<Box<AfterReply>>,
+        proto: Proto,
+    },
+    /// A hot-tier miss read upstream: the client's reply, and the value to store.
+    Fill {
+        rx: ReplyRx,
+        plan: Box<FillPlan>,
+        started: Instant,
+        proto: Proto,
     },
     /// Frames relayed from the client's pinned connection until the sender is dropped.
     Stream(mpsc::Receiver<Bytes>),
@@ -30,8 +43,21 @@ pub enum Out {
     Close,
 }
 
+/// What a batch does when its replies arrive, before the client sees them.
+#[derive(Debug, Default)]
+pub struct AfterReply {
+    /// Keys its writes touched: evicted again, which fails fills that raced the writes.
+    pub keys: Vec<Bytes>,
+    /// Its writes emptied whole databases.
+    pub flush: bool,
+    /// Replies at the end of the batch that are cacheside's own (the broadcast PUBLISH).
+    pub extra: u32,
+    /// The batch is INFO: append cacheside's section.
+    pub info: bool,
+}
+
 /// Writes until the queue ends, a `Close` comes, or the client stops reading.
-pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, metrics: Arc<Metrics>) {
+pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, ctx: Arc<Ctx>) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
@@ -44,36 +70,53 @@ pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, metrics: A
                     mut rx,
                     count,
                     started,
+                    after,
+                    proto,
                 } => {
-                    let res = match rx.try_recv() {
-                        Ok(r) => Some(r),
-                        Err(oneshot::error::TryRecvError::Empty) => {
-                            if flush(&mut wr, &mut buf).await.is_err() {
-                                return;
-                            }
-                            (&mut rx).await.ok()
-                        }
-                        Err(oneshot::error::TryRecvError::Closed) => None,
+                    let Ok(res) = wait(&mut rx, &mut wr, &mut buf).await else {
+                        return;
                     };
-                    metrics
+                    ctx.metrics
                         .request_duration
                         .observe(started.elapsed().as_secs_f64());
                     match res {
-                        Some(Ok(replies)) => buf.extend_from_slice(&replies),
-                        Some(Err(e)) => {
-                            let err = reply_bytes(&ProxyError::Upstream(e));
+                        Some(Ok(replies)) => match after {
+                            None => buf.extend_from_slice(&replies),
+                            Some(a) => buf.extend_from_slice(
+                                &after_reply(&ctx, *a, replies, count, proto).await,
+                            ),
+                        },
+                        failed => {
+                            let err = failure(failed);
                             for _ in 0..count {
                                 buf.extend_from_slice(&err);
                             }
                         }
-                        None => {
-                            let err = crate::protocol::reply::error_bytes(
-                                "ERR cacheside: upstream reply lost",
-                            );
-                            for _ in 0..count {
-                                buf.extend_from_slice(&err);
+                    }
+                }
+                Out::Fill {
+                    mut rx,
+                    plan,
+                    started,
+                    proto,
+                } => {
+                    let Ok(res) = wait(&mut rx, &mut wr, &mut buf).await else {
+                        return;
+                    };
+                    ctx.metrics
+                        .request_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    match res {
+                        Some(Ok(replies)) => {
+                            let (client, fills) = fill::complete(&plan, &replies, proto);
+                            if let Some(hot) = ctx.router.hot() {
+                                for f in fills {
+                                    hot.fill(f).await;
+                                }
                             }
+                            buf.extend_from_slice(&client);
                         }
+                        failed => buf.extend_from_slice(&failure(failed)),
                     }
                 }
                 Out::Stream(mut frames) => loop {
@@ -113,6 +156,60 @@ pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, metrics: A
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// Waits for an upstream reply, writing what is buffered first if it is not there yet.
+/// `Err` means the client is gone.
+async fn wait(
+    rx: &mut ReplyRx,
+    wr: &mut OwnedWriteHalf,
+    buf: &mut BytesMut,
+) -> Result<Option<BatchResult>, ()> {
+    match rx.try_recv() {
+        Ok(r) => Ok(Some(r)),
+        Err(oneshot::error::TryRecvError::Empty) => {
+            flush(wr, buf).await.map_err(|_| ())?;
+            Ok(rx.await.ok())
+        }
+        Err(oneshot::error::TryRecvError::Closed) => Ok(None),
+    }
+}
+
+/// The error reply for a batch whose replies never came.
+fn failure(res: Option<BatchResult>) -> Bytes {
+    match res {
+        Some(Err(e)) => reply_bytes(&ProxyError::Upstream(e)),
+        _ => reply::error_bytes("ERR cacheside: upstream reply lost"),
+    }
+}
+
+/// Applies a batch's hot-tier work and trims cacheside's own trailing replies.
+async fn after_reply(ctx: &Ctx, a: AfterReply, replies: Bytes, count: u32, proto: Proto) -> Bytes {
+    let hot = ctx.router.hot();
+    if let Some(hot) = hot {
+        if a.flush {
+            hot.invalidate_all(InvalidationSource::Flush).await;
+        }
+        for k in &a.keys {
+            hot.evict(k).await;
+        }
+    }
+    let mut replies = replies;
+    if a.extra > 0 {
+        let mut pos = 0;
+        for _ in 0..count {
+            match reply::frame(&replies[pos..], proto) {
+                Ok(Some(f)) => pos += f.len,
+                _ => break,
+            }
+        }
+        replies = replies.slice(..pos);
+    }
+    if let (true, Some(hot)) = (a.info, hot) {
+        hot.sync().await;
+        replies = crate::tier::hot::info::append_section(&replies, &hot.info_section());
+    }
+    replies
 }
 
 async fn flush(wr: &mut OwnedWriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {

@@ -1,3 +1,4 @@
-//! Storage tiers behind the router: the upstream Redis (and, later, the in-process hot tier).
+//! Storage tiers behind the router: the in-process hot tier and the upstream Redis.
 
+pub mod hot;
 pub mod redis;

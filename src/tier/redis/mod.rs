@@ -1,7 +1,7 @@
 //! The upstream Redis tier: shared pipelined pools (one per protocol version) and pinned
 //! connections. Cluster mode will add per-node pools chosen by hash slot behind the same `send`.
 
-mod conn;
+pub(crate) mod conn;
 mod pinned;
 mod pool;
 
@@ -12,6 +12,7 @@ pub use pool::{BatchResult, Pool, ReplyRx};
 use crate::error::UpstreamError;
 use crate::metrics::Metrics;
 use crate::protocol::Proto;
+use crate::tier::hot::HotTier;
 use bytes::Bytes;
 use std::sync::{Arc, OnceLock};
 
@@ -61,11 +62,24 @@ impl Upstream {
     }
 
     /// Opens a connection of one client's own.
+    /// Opens a connection of one client's own; writes on it invalidate `hot` when answered.
     pub async fn pin(
         &self,
         proto: Proto,
         client_name: Option<&[u8]>,
+        hot: Option<Arc<HotTier>>,
     ) -> Result<Pinned, UpstreamError> {
-        Pinned::open(&self.settings, proto, client_name, self.metrics.clone()).await
+        Pinned::open(
+            &self.settings,
+            proto,
+            client_name,
+            self.metrics.clone(),
+            hot,
+        )
+        .await
+    }
+
+    pub fn settings_arc(&self) -> Arc<Settings> {
+        self.settings.clone()
     }
 }

@@ -16,6 +16,7 @@ use super::Settings;
 use crate::error::UpstreamError;
 use crate::metrics::Metrics;
 use crate::protocol::reply::{self, Expect, Proto, PubSub, SubKind};
+use crate::tier::hot::HotTier;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashSet;
 use std::collections::VecDeque;
@@ -41,6 +42,12 @@ enum Ctl {
     Release {
         after: u64,
     },
+    /// Evict these keys from the hot tier before relaying the reply to request number `at`.
+    Invalidate {
+        at: u64,
+        keys: Vec<Bytes>,
+        flush: bool,
+    },
 }
 
 pub struct Pinned {
@@ -59,6 +66,7 @@ impl Pinned {
         proto: Proto,
         client_name: Option<&[u8]>,
         metrics: Arc<Metrics>,
+        hot: Option<Arc<HotTier>>,
     ) -> Result<Self, UpstreamError> {
         let addr: Arc<str> = settings.url.addr().into();
         let hs = Handshake {
@@ -70,7 +78,7 @@ impl Pinned {
         let stream = conn::open(&hs, &addr, settings.connect_timeout).await?;
         let (rd, wr) = stream.into_split();
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(relay(rd, ctl_rx, addr.clone()));
+        let task = tokio::spawn(relay(rd, ctl_rx, addr.clone(), hot));
         metrics.pinned_connections.inc();
         Ok(Self {
             wr,
@@ -106,6 +114,16 @@ impl Pinned {
             })
     }
 
+    /// Evicts what the last declared request writes, just before its reply is relayed (so a
+    /// fill that raced it is not kept).
+    pub fn invalidate_on_reply(&mut self, keys: Vec<Bytes>, flush: bool) {
+        let _ = self.ctl.send(Ctl::Invalidate {
+            at: self.sent,
+            keys,
+            flush,
+        });
+    }
+
     /// Queues a reply of the proxy's own, after the replies to everything sent so far.
     pub fn emit(&mut self, bytes: Bytes) {
         let _ = self.ctl.send(Ctl::Emit {
@@ -138,6 +156,9 @@ impl Drop for Pinned {
 }
 
 struct Relay {
+    hot: Option<Arc<HotTier>>,
+    /// Invalidations by the request number whose reply they precede.
+    invalidations: VecDeque<(u64, Vec<Bytes>, bool)>,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     queue: VecDeque<Ctl>,
     stream: Option<mpsc::Sender<Bytes>>,
@@ -169,6 +190,7 @@ impl Relay {
                 self.owed.push_back(e);
                 self.retire_empty();
             }
+            Ctl::Invalidate { at, keys, flush } => self.invalidations.push_back((at, keys, flush)),
             Ctl::Begin(tx) if self.queue.is_empty() => self.stream = Some(tx),
             other => self.queue.push_back(other),
         }
@@ -227,6 +249,22 @@ impl Relay {
         self.retire_empty();
     }
 
+    /// Runs the invalidations due before a reply to request number `next` is relayed.
+    async fn invalidate_due(&mut self, next: u64) {
+        while self
+            .invalidations
+            .front()
+            .is_some_and(|(at, _, _)| *at <= next)
+        {
+            let Some((_, keys, flush)) = self.invalidations.pop_front() else {
+                break;
+            };
+            if let Some(hot) = &self.hot {
+                hot.invalidate_written(&keys, flush).await;
+            }
+        }
+    }
+
     /// Applies every queued emit/release whose requests have all been answered.
     async fn settle(&mut self) {
         while let Some(front) = self.queue.front() {
@@ -245,6 +283,9 @@ impl Relay {
                 Some(Ctl::Release { .. }) => self.stream = None,
                 Some(Ctl::Begin(tx)) => self.stream = Some(tx),
                 Some(Ctl::Expect(e)) => self.owed.push_back(e),
+                Some(Ctl::Invalidate { at, keys, flush }) => {
+                    self.invalidations.push_back((at, keys, flush))
+                }
                 None => return,
             }
         }
@@ -255,8 +296,11 @@ async fn relay(
     mut rd: OwnedReadHalf,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     addr: Arc<str>,
+    hot: Option<Arc<HotTier>>,
 ) -> UpstreamError {
     let mut r = Relay {
+        hot,
+        invalidations: VecDeque::new(),
         ctl,
         queue: VecDeque::new(),
         stream: None,
@@ -294,6 +338,8 @@ async fn relay(
                     }
                     r.settle().await;
                     let bytes = buf.split_to(f.len).freeze();
+                    let next = r.completed + 1;
+                    r.invalidate_due(next).await;
                     r.account(&bytes);
                     let Some(stream) = &r.stream else {
                         return UpstreamError::Protocol { addr, detail: "reply with no request waiting for it".into() };

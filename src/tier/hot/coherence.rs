@@ -1,0 +1,298 @@
+//! Keeping the hot tiers of a fleet of sidecars coherent with writes they did not make.
+//!
+//! - tracking: a RESP3 connection with `CLIENT TRACKING ON BCAST PREFIX ...` for the cached
+//!   prefixes; Redis pushes an invalidation for every write to a matching key, by any client.
+//! - broadcast: for upstreams that refuse CLIENT TRACKING (ElastiCache Redis OSS does): each
+//!   sidecar publishes the keys its writes touched on a channel, and all of them subscribe.
+//! - auto: tracking if the upstream accepts it, broadcast otherwise.
+//!
+//! While the connection is down the tier is emptied and bypassed: what was missed is unknown.
+
+use super::{Broadcast, HotTier};
+use crate::config::validate::Coherence;
+use crate::error::UpstreamError;
+use crate::metrics::InvalidationSource;
+use crate::protocol::reply::{self, Proto};
+use crate::protocol::request::{self, encode_command, Limits, Step};
+use crate::tier::redis::conn::{self, Handshake};
+use crate::tier::redis::Settings;
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::OwnedFrame as Frame2;
+use redis_protocol::resp3::types::OwnedFrame as Frame3;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Why a coherence connection ended.
+enum End {
+    /// The upstream refused CLIENT TRACKING (or RESP3): try broadcast instead.
+    Refused(String),
+    Lost(UpstreamError),
+}
+
+/// Starts keeping `tier` coherent in `mode`. In `ttl` mode nothing listens and the tier is
+/// usable at once.
+pub fn spawn(tier: Arc<HotTier>, settings: Arc<Settings>, mode: Coherence, channel: String) {
+    tokio::spawn(async move {
+        if mode == Coherence::Ttl {
+            tier.set_coherent(true).await;
+            tracing::info!("hot tier: coherence by TTL only");
+            return;
+        }
+        let mut tracking = matches!(mode, Coherence::Auto | Coherence::Tracking);
+        let id: Bytes = format!("{:016x}", rand::random::<u64>()).into();
+        let mut attempt: u32 = 0;
+        loop {
+            let end = if tracking {
+                run_tracking(&tier, &settings).await
+            } else {
+                run_broadcast(&tier, &settings, &channel, &id).await
+            };
+            if tier.is_coherent() {
+                attempt = 0;
+            }
+            tier.set_coherent(false).await;
+            match end {
+                End::Refused(why) if mode == Coherence::Auto => {
+                    tracing::info!(reason = %why, "upstream refuses CLIENT TRACKING; hot tier coherence falls back to broadcast");
+                    tracking = false;
+                    continue;
+                }
+                End::Refused(why) => {
+                    tracing::warn!(reason = %why, "CLIENT TRACKING refused; hot tier bypassed (set hot.coherence = \"broadcast\" or \"auto\")")
+                }
+                End::Lost(e) => {
+                    tracing::warn!(error = %e, "hot tier invalidation connection lost; tier flushed and bypassed until it is back")
+                }
+            }
+            let delay = settings
+                .reconnect_min
+                .saturating_mul(1 << attempt.min(10))
+                .min(settings.reconnect_max);
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+        }
+    });
+}
+
+async fn open(settings: &Settings, proto: Proto) -> Result<TcpStream, End> {
+    let addr: Arc<str> = settings.url.addr().into();
+    let hs = Handshake {
+        url: &settings.url,
+        proto,
+        db: settings.url.db,
+        client_name: Some(b"cacheside-invalidation"),
+    };
+    match conn::open(&hs, &addr, settings.connect_timeout).await {
+        // An upstream without HELLO 3 cannot track for us.
+        Err(UpstreamError::Handshake { detail, .. }) if proto == Proto::Resp3 => {
+            Err(End::Refused(detail.to_string()))
+        }
+        Err(e) => Err(End::Lost(e)),
+        Ok(s) => Ok(s),
+    }
+}
+
+/// The BCAST prefixes covering every rule: the literal prefix of each pattern, with prefixes
+/// that another one already covers dropped (Redis refuses overlapping prefixes). Empty: all keys.
+fn prefixes(tier: &HotTier) -> Vec<Vec<u8>> {
+    let mut all: Vec<Vec<u8>> = tier
+        .rules()
+        .iter()
+        .map(|r| r.pattern.literal_prefix().to_vec())
+        .collect();
+    if all.iter().any(|p| p.is_empty()) {
+        return Vec::new();
+    }
+    all.sort();
+    all.dedup();
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for p in all {
+        if !kept.iter().any(|k| p.starts_with(k)) {
+            kept.push(p);
+        }
+    }
+    kept
+}
+
+/// Sends one command and reads its reply frame.
+async fn call(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    cmd: &[u8],
+    proto: Proto,
+    addr: &Arc<str>,
+) -> Result<(Bytes, bool), End> {
+    stream.write_all(cmd).await.map_err(|e| lost(addr, e))?;
+    loop {
+        if let Some(f) = reply::frame(buf, proto).map_err(|e| End::Lost(protocol(addr, e)))? {
+            let is_err = f.kind == reply::ReplyKind::Error;
+            return Ok((buf.split_to(f.len).freeze(), is_err));
+        }
+        if stream.read_buf(buf).await.map_err(|e| lost(addr, e))? == 0 {
+            return Err(End::Lost(UpstreamError::Closed { addr: addr.clone() }));
+        }
+    }
+}
+
+fn lost(addr: &Arc<str>, e: std::io::Error) -> End {
+    End::Lost(UpstreamError::Unavailable {
+        addr: addr.clone(),
+        detail: e.to_string().into(),
+    })
+}
+
+fn protocol(addr: &Arc<str>, e: impl std::fmt::Display) -> UpstreamError {
+    UpstreamError::Protocol {
+        addr: addr.clone(),
+        detail: e.to_string().into(),
+    }
+}
+
+async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
+    let addr: Arc<str> = settings.url.addr().into();
+    let mut stream = match open(settings, Proto::Resp3).await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let mut args: Vec<Vec<u8>> = vec![
+        b"CLIENT".to_vec(),
+        b"TRACKING".to_vec(),
+        b"ON".to_vec(),
+        b"BCAST".to_vec(),
+    ];
+    for p in prefixes(tier) {
+        args.push(b"PREFIX".to_vec());
+        args.push(p);
+    }
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    match call(
+        &mut stream,
+        &mut buf,
+        &encode_command(&args),
+        Proto::Resp3,
+        &addr,
+    )
+    .await
+    {
+        Ok((_, false)) => {}
+        Ok((err, true)) => return End::Refused(String::from_utf8_lossy(&err).trim().to_string()),
+        Err(e) => return e,
+    }
+    tier.set_coherent(true).await;
+    tracing::info!(upstream = %addr, "hot tier coherent: CLIENT TRACKING (BCAST) on");
+    loop {
+        while let Some(f) = match reply::frame(&buf, Proto::Resp3) {
+            Ok(f) => f,
+            Err(e) => return End::Lost(protocol(&addr, e)),
+        } {
+            let bytes = buf.split_to(f.len);
+            if let Ok(Some((frame, _))) = redis_protocol::resp3::decode::complete::decode(&bytes) {
+                apply_tracking(tier, frame).await;
+            }
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => return End::Lost(UpstreamError::Closed { addr }),
+            Ok(_) => {}
+            Err(e) => return lost(&addr, e),
+        }
+    }
+}
+
+/// `>2 invalidate [key ...]`, or `>2 invalidate (null)` when Redis flushed everything.
+async fn apply_tracking(tier: &HotTier, frame: Frame3) {
+    let Frame3::Push { data, .. } = frame else {
+        return;
+    };
+    let mut it = data.into_iter();
+    match it.next() {
+        Some(Frame3::BlobString { data, .. } | Frame3::SimpleString { data, .. })
+            if data == b"invalidate" => {}
+        _ => return,
+    }
+    match it.next() {
+        Some(Frame3::Array { data: keys, .. }) => {
+            for k in keys {
+                if let Frame3::BlobString { data, .. } | Frame3::SimpleString { data, .. } = k {
+                    tier.invalidate(&data, InvalidationSource::Tracking).await;
+                }
+            }
+        }
+        Some(Frame3::Null) => tier.invalidate_all(InvalidationSource::Flush).await,
+        _ => {}
+    }
+}
+
+async fn run_broadcast(tier: &HotTier, settings: &Settings, channel: &str, id: &Bytes) -> End {
+    let addr: Arc<str> = settings.url.addr().into();
+    let mut stream = match open(settings, Proto::Resp2).await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    match call(
+        &mut stream,
+        &mut buf,
+        &encode_command(&["SUBSCRIBE", channel]),
+        Proto::Resp2,
+        &addr,
+    )
+    .await
+    {
+        Ok((_, false)) => {}
+        Ok((err, true)) => return End::Lost(protocol(&addr, String::from_utf8_lossy(&err))),
+        Err(e) => return e,
+    }
+    tier.start_broadcast(Broadcast {
+        channel: Bytes::copy_from_slice(channel.as_bytes()),
+        id: id.clone(),
+    });
+    tier.set_coherent(true).await;
+    tracing::info!(upstream = %addr, channel, "hot tier coherent: broadcast invalidation");
+    loop {
+        while let Some(f) = match reply::frame(&buf, Proto::Resp2) {
+            Ok(f) => f,
+            Err(e) => return End::Lost(protocol(&addr, e)),
+        } {
+            let bytes = buf.split_to(f.len);
+            if let Ok(Some((Frame2::Array(items), _))) =
+                redis_protocol::resp2::decode::decode(&bytes)
+            {
+                if let [Frame2::BulkString(kind), _, Frame2::BulkString(payload)] = items.as_slice()
+                {
+                    if kind == b"message" {
+                        apply_broadcast(tier, payload, id).await;
+                    }
+                }
+            }
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => return End::Lost(UpstreamError::Closed { addr }),
+            Ok(_) => {}
+            Err(e) => return lost(&addr, e),
+        }
+    }
+}
+
+/// A message `[id, "K", key...]` or `[id, "F"]` from a sidecar (ours are skipped: our writes
+/// invalidated locally already).
+async fn apply_broadcast(tier: &HotTier, payload: &[u8], own_id: &Bytes) {
+    let Ok(Step::Request(p)) = request::parse(payload, 0, &Limits::default()) else {
+        return;
+    };
+    let chunk = Bytes::copy_from_slice(payload);
+    let msg = request::Request::from_parsed(&chunk, p);
+    if msg.arg(0) == &own_id[..] {
+        return;
+    }
+    match msg.arg(1) {
+        b"F" => tier.invalidate_all(InvalidationSource::Flush).await,
+        b"K" => {
+            for i in 2..msg.argc() {
+                tier.invalidate(msg.arg(i), InvalidationSource::Broadcast)
+                    .await;
+            }
+        }
+        _ => {}
+    }
+}
