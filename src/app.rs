@@ -9,6 +9,7 @@ use crate::router::Router;
 use crate::server::{self, Ctx};
 use crate::tier::hot::{coherence, HotTier};
 use crate::tier::redis::Upstream;
+use crate::tier::store::{Policy, Store};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,9 +61,7 @@ pub async fn serve(
         Some(u) => {
             tracing::info!(upstream = %u.settings().url, connections = u.settings().connections, "upstream configured")
         }
-        None => tracing::warn!(
-            "no upstream configured (upstream.url): only connection commands are answered"
-        ),
+        None => tracing::info!("no upstream configured (upstream.url): standalone mode"),
     }
     let hot = match &upstream {
         Some(u) if !cfg.hot.rules.is_empty() => {
@@ -88,7 +87,26 @@ pub async fn serve(
         }
         _ => None,
     };
-    let router = Router::new(cfg.client_auth.clone(), upstream.is_some(), hot);
+    let mut router = Router::new(cfg.client_auth.clone(), upstream.is_some(), hot);
+    if upstream.is_none() {
+        let policy = if cfg.hot.lru {
+            Policy::Lru
+        } else {
+            Policy::TinyLfu
+        };
+        let store = Arc::new(Store::new(cfg.hot.max_bytes, policy));
+        let s = store.clone();
+        let m = metrics.clone();
+        metrics.on_scrape(move || {
+            m.cache.size_bytes.set(s.weighted_size() as i64);
+            m.cache.entries.set(s.entry_count() as i64);
+        });
+        tracing::info!(
+            max_bytes = cfg.hot.max_bytes,
+            "standalone mode: the in-process store answers string commands"
+        );
+        router = router.with_store(store);
+    }
     let ctx = Arc::new(Ctx::new(
         router,
         upstream,

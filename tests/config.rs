@@ -65,12 +65,17 @@ fn shipped_proxy_toml_parses_and_validates() {
 #[test]
 fn shipped_proxy_toml_states_every_default() {
     let file = Config::from_toml(&shipped(), "proxy.toml").unwrap();
-    let mut defaults = Config::default();
     // The example rule is the one thing the shipped file adds to the defaults.
-    defaults.cache = file.cache.clone();
+    let defaults = Config {
+        cache: file.cache.clone(),
+        ..Config::default()
+    };
     assert_eq!(file, defaults, "proxy.toml and Config::default() disagree");
     assert_eq!(file.cache.len(), 1);
-    assert!(file.upstream.url.is_none(), "the shipped file starts in standalone mode");
+    assert!(
+        file.upstream.url.is_none(),
+        "the shipped file starts in standalone mode"
+    );
 }
 
 #[test]

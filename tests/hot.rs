@@ -134,7 +134,7 @@ async fn no_stale_reads_across_sidecars(coherence: &str) -> (f64, Duration) {
     let mut ca = a.client().await;
     let mut cb = b.client().await;
     let mut slowest = Duration::ZERO;
-    for i in 0..300 {
+    for i in 0..1000 {
         // B caches the current value...
         let _: Option<String> = cb.get("product:shared").await.unwrap();
         let _: Option<String> = cb.get("product:shared").await.unwrap();
@@ -155,7 +155,7 @@ async fn no_stale_reads_across_sidecars(coherence: &str) -> (f64, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracking_keeps_two_sidecars_coherent() {
     let (hits, window) = no_stale_reads_across_sidecars("tracking").await;
-    eprintln!("tracking: 300 writes through A, no stale read through B; B's tier hits: {hits}; slowest read after a write: {window:?}");
+    eprintln!("tracking: 1000 writes through A, no stale read through B; B's tier hits: {hits}; slowest read after a write: {window:?}");
     assert!(
         hits >= 250.0,
         "B served its repeated reads from the tier ({hits})"
@@ -165,7 +165,7 @@ async fn tracking_keeps_two_sidecars_coherent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_keeps_two_sidecars_coherent() {
     let (hits, window) = no_stale_reads_across_sidecars("broadcast").await;
-    eprintln!("broadcast: 300 writes through A, no stale read through B; B's tier hits: {hits}; slowest read after a write: {window:?}");
+    eprintln!("broadcast: 1000 writes through A, no stale read through B; B's tier hits: {hits}; slowest read after a write: {window:?}");
     assert!(
         hits >= 250.0,
         "B served its repeated reads from the tier ({hits})"
@@ -436,5 +436,27 @@ async fn transactions_scripts_and_flushes_invalidate() {
     assert!(
         info.contains("# Server") && info.contains("# cacheside") && info.contains("hot_hits:"),
         "{info}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_invalidates_when_exec_runs_not_when_its_writes_queue() {
+    let redis = RedisServer::start();
+    // Broadcast mode: no tracking push from Redis helps here; the proxy's own eviction must.
+    let proxy = sidecar(&redis, "broadcast").await;
+    let mut writer = proxy.raw().await;
+    let mut reader = proxy.client().await;
+    let _: () = reader.set("product:q", "old").await.unwrap();
+    writer.send(b"MULTI\r\nSET product:q new\r\n").await;
+    writer.expect(b"+OK\r\n+QUEUED\r\n").await;
+    // Queued, not run: another client reads (and caches) the old value meanwhile.
+    assert_eq!(get(&mut reader, "product:q").await.as_deref(), Some("old"));
+    assert_eq!(get(&mut reader, "product:q").await.as_deref(), Some("old"));
+    writer.send(b"EXEC\r\n").await;
+    writer.expect(b"*1\r\n+OK\r\n").await;
+    assert_eq!(
+        get(&mut reader, "product:q").await.as_deref(),
+        Some("new"),
+        "EXEC's reply evicted the key"
     );
 }

@@ -67,7 +67,7 @@ pub async fn read(tier: &HotTier, name: &str, req: &Request, proto: Proto) -> Ou
         ("HGET", 3) => single(View::HGet(req.arg_bytes(2))),
         ("HGETALL", 2) => single(View::HGetAll(proto)),
         ("STRLEN", 2) => {
-            if tier.rule(req.arg(1)).is_none() {
+            if tier.rule(req.arg(1)).is_none() || tier.invalidations_pending() {
                 return Outcome::Skip;
             }
             return match tier.strlen(req.arg(1)).await {
@@ -82,6 +82,9 @@ pub async fn read(tier: &HotTier, name: &str, req: &Request, proto: Proto) -> Ou
         return Outcome::Skip;
     };
     if let Some(hit) = tier.get(&key, &view).await {
+        if tier.invalidations_pending() {
+            return Outcome::Skip;
+        }
         return Outcome::Hit(hit.render(proto));
     }
     if !tier.is_coherent() {
@@ -120,6 +123,9 @@ async fn mget(tier: &HotTier, req: &Request, proto: Proto) -> Outcome {
         }
         parts.push(Part::Miss(misses.len()));
         misses.push((key, rule));
+    }
+    if parts.iter().any(|p| matches!(p, Part::Hit(_))) && tier.invalidations_pending() {
+        return Outcome::Skip;
     }
     if misses.is_empty() {
         let mut out = BytesMut::new();

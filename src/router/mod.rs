@@ -12,6 +12,7 @@ use crate::protocol::command::{self, CommandInfo, Local, Pin, Route};
 use crate::protocol::reply::{Expect, SubKind};
 use crate::protocol::{Proto, Request};
 use crate::tier::hot::HotTier;
+use crate::tier::store::Store;
 use bytes::Bytes;
 use smallvec::SmallVec;
 use std::sync::Arc;
@@ -184,6 +185,8 @@ pub enum Decision {
     Fill(Box<fill::FillPlan>),
     /// INFO: forwarded, with cacheside's own section appended to the reply.
     Info,
+    /// Standalone mode: answered by the in-process store.
+    Store,
 }
 
 /// Keys a write touched that the hot tier may hold: evicted when the write is sent, and again
@@ -200,6 +203,8 @@ pub struct Router {
     auth: Option<ClientAuth>,
     has_upstream: bool,
     hot: Option<Arc<HotTier>>,
+    /// Standalone mode (no upstream): the in-process store.
+    store: Option<Arc<Store>>,
 }
 
 impl Router {
@@ -208,7 +213,18 @@ impl Router {
             auth,
             has_upstream,
             hot,
+            store: None,
         }
+    }
+
+    /// Standalone mode: commands the store knows are answered by it.
+    pub fn with_store(mut self, store: Arc<Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
     }
 
     pub fn hot(&self) -> Option<&Arc<HotTier>> {
@@ -336,6 +352,8 @@ impl Router {
     fn upstream_or_fail(&self, d: Decision, req: &Request) -> Decision {
         if self.has_upstream {
             d
+        } else if self.store.is_some() && Store::supports(req.arg(0)) {
+            Decision::Store
         } else {
             Decision::Fail(ProxyError::NoUpstream {
                 command: String::from_utf8_lossy(req.arg(0)).to_ascii_uppercase(),
@@ -473,6 +491,28 @@ mod tests {
             route(&r, &mut st, &["GET", "k"], false),
             Decision::Forward
         ));
+    }
+
+    #[test]
+    fn standalone_mode_sends_string_commands_to_the_store() {
+        let store = Arc::new(Store::new(1 << 20, crate::tier::store::Policy::TinyLfu));
+        let r = Router::new(None, false, None).with_store(store);
+        let mut st = ClientState::new(1, 0, false);
+        assert!(matches!(
+            route(&r, &mut st, &["set", "k", "v"], false),
+            Decision::Store
+        ));
+        assert!(matches!(
+            route(&r, &mut st, &["PING"], false),
+            Decision::Reply(_)
+        ));
+        match route(&r, &mut st, &["HSET", "h", "f", "v"], false) {
+            Decision::Fail(e) => assert_eq!(
+                e.to_string(),
+                "HSET needs an upstream Redis (set upstream.url)"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub(super) struct Session {
     shared_dirty: bool,
     run: Option<Run>,
     parsed: Vec<Parsed>,
+    /// Cached keys written by commands queued in the open transaction.
+    multi_writes: Option<Invalidation>,
 }
 
 impl Session {
@@ -92,6 +94,7 @@ impl Session {
             shared_dirty: false,
             run: None,
             parsed: Vec::new(),
+            multi_writes: None,
         }
     }
 
@@ -241,6 +244,17 @@ impl Session {
                 }
                 self.push_run(Dest::Shared, chunk, span, &req, inv).await
             }
+            Decision::Store => {
+                self.ctx.metrics.command(info.family, Outcome::Local);
+                let store = self
+                    .ctx
+                    .router
+                    .store()
+                    .expect("the router picks the store only in standalone mode")
+                    .clone();
+                let reply = store.execute(&req, self.st.proto).await;
+                self.reply(reply).await
+            }
             Decision::Cached(bytes) => {
                 self.ctx.metrics.command(info.family, Outcome::Cached);
                 self.flush_run(chunk).await?;
@@ -297,7 +311,21 @@ impl Session {
                     }
                 }
                 self.ctx.metrics.command(info.family, Outcome::Pinned);
-                let inv = self.ctx.router.invalidate(info, &req).await;
+                let mut inv = self.ctx.router.invalidate(info, &req).await;
+                // Inside MULTI a write only queues: what it touches is evicted again when EXEC's
+                // reply arrives, after the transaction has run.
+                let queued = self.st.in_multi && !matches!(info.name, "EXEC" | "DISCARD" | "MULTI");
+                if queued {
+                    if let Some(i) = inv.take() {
+                        let acc = self.multi_writes.get_or_insert_with(Invalidation::default);
+                        acc.keys.extend(i.keys);
+                        acc.flush |= i.flush;
+                    }
+                } else if info.name == "EXEC" {
+                    inv = self.multi_writes.take();
+                } else if info.name == "DISCARD" {
+                    self.multi_writes = None;
+                }
                 let expect = self.st.note_pinned(info, &req);
                 if let Decision::PinnedRewrite(_) = decision {
                     self.flush_run(chunk).await?;

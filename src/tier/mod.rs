@@ -2,3 +2,4 @@
 
 pub mod hot;
 pub mod redis;
+pub mod store;

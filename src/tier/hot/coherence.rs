@@ -51,6 +51,8 @@ pub fn spawn(tier: Arc<HotTier>, settings: Arc<Settings>, mode: Coherence, chann
             if tier.is_coherent() {
                 attempt = 0;
             }
+            tier.watch_socket(None);
+            tier.set_backlog(false);
             tier.set_coherent(false).await;
             match end {
                 End::Refused(why) if mode == Coherence::Auto => {
@@ -73,6 +75,16 @@ pub fn spawn(tier: Arc<HotTier>, settings: Arc<Settings>, mode: Coherence, chann
             tokio::time::sleep(delay).await;
         }
     });
+}
+
+/// Gives the tier a duplicate of the socket to peek at (see `HotTier::invalidations_pending`).
+fn watch(tier: &HotTier, stream: &TcpStream) {
+    let dup = socket2::SockRef::from(stream)
+        .try_clone()
+        .ok()
+        .map(std::net::TcpStream::from)
+        .filter(|s| s.set_nonblocking(true).is_ok());
+    tier.watch_socket(dup);
 }
 
 async fn open(settings: &Settings, proto: Proto) -> Result<TcpStream, End> {
@@ -179,6 +191,7 @@ async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
         Ok((err, true)) => return End::Refused(String::from_utf8_lossy(&err).trim().to_string()),
         Err(e) => return e,
     }
+    watch(tier, &stream);
     tier.set_coherent(true).await;
     tracing::info!(upstream = %addr, "hot tier coherent: CLIENT TRACKING (BCAST) on");
     loop {
@@ -191,9 +204,10 @@ async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
                 apply_tracking(tier, frame).await;
             }
         }
+        tier.set_backlog(false);
         match stream.read_buf(&mut buf).await {
             Ok(0) => return End::Lost(UpstreamError::Closed { addr }),
-            Ok(_) => {}
+            Ok(_) => tier.set_backlog(true),
             Err(e) => return lost(&addr, e),
         }
     }
@@ -247,6 +261,7 @@ async fn run_broadcast(tier: &HotTier, settings: &Settings, channel: &str, id: &
         channel: Bytes::copy_from_slice(channel.as_bytes()),
         id: id.clone(),
     });
+    watch(tier, &stream);
     tier.set_coherent(true).await;
     tracing::info!(upstream = %addr, channel, "hot tier coherent: broadcast invalidation");
     loop {
@@ -266,9 +281,10 @@ async fn run_broadcast(tier: &HotTier, settings: &Settings, channel: &str, id: &
                 }
             }
         }
+        tier.set_backlog(false);
         match stream.read_buf(&mut buf).await {
             Ok(0) => return End::Lost(UpstreamError::Closed { addr }),
-            Ok(_) => {}
+            Ok(_) => tier.set_backlog(true),
             Err(e) => return lost(&addr, e),
         }
     }

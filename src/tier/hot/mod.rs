@@ -156,6 +156,10 @@ pub struct HotTier {
     broadcast: std::sync::OnceLock<Broadcast>,
     /// Sends a PUBLISH without waiting (for writes on pinned connections).
     publisher: std::sync::OnceLock<Box<dyn Fn(Bytes) + Send + Sync>>,
+    /// A duplicate of the invalidation connection's socket, to peek for unread invalidations.
+    watch: std::sync::Mutex<Option<std::net::TcpStream>>,
+    /// Set while the coherence task holds invalidations it read but has not applied yet.
+    backlog: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -229,6 +233,8 @@ impl HotTier {
             coherent: AtomicBool::new(false),
             broadcast: std::sync::OnceLock::new(),
             publisher: std::sync::OnceLock::new(),
+            watch: std::sync::Mutex::new(None),
+            backlog: AtomicBool::new(false),
             metrics: metrics.clone(),
         });
         let weak = Arc::downgrade(&tier);
@@ -267,6 +273,37 @@ impl HotTier {
 
     fn stripe(&self, key: &[u8]) -> &AtomicU64 {
         &self.stripes[(self.hasher.hash_one(key) as usize) & (STRIPES - 1)]
+    }
+
+    /// Whether invalidations have arrived that are not applied yet: unread on the invalidation
+    /// connection, or read and being applied. A hit is not served then (the read goes upstream):
+    /// Redis sends a write's invalidation before the writer's reply, so a client that saw the
+    /// reply and reads through another sidecar finds the invalidation there at least pending.
+    pub fn invalidations_pending(&self) -> bool {
+        if self.backlog.load(SeqCst) {
+            return true;
+        }
+        let Ok(guard) = self.watch.lock() else {
+            return true;
+        };
+        match guard.as_ref() {
+            Some(sock) => {
+                let mut one = [0u8; 1];
+                !matches!(sock.peek(&mut one), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+            None => false,
+        }
+    }
+
+    /// The coherence task's socket (a duplicate), or `None` when it is gone.
+    pub(crate) fn watch_socket(&self, sock: Option<std::net::TcpStream>) {
+        if let Ok(mut guard) = self.watch.lock() {
+            *guard = sock;
+        }
+    }
+
+    pub(crate) fn set_backlog(&self, on: bool) {
+        self.backlog.store(on, SeqCst);
     }
 
     /// Taken when a fill's read is sent upstream.
