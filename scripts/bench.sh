@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end throughput/latency comparison: redis-benchmark against Redis directly, through
 # twemproxy (nutcracker) and through cacheside, all three in the same run and interleaved per
-# test so that machine noise is shared.
+# test so that machine noise is shared. A last GET group adds cacheside-hot (a second cacheside
+# whose hot tier caches key:*, warmed with every key first) against direct and twemproxy.
 #
 # Usage (from the repo root): scripts/bench.sh [--requests N] [--keep-logs]
 #
@@ -9,7 +10,7 @@
 #   --keep-logs    keep the temporary directory with configs and server logs
 #
 # Needs: cargo, redis-server (Debian package redis-server), redis-cli and redis-benchmark
-# (redis-tools), nutcracker (nutcracker). Nothing is installed by this script.
+# (redis-tools), nutcracker (nutcracker), python3. Nothing is installed by this script.
 #
 # Every process (client, proxies, Redis) shares the same machine; on a small machine they
 # compete for CPU, so compare targets with each other within one run, not across machines.
@@ -24,7 +25,7 @@ REQ_P16=800000
 KEEP_LOGS=0
 
 usage() {
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 while [[ $# -gt 0 ]]; do
@@ -79,6 +80,7 @@ need redis-benchmark redis-tools
 need nutcracker nutcracker
 need cargo "cargo (or rustup)"
 need awk "mawk (or gawk)"
+need python3 python3
 [[ $missing -eq 0 ]] || exit 1
 
 cd "$(dirname "$0")/.."
@@ -161,6 +163,27 @@ REDIS_PORT=$(free_port)
 TWEM_PORT=$(free_port)
 TWEM_STATS_PORT=$(free_port)
 CS_PORT=$(free_port)
+HOT_PORT=$(free_port)
+
+# cacheside-hot's config, checked now so a rejected config fails before the long runs. The
+# process itself starts only after the SET tests: its CLIENT TRACKING (BCAST on key:) would make
+# Redis send, and cacheside-hot process, an invalidation for every SET of those tests.
+cat >"$TMP/cacheside-hot.toml" <<EOF
+[hot]
+max_size = "256MiB"
+coherence = "tracking"
+
+[[cache]]
+keys = "key:*"
+ttl = "300s"
+EOF
+"$CACHESIDE" check-config --config "$TMP/cacheside-hot.toml" \
+    --upstream "redis://127.0.0.1:$REDIS_PORT" --listen "127.0.0.1:$HOT_PORT" --admin-listen "" \
+    >"$TMP/cacheside-hot-check.log" 2>&1 || {
+    echo "bench.sh: cacheside rejected the hot-tier config:" >&2
+    cat "$TMP/cacheside-hot-check.log" >&2
+    exit 1
+}
 
 echo "== starting redis-server on $REDIS_PORT" >&2
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
@@ -228,37 +251,151 @@ done
 
 # --- benchmark -------------------------------------------------------------------------------
 
-RESULTS="$TMP/results.tsv" # test pipeline target rps p50 p99
+RESULTS="$TMP/results.tsv" # group test pipeline target rps p50 p99
 : >"$RESULTS"
 round=0
-for test in get set; do
-    for pipe in 1 16; do
-        if [[ $pipe -eq 1 ]]; then n=$REQ_P1; else n=$REQ_P16; fi
-        # Rotate the order each round so no target always runs first (or last).
-        for k in 0 1 2; do
-            t=${TARGETS[$(((round + k) % 3))]}
-            echo "== $test -P $pipe -n $n -> $t" >&2
-            out=$(redis-benchmark -h 127.0.0.1 -p "${PORT[$t]}" -c "$CLIENTS" -n "$n" \
-                -d "$DATA_SIZE" -r "$KEYSPACE" -P "$pipe" -t "$test" --csv \
-                2>>"$TMP/redis-benchmark.stderr") || {
-                echo "bench.sh: redis-benchmark against $t failed:" >&2
-                tail -n 20 "$TMP/redis-benchmark.stderr" >&2
-                exit 1
-            }
-            # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",
-            # "p99_latency_ms","max_latency_ms"
-            line=$(printf '%s\n' "$out" | tr -d '"\r' | awk -F, -v T="${test^^}" '$1 == T')
-            [[ -n "$line" ]] || {
-                echo "bench.sh: no $test result from redis-benchmark against $t; output:" >&2
-                printf '%s\n' "$out" >&2
-                exit 1
-            }
-            IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"$line"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$test" "$pipe" "$t" "$rps" "$p50" "$p99" >>"$RESULTS"
+
+# run_group GROUP TARGET... : redis-benchmark runs of the tests in TESTS at -P 1 and -P 16 against
+# every TARGET, the order rotated each round so no target always runs first (or last).
+run_group() {
+    local group=$1 test pipe n k t
+    shift
+    local targets=("$@")
+    for test in "${TESTS[@]}"; do
+        for pipe in 1 16; do
+            if [[ $pipe -eq 1 ]]; then n=$REQ_P1; else n=$REQ_P16; fi
+            for k in "${!targets[@]}"; do
+                t=${targets[$(((round + k) % ${#targets[@]}))]}
+                bench_one "$group" "$test" "$pipe" "$n" "$t"
+            done
+            round=$((round + 1))
         done
-        round=$((round + 1))
     done
+}
+
+bench_one() { # bench_one GROUP TEST PIPELINE REQUESTS TARGET
+    local group=$1 test=$2 pipe=$3 n=$4 t=$5 out line rps p50 p99
+    echo "== $test -P $pipe -n $n -> $t" >&2
+    out=$(redis-benchmark -h 127.0.0.1 -p "${PORT[$t]}" -c "$CLIENTS" -n "$n" \
+        -d "$DATA_SIZE" -r "$KEYSPACE" -P "$pipe" -t "$test" --csv \
+        2>>"$TMP/redis-benchmark.stderr") || {
+        echo "bench.sh: redis-benchmark against $t failed:" >&2
+        tail -n 20 "$TMP/redis-benchmark.stderr" >&2
+        exit 1
+    }
+    # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",
+    # "p99_latency_ms","max_latency_ms"
+    line=$(printf '%s\n' "$out" | tr -d '"\r' | awk -F, -v T="${test^^}" '$1 == T')
+    [[ -n "$line" ]] || {
+        echo "bench.sh: no $test result from redis-benchmark against $t; output:" >&2
+        printf '%s\n' "$out" >&2
+        exit 1
+    }
+    IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"$line"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$group" "$test" "$pipe" "$t" "$rps" "$p50" "$p99" \
+        >>"$RESULTS"
+}
+
+TESTS=(get set)
+run_group main "${TARGETS[@]}"
+
+# --- hot tier: cacheside-hot ------------------------------------------------------------------
+
+echo "== starting cacheside-hot on $HOT_PORT" >&2
+"$CACHESIDE" --config "$TMP/cacheside-hot.toml" --upstream "redis://127.0.0.1:$REDIS_PORT" \
+    --listen "127.0.0.1:$HOT_PORT" --admin-listen "" --log-level warn \
+    >"$TMP/cacheside-hot.log" 2>&1 &
+PIDS+=($!)
+HOT_PID=${PIDS[-1]}
+wait_ping cacheside-hot "$HOT_PORT" "$HOT_PID" "$TMP/cacheside-hot.log"
+PORT[cacheside-hot]=$HOT_PORT
+
+hot_info() { # INFO from cacheside-hot; its own figures are in the "# cacheside" section
+    redis-cli -h 127.0.0.1 -p "$HOT_PORT" info | tr -d '\r'
+}
+field() { # field NAME INFO-TEXT
+    printf '%s\n' "$2" | awk -F: -v f="$1" '$1 == f { print $2; exit }'
+}
+rss_kib() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$HOT_PID/status" 2>/dev/null || echo 0; }
+
+# The tier is bypassed until the CLIENT TRACKING connection is up; fills made before are lost.
+for i in $(seq 1 100); do
+    [[ "$(field hot_state "$(hot_info)")" == active ]] && break
+    sleep 0.1
 done
+[[ "$(field hot_state "$(hot_info)")" == active ]] || {
+    echo "bench.sh: cacheside-hot's tier did not become active within 10s; INFO says" \
+        "hot_state:$(field hot_state "$(hot_info)"); its log ($TMP/cacheside-hot.log):" >&2
+    tail -n 20 "$TMP/cacheside-hot.log" >&2 || true
+    exit 1
+}
+
+got=$(redis-cli -h 127.0.0.1 -p "$HOT_PORT" get key:000000000042 2>&1)
+if [[ ${#got} -ne $DATA_SIZE ]]; then
+    echo "bench.sh: sanity GET through cacheside-hot returned '$got'" >&2
+    exit 1
+fi
+
+# Warm-up: one GET of every key through cacheside-hot, pipelined 1000 at a time over one
+# connection, each reply checked to be a $DATA_SIZE-byte value.
+echo "== warming cacheside-hot's tier: GET of all $KEYSPACE keys" >&2
+RSS_BEFORE=$(rss_kib)
+python3 - "$HOT_PORT" "$KEYSPACE" "$DATA_SIZE" <<'PY' || {
+import socket, sys
+
+port, n, size = (int(a) for a in sys.argv[1:4])
+s = socket.create_connection(("127.0.0.1", port))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+buf, pos = bytearray(), 0
+
+def need(k):  # until buf holds k bytes past pos
+    while len(buf) - pos < k:
+        d = s.recv(1 << 20)
+        if not d:
+            sys.exit("warm-up: connection closed")
+        buf.extend(d)
+
+for start in range(0, n, 1000):
+    end = min(n, start + 1000)
+    req = []
+    for i in range(start, end):
+        k = b"key:%012d" % i
+        req.append(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k))
+    s.sendall(b"".join(req))
+    for i in range(start, end):
+        while True:
+            nl = buf.find(b"\r\n", pos)
+            if nl >= 0:
+                break
+            need(len(buf) - pos + 1)
+        head = bytes(buf[pos:nl])
+        if head != b"$%d" % size:
+            sys.exit("warm-up: GET key:%012d got %r" % (i, head))
+        pos = nl + 2
+        need(size + 2)
+        pos += size + 2
+    del buf[:pos]
+    pos = 0
+PY
+    echo "bench.sh: warming cacheside-hot failed" >&2
+    exit 1
+}
+RSS_AFTER=$(rss_kib)
+WARM_INFO=$(hot_info)
+HOT_ENTRIES=$(field hot_entries "$WARM_INFO")
+HOT_BYTES=$(field hot_bytes "$WARM_INFO")
+HITS_BEFORE=$(field hot_hits "$WARM_INFO")
+MISSES_BEFORE=$(field hot_misses "$WARM_INFO")
+[[ "${HOT_ENTRIES:-0}" -ge $KEYSPACE ]] ||
+    echo "bench.sh: warning: after the warm-up cacheside-hot holds ${HOT_ENTRIES:-?} entries," \
+        "not $KEYSPACE" >&2
+
+TESTS=(get)
+run_group hot direct twemproxy cacheside-hot
+
+RUN_INFO=$(hot_info)
+HITS_AFTER=$(field hot_hits "$RUN_INFO")
+MISSES_AFTER=$(field hot_misses "$RUN_INFO")
 
 # Every target must still be alive: a crash mid-run would otherwise look like a slow result.
 for i in "${!PIDS[@]}"; do
@@ -276,17 +413,26 @@ echo
 echo "redis-benchmark: -c $CLIENTS -d $DATA_SIZE -r $KEYSPACE, -n $REQ_P1 at -P 1, -n $REQ_P16 at -P 16;" \
     "$cores CPU cores shared by client, proxies and Redis"
 echo "$(redis-server --version | awk '{print $1, $2, $3}'); $(nutcracker --version 2>&1 | head -n 1);" \
-    "cacheside $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted src changes)')"
+    "cacheside $(git rev-parse --short HEAD 2>/dev/null || echo '?')$([[ -z "$(git status --porcelain -- src 2>/dev/null)" ]] || echo ' (+ uncommitted src changes)')"
 echo
 echo "| test | pipeline | target | rps | p50 ms | p99 ms |"
 echo "|------|---------:|--------|----:|-------:|-------:|"
+row() { # row GROUP TEST PIPELINE TARGET LABEL
+    awk -F'\t' -v g="$1" -v a="$2" -v b="$3" -v c="$4" -v l="$5" \
+        '$1 == g && $2 == a && $3 == b && $4 == c {
+            printf "| %s | %s | %s | %.0f | %.3f | %.3f |\n", l, $3, $4, $5, $6, $7
+        }' "$RESULTS"
+}
 for test in get set; do
     for pipe in 1 16; do
         for t in "${TARGETS[@]}"; do
-            awk -F'\t' -v a="$test" -v b="$pipe" -v c="$t" '$1 == a && $2 == b && $3 == c {
-                printf "| %s | %s | %s | %.0f | %.3f | %.3f |\n", toupper($1), $2, $3, $4, $5, $6
-            }' "$RESULTS"
+            row main "$test" "$pipe" "$t" "${test^^}"
         done
+    done
+done
+for pipe in 1 16; do
+    for t in direct twemproxy cacheside-hot; do
+        row hot get "$pipe" "$t" "GET (hot group)"
     done
 done
 
@@ -294,7 +440,7 @@ echo
 echo "| test | pipeline | cacheside/direct rps | cacheside/twemproxy rps |"
 echo "|------|---------:|---------------------:|------------------------:|"
 awk -F'\t' '
-    { rps[$1 SUBSEP $2 SUBSEP $3] = $4 }
+    $1 == "main" { rps[$2 SUBSEP $3 SUBSEP $4] = $5 }
     END {
         split("get set", tests, " "); split("1 16", pipes, " ")
         for (i = 1; i <= 2; i++) for (j = 1; j <= 2; j++) {
@@ -304,3 +450,31 @@ awk -F'\t' '
                 (d > 0 ? sprintf("%.2f", cs / d) : "n/a"), (tw > 0 ? sprintf("%.2f", cs / tw) : "n/a")
         }
     }' "$RESULTS"
+
+echo
+echo "hot tier: cacheside-hot/direct (GET (hot group) rows: run after the SET tests, once every key"
+echo "was read through cacheside-hot; direct and twemproxy re-run in the same rotation)"
+echo
+echo "| test | pipeline | cacheside-hot/direct rps | cacheside-hot/twemproxy rps |"
+echo "|------|---------:|-------------------------:|----------------------------:|"
+awk -F'\t' '
+    $1 == "hot" { rps[$3 SUBSEP $4] = $5 }
+    END {
+        for (p = 1; p <= 16; p += 15) {
+            h = rps[p SUBSEP "cacheside-hot"]; d = rps[p SUBSEP "direct"]; tw = rps[p SUBSEP "twemproxy"]
+            printf "| GET | %d | %s | %s |\n", p,
+                (d > 0 ? sprintf("%.2f", h / d) : "n/a"), (tw > 0 ? sprintf("%.2f", h / tw) : "n/a")
+        }
+    }' "$RESULTS"
+
+echo
+echo "cacheside-hot tier after the warm-up (INFO, # cacheside): hot_entries:$HOT_ENTRIES hot_bytes:$HOT_BYTES" \
+    "($(awk -v b="$HOT_BYTES" -v e="$HOT_ENTRIES" 'BEGIN { print (e > 0 ? sprintf("%.1f", b / e) : "n/a") }')" \
+    "bytes/entry as the tier accounts them; payload $((16 + DATA_SIZE)) bytes: 16-byte key + $DATA_SIZE-byte value)"
+echo "cacheside-hot RSS: ${RSS_BEFORE} KiB before the warm-up, ${RSS_AFTER} KiB after" \
+    "($(awk -v a="$RSS_BEFORE" -v b="$RSS_AFTER" -v e="$HOT_ENTRIES" 'BEGIN {
+        print (e > 0 ? sprintf("%.1f", (b - a) * 1024 / e) : "n/a") }') bytes/entry of process growth)"
+hot_reqs=$((REQ_P1 + REQ_P16))
+echo "cacheside-hot during the GET (hot group) runs: hot_hits +$((HITS_AFTER - HITS_BEFORE))," \
+    "hot_misses +$((MISSES_AFTER - MISSES_BEFORE)) for $hot_reqs GETs" \
+    "($(awk -v h="$((HITS_AFTER - HITS_BEFORE))" -v n="$hot_reqs" 'BEGIN { printf "%.1f", 100 * h / n }')% served from the tier)"
