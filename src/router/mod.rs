@@ -11,10 +11,9 @@ use crate::metrics::InvalidationSource;
 use crate::protocol::command::{self, CommandInfo, Local, Pin, Route};
 use crate::protocol::reply::{Expect, SubKind};
 use crate::protocol::{Proto, Request};
-use crate::tier::hot::HotTier;
+use crate::tier::hot::{HotTier, WriteGuard};
 use crate::tier::store::Store;
 use bytes::Bytes;
-use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// What cacheside knows about one client connection.
@@ -189,14 +188,9 @@ pub enum Decision {
     Store,
 }
 
-/// Keys a write touched that the hot tier may hold: evicted when the write is sent, and again
-/// when its reply arrives (which fails any fill that raced it).
-#[derive(Debug, Default)]
-pub struct Invalidation {
-    pub keys: SmallVec<[Bytes; 2]>,
-    /// The write empties whole databases (FLUSHDB, FLUSHALL, SWAPDB).
-    pub flush: bool,
-}
+/// A write's hold on the cached keys it touches: evicted when it is sent, kept out of the tier
+/// while it is in flight, and evicted again when its reply arrives (see `HotTier::begin_write`).
+pub type Invalidation = WriteGuard;
 
 /// The per-process routing policy.
 pub struct Router {
@@ -236,24 +230,27 @@ impl Router {
     pub async fn invalidate(&self, info: &CommandInfo, req: &Request) -> Option<Invalidation> {
         let hot = self.hot.as_ref()?;
         if info.clears_all() {
+            let guard = hot.begin_write(Vec::new(), true);
             hot.invalidate_all(InvalidationSource::Flush).await;
-            return Some(Invalidation {
-                keys: SmallVec::new(),
-                flush: true,
-            });
+            return Some(guard);
         }
         if !info.is_write() {
             return None;
         }
-        let mut inv = Invalidation::default();
-        for i in info.key_indices(req) {
-            let key = req.arg(i);
-            if hot.rule(key).is_some() {
-                hot.invalidate(key, InvalidationSource::LocalWrite).await;
-                inv.keys.push(req.arg_bytes(i));
-            }
+        let keys: Vec<Bytes> = info
+            .key_indices(req)
+            .into_iter()
+            .filter(|&i| hot.rule(req.arg(i)).is_some())
+            .map(|i| req.arg_bytes(i))
+            .collect();
+        if keys.is_empty() {
+            return None;
         }
-        (!inv.keys.is_empty()).then_some(inv)
+        let guard = hot.begin_write(keys, false);
+        for k in guard.keys() {
+            hot.invalidate(k, InvalidationSource::LocalWrite).await;
+        }
+        Some(guard)
     }
 
     pub fn needs_auth(&self) -> bool {

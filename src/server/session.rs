@@ -50,9 +50,7 @@ struct Run {
 /// Adds a write's invalidation to what a batch does when its replies arrive.
 fn merge(after: &mut Option<Box<AfterReply>>, inv: Option<Invalidation>) {
     if let Some(inv) = inv {
-        let a = after.get_or_insert_with(Box::default);
-        a.keys.extend(inv.keys);
-        a.flush |= inv.flush;
+        after.get_or_insert_with(Box::default).writes.push(inv);
     }
 }
 
@@ -73,7 +71,7 @@ pub(super) struct Session {
     run: Option<Run>,
     parsed: Vec<Parsed>,
     /// Cached keys written by commands queued in the open transaction.
-    multi_writes: Option<Invalidation>,
+    multi_writes: Vec<Invalidation>,
 }
 
 impl Session {
@@ -94,7 +92,7 @@ impl Session {
             shared_dirty: false,
             run: None,
             parsed: Vec::new(),
-            multi_writes: None,
+            multi_writes: Vec::new(),
         }
     }
 
@@ -311,29 +309,29 @@ impl Session {
                     }
                 }
                 self.ctx.metrics.command(info.family, Outcome::Pinned);
-                let mut inv = self.ctx.router.invalidate(info, &req).await;
+                let inv = self.ctx.router.invalidate(info, &req).await;
                 // Inside MULTI a write only queues: what it touches is evicted again when EXEC's
                 // reply arrives, after the transaction has run.
                 let queued = self.st.in_multi && !matches!(info.name, "EXEC" | "DISCARD" | "MULTI");
-                if queued {
-                    if let Some(i) = inv.take() {
-                        let acc = self.multi_writes.get_or_insert_with(Invalidation::default);
-                        acc.keys.extend(i.keys);
-                        acc.flush |= i.flush;
-                    }
+                let writes = if queued {
+                    self.multi_writes.extend(inv);
+                    Vec::new()
                 } else if info.name == "EXEC" {
-                    inv = self.multi_writes.take();
-                } else if info.name == "DISCARD" {
-                    self.multi_writes = None;
-                }
+                    std::mem::take(&mut self.multi_writes)
+                } else {
+                    if info.name == "DISCARD" {
+                        self.multi_writes.clear();
+                    }
+                    inv.into_iter().collect()
+                };
                 let expect = self.st.note_pinned(info, &req);
                 if let Decision::PinnedRewrite(_) = decision {
                     self.flush_run(chunk).await?;
                 }
                 if let Some(p) = &mut self.pinned {
                     p.expect(expect);
-                    if let Some(inv) = inv {
-                        p.invalidate_on_reply(inv.keys.into_vec(), inv.flush);
+                    if !writes.is_empty() {
+                        p.invalidate_on_reply(writes);
                     }
                 }
                 match decision {
@@ -524,7 +522,13 @@ impl Session {
                 let mut bytes = bytes;
                 let mut sent = count;
                 if let (Some(a), Some(hot)) = (after.as_mut(), self.ctx.router.hot()) {
-                    if let Some(publish) = hot.broadcast_command(&a.keys, a.flush) {
+                    let keys: Vec<Bytes> = a
+                        .writes
+                        .iter()
+                        .flat_map(|w| w.keys().iter().cloned())
+                        .collect();
+                    let flush = a.writes.iter().any(|w| w.flush());
+                    if let Some(publish) = hot.broadcast_command(&keys, flush) {
                         let mut joined =
                             bytes::BytesMut::with_capacity(bytes.len() + publish.len());
                         joined.extend_from_slice(&bytes);

@@ -5,7 +5,6 @@
 
 use super::Ctx;
 use crate::error::{reply_bytes, ProxyError};
-use crate::metrics::InvalidationSource;
 use crate::protocol::reply::{self, Proto};
 use crate::router::fill::{self, FillPlan};
 use crate::tier::redis::{BatchResult, ReplyRx};
@@ -46,10 +45,9 @@ pub enum Out {
 /// What a batch does when its replies arrive, before the client sees them.
 #[derive(Debug, Default)]
 pub struct AfterReply {
-    /// Keys its writes touched: evicted again, which fails fills that raced the writes.
-    pub keys: Vec<Bytes>,
-    /// Its writes emptied whole databases.
-    pub flush: bool,
+    /// Its writes to cached keys: completed (keys evicted again, fills that raced them failed)
+    /// before the client sees the replies.
+    pub writes: Vec<crate::tier::hot::WriteGuard>,
     /// Replies at the end of the batch that are cacheside's own (the broadcast PUBLISH).
     pub extra: u32,
     /// The batch is INFO: append cacheside's section.
@@ -186,13 +184,8 @@ fn failure(res: Option<BatchResult>) -> Bytes {
 /// Applies a batch's hot-tier work and trims cacheside's own trailing replies.
 async fn after_reply(ctx: &Ctx, a: AfterReply, replies: Bytes, count: u32, proto: Proto) -> Bytes {
     let hot = ctx.router.hot();
-    if let Some(hot) = hot {
-        if a.flush {
-            hot.invalidate_all(InvalidationSource::Flush).await;
-        }
-        for k in &a.keys {
-            hot.evict(k).await;
-        }
+    for w in a.writes {
+        w.complete().await;
     }
     let mut replies = replies;
     if a.extra > 0 {

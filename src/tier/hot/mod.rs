@@ -11,7 +11,12 @@
 //! its read is sent, stores its value, and then re-reads the epochs: if either moved, it removes
 //! what it stored. Whichever order the two interleave in, the older value does not survive: an
 //! invalidation whose bump the fill's check missed removes the key after the fill stored it.
-//! Unrelated keys that share a stripe only cost a skipped fill.
+//!
+//! Writes through this sidecar also hold a [`WriteGuard`] from the moment they are sent until
+//! their reply has been applied: while a stripe has a write in flight, lookups in it miss and
+//! fills in it are not kept. Without that, a fill that read the old value after the write was
+//! sent but before Redis ran it could be stored and served to the writer's own next read.
+//! Unrelated keys that share a stripe only cost a miss or a skipped fill.
 
 pub mod coherence;
 pub mod info;
@@ -124,6 +129,91 @@ impl moka::Expiry<Bytes, Entry> for EntryExpiry {
     }
 }
 
+#[derive(Default)]
+struct Stripe {
+    /// Bumped by every invalidation of a key in the stripe.
+    epoch: AtomicU64,
+    /// Writes through this sidecar to keys in the stripe, sent and not yet answered.
+    writes: AtomicU64,
+}
+
+/// A write through this sidecar to cached keys, from dispatch until its reply is applied.
+pub struct WriteGuard {
+    tier: Arc<HotTier>,
+    keys: Vec<Bytes>,
+    flush: bool,
+    completed: bool,
+}
+
+impl std::fmt::Debug for WriteGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteGuard")
+            .field("keys", &self.keys.len())
+            .field("flush", &self.flush)
+            .finish()
+    }
+}
+
+impl WriteGuard {
+    pub fn keys(&self) -> &[Bytes] {
+        &self.keys
+    }
+
+    pub fn flush(&self) -> bool {
+        self.flush
+    }
+
+    /// The write was answered: evict its keys again (failing fills that raced it), then let
+    /// the keys be cached again.
+    pub async fn complete(mut self) {
+        if self.flush {
+            self.tier.invalidate_all(InvalidationSource::Flush).await;
+        }
+        for k in &self.keys {
+            self.tier.evict(k).await;
+        }
+        self.completed = true;
+    }
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        if !self.completed {
+            // Dropped unanswered (the client left, the batch failed): the write may still run
+            // upstream, so fail the fills in flight and evict the keys as a completion would.
+            for k in &self.keys {
+                self.tier.stripe(k).epoch.fetch_add(1, SeqCst);
+            }
+            if self.flush {
+                self.tier.flushes.fetch_add(1, SeqCst);
+            }
+            let (tier, keys, flush) = (
+                self.tier.clone(),
+                std::mem::take(&mut self.keys),
+                self.flush,
+            );
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let pending = keys.clone();
+                rt.spawn(async move {
+                    if flush {
+                        tier.cache.invalidate_all();
+                    }
+                    for k in &pending {
+                        tier.cache.invalidate(k).await;
+                    }
+                });
+            }
+            self.keys = keys;
+        }
+        for k in &self.keys {
+            self.tier.stripe(k).writes.fetch_sub(1, SeqCst);
+        }
+        if self.flush {
+            self.tier.flushes_in_flight.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
 /// The epochs a fill must find unchanged for its value to stay.
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp {
@@ -146,8 +236,10 @@ pub struct Fill {
 pub struct HotTier {
     cache: Cache<Bytes, Entry>,
     rules: Vec<Arc<Rule>>,
-    stripes: Box<[AtomicU64]>,
+    stripes: Box<[Stripe]>,
     flushes: AtomicU64,
+    /// Flushes sent and not yet answered.
+    flushes_in_flight: AtomicU64,
     hasher: std::collections::hash_map::RandomState,
     /// False while invalidations may be missed (coherence connection down): reads and fills
     /// bypass the tier until it is back.
@@ -227,8 +319,9 @@ impl HotTier {
                 .iter()
                 .map(|r| Arc::new(Rule::from_settings(r)))
                 .collect(),
-            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             flushes: AtomicU64::new(0),
+            flushes_in_flight: AtomicU64::new(0),
             hasher: std::collections::hash_map::RandomState::new(),
             coherent: AtomicBool::new(false),
             broadcast: std::sync::OnceLock::new(),
@@ -271,8 +364,33 @@ impl HotTier {
         self.metrics.cache.coherent.set(i64::from(on));
     }
 
-    fn stripe(&self, key: &[u8]) -> &AtomicU64 {
+    fn stripe(&self, key: &[u8]) -> &Stripe {
         &self.stripes[(self.hasher.hash_one(key) as usize) & (STRIPES - 1)]
+    }
+
+    /// Whether a write through this sidecar to `key` (or a flush) is sent and not yet answered.
+    fn write_in_flight(&self, key: &[u8]) -> bool {
+        self.stripe(key).writes.load(SeqCst) > 0 || self.flushes_in_flight.load(SeqCst) > 0
+    }
+
+    /// Starts a write of `keys` (or a flush): until the guard is completed or dropped, those keys
+    /// are neither served nor stored. The caller evicts them now as well.
+    pub fn begin_write(self: &Arc<Self>, keys: Vec<Bytes>, flush: bool) -> WriteGuard {
+        for k in &keys {
+            let st = self.stripe(k);
+            st.writes.fetch_add(1, SeqCst);
+            st.epoch.fetch_add(1, SeqCst);
+        }
+        if flush {
+            self.flushes_in_flight.fetch_add(1, SeqCst);
+            self.flushes.fetch_add(1, SeqCst);
+        }
+        WriteGuard {
+            tier: self.clone(),
+            keys,
+            flush,
+            completed: false,
+        }
     }
 
     /// Whether invalidations have arrived that are not applied yet: unread on the invalidation
@@ -309,13 +427,15 @@ impl HotTier {
     /// Taken when a fill's read is sent upstream.
     pub fn stamp(&self, key: &[u8]) -> Stamp {
         Stamp {
-            stripe: self.stripe(key).load(SeqCst),
+            stripe: self.stripe(key).epoch.load(SeqCst),
             flush: self.flushes.load(SeqCst),
         }
     }
 
     fn stamp_holds(&self, key: &[u8], s: Stamp) -> bool {
-        self.stripe(key).load(SeqCst) == s.stripe && self.flushes.load(SeqCst) == s.flush
+        !self.write_in_flight(key)
+            && self.stripe(key).epoch.load(SeqCst) == s.stripe
+            && self.flushes.load(SeqCst) == s.flush
     }
 
     /// A view of `key`, if held and fresh. Counts a hot hit or miss.
@@ -330,7 +450,7 @@ impl HotTier {
     }
 
     async fn lookup(&self, key: &[u8], view: &View) -> Option<Cached> {
-        if !self.is_coherent() {
+        if !self.is_coherent() || self.write_in_flight(key) {
             return None;
         }
         let entry = self.cache.get(key).await?;
@@ -450,17 +570,16 @@ impl HotTier {
         let _ = self.publisher.set(Box::new(f));
     }
 
-    /// Evicts what a write on a pinned connection touched, when its reply arrives, and announces
-    /// it in broadcast mode (without waiting: such writes are not ordered before their reply).
-    pub async fn invalidate_written(&self, keys: &[Bytes], flush: bool) {
-        if flush {
-            self.invalidate_all(InvalidationSource::Flush).await;
-        }
-        for k in keys {
-            self.evict(k).await;
-        }
+    /// Announces writes answered on a pinned connection, in broadcast mode, without waiting:
+    /// such writes are not ordered before their reply.
+    pub fn announce_pinned_writes(&self, writes: &[WriteGuard]) {
+        let keys: Vec<Bytes> = writes
+            .iter()
+            .flat_map(|w| w.keys().iter().cloned())
+            .collect();
+        let flush = writes.iter().any(|w| w.flush());
         if let (Some(cmd), Some(publish)) =
-            (self.broadcast_command(keys, flush), self.publisher.get())
+            (self.broadcast_command(&keys, flush), self.publisher.get())
         {
             publish(cmd);
         }
@@ -469,13 +588,13 @@ impl HotTier {
     /// Evicts `key` and fails fills of it in flight, without counting an invalidation (the
     /// second eviction of a write, when its reply arrives).
     pub async fn evict(&self, key: &[u8]) {
-        self.stripe(key).fetch_add(1, SeqCst);
+        self.stripe(key).epoch.fetch_add(1, SeqCst);
         self.cache.invalidate(key).await;
     }
 
     /// Evicts `key` (and fails fills of it that are in flight).
     pub async fn invalidate(&self, key: &[u8], source: InvalidationSource) {
-        self.stripe(key).fetch_add(1, SeqCst);
+        self.stripe(key).epoch.fetch_add(1, SeqCst);
         self.cache.invalidate(key).await;
         self.metrics.cache.invalidation(source);
     }
@@ -591,6 +710,37 @@ mod tests {
             t.get(b"p:1", &View::Get).await,
             Some(Cached::Value(Bytes::from_static(b"$3\r\nnew\r\n")))
         );
+    }
+
+    #[tokio::test]
+    async fn nothing_is_served_or_kept_while_a_write_to_the_key_is_in_flight() {
+        let t = tier(1 << 20);
+        t.set_coherent(true).await;
+        t.fill(fill(&t, "p:w", b"$3\r\nold\r\n", t.stamp(b"p:w")))
+            .await;
+        let guard = t.begin_write(vec![Bytes::from_static(b"p:w")], false);
+        t.evict(b"p:w").await;
+        // A fill that starts after the write was sent, but may read Redis before it runs.
+        let stamp = t.stamp(b"p:w");
+        t.fill(fill(&t, "p:w", b"$3\r\nold\r\n", stamp)).await;
+        assert_eq!(
+            t.get(b"p:w", &View::Get).await,
+            None,
+            "not kept while the write is in flight"
+        );
+        guard.complete().await;
+        assert_eq!(t.get(b"p:w", &View::Get).await, None);
+        let stamp = t.stamp(b"p:w");
+        t.fill(fill(&t, "p:w", b"$3\r\nnew\r\n", stamp)).await;
+        assert!(
+            t.get(b"p:w", &View::Get).await.is_some(),
+            "cached again once the write is answered"
+        );
+        // A guard dropped unanswered releases the key too.
+        drop(t.begin_write(vec![Bytes::from_static(b"p:w")], false));
+        let stamp = t.stamp(b"p:w");
+        t.fill(fill(&t, "p:w", b"$1\r\nx\r\n", stamp)).await;
+        assert!(t.get(b"p:w", &View::Get).await.is_some());
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use super::Settings;
 use crate::error::UpstreamError;
 use crate::metrics::Metrics;
 use crate::protocol::reply::{self, Expect, Proto, PubSub, SubKind};
-use crate::tier::hot::HotTier;
+use crate::tier::hot::{HotTier, WriteGuard};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashSet;
 use std::collections::VecDeque;
@@ -45,8 +45,7 @@ enum Ctl {
     /// Evict these keys from the hot tier before relaying the reply to request number `at`.
     Invalidate {
         at: u64,
-        keys: Vec<Bytes>,
-        flush: bool,
+        writes: Vec<WriteGuard>,
     },
 }
 
@@ -116,11 +115,10 @@ impl Pinned {
 
     /// Evicts what the last declared request writes, just before its reply is relayed (so a
     /// fill that raced it is not kept).
-    pub fn invalidate_on_reply(&mut self, keys: Vec<Bytes>, flush: bool) {
+    pub fn invalidate_on_reply(&mut self, writes: Vec<WriteGuard>) {
         let _ = self.ctl.send(Ctl::Invalidate {
             at: self.sent,
-            keys,
-            flush,
+            writes,
         });
     }
 
@@ -158,7 +156,7 @@ impl Drop for Pinned {
 struct Relay {
     hot: Option<Arc<HotTier>>,
     /// Invalidations by the request number whose reply they precede.
-    invalidations: VecDeque<(u64, Vec<Bytes>, bool)>,
+    invalidations: VecDeque<(u64, Vec<WriteGuard>)>,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     queue: VecDeque<Ctl>,
     stream: Option<mpsc::Sender<Bytes>>,
@@ -190,7 +188,7 @@ impl Relay {
                 self.owed.push_back(e);
                 self.retire_empty();
             }
-            Ctl::Invalidate { at, keys, flush } => self.invalidations.push_back((at, keys, flush)),
+            Ctl::Invalidate { at, writes } => self.invalidations.push_back((at, writes)),
             Ctl::Begin(tx) if self.queue.is_empty() => self.stream = Some(tx),
             other => self.queue.push_back(other),
         }
@@ -249,18 +247,22 @@ impl Relay {
         self.retire_empty();
     }
 
-    /// Runs the invalidations due before a reply to request number `next` is relayed.
+    /// Completes the writes due before a reply to request number `next` is relayed, and
+    /// announces them in broadcast mode.
     async fn invalidate_due(&mut self, next: u64) {
         while self
             .invalidations
             .front()
-            .is_some_and(|(at, _, _)| *at <= next)
+            .is_some_and(|(at, _)| *at <= next)
         {
-            let Some((_, keys, flush)) = self.invalidations.pop_front() else {
+            let Some((_, writes)) = self.invalidations.pop_front() else {
                 break;
             };
             if let Some(hot) = &self.hot {
-                hot.invalidate_written(&keys, flush).await;
+                hot.announce_pinned_writes(&writes);
+            }
+            for w in writes {
+                w.complete().await;
             }
         }
     }
@@ -283,9 +285,7 @@ impl Relay {
                 Some(Ctl::Release { .. }) => self.stream = None,
                 Some(Ctl::Begin(tx)) => self.stream = Some(tx),
                 Some(Ctl::Expect(e)) => self.owed.push_back(e),
-                Some(Ctl::Invalidate { at, keys, flush }) => {
-                    self.invalidations.push_back((at, keys, flush))
-                }
+                Some(Ctl::Invalidate { at, writes }) => self.invalidations.push_back((at, writes)),
                 None => return,
             }
         }
