@@ -3,6 +3,7 @@
 
 use crate::admin::{self, Readiness};
 use crate::config::Validated;
+use crate::loader::{Database, DbError, Loader};
 use crate::metrics::Metrics;
 use crate::protocol::Proto;
 use crate::router::Router;
@@ -23,6 +24,37 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// Prepares every mapping's query against the database, before anything binds: a query that
+/// Postgres rejects is a configuration error naming its mapping. An unreachable database is
+/// not (it may come up later): the queries are then prepared on first use.
+pub async fn check_mappings(cfg: &Validated) -> Result<(), crate::config::ConfigError> {
+    let Some(db) = cfg.postgres.clone() else {
+        return Ok(());
+    };
+    let metrics = Metrics::new(prometheus::Registry::new());
+    let db =
+        Database::new(db).map_err(|e| crate::config::ConfigError::invalid("postgres.url", e))?;
+    let loader = Loader::new(cfg.mappings.clone(), db, None, cfg.lease, &metrics);
+    match loader.prepare_all().await {
+        Ok(()) => Ok(()),
+        Err((mapping, DbError::Query(msg))) => {
+            let i = cfg
+                .mappings
+                .iter()
+                .position(|m| m.name == mapping)
+                .unwrap_or(0);
+            Err(crate::config::ConfigError::invalid(
+                format!("mapping[{i}].query"),
+                format!("mapping {mapping:?}: {msg}"),
+            ))
+        }
+        Err((mapping, e)) => {
+            tracing::warn!(mapping, error = %e, "database not reachable at start; mappings will be prepared on first use");
+            Ok(())
+        }
+    }
 }
 
 /// Binds the configured addresses and serves until `shutdown` resolves.
@@ -88,6 +120,32 @@ pub async fn serve(
         _ => None,
     };
     let mut router = Router::new(cfg.client_auth.clone(), upstream.is_some(), hot);
+    if let Some(db) = cfg.postgres.clone() {
+        match Database::new(db) {
+            Ok(db) => {
+                let loader = Loader::new(
+                    cfg.mappings.clone(),
+                    db,
+                    upstream.clone(),
+                    cfg.lease,
+                    &metrics,
+                );
+                match loader.prepare_all().await {
+                    Ok(()) => tracing::info!(
+                        mappings = cfg.mappings.len(),
+                        "read-through mappings prepared"
+                    ),
+                    Err((mapping, e)) => {
+                        tracing::warn!(mapping, error = %e, "mapping not prepared yet; it will be on first use")
+                    }
+                }
+                router = router.with_loader(Arc::new(loader));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the PostgreSQL pool; mappings are disabled")
+            }
+        }
+    }
     if upstream.is_none() {
         let policy = if cfg.hot.lru {
             Policy::Lru

@@ -14,7 +14,9 @@
 //! - [`protocol`]: request parsing, the command table, reply framing and building. No I/O.
 //! - [`router`]: where each command is answered: locally, on a shared upstream connection, or
 //!   on the client's pinned connection.
+//! - [`tier::hot`]: the in-process tier and its coherence; [`tier::store`]: standalone mode.
 //! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects.
+//! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys.
 //! - [`error`]: typed errors and the one function that maps them to replies.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the /livez /readyz /metrics listener.
 //! - [`app`], [`shutdown`]: wiring, and the drain on SIGTERM.
@@ -25,6 +27,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod loader;
 pub mod metrics;
 pub mod protocol;
 pub mod router;

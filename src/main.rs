@@ -33,6 +33,9 @@ struct Args {
     /// Log filter, e.g. "info" or "cacheside=debug" (log.level).
     #[arg(long, env = "CACHESIDE_LOG_LEVEL", global = true)]
     log_level: Option<String>,
+    /// PostgreSQL URL for read-through mappings (postgres.url).
+    #[arg(long, env = "CACHESIDE_POSTGRES_URL", global = true)]
+    postgres: Option<String>,
     /// Log format: text or json (log.format).
     #[arg(long, env = "CACHESIDE_LOG_FORMAT", global = true)]
     log_format: Option<String>,
@@ -68,6 +71,9 @@ fn load(args: &Args) -> Result<Validated, ConfigError> {
     if let Some(v) = &args.log_format {
         config.log.format = v.clone();
     }
+    if let Some(v) = &args.postgres {
+        config.postgres.url = Some(v.clone());
+    }
     config.validate()
 }
 
@@ -93,11 +99,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Some(Cmd::CheckConfig) = args.command {
-        print!("{}", validated.config.redacted_toml());
-        eprintln!("cacheside: config OK");
-        return ExitCode::SUCCESS;
-    }
     init_tracing(&validated);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(validated.worker_threads)
@@ -110,6 +111,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = runtime.block_on(cacheside::app::check_mappings(&validated)) {
+        eprintln!("cacheside: config error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if let Some(Cmd::CheckConfig) = args.command {
+        print!("{}", validated.config.redacted_toml());
+        eprintln!("cacheside: config OK");
+        return ExitCode::SUCCESS;
+    }
     match runtime.block_on(cacheside::app::run(
         validated,
         cacheside::shutdown::signal(),

@@ -60,6 +60,16 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("hot.policy", Kind::Str),
     ("hot.coherence", Kind::Str),
     ("hot.channel", Kind::Str),
+    ("postgres.url", Kind::Str),
+    ("postgres.password_file", Kind::Str),
+    ("postgres.pool_size", Kind::Int),
+    ("postgres.connect_timeout", Kind::Str),
+    ("postgres.statement_timeout", Kind::Str),
+    ("postgres.pool_timeout", Kind::Str),
+    ("postgres.prepared_statements", Kind::Bool),
+    ("postgres.lease", Kind::Str),
+    ("postgres.breaker_failures", Kind::Int),
+    ("postgres.breaker_cooldown", Kind::Str),
 ];
 
 /// `server.max_clients` -> `CACHESIDE_SERVER_MAX_CLIENTS`.

@@ -53,6 +53,67 @@ pub struct Config {
     pub hot: HotConfig,
     /// `[[cache]]` rules: which keys the hot tier may hold, and for how long.
     pub cache: Vec<CacheRule>,
+    pub postgres: PostgresConfig,
+    /// `[[mapping]]`: key patterns resolved from PostgreSQL on a miss.
+    pub mapping: Vec<MappingConfig>,
+}
+
+/// `[postgres]`: the database that read-through mappings query.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    pub url: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub pool_size: usize,
+    pub connect_timeout: Human,
+    pub statement_timeout: Human,
+    pub pool_timeout: Human,
+    pub prepared_statements: bool,
+    pub lease: Human,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Human,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            password_file: None,
+            pool_size: 8,
+            connect_timeout: Human::secs(2),
+            statement_timeout: Human::secs(1),
+            pool_timeout: Human::millis(500),
+            prepared_statements: true,
+            lease: Human::secs(3),
+            breaker_failures: 5,
+            breaker_cooldown: Human::secs(5),
+        }
+    }
+}
+
+/// One `[[mapping]]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MappingConfig {
+    pub name: String,
+    pub key: String,
+    pub query: String,
+    #[serde(default = "MappingConfig::default_shape")]
+    pub shape: String,
+    pub ttl: Human,
+    #[serde(default)]
+    pub jitter: Option<String>,
+    #[serde(default = "MappingConfig::default_negative_ttl")]
+    pub negative_ttl: Human,
+}
+
+impl MappingConfig {
+    fn default_shape() -> String {
+        "json".into()
+    }
+    fn default_negative_ttl() -> Human {
+        Human::secs(30)
+    }
 }
 
 /// `[hot]`: the in-process tier.
@@ -243,6 +304,9 @@ impl Config {
         }
         if let Some(u) = &c.upstream.url {
             c.upstream.url = Some(url::redact(u));
+        }
+        if let Some(u) = &c.postgres.url {
+            c.postgres.url = Some(url::redact(u));
         }
         toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }

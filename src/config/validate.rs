@@ -79,6 +79,10 @@ pub struct Validated {
     pub log_json: bool,
     pub grace_period: Duration,
     pub hot: HotSettings,
+    /// `[postgres]`, when a database is configured.
+    pub postgres: Option<crate::loader::DbSettings>,
+    pub lease: Duration,
+    pub mappings: Vec<crate::loader::MappingSettings>,
     pub config: Config,
 }
 
@@ -177,6 +181,106 @@ fn validate_hot(c: &Config) -> Result<HotSettings, ConfigError> {
         channel: h.channel.clone(),
         rules,
     })
+}
+
+fn validate_loader(
+    c: &Config,
+) -> Result<
+    (
+        Option<crate::loader::DbSettings>,
+        Vec<crate::loader::MappingSettings>,
+    ),
+    ConfigError,
+> {
+    use crate::loader::{Jitter, KeyPattern, MappingSettings, Shape};
+    let p = &c.postgres;
+    let db = match p.url.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(url) => {
+            let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| {
+                ConfigError::invalid(
+                    "postgres.url",
+                    format!("{:?}: {e}", super::url::redact(url)),
+                )
+            })?;
+            if let Some(f) = &p.password_file {
+                cfg.password(read_secret("postgres.password_file", f)?);
+            }
+            if p.pool_size == 0 || p.pool_size > 1024 {
+                return Err(ConfigError::invalid(
+                    "postgres.pool_size",
+                    format!("{} must be between 1 and 1024", p.pool_size),
+                ));
+            }
+            if p.breaker_failures == 0 {
+                return Err(ConfigError::invalid(
+                    "postgres.breaker_failures",
+                    "0 must be >= 1",
+                ));
+            }
+            Some(crate::loader::DbSettings {
+                config: cfg,
+                pool_size: p.pool_size,
+                connect_timeout: positive("postgres.connect_timeout", p.connect_timeout.get())?,
+                statement_timeout: positive(
+                    "postgres.statement_timeout",
+                    p.statement_timeout.get(),
+                )?,
+                pool_timeout: positive("postgres.pool_timeout", p.pool_timeout.get())?,
+                prepared_statements: p.prepared_statements,
+                breaker_failures: p.breaker_failures,
+                breaker_cooldown: positive("postgres.breaker_cooldown", p.breaker_cooldown.get())?,
+            })
+        }
+    };
+    positive("postgres.lease", p.lease.get())?;
+    let mut mappings: Vec<MappingSettings> = Vec::new();
+    for (i, m) in c.mapping.iter().enumerate() {
+        let key = |k: &str| format!("mapping[{i}].{k}");
+        if m.name.is_empty()
+            || !m
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!("{:?} must be letters, digits, _ or -", m.name),
+            ));
+        }
+        if mappings.iter().any(|o| o.name == m.name) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!("{:?} is used by another mapping", m.name),
+            ));
+        }
+        let pattern = KeyPattern::parse(&m.key)
+            .map_err(|e| ConfigError::invalid(key("key"), format!("{:?}: {e}", m.key)))?;
+        if m.query.trim().is_empty() {
+            return Err(ConfigError::invalid(key("query"), "must not be empty"));
+        }
+        let shape = Shape::parse(&m.shape).map_err(|e| ConfigError::invalid(key("shape"), e))?;
+        let ttl = positive(&key("ttl"), m.ttl.get())?;
+        let jitter = Jitter::parse(m.jitter.as_deref())
+            .map_err(|e| ConfigError::invalid(key("jitter"), e))?;
+        let negative_ttl = positive(&key("negative_ttl"), m.negative_ttl.get())?;
+        mappings.push(MappingSettings {
+            name: m.name.clone(),
+            pattern,
+            query: m.query.clone(),
+            shape,
+            ttl,
+            jitter,
+            negative_ttl,
+        });
+    }
+    if !mappings.is_empty() && db.is_none() {
+        return Err(ConfigError::invalid(
+            "postgres.url",
+            "[[mapping]] entries need a database: set postgres.url (or --postgres, CACHESIDE_POSTGRES_URL)",
+        ));
+    }
+    Ok((db, mappings))
 }
 
 impl Config {
@@ -309,7 +413,11 @@ impl Config {
             ));
         }
         let hot = validate_hot(&self)?;
+        let (postgres, mappings) = validate_loader(&self)?;
         Ok(Validated {
+            postgres,
+            lease: self.postgres.lease.get(),
+            mappings,
             hot,
             listen,
             admin_listen,

@@ -7,6 +7,7 @@ mod local;
 
 use crate::config::validate::ClientAuth;
 use crate::error::ProxyError;
+use crate::loader::Loader;
 use crate::metrics::InvalidationSource;
 use crate::protocol::command::{self, CommandInfo, Local, Pin, Route};
 use crate::protocol::reply::{Expect, SubKind};
@@ -199,6 +200,8 @@ pub struct Router {
     hot: Option<Arc<HotTier>>,
     /// Standalone mode (no upstream): the in-process store.
     store: Option<Arc<Store>>,
+    /// Read-through mappings, when `[[mapping]]`s are configured.
+    loader: Option<Arc<Loader>>,
 }
 
 impl Router {
@@ -208,7 +211,33 @@ impl Router {
             has_upstream,
             hot,
             store: None,
+            loader: None,
         }
+    }
+
+    /// Read-through: misses of mapped keys are loaded from PostgreSQL.
+    pub fn with_loader(mut self, loader: Arc<Loader>) -> Self {
+        self.loader = Some(loader);
+        self
+    }
+
+    pub fn loader(&self) -> Option<&Arc<Loader>> {
+        self.loader.as_ref()
+    }
+
+    /// For a write: the commands that make loads in flight of the mapped keys it touches give
+    /// way, sent in the same pipeline right after the write.
+    pub fn write_cleanup(&self, info: &CommandInfo, req: &Request) -> Vec<Bytes> {
+        let Some(loader) = &self.loader else {
+            return Vec::new();
+        };
+        if !info.is_write() {
+            return Vec::new();
+        }
+        info.key_indices(req)
+            .into_iter()
+            .filter_map(|i| loader.write_cleanup(req.arg(i)))
+            .collect()
     }
 
     /// Standalone mode: commands the store knows are answered by it.
@@ -267,14 +296,22 @@ impl Router {
     ) -> (Decision, &'static CommandInfo) {
         let info = command::lookup(req.arg(0));
         let mut decision = self.decide(st, info, req, pinned);
-        if let (Decision::Forward, Some(hot)) = (&decision, &self.hot) {
+        if matches!(decision, Decision::Forward) && (self.hot.is_some() || self.loader.is_some()) {
             if info.is_read() {
-                match fill::read(hot, info.name, req, st.proto).await {
+                match fill::read(
+                    self.hot.as_deref(),
+                    self.loader.as_deref(),
+                    info.name,
+                    req,
+                    st.proto,
+                )
+                .await
+                {
                     fill::Outcome::Hit(b) => decision = Decision::Cached(b),
                     fill::Outcome::Miss(plan) => decision = Decision::Fill(plan),
                     fill::Outcome::Skip => {}
                 }
-            } else if info.name == "INFO" {
+            } else if info.name == "INFO" && self.hot.is_some() {
                 decision = Decision::Info;
             }
         }

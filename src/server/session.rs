@@ -236,11 +236,31 @@ impl Session {
             Decision::Forward => {
                 self.ctx.metrics.command(info.family, Outcome::Forwarded);
                 let inv = self.ctx.router.invalidate(info, &req).await;
+                let cleanup = self.ctx.router.write_cleanup(info, &req);
                 if self.release_pending {
                     self.flush_run(chunk).await?;
                     self.barrier().await?;
                 }
-                self.push_run(Dest::Shared, chunk, span, &req, inv).await
+                self.push_run(Dest::Shared, chunk, span, &req, inv).await?;
+                if !cleanup.is_empty() {
+                    match &mut self.run {
+                        Some(run) => run
+                            .after
+                            .get_or_insert_with(Box::default)
+                            .appended
+                            .extend(cleanup),
+                        // An inline write went out alone: its cleanup follows on the same connection.
+                        None => {
+                            let after = AfterReply {
+                                appended: cleanup,
+                                ..AfterReply::default()
+                            };
+                            self.send_to(Dest::Shared, Bytes::new(), 0, Some(Box::new(after)))
+                                .await?;
+                        }
+                    }
+                }
+                Ok(())
             }
             Decision::Store => {
                 self.ctx.metrics.command(info.family, Outcome::Local);
@@ -521,21 +541,28 @@ impl Session {
                 // the same connection, and the client's replies wait for it.
                 let mut bytes = bytes;
                 let mut sent = count;
-                if let (Some(a), Some(hot)) = (after.as_mut(), self.ctx.router.hot()) {
-                    let keys: Vec<Bytes> = a
-                        .writes
-                        .iter()
-                        .flat_map(|w| w.keys().iter().cloned())
-                        .collect();
-                    let flush = a.writes.iter().any(|w| w.flush());
-                    if let Some(publish) = hot.broadcast_command(&keys, flush) {
-                        let mut joined =
-                            bytes::BytesMut::with_capacity(bytes.len() + publish.len());
+                if let Some(a) = after.as_mut() {
+                    let mut tail = std::mem::take(&mut a.appended);
+                    if let Some(hot) = self.ctx.router.hot() {
+                        let keys: Vec<Bytes> = a
+                            .writes
+                            .iter()
+                            .flat_map(|w| w.keys().iter().cloned())
+                            .collect();
+                        let flush = a.writes.iter().any(|w| w.flush());
+                        tail.extend(hot.broadcast_command(&keys, flush));
+                    }
+                    if !tail.is_empty() {
+                        let mut joined = bytes::BytesMut::with_capacity(
+                            bytes.len() + tail.iter().map(Bytes::len).sum::<usize>(),
+                        );
                         joined.extend_from_slice(&bytes);
-                        joined.extend_from_slice(&publish);
+                        for t in &tail {
+                            joined.extend_from_slice(t);
+                        }
                         bytes = joined.freeze();
-                        a.extra = 1;
-                        sent += 1;
+                        a.extra = tail.len() as u32;
+                        sent += a.extra;
                     }
                 }
                 let started = Instant::now();

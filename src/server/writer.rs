@@ -48,7 +48,10 @@ pub struct AfterReply {
     /// Its writes to cached keys: completed (keys evicted again, fills that raced them failed)
     /// before the client sees the replies.
     pub writes: Vec<crate::tier::hot::WriteGuard>,
-    /// Replies at the end of the batch that are cacheside's own (the broadcast PUBLISH).
+    /// Commands of cacheside's own to send right after the batch (lease cleanup for mapped
+    /// keys); the broadcast PUBLISH joins them when the batch is sent.
+    pub appended: Vec<Bytes>,
+    /// Replies at the end of the batch that are cacheside's own.
     pub extra: u32,
     /// The batch is INFO: append cacheside's section.
     pub info: bool,
@@ -104,18 +107,31 @@ pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, ctx: Arc<C
                     ctx.metrics
                         .request_duration
                         .observe(started.elapsed().as_secs_f64());
-                    match res {
-                        Some(Ok(replies)) => {
-                            let (client, fills) = fill::complete(&plan, &replies, proto);
-                            if let Some(hot) = ctx.router.hot() {
-                                for f in fills {
-                                    hot.fill(f).await;
+                    let (client, fills) = match res {
+                        Some(Ok(replies)) => match fill::complete(*plan, &replies, proto) {
+                            fill::Completion::Done(client, fills) => (client, fills),
+                            fill::Completion::Load(step) => match ctx.router.loader() {
+                                Some(loader) => fill::finish(*step, loader, false, proto).await,
+                                None => {
+                                    (reply::error_bytes("ERR cacheside: no loader"), Vec::new())
                                 }
+                            },
+                        },
+                        // Redis unavailable: a mapped read is still answered from PostgreSQL.
+                        Some(Err(e)) => match (ctx.router.loader(), fill::degraded(*plan)) {
+                            (Some(loader), Some(step)) => {
+                                fill::finish(step, loader, true, proto).await
                             }
-                            buf.extend_from_slice(&client);
+                            _ => (failure(Some(Err(e))), Vec::new()),
+                        },
+                        None => (failure(None), Vec::new()),
+                    };
+                    if let Some(hot) = ctx.router.hot() {
+                        for f in fills {
+                            hot.fill(f).await;
                         }
-                        failed => buf.extend_from_slice(&failure(failed)),
                     }
+                    buf.extend_from_slice(&client);
                 }
                 Out::Stream(mut frames) => loop {
                     match frames.try_recv() {

@@ -517,9 +517,20 @@ impl HotTier {
             return;
         }
         let now = Instant::now();
+        // Stored bytes are copied out of the I/O buffers they arrived in: a slice would keep a
+        // whole read buffer alive while the byte bound counted only the slice.
+        let view = match f.view {
+            View::HGet(field) => View::HGet(Bytes::copy_from_slice(&field)),
+            v => v,
+        };
+        let value = match f.value {
+            Cached::Value(b) => Cached::Value(Bytes::copy_from_slice(&b)),
+            Cached::Nil => Cached::Nil,
+        };
+        let key = Bytes::copy_from_slice(&f.key);
         let slot = Slot {
-            view: f.view,
-            value: f.value,
+            view,
+            value,
             deadline: now + ttl,
         };
         let mut slots: Vec<Slot> = match self.cache.get(&f.key).await {
@@ -535,7 +546,7 @@ impl HotTier {
         let deadline = slots.iter().map(|s| s.deadline).max().unwrap_or(now);
         self.cache
             .insert(
-                f.key.clone(),
+                key,
                 Entry {
                     slots: slots.into(),
                     deadline,

@@ -1,0 +1,517 @@
+//! Read-through from PostgreSQL: a miss of a key that a `[[mapping]]` declares is resolved by
+//! the mapping's query, written to Redis with the mapping's TTL, and answered.
+//!
+//! One query per key: concurrent misses of a key in one sidecar share one load (single-flight);
+//! across sidecars, a fill lease in Redis (`SET cacheside:lease:<key> <token> NX PX`) lets one
+//! sidecar query while the others poll Redis briefly for its fill, then query themselves.
+//!
+//! No stale fills: the fill is a script that writes the value only if the lease still holds the
+//! loader's token, and deletes it. Every write to a mapped key through any sidecar deletes the
+//! key's lease (see [`Loader::write_cleanup`]) in the same pipeline as the write, so a load that
+//! was in flight when the write ran finds its lease gone and does not overwrite the write.
+//! Not found is remembered in `cacheside:neg:<key>` for `negative_ttl`; clients never see it.
+
+pub mod encode;
+pub mod mapping;
+pub mod params;
+pub mod postgres;
+
+pub use encode::Loaded;
+pub use mapping::{Jitter, KeyPattern, Shape};
+pub use postgres::{Database, DbError, DbSettings};
+
+use crate::error::UpstreamError;
+use crate::metrics::OriginMetrics;
+use crate::protocol::reply::{self, Proto, ReplyKind};
+use crate::protocol::request::encode_command;
+use crate::tier::redis::Upstream;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, OnceCell};
+use tokio_postgres::types::Type;
+
+const LEASE_PREFIX: &[u8] = b"cacheside:lease:";
+const NEGATIVE_PREFIX: &[u8] = b"cacheside:neg:";
+/// How often a sidecar that lost the lease looks for the winner's fill.
+const LEASE_POLL: Duration = Duration::from_millis(20);
+
+/// Writes the loaded value only while the lease still holds our token, and releases it.
+/// KEYS: key, lease, negative. ARGV: token, kind (v|n|h), value, ttl ms, field, value, ...
+const FILL_SCRIPT: &str = r#"if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+if ARGV[2] == 'v' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+elseif ARGV[2] == 'n' then
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
+else
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1"#;
+
+/// One compiled `[[mapping]]`.
+pub struct Mapping {
+    pub name: String,
+    pub pattern: KeyPattern,
+    /// The query wrapped to return one JSON text per row.
+    sql: String,
+    pub shape: Shape,
+    pub ttl: Duration,
+    pub jitter: Jitter,
+    pub negative_ttl: Duration,
+    types: OnceCell<Vec<Type>>,
+    pub metrics: OriginMetrics,
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping").field("name", &self.name).finish()
+    }
+}
+
+/// Checked settings of one mapping.
+#[derive(Debug, Clone)]
+pub struct MappingSettings {
+    pub name: String,
+    pub pattern: KeyPattern,
+    pub query: String,
+    pub shape: Shape,
+    pub ttl: Duration,
+    pub jitter: Jitter,
+    pub negative_ttl: Duration,
+}
+
+/// Why a mapped read could not be answered. The text goes to the client after `-ERR cacheside: `.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    #[error("mapping {mapping}: capture {capture} {detail}")]
+    BadCapture {
+        mapping: String,
+        capture: String,
+        detail: String,
+    },
+    #[error("mapping {mapping}: {err}")]
+    Db { mapping: String, err: DbError },
+    #[error("mapping {mapping}: bad row: {detail}")]
+    Encode { mapping: String, detail: String },
+}
+
+type Flight = watch::Receiver<Option<Result<Loaded, LoadError>>>;
+
+pub struct Loader {
+    mappings: Vec<Arc<Mapping>>,
+    db: Database,
+    upstream: Option<Arc<Upstream>>,
+    inflight: Mutex<HashMap<Bytes, Flight>>,
+    lease: Duration,
+}
+
+fn prefixed(prefix: &[u8], key: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(prefix.len() + key.len());
+    b.extend_from_slice(prefix);
+    b.extend_from_slice(key);
+    b.into()
+}
+
+/// The Redis key that remembers "not found" for `key`.
+pub fn negative_key(key: &[u8]) -> Bytes {
+    prefixed(NEGATIVE_PREFIX, key)
+}
+
+fn lease_key(key: &[u8]) -> Bytes {
+    prefixed(LEASE_PREFIX, key)
+}
+
+impl Loader {
+    pub fn new(
+        settings: Vec<MappingSettings>,
+        db: Database,
+        upstream: Option<Arc<Upstream>>,
+        lease: Duration,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        let mappings = settings
+            .into_iter()
+            .map(|s| {
+                Arc::new(Mapping {
+                    metrics: metrics.origin(&s.name),
+                    sql: encode::wrap(&s.query),
+                    name: s.name,
+                    pattern: s.pattern,
+                    shape: s.shape,
+                    ttl: s.ttl,
+                    jitter: s.jitter,
+                    negative_ttl: s.negative_ttl,
+                    types: OnceCell::new(),
+                })
+            })
+            .collect();
+        Self {
+            mappings,
+            db,
+            upstream,
+            inflight: Mutex::new(HashMap::new()),
+            lease,
+        }
+    }
+
+    /// The mapping that declares `key` (first match), with the key's captures.
+    pub fn resolve(&self, key: &[u8]) -> Option<(Arc<Mapping>, Vec<Bytes>)> {
+        self.mappings.iter().find_map(|m| {
+            m.pattern.matches(key).map(|caps| {
+                (
+                    m.clone(),
+                    caps.into_iter().map(Bytes::copy_from_slice).collect(),
+                )
+            })
+        })
+    }
+
+    /// Prepares every mapping's query; the first failure names its mapping.
+    pub async fn prepare_all(&self) -> Result<(), (String, DbError)> {
+        for m in &self.mappings {
+            let types = self
+                .db
+                .param_types(&m.sql)
+                .await
+                .map_err(|e| (m.name.clone(), e))?;
+            if types.len() != m.pattern.captures().len() {
+                return Err((
+                    m.name.clone(),
+                    DbError::Query(format!(
+                        "the query has {} parameter(s) but the key pattern has {} capture(s)",
+                        types.len(),
+                        m.pattern.captures().len()
+                    )),
+                ));
+            }
+            let _ = m.types.set(types);
+        }
+        Ok(())
+    }
+
+    /// For a write to `key`: the commands that make any load in flight for it give way (its
+    /// lease is deleted) and forget a remembered "not found". `None` for unmapped keys.
+    pub fn write_cleanup(&self, key: &[u8]) -> Option<Bytes> {
+        self.resolve(key)?;
+        Some(encode_command(&[
+            &b"DEL"[..],
+            &lease_key(key),
+            &negative_key(key),
+        ]))
+    }
+
+    /// Loads `key`: one query per key at a time in this sidecar, and across sidecars one per
+    /// lease. `upstream_down` skips Redis entirely (answered from Postgres, counted degraded).
+    pub async fn load(
+        &self,
+        m: &Arc<Mapping>,
+        key: &Bytes,
+        captures: &[Bytes],
+        upstream_down: bool,
+    ) -> Result<Loaded, LoadError> {
+        // Decide under the lock, act outside it: the guard must not live across an await.
+        let (leader, flight) = {
+            let mut flights = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match flights.get(key) {
+                Some(rx) => (None, rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    flights.insert(key.clone(), rx.clone());
+                    (Some(tx), rx)
+                }
+            }
+        };
+        if let Some(tx) = leader {
+            // Removes the flight even if this future is dropped mid-load (its client left).
+            let _flight = FlightGuard { loader: self, key };
+            let result = self.lead(m, key, captures, upstream_down).await;
+            let _ = tx.send(Some(result.clone()));
+            return result;
+        }
+        m.metrics.coalesced.inc();
+        let mut rx = flight;
+        loop {
+            if let Some(r) = rx.borrow().clone() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                // The leader was dropped mid-load (its client left): load ourselves.
+                return self.lead(m, key, captures, upstream_down).await;
+            }
+        }
+    }
+
+    async fn lead(
+        &self,
+        m: &Arc<Mapping>,
+        key: &Bytes,
+        captures: &[Bytes],
+        upstream_down: bool,
+    ) -> Result<Loaded, LoadError> {
+        let params = self.params(m, captures).await?;
+        let Some(upstream) = self.upstream.as_ref().filter(|_| !upstream_down) else {
+            m.metrics.degraded.inc();
+            return self.query(m, &params).await;
+        };
+        let token: Bytes = format!("{:016x}", rand::random::<u64>()).into();
+        let lease_ms = self.lease.as_millis().max(1).to_string();
+        let acquire = encode_command(&[
+            &b"SET"[..],
+            &lease_key(key),
+            &token,
+            b"NX",
+            b"PX",
+            lease_ms.as_bytes(),
+        ]);
+        match call(upstream, acquire, 1).await {
+            Err(_) => {
+                m.metrics.degraded.inc();
+                self.query(m, &params).await
+            }
+            Ok(r) if r[0].starts_with(b"+OK") => {
+                let loaded = self.query(m, &params).await?;
+                self.fill(upstream, m, key, &token, &loaded).await;
+                Ok(loaded)
+            }
+            Ok(_) => {
+                m.metrics.lease_waits.inc();
+                match self.await_fill(upstream, m, key).await {
+                    Some(found) => Ok(found),
+                    // The holder did not fill in time (or a write removed its lease): query,
+                    // without filling, since the lease is not ours.
+                    None => self.query(m, &params).await,
+                }
+            }
+        }
+    }
+
+    async fn params(
+        &self,
+        m: &Mapping,
+        captures: &[Bytes],
+    ) -> Result<Vec<params::Param>, LoadError> {
+        let types = m
+            .types
+            .get_or_try_init(|| self.db.param_types(&m.sql))
+            .await
+            .map_err(|err| LoadError::Db {
+                mapping: m.name.clone(),
+                err,
+            })?;
+        let names = m.pattern.captures();
+        types
+            .iter()
+            .zip(captures)
+            .enumerate()
+            .map(|(i, (ty, raw))| {
+                params::convert(ty, raw).map_err(|detail| LoadError::BadCapture {
+                    mapping: m.name.clone(),
+                    capture: names.get(i).copied().unwrap_or("?").to_string(),
+                    detail,
+                })
+            })
+            .collect()
+    }
+
+    async fn query(&self, m: &Mapping, params: &[params::Param]) -> Result<Loaded, LoadError> {
+        let types = m.types.get().map(Vec::as_slice).unwrap_or(&[]);
+        m.metrics.queries.inc();
+        let started = Instant::now();
+        let rows = self.db.rows(&m.sql, params, types).await;
+        m.metrics.latency.observe(started.elapsed().as_secs_f64());
+        let rows = rows.map_err(|err| {
+            m.metrics.error(err.kind());
+            LoadError::Db {
+                mapping: m.name.clone(),
+                err,
+            }
+        })?;
+        m.metrics.rows.inc_by(rows.len() as u64);
+        encode::encode(m.shape, &rows).map_err(|detail| LoadError::Encode {
+            mapping: m.name.clone(),
+            detail,
+        })
+    }
+
+    /// Writes the loaded value to Redis if our lease still holds; a failure (e.g. maxmemory)
+    /// only skips the fill: the value is still returned.
+    async fn fill(
+        &self,
+        upstream: &Upstream,
+        m: &Mapping,
+        key: &Bytes,
+        token: &Bytes,
+        loaded: &Loaded,
+    ) {
+        let (kind, ttl): (&[u8], Duration) = match loaded {
+            Loaded::Value(_) => (b"v", m.jitter.apply(m.ttl)),
+            Loaded::Hash(_) => (b"h", m.jitter.apply(m.ttl)),
+            Loaded::NotFound => (b"n", m.negative_ttl),
+        };
+        let ttl_ms = ttl.as_millis().max(1).to_string();
+        let mut args: Vec<Bytes> = vec![
+            Bytes::from_static(b"EVAL"),
+            Bytes::from_static(FILL_SCRIPT.as_bytes()),
+            Bytes::from_static(b"3"),
+            key.clone(),
+            lease_key(key),
+            negative_key(key),
+            token.clone(),
+            Bytes::copy_from_slice(kind),
+        ];
+        match loaded {
+            Loaded::Value(v) => args.push(v.clone()),
+            _ => args.push(Bytes::new()),
+        }
+        args.push(Bytes::from(ttl_ms));
+        if let Loaded::Hash(pairs) = loaded {
+            if pairs.is_empty() {
+                // An all-NULL row: nothing to store as a hash; remember it as not found instead.
+                args[7] = Bytes::from_static(b"n");
+            }
+            for (f, v) in pairs {
+                args.push(f.clone());
+                args.push(v.clone());
+            }
+        }
+        match call(upstream, encode_command(&args), 1).await {
+            Ok(r) if r[0].starts_with(b":1") => m.metrics.fills.inc(),
+            Ok(r) if r[0].starts_with(b":0") => m.metrics.fills_skipped_raced.inc(),
+            _ => m.metrics.fills_skipped_error.inc(),
+        }
+    }
+
+    /// Polls Redis for another sidecar's fill while its lease lasts.
+    async fn await_fill(&self, upstream: &Upstream, m: &Mapping, key: &Bytes) -> Option<Loaded> {
+        let read: &[u8] = if m.shape == Shape::Hash {
+            b"HGETALL"
+        } else {
+            b"GET"
+        };
+        let mut probe = encode_command(&[read, key]).to_vec();
+        probe.extend_from_slice(&encode_command(&[&b"EXISTS"[..], &negative_key(key)]));
+        probe.extend_from_slice(&encode_command(&[&b"EXISTS"[..], &lease_key(key)]));
+        let probe = Bytes::from(probe);
+        let deadline = Instant::now() + self.lease;
+        while Instant::now() < deadline {
+            tokio::time::sleep(LEASE_POLL).await;
+            let Ok(r) = call(upstream, probe.clone(), 3).await else {
+                return None;
+            };
+            if let Some(found) = from_reply(&r[0]) {
+                return Some(found);
+            }
+            if r[1].starts_with(b":1") {
+                m.metrics.negative_hits.inc();
+                return Some(Loaded::NotFound);
+            }
+            if r[2].starts_with(b":0") {
+                return None;
+            }
+        }
+        None
+    }
+}
+
+struct FlightGuard<'a> {
+    loader: &'a Loader,
+    key: &'a Bytes,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        self.loader
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.key);
+    }
+}
+
+/// Sends `n` commands on a shared RESP2 connection and splits the replies.
+async fn call(upstream: &Upstream, bytes: Bytes, n: u32) -> Result<Vec<Bytes>, UpstreamError> {
+    let replies = upstream
+        .send(Proto::Resp2, 0, bytes, n)
+        .await
+        .unwrap_or_else(|_| {
+            Err(UpstreamError::Closed {
+                addr: "upstream".into(),
+            })
+        })?;
+    let mut out = Vec::with_capacity(n as usize);
+    let mut pos = 0;
+    while let Ok(Some(f)) = reply::frame(&replies[pos..], Proto::Resp2) {
+        out.push(replies.slice(pos..pos + f.len));
+        pos += f.len;
+        if f.kind == ReplyKind::Error && out.len() == n as usize {
+            break;
+        }
+    }
+    if out.len() != n as usize {
+        return Err(UpstreamError::Protocol {
+            addr: "upstream".into(),
+            detail: "short reply".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// A value found in Redis (a bulk string, or a non-empty hash as a RESP2 array).
+fn from_reply(b: &Bytes) -> Option<Loaded> {
+    match b.first()? {
+        b'$' if !b.starts_with(b"$-1") => {
+            let nl = memchr::memchr(b'\n', b)? + 1;
+            Some(Loaded::Value(b.slice(nl..b.len() - 2)))
+        }
+        b'*' if !b.starts_with(b"*0") && !b.starts_with(b"*-1") => {
+            let nl = memchr::memchr(b'\n', b)? + 1;
+            let mut items = Vec::new();
+            let mut pos = nl;
+            while pos < b.len() {
+                let f = reply::frame(&b[pos..], Proto::Resp2).ok()??;
+                let item = b.slice(pos..pos + f.len);
+                let inl = memchr::memchr(b'\n', &item)? + 1;
+                items.push(item.slice(inl..item.len() - 2));
+                pos += f.len;
+            }
+            let pairs = items
+                .chunks(2)
+                .filter_map(|c| Some((c.first()?.clone(), c.get(1)?.clone())))
+                .collect();
+            Some(Loaded::Hash(pairs))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_found_in_redis_are_parsed_back() {
+        assert_eq!(
+            from_reply(&Bytes::from_static(b"$3\r\nabc\r\n")),
+            Some(Loaded::Value(Bytes::from_static(b"abc")))
+        );
+        assert_eq!(from_reply(&Bytes::from_static(b"$-1\r\n")), None);
+        assert_eq!(
+            from_reply(&Bytes::from_static(b"*2\r\n$1\r\nf\r\n$1\r\nv\r\n")),
+            Some(Loaded::Hash(vec![(
+                Bytes::from_static(b"f"),
+                Bytes::from_static(b"v")
+            )]))
+        );
+        assert_eq!(from_reply(&Bytes::from_static(b"*0\r\n")), None);
+    }
+
+    #[test]
+    fn lease_and_negative_keys_are_namespaced() {
+        assert_eq!(&lease_key(b"product:1")[..], b"cacheside:lease:product:1");
+        assert_eq!(&negative_key(b"product:1")[..], b"cacheside:neg:product:1");
+    }
+}
