@@ -4,6 +4,8 @@
 //! A missing binary fails the test with the package to install; nothing is skipped.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use cacheside::config::Config;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,386 @@
+//! Read-through from a real PostgreSQL through real sidecars on a real redis-server: every
+//! shape, typed captures, negative caching, TTLs, one query per key under concurrency (counted
+//! by Postgres itself), the stale-fill race, outages, and the seeds' cache-aside flows.
+
+mod support;
+
+use cacheside::config::units::Human;
+use cacheside::config::{Config, MappingConfig};
+use redis::AsyncCommands;
+use std::time::{Duration, Instant};
+use support::postgres::PgServer;
+use support::{Proxy, RedisServer};
+
+fn mapping(name: &str, key: &str, query: &str, shape: &str) -> MappingConfig {
+    MappingConfig {
+        name: name.into(),
+        key: key.into(),
+        query: query.into(),
+        shape: shape.into(),
+        ttl: Human::secs(3600),
+        jitter: Some("10%".into()),
+        negative_ttl: Human::secs(30),
+    }
+}
+
+fn mappings() -> Vec<MappingConfig> {
+    vec![
+        mapping(
+            "product",
+            "product:{id}",
+            "SELECT id, name, price, category FROM products WHERE id = $1",
+            "json",
+        ),
+        mapping(
+            "category",
+            "products:category:{category}",
+            "SELECT id, name FROM products WHERE category = $1 ORDER BY id",
+            "json_array",
+        ),
+        mapping(
+            "product_hash",
+            "producth:{id}",
+            "SELECT name, price, category FROM products WHERE id = $1",
+            "hash",
+        ),
+        mapping(
+            "product_name",
+            "product-name:{id}",
+            "SELECT name FROM products WHERE id = $1",
+            "string",
+        ),
+        mapping(
+            "user",
+            "user:{id}",
+            "SELECT email, name, active, born FROM users WHERE id = $1",
+            "json",
+        ),
+        mapping(
+            "born",
+            "users:born:{day}",
+            "SELECT email FROM users WHERE born = $1 ORDER BY email",
+            "json_array",
+        ),
+        mapping(
+            "slow",
+            "slowproduct:{id}",
+            "SELECT p.name FROM products p, pg_sleep(0.5) WHERE p.id = $1",
+            "string",
+        ),
+    ]
+}
+
+fn configure(c: &mut Config, pg: &PgServer) {
+    c.postgres.url = Some(pg.url());
+    c.mapping = mappings();
+}
+
+async fn sidecar(redis: &RedisServer, pg: &PgServer) -> Proxy {
+    Proxy::start_with(&redis.url(), |c| configure(c, pg)).await
+}
+
+/// The JSON Postgres itself renders for a query (the expected value of a json shape).
+async fn pg_json(pg: &PgServer, sql: &str) -> String {
+    let client = pg.client().await;
+    let row = client
+        .query_one(&format!("SELECT row_to_json(q)::text FROM ({sql}) q"), &[])
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shape_is_read_through_and_filled_into_redis() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let proxy = sidecar(&redis, &pg).await;
+    let mut c = proxy.client().await;
+    let mut direct = redis.direct().await;
+
+    let json: String = c.get("product:7").await.unwrap();
+    assert_eq!(
+        json,
+        pg_json(
+            &pg,
+            "SELECT id, name, price, category FROM products WHERE id = 7"
+        )
+        .await
+    );
+    let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed["id"], 7);
+    let filled: String = direct.get("product:7").await.unwrap();
+    assert_eq!(filled, json, "the value was written to Redis");
+    let ttl: i64 = direct.ttl("product:7").await.unwrap();
+    assert!(
+        (3600..=3960).contains(&ttl),
+        "ttl 1h plus up to 10% jitter, got {ttl}"
+    );
+
+    let category = parsed["category"].as_str().unwrap().to_string();
+    let list: String = c
+        .get(format!("products:category:{category}"))
+        .await
+        .unwrap();
+    let items: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+    assert!(items.len() > 1 && items.iter().any(|p| p["id"] == 7));
+
+    let name: String = c.hget("producth:7", "name").await.unwrap();
+    assert_eq!(serde_json::Value::String(name.clone()), parsed["name"]);
+    let all: std::collections::HashMap<String, String> = c.hgetall("producth:8").await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    let price: String = direct.hget("producth:8", "price").await.unwrap();
+    assert!(
+        price.contains('.'),
+        "numeric keeps Postgres's rendering: {price}"
+    );
+
+    let only_name: String = c.get("product-name:7").await.unwrap();
+    assert_eq!(only_name, name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captures_are_converted_to_the_parameter_types_or_refused() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let proxy = sidecar(&redis, &pg).await;
+    let mut c = proxy.client().await;
+    let client = pg.client().await;
+    let row = client
+        .query_one(
+            "SELECT id::text, email FROM users ORDER BY email LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (id, email): (String, String) = (row.get(0), row.get(1));
+    let user: String = c.get(format!("user:{id}")).await.unwrap();
+    assert!(user.contains(&email), "{user}");
+    let born_row = client
+        .query_one(
+            "SELECT born::text FROM users WHERE born IS NOT NULL LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let born: String = born_row.get(0);
+    let by_day: String = c.get(format!("users:born:{born}")).await.unwrap();
+    assert!(by_day.starts_with('['), "{by_day}");
+
+    pg.reset_stats();
+    let err = c.get::<_, Option<String>>("product:abc").await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("mapping product") && text.contains("\"abc\" is not a valid int4"),
+        "{text}"
+    );
+    let err = c
+        .get::<_, Option<String>>("user:not-a-uuid")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is not a valid uuid"), "{err}");
+    assert_eq!(
+        pg.query_count("FROM products WHERE id"),
+        0,
+        "a bad capture runs no query"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_found_is_nil_and_remembered_until_a_write_clears_it() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let proxy = sidecar(&redis, &pg).await;
+    let mut c = proxy.client().await;
+    pg.reset_stats();
+    for _ in 0..5 {
+        let v: Option<String> = c.get("product:424242").await.unwrap();
+        assert_eq!(v, None);
+    }
+    assert_eq!(
+        pg.query_count("FROM products WHERE id"),
+        1,
+        "not found is remembered"
+    );
+    let mut direct = redis.direct().await;
+    let raw: Option<String> = direct.get("product:424242").await.unwrap();
+    assert_eq!(raw, None, "clients never see a marker value");
+    // The app inserts the row, then invalidates as cache-aside code does.
+    pg.execute(
+        "INSERT INTO products (id, name, price, category) VALUES (424242, 'New', 1.00, 'new')",
+    );
+    let _: i64 = c.del("product:424242").await.unwrap();
+    let v: String = c.get("product:424242").await.unwrap();
+    assert!(v.contains("\"New\""), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_misses_through_three_sidecars_run_one_query() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let sidecars = [
+        sidecar(&redis, &pg).await,
+        sidecar(&redis, &pg).await,
+        sidecar(&redis, &pg).await,
+    ];
+    // Warm the prepared statements so only the load itself is counted.
+    for s in &sidecars {
+        let mut c = s.client().await;
+        let _: Option<String> = c.get("product:1").await.unwrap();
+    }
+    pg.reset_stats();
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let url = sidecars[i % 3].url();
+        tasks.push(tokio::spawn(async move {
+            let mut c = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let v: String = c.get("product:42").await.unwrap();
+            v
+        }));
+    }
+    let mut values = std::collections::HashSet::new();
+    for t in tasks {
+        values.insert(t.await.unwrap());
+    }
+    assert_eq!(values.len(), 1, "every client got the same value");
+    assert_eq!(
+        pg.query_count("FROM products WHERE id"),
+        1,
+        "exactly one query, counted by pg_stat_statements"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_a_load_wins_over_the_loaded_value() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let a = sidecar(&redis, &pg).await;
+    let b = sidecar(&redis, &pg).await;
+    let mut ca = a.client().await;
+    let mut cb = b.client().await;
+    // The slow mapping's query takes 500 ms: the write lands while it runs.
+    let load = tokio::spawn(async move {
+        let v: String = ca.get("slowproduct:5").await.unwrap();
+        v
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let _: () = cb
+        .set("slowproduct:5", "written-during-load")
+        .await
+        .unwrap();
+    let loaded = load.await.unwrap();
+    assert!(!loaded.is_empty());
+    let mut direct = redis.direct().await;
+    let now: String = direct.get("slowproduct:5").await.unwrap();
+    assert_eq!(
+        now, "written-during-load",
+        "the load did not overwrite the write"
+    );
+    let (_, metrics) = a.admin_get("/metrics").await;
+    assert!(
+        metrics
+            .contains("cacheside_origin_fills_skipped_total{mapping=\"slow\",reason=\"raced\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_reads_come_from_postgres_and_postgres_down_fails_fast() {
+    let mut redis = RedisServer::start();
+    let mut pg = PgServer::start();
+    let proxy = Proxy::start_with(&redis.url(), |c| {
+        configure(c, &pg);
+        c.postgres.breaker_failures = 2;
+        c.postgres.breaker_cooldown = Human::secs(30);
+    })
+    .await;
+    let mut c = proxy.client().await;
+    let cached: String = c.get("product:3").await.unwrap();
+
+    redis.kill();
+    let degraded: String = tokio::time::timeout(Duration::from_secs(5), c.get("product:4"))
+        .await
+        .expect("answered promptly")
+        .unwrap();
+    assert!(degraded.contains("\"id\":4"), "{degraded}");
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("cacheside_origin_degraded_total{mapping=\"product\"}"),
+        "{metrics}"
+    );
+
+    redis.restart();
+    // Redis restarted empty. Until cacheside has reconnected, reads stay degraded (answered
+    // from Postgres, not filled); wait until a read has filled Redis again.
+    let mut direct = redis.direct().await;
+    let start = Instant::now();
+    loop {
+        if let Ok(Ok(v)) =
+            tokio::time::timeout(Duration::from_secs(2), c.get::<_, String>("product:3")).await
+        {
+            assert!(v.contains("\"id\":3"));
+        }
+        if direct.exists::<_, bool>("product:3").await.unwrap_or(false) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "cacheside reconnects and fills again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg.stop();
+    // What Redis holds is still served.
+    let again: String = c.get("product:3").await.unwrap();
+    assert_eq!(again, cached);
+    // Other mapped keys fail with a clear, prompt error naming the mapping.
+    for _ in 0..4 {
+        let started = Instant::now();
+        let err = c.get::<_, Option<String>>("product:99").await.unwrap_err();
+        assert!(err.to_string().contains("mapping product"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    let err = c.get::<_, Option<String>>("product:98").await.unwrap_err();
+    assert!(
+        err.to_string().contains("circuit open"),
+        "the breaker opened: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_cache_aside_flows_need_no_cache_code() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let proxy = sidecar(&redis, &pg).await;
+    let mut c = proxy.client().await;
+    // getProduct: GET product:{id}, JSON.parse.
+    let p: serde_json::Value =
+        serde_json::from_str(&c.get::<_, String>("product:12").await.unwrap()).unwrap();
+    assert_eq!(p["id"], 12);
+    // getMultipleProducts: MGET of several ids, nil for the missing one, order kept.
+    let many: Vec<Option<String>> = c
+        .mget(&["product:13", "product:999999", "product:12"])
+        .await
+        .unwrap();
+    assert!(many[0].as_deref().unwrap().contains("\"id\":13"));
+    assert_eq!(many[1], None);
+    assert!(many[2].as_deref().unwrap().contains("\"id\":12"));
+    // updateProduct: UPDATE then DEL the key; the next read sees the update.
+    pg.execute("UPDATE products SET name = 'Renamed lamp' WHERE id = 12");
+    let _: i64 = c.del("product:12").await.unwrap();
+    let p: serde_json::Value =
+        serde_json::from_str(&c.get::<_, String>("product:12").await.unwrap()).unwrap();
+    assert_eq!(p["name"], "Renamed lamp");
+    // getProductsByCategory: a query-result list.
+    let cat = p["category"].as_str().unwrap().to_string();
+    let list: Vec<serde_json::Value> = serde_json::from_str(
+        &c.get::<_, String>(format!("products:category:{cat}"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(list.iter().any(|x| x["name"] == "Renamed lamp"));
+}
