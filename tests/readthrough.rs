@@ -20,6 +20,7 @@ fn mapping(name: &str, key: &str, query: &str, shape: &str) -> MappingConfig {
         ttl: Human::secs(3600),
         jitter: Some("10%".into()),
         negative_ttl: Human::secs(30),
+        batch_query: None,
     }
 }
 
@@ -383,4 +384,37 @@ async fn the_seeds_cache_aside_flows_need_no_cache_code() {
     )
     .unwrap();
     assert!(list.iter().any(|x| x["name"] == "Renamed lamp"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mget_of_a_hundred_cold_keys_runs_one_query() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let proxy = sidecar(&redis, &pg).await;
+    let mut c = proxy.client().await;
+    let mut keys: Vec<String> = (1..=100).map(|i| format!("product:{i}")).collect();
+    keys.push("product:777777".into()); // no such row
+    keys.push("product:5".into()); // a duplicate
+    pg.reset_stats();
+    let values: Vec<Option<String>> = c.mget(&keys).await.unwrap();
+    assert_eq!(values.len(), 102);
+    for (i, v) in values.iter().take(100).enumerate() {
+        let v = v
+            .as_deref()
+            .unwrap_or_else(|| panic!("product:{} missing", i + 1));
+        assert!(v.contains(&format!("\"id\":{},", i + 1)), "order kept: {v}");
+    }
+    assert_eq!(values[100], None);
+    assert_eq!(values[101], values[4]);
+    assert_eq!(
+        pg.query_count("= ANY"),
+        1,
+        "one batch query for all the misses"
+    );
+    assert_eq!(pg.query_count("WHERE id = $1"), 0, "no per-key query");
+    // They were filled in Redis: the same MGET again runs no query at all.
+    pg.reset_stats();
+    let again: Vec<Option<String>> = c.mget(&keys).await.unwrap();
+    assert_eq!(again, values);
+    assert_eq!(pg.query_count("products"), 0);
 }

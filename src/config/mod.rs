@@ -105,6 +105,9 @@ pub struct MappingConfig {
     pub jitter: Option<String>,
     #[serde(default = "MappingConfig::default_negative_ttl")]
     pub negative_ttl: Human,
+    /// The query for several keys at once ($1 an array); derived from `query` when unset.
+    #[serde(default)]
+    pub batch_query: Option<String>,
 }
 
 impl MappingConfig {

@@ -266,6 +266,7 @@ fn validate_loader(
         let negative_ttl = positive(&key("negative_ttl"), m.negative_ttl.get())?;
         mappings.push(MappingSettings {
             name: m.name.clone(),
+            batch_query: m.batch_query.clone(),
             pattern,
             query: m.query.clone(),
             shape,

@@ -15,6 +15,27 @@ pub enum Loaded {
     NotFound,
 }
 
+/// The batch form of a single-key query: `= $1` becomes `= ANY($1)`, when `$1` appears exactly
+/// once and only in that form.
+pub fn derive_batch(query: &str) -> Option<String> {
+    if query.matches("$1").count() != 1 || query.contains("$2") {
+        return None;
+    }
+    let at = query.find("$1")?;
+    let before = query[..at].trim_end();
+    before
+        .ends_with('=')
+        .then(|| format!("{} ANY($1){}", before, &query[at + 2..]))
+}
+
+/// The wrapper of a batch query: each row's capture column (as text) beside its JSON text.
+pub fn wrap_batch(query: &str, capture: &str) -> String {
+    format!(
+        "SELECT (q.\"{capture}\")::text, row_to_json(q)::text FROM ({}) AS q",
+        query.trim().trim_end_matches(';')
+    )
+}
+
 /// The wrapper that makes Postgres render each row of `query` as one JSON text.
 pub fn wrap(query: &str) -> String {
     format!(
@@ -114,6 +135,23 @@ mod tests {
         assert_eq!(
             encode(Shape::JsonArray, &[]),
             Ok(Loaded::Value(Bytes::from_static(b"[]")))
+        );
+    }
+
+    #[test]
+    fn batch_queries_are_derived_from_an_equality_on_the_one_parameter() {
+        assert_eq!(
+            derive_batch("SELECT * FROM products WHERE id = $1").as_deref(),
+            Some("SELECT * FROM products WHERE id = ANY($1)")
+        );
+        assert_eq!(
+            derive_batch("SELECT * FROM p WHERE id=$1 ORDER BY id").as_deref(),
+            Some("SELECT * FROM p WHERE id= ANY($1) ORDER BY id")
+        );
+        assert_eq!(derive_batch("SELECT * FROM p WHERE id > $1"), None);
+        assert_eq!(
+            derive_batch("SELECT * FROM p WHERE a = $1 AND b = $2"),
+            None
         );
     }
 

@@ -63,6 +63,10 @@ pub struct Mapping {
     pub jitter: Jitter,
     pub negative_ttl: Duration,
     types: OnceCell<Vec<Type>>,
+    /// The batch wrapper (several keys in one query), if the mapping has one capture and a
+    /// batch query that Postgres accepts; decided when the mapping is prepared.
+    batch_sql: Option<String>,
+    batch_ok: OnceCell<bool>,
     pub metrics: OriginMetrics,
 }
 
@@ -82,6 +86,7 @@ pub struct MappingSettings {
     pub ttl: Duration,
     pub jitter: Jitter,
     pub negative_ttl: Duration,
+    pub batch_query: Option<String>,
 }
 
 /// Why a mapped read could not be answered. The text goes to the client after `-ERR cacheside: `.
@@ -136,8 +141,18 @@ impl Loader {
         let mappings = settings
             .into_iter()
             .map(|s| {
+                let captures = s.pattern.captures();
+                let batch_sql = match (captures.as_slice(), &s.batch_query) {
+                    ([one], Some(q)) => Some(encode::wrap_batch(q, one)),
+                    ([one], None) => {
+                        encode::derive_batch(&s.query).map(|q| encode::wrap_batch(&q, one))
+                    }
+                    _ => None,
+                };
                 Arc::new(Mapping {
                     metrics: metrics.origin(&s.name),
+                    batch_sql,
+                    batch_ok: OnceCell::new(),
                     sql: encode::wrap(&s.query),
                     name: s.name,
                     pattern: s.pattern,
@@ -189,8 +204,187 @@ impl Loader {
                 ));
             }
             let _ = m.types.set(types);
+            self.batch_usable(m).await;
         }
         Ok(())
+    }
+
+    /// Whether `m` can load several keys in one query (prepared once, remembered).
+    async fn batch_usable(&self, m: &Mapping) -> bool {
+        let Some(sql) = &m.batch_sql else {
+            return false;
+        };
+        *m.batch_ok
+            .get_or_init(|| async {
+                match self.db.prepare(sql).await {
+                    Ok(t) if t.len() == 1 && matches!(t[0].kind(), tokio_postgres::types::Kind::Array(member) if params::supported(member)) => true,
+                    Ok(_) => false,
+                    Err(e) => {
+                        tracing::info!(mapping = %m.name, error = %e, "batch query not usable; MGET loads keys of this mapping one by one");
+                        false
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Loads several keys of one mapping (an MGET's misses): leases taken in one pipeline, one
+    /// query for the keys whose lease this sidecar got, their fills in one pipeline; keys leased
+    /// by another sidecar wait for its fill as single loads do. Results are in `items` order.
+    pub async fn load_many(
+        &self,
+        m: &Arc<Mapping>,
+        items: &[(Bytes, Vec<Bytes>)],
+        upstream_down: bool,
+    ) -> Vec<Result<Loaded, LoadError>> {
+        let upstream = match &self.upstream {
+            Some(u) if items.len() >= 2 && !upstream_down && self.batch_usable(m).await => u,
+            _ => return self.load_each(m, items, upstream_down).await,
+        };
+        // Convert every capture first: a bad one fails only its own key.
+        let mut results: Vec<Option<Result<Loaded, LoadError>>> =
+            (0..items.len()).map(|_| None).collect();
+        let mut params = Vec::new();
+        for (i, (_, caps)) in items.iter().enumerate() {
+            match self.params(m, caps).await {
+                Ok(mut p) if p.len() == 1 => params.push((i, p.remove(0))),
+                Ok(_) => results[i] = Some(single_error(m, "a batch needs exactly one capture")),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let token: Bytes = format!("{:016x}", rand::random::<u64>()).into();
+        let lease_ms = self.lease.as_millis().max(1).to_string();
+        // As for one key: each lease taken is followed by a read of the key, which sees any fill
+        // made before the lease was free.
+        let read: &[u8] = if m.shape == Shape::Hash {
+            b"HGETALL"
+        } else {
+            b"GET"
+        };
+        let mut acquire = Vec::new();
+        for (i, _) in &params {
+            let key = &items[*i].0;
+            acquire.extend_from_slice(&encode_command(&[
+                &b"SET"[..],
+                &lease_key(key),
+                &token,
+                b"NX",
+                b"PX",
+                lease_ms.as_bytes(),
+            ]));
+            acquire.extend_from_slice(&encode_command(&[read, key]));
+        }
+        let Ok(replies) = call(upstream, Bytes::from(acquire), 2 * params.len() as u32).await
+        else {
+            return self.load_each(m, items, true).await;
+        };
+        let mut mine = Vec::new();
+        let mut theirs = Vec::new();
+        let mut release = Vec::new();
+        let mut released = 0u32;
+        for ((i, param), pair) in params.into_iter().zip(replies.chunks(2)) {
+            match (pair[0].starts_with(b"+OK"), from_reply(&pair[1])) {
+                (true, Some(found)) => {
+                    release.extend_from_slice(&encode_command(&[
+                        &b"DEL"[..],
+                        &lease_key(&items[i].0),
+                    ]));
+                    released += 1;
+                    results[i] = Some(Ok(found));
+                }
+                (true, None) => mine.push(((i, param), ())),
+                (false, _) => theirs.push(((i, param), ())),
+            }
+        }
+        if released > 0 {
+            let _ = call(upstream, Bytes::from(release), released).await;
+        }
+        if !mine.is_empty() {
+            m.metrics.queries.inc();
+            let started = Instant::now();
+            let values: Vec<params::Param> = mine.iter().map(|((_, p), _)| p.clone()).collect();
+            let rows = self
+                .db
+                .batch_rows(m.batch_sql.as_deref().unwrap_or_default(), values)
+                .await;
+            m.metrics.latency.observe(started.elapsed().as_secs_f64());
+            match rows {
+                Err(err) => {
+                    m.metrics.error(err.kind());
+                    for ((i, _), _) in &mine {
+                        results[*i] = Some(Err(LoadError::Db {
+                            mapping: m.name.clone(),
+                            err: err.clone(),
+                        }));
+                    }
+                }
+                Ok(rows) => {
+                    m.metrics.rows.inc_by(rows.len() as u64);
+                    let ty = m
+                        .types
+                        .get()
+                        .and_then(|t| t.first().cloned())
+                        .unwrap_or(Type::TEXT);
+                    let mut fills = Vec::new();
+                    for ((i, param), _) in &mine {
+                        // Rows are matched to keys by value (the column as Postgres renders it,
+                        // converted back), so "042" and "42" of an int key are the same key.
+                        let own: Vec<String> = rows
+                            .iter()
+                            .filter(|(k, _)| {
+                                params::convert(&ty, k.as_bytes()).ok().as_ref() == Some(param)
+                            })
+                            .map(|(_, json)| json.clone())
+                            .collect();
+                        let loaded =
+                            encode::encode(m.shape, &own).map_err(|detail| LoadError::Encode {
+                                mapping: m.name.clone(),
+                                detail,
+                            });
+                        if let Ok(l) = &loaded {
+                            fills.push(self.fill_command(m, &items[*i].0, &token, l));
+                        }
+                        results[*i] = Some(loaded);
+                    }
+                    let n = fills.len() as u32;
+                    match call(upstream, Bytes::from(fills.concat()), n).await {
+                        Ok(replies) => {
+                            for r in replies {
+                                if r.starts_with(b":1") {
+                                    m.metrics.fills.inc();
+                                } else if r.starts_with(b":0") {
+                                    m.metrics.fills_skipped_raced.inc();
+                                } else {
+                                    m.metrics.fills_skipped_error.inc();
+                                }
+                            }
+                        }
+                        Err(_) => m.metrics.fills_skipped_error.inc_by(u64::from(n)),
+                    }
+                }
+            }
+        }
+        for ((i, _), _) in theirs {
+            let (k, caps) = &items[i];
+            results[i] = Some(self.load(m, k, caps, upstream_down).await);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| single_error(m, "not loaded")))
+            .collect()
+    }
+
+    async fn load_each(
+        &self,
+        m: &Arc<Mapping>,
+        items: &[(Bytes, Vec<Bytes>)],
+        upstream_down: bool,
+    ) -> Vec<Result<Loaded, LoadError>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (k, c) in items {
+            out.push(self.load(m, k, c, upstream_down).await);
+        }
+        out
     }
 
     /// For a write to `key`: the commands that make any load in flight for it give way (its
@@ -259,20 +453,40 @@ impl Loader {
         };
         let token: Bytes = format!("{:016x}", rand::random::<u64>()).into();
         let lease_ms = self.lease.as_millis().max(1).to_string();
-        let acquire = encode_command(&[
+        // The key is read again right after the lease is taken: holding a free lease means any
+        // earlier holder has already filled (or given up), and its fill is visible to that read.
+        let read: &[u8] = if m.shape == Shape::Hash {
+            b"HGETALL"
+        } else {
+            b"GET"
+        };
+        let mut acquire = encode_command(&[
             &b"SET"[..],
             &lease_key(key),
             &token,
             b"NX",
             b"PX",
             lease_ms.as_bytes(),
-        ]);
-        match call(upstream, acquire, 1).await {
+        ])
+        .to_vec();
+        acquire.extend_from_slice(&encode_command(&[read, key]));
+        acquire.extend_from_slice(&encode_command(&[&b"EXISTS"[..], &negative_key(key)]));
+        match call(upstream, Bytes::from(acquire), 3).await {
             Err(_) => {
                 m.metrics.degraded.inc();
                 self.query(m, &params).await
             }
             Ok(r) if r[0].starts_with(b"+OK") => {
+                let filled = from_reply(&r[1])
+                    .or_else(|| r[2].starts_with(b":1").then_some(Loaded::NotFound));
+                if let Some(found) = filled {
+                    let _ =
+                        call(upstream, encode_command(&[&b"DEL"[..], &lease_key(key)]), 1).await;
+                    if found == Loaded::NotFound {
+                        m.metrics.negative_hits.inc();
+                    }
+                    return Ok(found);
+                }
                 let loaded = self.query(m, &params).await?;
                 self.fill(upstream, m, key, &token, &loaded).await;
                 Ok(loaded)
@@ -347,6 +561,15 @@ impl Loader {
         token: &Bytes,
         loaded: &Loaded,
     ) {
+        match call(upstream, self.fill_command(m, key, token, loaded), 1).await {
+            Ok(r) if r[0].starts_with(b":1") => m.metrics.fills.inc(),
+            Ok(r) if r[0].starts_with(b":0") => m.metrics.fills_skipped_raced.inc(),
+            _ => m.metrics.fills_skipped_error.inc(),
+        }
+    }
+
+    /// The compare-and-set fill of one loaded key (see FILL_SCRIPT).
+    fn fill_command(&self, m: &Mapping, key: &Bytes, token: &Bytes, loaded: &Loaded) -> Bytes {
         let (kind, ttl): (&[u8], Duration) = match loaded {
             Loaded::Value(_) => (b"v", m.jitter.apply(m.ttl)),
             Loaded::Hash(_) => (b"h", m.jitter.apply(m.ttl)),
@@ -378,11 +601,7 @@ impl Loader {
                 args.push(v.clone());
             }
         }
-        match call(upstream, encode_command(&args), 1).await {
-            Ok(r) if r[0].starts_with(b":1") => m.metrics.fills.inc(),
-            Ok(r) if r[0].starts_with(b":0") => m.metrics.fills_skipped_raced.inc(),
-            _ => m.metrics.fills_skipped_error.inc(),
-        }
+        encode_command(&args)
     }
 
     /// Polls Redis for another sidecar's fill while its lease lasts.
@@ -392,9 +611,11 @@ impl Loader {
         } else {
             b"GET"
         };
-        let mut probe = encode_command(&[read, key]).to_vec();
+        // The lease is asked about first: the fill script deletes it and writes the value in one
+        // step, so once the lease is seen gone, the reads after it see the fill (or its absence).
+        let mut probe = encode_command(&[&b"EXISTS"[..], &lease_key(key)]).to_vec();
+        probe.extend_from_slice(&encode_command(&[read, key]));
         probe.extend_from_slice(&encode_command(&[&b"EXISTS"[..], &negative_key(key)]));
-        probe.extend_from_slice(&encode_command(&[&b"EXISTS"[..], &lease_key(key)]));
         let probe = Bytes::from(probe);
         let deadline = Instant::now() + self.lease;
         while Instant::now() < deadline {
@@ -402,19 +623,26 @@ impl Loader {
             let Ok(r) = call(upstream, probe.clone(), 3).await else {
                 return None;
             };
-            if let Some(found) = from_reply(&r[0]) {
+            if let Some(found) = from_reply(&r[1]) {
                 return Some(found);
             }
-            if r[1].starts_with(b":1") {
+            if r[2].starts_with(b":1") {
                 m.metrics.negative_hits.inc();
                 return Some(Loaded::NotFound);
             }
-            if r[2].starts_with(b":0") {
+            if r[0].starts_with(b":0") {
                 return None;
             }
         }
         None
     }
+}
+
+fn single_error(m: &Mapping, detail: &str) -> Result<Loaded, LoadError> {
+    Err(LoadError::Encode {
+        mapping: m.name.clone(),
+        detail: detail.into(),
+    })
 }
 
 struct FlightGuard<'a> {
@@ -434,6 +662,9 @@ impl Drop for FlightGuard<'_> {
 
 /// Sends `n` commands on a shared RESP2 connection and splits the replies.
 async fn call(upstream: &Upstream, bytes: Bytes, n: u32) -> Result<Vec<Bytes>, UpstreamError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
     let replies = upstream
         .send(Proto::Resp2, 0, bytes, n)
         .await

@@ -144,14 +144,11 @@ impl Database {
         })
     }
 
-    /// Prepares `sql` and returns its parameter types; an error names what Postgres said.
+    /// Prepares `sql` and returns its parameter types, each one a type captures convert to;
+    /// an error names what Postgres said.
     pub async fn param_types(&self, sql: &str) -> Result<Vec<Type>, DbError> {
-        let client = self.client().await?;
-        let stmt = tokio::time::timeout(self.settings.statement_timeout, client.prepare(sql))
-            .await
-            .map_err(|_| DbError::Timeout(self.settings.statement_timeout))?
-            .map_err(|e| DbError::Query(db_message(&e)))?;
-        for (i, t) in stmt.params().iter().enumerate() {
+        let types = self.prepare(sql).await?;
+        for (i, t) in types.iter().enumerate() {
             if !params::supported(t) {
                 return Err(DbError::Query(format!(
                     "parameter ${} has type {}, which key captures cannot be converted to",
@@ -160,7 +157,53 @@ impl Database {
                 )));
             }
         }
+        Ok(types)
+    }
+
+    /// Prepares `sql` and returns its parameter types as Postgres inferred them.
+    pub async fn prepare(&self, sql: &str) -> Result<Vec<Type>, DbError> {
+        let client = self.client().await?;
+        let stmt = tokio::time::timeout(self.settings.statement_timeout, client.prepare(sql))
+            .await
+            .map_err(|_| DbError::Timeout(self.settings.statement_timeout))?
+            .map_err(|e| DbError::Query(db_message(&e)))?;
         Ok(stmt.params().to_vec())
+    }
+
+    /// Runs a batch wrapper with one array parameter; returns (capture text, row JSON) pairs.
+    pub async fn batch_rows(
+        &self,
+        sql: &str,
+        values: Vec<Param>,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        self.breaker.check()?;
+        let timeout = self.settings.statement_timeout;
+        let work = async {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(sql).await.map_err(|e| classify(&e))?;
+            let rows = client
+                .query(&stmt, &[&values])
+                .await
+                .map_err(|e| classify(&e))?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get::<_, Option<String>>(0)?.unwrap_or_default(),
+                        r.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    ))
+                })
+                .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+                .map_err(|e| DbError::Query(e.to_string()))
+        };
+        let result = match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(DbError::Timeout(timeout)),
+        };
+        match &result {
+            Ok(_) | Err(DbError::Query(_)) => self.breaker.success(),
+            Err(_) => self.breaker.failure(),
+        }
+        result
     }
 
     /// Runs `sql` (a row_to_json wrapper) with `params`, returning each row's JSON text.

@@ -498,11 +498,50 @@ pub async fn finish(
             mut elements,
             loads,
         } => {
-            let results = futures_join(loads.iter().map(|(_, p)| {
-                let (m, caps) = p.load.as_ref().expect("only mapped keys are loaded");
-                loader.load(m, &p.key, caps, upstream_down)
+            // Keys of one mapping load together (one query); mappings run concurrently.
+            // A key asked for twice is loaded once (`same` maps each load to its first copy).
+            let mut groups: Vec<(Arc<Mapping>, Vec<usize>)> = Vec::new();
+            let mut same: Vec<usize> = Vec::with_capacity(loads.len());
+            for (i, (_, p)) in loads.iter().enumerate() {
+                if let Some(first) = loads[..i].iter().position(|(_, q)| q.key == p.key) {
+                    same.push(first);
+                    continue;
+                }
+                same.push(i);
+                let (m, _) = p.load.as_ref().expect("only mapped keys are loaded");
+                match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, m)) {
+                    Some((_, idx)) => idx.push(i),
+                    None => groups.push((m.clone(), vec![i])),
+                }
+            }
+            let grouped = futures_join(groups.iter().map(|(m, idx)| {
+                let items: Vec<(Bytes, Vec<Bytes>)> = idx
+                    .iter()
+                    .map(|&i| {
+                        let p = &loads[i].1;
+                        (
+                            p.key.clone(),
+                            p.load.as_ref().map(|(_, c)| c.clone()).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                async move { loader.load_many(m, &items, upstream_down).await }
             }))
             .await;
+            let mut results: Vec<Option<Result<Loaded, LoadError>>> =
+                (0..loads.len()).map(|_| None).collect();
+            for ((_, idx), rs) in groups.iter().zip(grouped) {
+                for (&i, r) in idx.iter().zip(rs) {
+                    results[i] = Some(r);
+                }
+            }
+            let results: Vec<Result<Loaded, LoadError>> = (0..loads.len())
+                .map(|i| {
+                    results[same[i]]
+                        .clone()
+                        .expect("every first copy has a result")
+                })
+                .collect();
             for ((pos, p), result) in loads.iter().zip(results) {
                 match result {
                     Ok(loaded) => {
