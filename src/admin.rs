@@ -13,6 +13,8 @@ use tokio::sync::watch;
 /// Whether cacheside should receive traffic: the upstream answered and no drain has begun.
 pub struct Readiness {
     draining: AtomicBool,
+    /// Set while `[[warm]]` runs, when readiness waits for it (`postgres.wait_for_warm`).
+    warming: AtomicBool,
     upstream: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
@@ -20,6 +22,7 @@ impl Readiness {
     pub fn new(upstream: Option<Arc<dyn Fn() -> bool + Send + Sync>>) -> Self {
         Self {
             draining: AtomicBool::new(false),
+            warming: AtomicBool::new(false),
             upstream,
         }
     }
@@ -32,12 +35,18 @@ impl Readiness {
         Self::new(check)
     }
 
+    pub fn set_warming(&self, on: bool) {
+        self.warming.store(on, Ordering::Relaxed);
+    }
+
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.upstream.as_ref().is_none_or(|f| f())
+        !self.draining.load(Ordering::Relaxed)
+            && !self.warming.load(Ordering::Relaxed)
+            && self.upstream.as_ref().is_none_or(|f| f())
     }
 }
 

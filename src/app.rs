@@ -175,6 +175,19 @@ pub async fn serve(
         cfg.max_clients,
     ));
     let ready = Arc::new(Readiness::for_upstream(Some(&ctx)));
+    if let (Some(loader), false) = (ctx.router.loader().cloned(), cfg.warm.is_empty()) {
+        ready.set_warming(cfg.wait_for_warm);
+        let (warm, ready) = (cfg.warm.clone(), ready.clone());
+        tokio::spawn(async move {
+            for (mapping, query) in warm {
+                match loader.warm(&mapping, &query).await {
+                    Ok(n) => tracing::info!(mapping, keys = n, "warm-up done"),
+                    Err(e) => tracing::warn!(mapping, error = %e, "warm-up failed"),
+                }
+            }
+            ready.set_warming(false);
+        });
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
 
     if let Ok(addr) = listener.local_addr() {

@@ -418,3 +418,47 @@ async fn mget_of_a_hundred_cold_keys_runs_one_query() {
     assert_eq!(again, values);
     assert_eq!(pg.query_count("products"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_up_fills_the_most_viewed_keys_before_readiness() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    pg.reset_stats();
+    let proxy = Proxy::start_with(&redis.url(), |c| {
+        configure(c, &pg);
+        c.postgres.wait_for_warm = true;
+        c.warm = vec![cacheside::config::WarmConfig {
+            mapping: "product".into(),
+            query: "SELECT id FROM products ORDER BY views DESC, id LIMIT 20".into(),
+        }];
+    })
+    .await;
+    let start = Instant::now();
+    while proxy.admin_get("/readyz").await.0 != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "ready once warmed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = pg.client().await;
+    let ids: Vec<i32> = client
+        .query(
+            "SELECT id FROM products ORDER BY views DESC, id LIMIT 20",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut direct = redis.direct().await;
+    for id in &ids {
+        let v: Option<String> = direct.get(format!("product:{id}")).await.unwrap();
+        assert!(
+            v.is_some_and(|v| v.contains(&format!("\"id\":{id},"))),
+            "product:{id} was warmed"
+        );
+    }
+    assert_eq!(pg.query_count("= ANY"), 1, "warmed with one batch query");
+}

@@ -70,6 +70,7 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("postgres.lease", Kind::Str),
     ("postgres.breaker_failures", Kind::Int),
     ("postgres.breaker_cooldown", Kind::Str),
+    ("postgres.wait_for_warm", Kind::Bool),
 ];
 
 /// `server.max_clients` -> `CACHESIDE_SERVER_MAX_CLIENTS`.

@@ -56,6 +56,16 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// `[[mapping]]`: key patterns resolved from PostgreSQL on a miss.
     pub mapping: Vec<MappingConfig>,
+    /// `[[warm]]`: keys loaded at start.
+    pub warm: Vec<WarmConfig>,
+}
+
+/// One `[[warm]]` entry: a query whose rows are capture values of a mapping's keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WarmConfig {
+    pub mapping: String,
+    pub query: String,
 }
 
 /// `[postgres]`: the database that read-through mappings query.
@@ -72,6 +82,7 @@ pub struct PostgresConfig {
     pub lease: Human,
     pub breaker_failures: u32,
     pub breaker_cooldown: Human,
+    pub wait_for_warm: bool,
 }
 
 impl Default for PostgresConfig {
@@ -87,6 +98,7 @@ impl Default for PostgresConfig {
             lease: Human::secs(3),
             breaker_failures: 5,
             breaker_cooldown: Human::secs(5),
+            wait_for_warm: false,
         }
     }
 }

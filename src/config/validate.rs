@@ -83,6 +83,9 @@ pub struct Validated {
     pub postgres: Option<crate::loader::DbSettings>,
     pub lease: Duration,
     pub mappings: Vec<crate::loader::MappingSettings>,
+    /// `[[warm]]` entries: (mapping name, query).
+    pub warm: Vec<(String, String)>,
+    pub wait_for_warm: bool,
     pub config: Config,
 }
 
@@ -415,7 +418,25 @@ impl Config {
         }
         let hot = validate_hot(&self)?;
         let (postgres, mappings) = validate_loader(&self)?;
+        let mut warm = Vec::new();
+        for (i, w) in self.warm.iter().enumerate() {
+            if !mappings.iter().any(|m| m.name == w.mapping) {
+                return Err(ConfigError::invalid(
+                    format!("warm[{i}].mapping"),
+                    format!("{:?} is not the name of a [[mapping]]", w.mapping),
+                ));
+            }
+            if w.query.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("warm[{i}].query"),
+                    "must not be empty",
+                ));
+            }
+            warm.push((w.mapping.clone(), w.query.clone()));
+        }
         Ok(Validated {
+            warm,
+            wait_for_warm: self.postgres.wait_for_warm,
             postgres,
             lease: self.postgres.lease.get(),
             mappings,

@@ -68,6 +68,19 @@ impl KeyPattern {
             .collect()
     }
 
+    /// The key with these capture values (in capture order).
+    pub fn render(&self, captures: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut caps = captures.iter();
+        for p in &self.parts {
+            match p {
+                Part::Lit(l) => out.extend_from_slice(l),
+                Part::Cap(_) => out.extend_from_slice(caps.next().copied().unwrap_or_default()),
+            }
+        }
+        out
+    }
+
     /// The text every matching key starts with.
     pub fn prefix(&self) -> &[u8] {
         match self.parts.first() {
@@ -195,6 +208,7 @@ mod tests {
         let p = KeyPattern::parse("product:{id}").unwrap();
         assert_eq!(p.matches(b"product:42"), Some(vec![&b"42"[..]]));
         assert_eq!(p.prefix(), b"product:");
+        assert_eq!(p.render(&[b"42"]), b"product:42");
         let p = KeyPattern::parse("config:site").unwrap();
         assert_eq!(p.matches(b"config:site"), Some(vec![]));
     }

@@ -387,6 +387,49 @@ impl Loader {
         out
     }
 
+    /// Loads every key whose captures `query` returns (one row per key, columns in capture
+    /// order), in batches, logging progress. Returns how many keys were loaded.
+    pub async fn warm(&self, mapping: &str, query: &str) -> Result<usize, LoadError> {
+        let Some(m) = self.mappings.iter().find(|m| m.name == mapping).cloned() else {
+            return Ok(0);
+        };
+        let rows = self
+            .db
+            .rows(&encode::wrap(query), &[], &[])
+            .await
+            .map_err(|err| LoadError::Db {
+                mapping: m.name.clone(),
+                err,
+            })?;
+        let items: Vec<(Bytes, Vec<Bytes>)> = rows
+            .iter()
+            .filter_map(|row| {
+                let obj: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(row).ok()?;
+                let caps: Vec<Bytes> = obj
+                    .values()
+                    .map(|v| match v {
+                        serde_json::Value::String(s) => Bytes::from(s.clone()),
+                        other => Bytes::from(other.to_string()),
+                    })
+                    .collect();
+                let refs: Vec<&[u8]> = caps.iter().map(|c| &c[..]).collect();
+                Some((Bytes::from(m.pattern.render(&refs)), caps))
+            })
+            .collect();
+        let total = items.len();
+        let mut done = 0;
+        for chunk in items.chunks(100) {
+            let results = self.load_many(&m, chunk, false).await;
+            if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+                return Err(e);
+            }
+            done += chunk.len();
+            tracing::info!(mapping = %m.name, done, total, "warming");
+        }
+        Ok(total)
+    }
+
     /// For a write to `key`: the commands that make any load in flight for it give way (its
     /// lease is deleted) and forget a remembered "not found". `None` for unmapped keys.
     pub fn write_cleanup(&self, key: &[u8]) -> Option<Bytes> {
