@@ -59,6 +59,23 @@ pub enum Outcome {
     Skip,
 }
 
+/// Whether invalidations are pending (see `HotTier::invalidations_pending`), asked at most once
+/// per read from the client: every request of one read was sent after whatever reply the
+/// client had seen, so one check after the read covers them all and saves a syscall per hit.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fence(Option<bool>);
+
+impl Fence {
+    /// Forgets the answer: the session calls this for each new read from the client.
+    pub fn reset(&mut self) {
+        self.0 = None;
+    }
+
+    fn pending(&mut self, tier: &HotTier) -> bool {
+        *self.0.get_or_insert_with(|| tier.invalidations_pending())
+    }
+}
+
 /// Serves `req` from the tier, or plans its fill. `name` is the table name of the command.
 pub async fn read(
     tier: Option<&HotTier>,
@@ -66,6 +83,7 @@ pub async fn read(
     name: &str,
     req: &Request,
     proto: Proto,
+    fence: &mut Fence,
 ) -> Outcome {
     let single = |view: View| (req.arg_bytes(1), view);
     let (key, view) = match (name, req.argc()) {
@@ -74,8 +92,7 @@ pub async fn read(
         ("HGET", 3) => single(View::HGet(req.arg_bytes(2))),
         ("HGETALL", 2) => single(View::HGetAll(proto)),
         ("STRLEN", 2) => {
-            let Some(tier) =
-                tier.filter(|t| t.rule(req.arg(1)).is_some() && !t.invalidations_pending())
+            let Some(tier) = tier.filter(|t| t.rule(req.arg(1)).is_some() && !fence.pending(t))
             else {
                 return Outcome::Skip;
             };
@@ -84,13 +101,13 @@ pub async fn read(
                 None => Outcome::Skip,
             };
         }
-        ("MGET", n) if n >= 2 => return mget(tier, loader, req, proto).await,
+        ("MGET", n) if n >= 2 => return mget(tier, loader, req, proto, fence).await,
         _ => return Outcome::Skip,
     };
     let rule = tier.and_then(|t| t.rule(&key).cloned());
     if let (Some(t), Some(_)) = (tier, &rule) {
         if let Some(hit) = t.get(&key, &view).await {
-            if !t.invalidations_pending() {
+            if !fence.pending(t) {
                 return Outcome::Hit(hit.render(proto));
             }
         }
@@ -149,6 +166,7 @@ async fn mget(
     loader: Option<&Loader>,
     req: &Request,
     proto: Proto,
+    fence: &mut Fence,
 ) -> Outcome {
     let n = req.argc() - 1;
     let cacheable = |k: &[u8]| tier.is_some_and(|t| t.rule(k).is_some());
@@ -169,9 +187,7 @@ async fn mget(
         parts.push(Part::Miss(misses.len()));
         misses.push(key);
     }
-    if parts.iter().any(|p| matches!(p, Part::Hit(_)))
-        && tier.is_some_and(HotTier::invalidations_pending)
-    {
+    if parts.iter().any(|p| matches!(p, Part::Hit(_))) && tier.is_some_and(|t| fence.pending(t)) {
         return Outcome::Skip;
     }
     if misses.is_empty() {
@@ -624,7 +640,16 @@ mod tests {
     async fn a_get_miss_reads_the_value_and_its_ttl_then_a_hit_needs_no_upstream() {
         let t = tier().await;
         let req = Request::from_args(&["GET", "p:1"]);
-        let Outcome::Miss(plan) = read(Some(&t), None, "GET", &req, Proto::Resp2).await else {
+        let Outcome::Miss(plan) = read(
+            Some(&t),
+            None,
+            "GET",
+            &req,
+            Proto::Resp2,
+            &mut Fence::default(),
+        )
+        .await
+        else {
             panic!("expected a miss")
         };
         assert_eq!(
@@ -640,7 +665,16 @@ mod tests {
         for f in fills {
             t.fill(f).await;
         }
-        match read(Some(&t), None, "GET", &req, Proto::Resp2).await {
+        match read(
+            Some(&t),
+            None,
+            "GET",
+            &req,
+            Proto::Resp2,
+            &mut Fence::default(),
+        )
+        .await
+        {
             Outcome::Hit(b) => assert_eq!(&b[..], b"$1\r\nv\r\n"),
             _ => panic!("expected a hit"),
         }
@@ -659,7 +693,16 @@ mod tests {
         })
         .await;
         let req = Request::from_args(&["MGET", "p:a", "p:hit", "other", "p:a"]);
-        let Outcome::Miss(plan) = read(Some(&t), None, "MGET", &req, Proto::Resp3).await else {
+        let Outcome::Miss(plan) = read(
+            Some(&t),
+            None,
+            "MGET",
+            &req,
+            Proto::Resp3,
+            &mut Fence::default(),
+        )
+        .await
+        else {
             panic!("expected a miss")
         };
         assert!(plan
@@ -676,7 +719,16 @@ mod tests {
     async fn errors_are_passed_on_and_never_stored() {
         let t = tier().await;
         let req = Request::from_args(&["HGETALL", "p:s"]);
-        let Outcome::Miss(plan) = read(Some(&t), None, "HGETALL", &req, Proto::Resp2).await else {
+        let Outcome::Miss(plan) = read(
+            Some(&t),
+            None,
+            "HGETALL",
+            &req,
+            Proto::Resp2,
+            &mut Fence::default(),
+        )
+        .await
+        else {
             panic!()
         };
         let wrong = Bytes::from_static(

@@ -33,6 +33,8 @@ pub struct ClientState {
     /// Pub/sub, MONITOR, CLIENT TRACKING/REPLY/NO-EVICT/NO-TOUCH: pinned for good.
     pub sticky: bool,
     pub reply_mode: ReplyMode,
+    /// The pending-invalidation check for the current read from the client.
+    pub fence: fill::Fence,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,7 @@ impl ClientState {
             watching: false,
             sticky: false,
             reply_mode: ReplyMode::On,
+            fence: fill::Fence::default(),
         }
     }
 
@@ -304,6 +307,7 @@ impl Router {
                     info.name,
                     req,
                     st.proto,
+                    &mut st.fence,
                 )
                 .await
                 {

@@ -174,6 +174,7 @@ impl Session {
     /// Handles every complete request in the buffer; returns a hint of the bytes the next
     /// request needs.
     async fn process(&mut self) -> Result<usize, Stop> {
+        self.st.fence.reset();
         let mut parsed = std::mem::take(&mut self.parsed);
         let mut pos = 0;
         let mut need = 0;
