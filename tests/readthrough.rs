@@ -462,3 +462,53 @@ async fn warm_up_fills_the_most_viewed_keys_before_readiness() {
     }
     assert_eq!(pg.query_count("= ANY"), 1, "warmed with one batch query");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_is_used_and_verified() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start_tls();
+    // The mapping asks Postgres whether its own connection is encrypted.
+    let whoami = mapping(
+        "whoami",
+        "whoami:{id}",
+        "SELECT s.ssl, $1::int AS id FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()",
+        "json",
+    );
+    let with = |mode: &'static str, ca: Option<std::path::PathBuf>| {
+        let whoami = whoami.clone();
+        let pg = &pg;
+        move |c: &mut Config| {
+            configure(c, pg);
+            c.mapping = vec![whoami];
+            c.postgres.tls = mode.into();
+            c.postgres.ca_file = ca;
+        }
+    };
+    let verified = Proxy::start_with(&redis.url(), with("verify-full", Some(pg.cert_path()))).await;
+    let v: String = verified.client().await.get("whoami:1").await.unwrap();
+    assert!(
+        v.contains("\"ssl\":true"),
+        "verify-full against the server's CA encrypts: {v}"
+    );
+
+    // The server's self-signed certificate is not in the public roots: verify-full refuses it.
+    let strict = Proxy::start_with(&redis.url(), with("verify-full", None)).await;
+    let err = strict
+        .client()
+        .await
+        .get::<_, Option<String>>("whoami:2")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("mapping whoami"), "{err}");
+
+    let plain = Proxy::start_with(&redis.url(), with("disable", None)).await;
+    let v: String = plain.client().await.get("whoami:3").await.unwrap();
+    assert!(v.contains("\"ssl\":false"), "{v}");
+
+    let preferred = Proxy::start_with(&redis.url(), with("prefer", None)).await;
+    let v: String = preferred.client().await.get("whoami:4").await.unwrap();
+    assert!(
+        v.contains("\"ssl\":true"),
+        "prefer uses TLS when the server offers it: {v}"
+    );
+}

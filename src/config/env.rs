@@ -71,6 +71,8 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("postgres.breaker_failures", Kind::Int),
     ("postgres.breaker_cooldown", Kind::Str),
     ("postgres.wait_for_warm", Kind::Bool),
+    ("postgres.tls", Kind::Str),
+    ("postgres.ca_file", Kind::Str),
 ];
 
 /// `server.max_clients` -> `CACHESIDE_SERVER_MAX_CLIENTS`.

@@ -83,6 +83,8 @@ pub struct PostgresConfig {
     pub breaker_failures: u32,
     pub breaker_cooldown: Human,
     pub wait_for_warm: bool,
+    pub tls: String,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for PostgresConfig {
@@ -99,6 +101,8 @@ impl Default for PostgresConfig {
             breaker_failures: 5,
             breaker_cooldown: Human::secs(5),
             wait_for_warm: false,
+            tls: "prefer".into(),
+            ca_file: None,
         }
     }
 }

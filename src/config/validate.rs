@@ -233,6 +233,8 @@ fn validate_loader(
                 prepared_statements: p.prepared_statements,
                 breaker_failures: p.breaker_failures,
                 breaker_cooldown: positive("postgres.breaker_cooldown", p.breaker_cooldown.get())?,
+                tls: crate::loader::tls::PgTls::parse(&p.tls, p.ca_file.clone())
+                    .map_err(|e| ConfigError::invalid("postgres.tls", e))?,
             })
         }
     };

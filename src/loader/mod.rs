@@ -15,6 +15,7 @@ pub mod encode;
 pub mod mapping;
 pub mod params;
 pub mod postgres;
+pub mod tls;
 
 pub use encode::Loaded;
 pub use mapping::{Jitter, KeyPattern, Shape};

@@ -49,6 +49,7 @@ pub struct DbSettings {
     pub prepared_statements: bool,
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
+    pub tls: super::tls::PgTls,
 }
 
 /// Opens after `threshold` consecutive failures; after `cooldown` lets one query try again.
@@ -107,13 +108,14 @@ impl Database {
         config.connect_timeout(settings.connect_timeout);
         let ms = settings.statement_timeout.as_millis().max(1);
         config.options(format!("-c statement_timeout={ms}"));
-        let mgr = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        config.ssl_mode(settings.tls.ssl_mode());
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let mgr = match settings.tls.connector()? {
+            Some(tls) => Manager::from_config(config, tls, manager_config),
+            None => Manager::from_config(config, NoTls, manager_config),
+        };
         let pool = Pool::builder(mgr)
             .max_size(settings.pool_size)
             .wait_timeout(Some(settings.pool_timeout))

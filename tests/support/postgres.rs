@@ -120,9 +120,106 @@ pub struct PgServer {
     /// Byte offset of the log at the last `reset_stats` (StatementLog counting only).
     log_mark: AtomicU64,
     watchdog: Option<(Child, ChildStdin)>,
+    /// Serve TLS with a self-signed certificate (`cert_path`) for `IP:127.0.0.1`.
+    tls: bool,
 }
 
 impl PgServer {
+    /// Starts a seeded server that also accepts TLS, with a certificate for IP 127.0.0.1 signed
+    /// by a test CA whose path `cert_path` gives. Needs the `openssl` command.
+    pub fn start_tls() -> Self {
+        let bins = find_bins();
+        let counter = if pg_stat_statements_available(&bins) {
+            Counter::StatStatements
+        } else {
+            Counter::StatementLog
+        };
+        Self::start_inner(bins, counter, true)
+    }
+
+    /// The CA that signed the server certificate, for `start_tls` servers.
+    pub fn cert_path(&self) -> PathBuf {
+        self.root_path.join("ca.crt")
+    }
+
+    fn make_cert(&self) {
+        // A CA, and a server certificate for IP 127.0.0.1 signed by it (a self-signed leaf that
+        // is also a CA is refused by strict verifiers such as rustls).
+        let r = &self.root_path;
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(r)
+                .output()
+                .expect("`openssl` is needed for the TLS tests: apt-get install -y openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=cacheside test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            r.join("server.ext"),
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+        )
+        .expect("write server.ext");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ]);
+        if self.as_root {
+            let _ = Command::new("chown")
+                .args([&format!("{OS_USER}:{OS_USER}")])
+                .arg(r.join("server.crt"))
+                .arg(r.join("server.key"))
+                .status();
+        }
+        let _ = Command::new("chmod")
+            .arg("600")
+            .arg(r.join("server.key"))
+            .status();
+    }
+
     /// Starts a seeded server; counts queries with pg_stat_statements when the extension is
     /// installed, otherwise from the statement log.
     pub fn start() -> Self {
@@ -135,16 +232,16 @@ impl PgServer {
             );
             Counter::StatementLog
         };
-        Self::start_inner(bins, counter)
+        Self::start_inner(bins, counter, false)
     }
 
     /// Starts a seeded server that counts queries from its statement log even when
     /// pg_stat_statements is available (to exercise the fallback).
     pub fn start_counting_from_log() -> Self {
-        Self::start_inner(find_bins(), Counter::StatementLog)
+        Self::start_inner(find_bins(), Counter::StatementLog, false)
     }
 
-    fn start_inner(bins: Bins, counter: Counter) -> Self {
+    fn start_inner(bins: Bins, counter: Counter, tls: bool) -> Self {
         let started = Instant::now();
         let as_root = running_as_root();
         let mut builder = tempfile::Builder::new();
@@ -167,6 +264,7 @@ impl PgServer {
             running: false,
             log_mark: AtomicU64::new(0),
             watchdog: None,
+            tls,
         };
         // From here on, a panic drops `server`, which cleans up whatever exists.
         server.spawn_watchdog();
@@ -183,6 +281,9 @@ impl PgServer {
                 server.root_path.display(),
                 String::from_utf8_lossy(&out.stderr)
             );
+        }
+        if server.tls {
+            server.make_cert();
         }
         server.initdb();
         server.launch_with_port_retry();
@@ -411,6 +512,13 @@ impl PgServer {
                 opts.push_str(" -c shared_preload_libraries=pg_stat_statements")
             }
             Counter::StatementLog => opts.push_str(" -c log_statement=all"),
+        }
+        if self.tls {
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                shell_quote(&path_str(&self.root_path.join("server.crt"))),
+                shell_quote(&path_str(&self.root_path.join("server.key")))
+            ));
         }
         let data = self.data_path();
         let log = self.log_path();
