@@ -253,27 +253,12 @@ impl Loader {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        let token: Bytes = format!("{:016x}", rand::random::<u64>()).into();
-        let lease_ms = self.lease.as_millis().max(1).to_string();
+        let token = new_token();
         // As for one key: each lease taken is followed by a read of the key, which sees any fill
         // made before the lease was free.
-        let read: &[u8] = if m.shape == Shape::Hash {
-            b"HGETALL"
-        } else {
-            b"GET"
-        };
         let mut acquire = Vec::new();
         for (i, _) in &params {
-            let key = &items[*i].0;
-            acquire.extend_from_slice(&encode_command(&[
-                &b"SET"[..],
-                &lease_key(key),
-                &token,
-                b"NX",
-                b"PX",
-                lease_ms.as_bytes(),
-            ]));
-            acquire.extend_from_slice(&encode_command(&[read, key]));
+            acquire.extend_from_slice(&self.take_lease(m, &items[*i].0, &token));
         }
         let Ok(replies) = call(upstream, Bytes::from(acquire), 2 * params.len() as u32).await
         else {
@@ -495,25 +480,10 @@ impl Loader {
             m.metrics.degraded.inc();
             return self.query(m, &params).await;
         };
-        let token: Bytes = format!("{:016x}", rand::random::<u64>()).into();
-        let lease_ms = self.lease.as_millis().max(1).to_string();
+        let token = new_token();
         // The key is read again right after the lease is taken: holding a free lease means any
         // earlier holder has already filled (or given up), and its fill is visible to that read.
-        let read: &[u8] = if m.shape == Shape::Hash {
-            b"HGETALL"
-        } else {
-            b"GET"
-        };
-        let mut acquire = encode_command(&[
-            &b"SET"[..],
-            &lease_key(key),
-            &token,
-            b"NX",
-            b"PX",
-            lease_ms.as_bytes(),
-        ])
-        .to_vec();
-        acquire.extend_from_slice(&encode_command(&[read, key]));
+        let mut acquire = self.take_lease(m, key, &token);
         acquire.extend_from_slice(&encode_command(&[&b"EXISTS"[..], &negative_key(key)]));
         match call(upstream, Bytes::from(acquire), 3).await {
             Err(_) => {
@@ -648,13 +618,25 @@ impl Loader {
         encode_command(&args)
     }
 
+    /// `SET <lease> <token> NX PX <lease>`, then a read of the key (GET, or HGETALL for hashes).
+    fn take_lease(&self, m: &Mapping, key: &[u8], token: &[u8]) -> Vec<u8> {
+        let lease_ms = self.lease.as_millis().max(1).to_string();
+        let mut out = encode_command(&[
+            &b"SET"[..],
+            &lease_key(key),
+            token,
+            b"NX",
+            b"PX",
+            lease_ms.as_bytes(),
+        ])
+        .to_vec();
+        out.extend_from_slice(&encode_command(&[read_command(m), key]));
+        out
+    }
+
     /// Polls Redis for another sidecar's fill while its lease lasts.
     async fn await_fill(&self, upstream: &Upstream, m: &Mapping, key: &Bytes) -> Option<Loaded> {
-        let read: &[u8] = if m.shape == Shape::Hash {
-            b"HGETALL"
-        } else {
-            b"GET"
-        };
+        let read = read_command(m);
         // The lease is asked about first: the fill script deletes it and writes the value in one
         // step, so once the lease is seen gone, the reads after it see the fill (or its absence).
         let mut probe = encode_command(&[&b"EXISTS"[..], &lease_key(key)]).to_vec();
@@ -679,6 +661,20 @@ impl Loader {
             }
         }
         None
+    }
+}
+
+/// A fresh lease token.
+fn new_token() -> Bytes {
+    format!("{:016x}", rand::random::<u64>()).into()
+}
+
+/// How a mapping's value is read back from Redis.
+fn read_command(m: &Mapping) -> &'static [u8] {
+    if m.shape == Shape::Hash {
+        b"HGETALL"
+    } else {
+        b"GET"
     }
 }
 
