@@ -70,6 +70,8 @@ pub(super) struct Session {
     shared_dirty: bool,
     run: Option<Run>,
     parsed: Vec<Parsed>,
+    /// Replies of cacheside's own not yet queued (sent as one item).
+    ready: BytesMut,
     /// Cached keys written by commands queued in the open transaction.
     multi_writes: Vec<Invalidation>,
 }
@@ -92,6 +94,7 @@ impl Session {
             shared_dirty: false,
             run: None,
             parsed: Vec::new(),
+            ready: BytesMut::new(),
             multi_writes: Vec::new(),
         }
     }
@@ -167,7 +170,7 @@ impl Session {
             self.pinned = None;
             self.pinned_active = false;
         }
-        let _ = self.out.send(Out::Close).await;
+        let _ = self.queue(Out::Close).await;
         Stop { graceful: true }
     }
 
@@ -209,6 +212,8 @@ impl Session {
         self.parsed = parsed;
         if result.is_ok() {
             if let Err(stop) = self.flush_run(&chunk).await {
+                result = Err(stop);
+            } else if let Err(stop) = self.flush_ready().await {
                 result = Err(stop);
             }
         }
@@ -385,7 +390,7 @@ impl Session {
                         p.release();
                     }
                 }
-                let _ = self.out.send(Out::Close).await;
+                let _ = self.queue(Out::Close).await;
                 Err(Stop { graceful: true })
             }
             Decision::Reset => {
@@ -463,8 +468,7 @@ impl Session {
             .as_mut()
             .expect("pinned connection opened above")
             .begin();
-        self.out
-            .send(Out::Stream(frames))
+        self.queue(Out::Stream(frames))
             .await
             .map_err(|_| UpstreamError::Closed {
                 addr: "client".into(),
@@ -591,7 +595,8 @@ impl Session {
         }
     }
 
-    /// A reply of the proxy's own, in order with everything before it.
+    /// A reply of the proxy's own, in order with everything before it. Consecutive ones (hot
+    /// hits of a pipeline, say) are gathered into one queue item.
     async fn reply(&mut self, bytes: Bytes) -> Result<(), Stop> {
         if self.pinned_active {
             if let Some(p) = &mut self.pinned {
@@ -599,10 +604,25 @@ impl Session {
                 return Ok(());
             }
         }
-        self.queue(Out::Ready(bytes)).await
+        self.ready.extend_from_slice(&bytes);
+        Ok(())
     }
 
+    /// Queues the gathered replies, if any.
+    async fn flush_ready(&mut self) -> Result<(), Stop> {
+        if self.ready.is_empty() {
+            return Ok(());
+        }
+        let ready = self.ready.split().freeze();
+        self.out
+            .send(Out::Ready(ready))
+            .await
+            .map_err(|_| Stop { graceful: false })
+    }
+
+    /// Queues `item` after every reply gathered so far.
     async fn queue(&mut self, item: Out) -> Result<(), Stop> {
+        self.flush_ready().await?;
         self.out
             .send(item)
             .await
@@ -634,8 +654,8 @@ impl Session {
             self.pinned = None;
             self.pinned_active = false;
         }
-        let _ = self.out.send(Out::Ready(bytes)).await;
-        let _ = self.out.send(Out::Close).await;
+        let _ = self.queue(Out::Ready(bytes)).await;
+        let _ = self.queue(Out::Close).await;
         Stop { graceful: true }
     }
 }

@@ -52,7 +52,6 @@ pub fn spawn(tier: Arc<HotTier>, settings: Arc<Settings>, mode: Coherence, chann
                 attempt = 0;
             }
             tier.watch_socket(None);
-            tier.set_backlog(false);
             tier.set_coherent(false).await;
             match end {
                 End::Refused(why) if mode == Coherence::Auto => {
@@ -194,6 +193,8 @@ async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
     watch(tier, &stream);
     tier.set_coherent(true).await;
     tracing::info!(upstream = %addr, "hot tier coherent: CLIENT TRACKING (BCAST) on");
+    // Frames that came with the CLIENT TRACKING reply are applied first.
+    let mut applying = tier.applying().lock().await;
     loop {
         while let Some(f) = match reply::frame(&buf, Proto::Resp3) {
             Ok(f) => f,
@@ -204,11 +205,31 @@ async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
                 apply_tracking(tier, frame).await;
             }
         }
-        tier.set_backlog(false);
-        match stream.read_buf(&mut buf).await {
-            Ok(0) => return End::Lost(UpstreamError::Closed { addr }),
-            Ok(_) => tier.set_backlog(true),
-            Err(e) => return lost(&addr, e),
+        drop(applying);
+        applying = match take(&mut stream, &mut buf, tier, &addr).await {
+            Ok(guard) => guard,
+            Err(end) => return end,
+        };
+    }
+}
+
+/// Waits for the socket, then takes what it holds under the tier's `applying` lock, which is
+/// returned held: the caller applies what was taken before releasing it, so a checker never
+/// finds invalidations gone from the socket but not yet applied.
+async fn take<'t>(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    tier: &'t HotTier,
+    addr: &Arc<str>,
+) -> Result<tokio::sync::MutexGuard<'t, ()>, End> {
+    loop {
+        stream.readable().await.map_err(|e| lost(addr, e))?;
+        let applying = tier.applying().lock().await;
+        match stream.try_read_buf(buf) {
+            Ok(0) => return Err(End::Lost(UpstreamError::Closed { addr: addr.clone() })),
+            Ok(_) => return Ok(applying),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(lost(addr, e)),
         }
     }
 }
@@ -264,6 +285,7 @@ async fn run_broadcast(tier: &HotTier, settings: &Settings, channel: &str, id: &
     watch(tier, &stream);
     tier.set_coherent(true).await;
     tracing::info!(upstream = %addr, channel, "hot tier coherent: broadcast invalidation");
+    let mut applying = tier.applying().lock().await;
     loop {
         while let Some(f) = match reply::frame(&buf, Proto::Resp2) {
             Ok(f) => f,
@@ -281,12 +303,11 @@ async fn run_broadcast(tier: &HotTier, settings: &Settings, channel: &str, id: &
                 }
             }
         }
-        tier.set_backlog(false);
-        match stream.read_buf(&mut buf).await {
-            Ok(0) => return End::Lost(UpstreamError::Closed { addr }),
-            Ok(_) => tier.set_backlog(true),
-            Err(e) => return lost(&addr, e),
-        }
+        drop(applying);
+        applying = match take(&mut stream, &mut buf, tier, &addr).await {
+            Ok(guard) => guard,
+            Err(end) => return end,
+        };
     }
 }
 

@@ -250,8 +250,9 @@ pub struct HotTier {
     publisher: std::sync::OnceLock<Box<dyn Fn(Bytes) + Send + Sync>>,
     /// A duplicate of the invalidation connection's socket, to peek for unread invalidations.
     watch: std::sync::Mutex<Option<std::net::TcpStream>>,
-    /// Set while the coherence task holds invalidations it read but has not applied yet.
-    backlog: AtomicBool,
+    /// Held by the coherence task from taking invalidations off its socket until they are
+    /// applied; a checker that finds it held knows invalidations are pending.
+    applying: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
 }
 
@@ -327,7 +328,7 @@ impl HotTier {
             broadcast: std::sync::OnceLock::new(),
             publisher: std::sync::OnceLock::new(),
             watch: std::sync::Mutex::new(None),
-            backlog: AtomicBool::new(false),
+            applying: tokio::sync::Mutex::new(()),
             metrics: metrics.clone(),
         });
         let weak = Arc::downgrade(&tier);
@@ -398,9 +399,10 @@ impl HotTier {
     /// Redis sends a write's invalidation before the writer's reply, so a client that saw the
     /// reply and reads through another sidecar finds the invalidation there at least pending.
     pub fn invalidations_pending(&self) -> bool {
-        if self.backlog.load(SeqCst) {
+        // Held: invalidations were taken off the socket and are being applied.
+        let Ok(_applying) = self.applying.try_lock() else {
             return true;
-        }
+        };
         let Ok(guard) = self.watch.lock() else {
             return true;
         };
@@ -420,8 +422,9 @@ impl HotTier {
         }
     }
 
-    pub(crate) fn set_backlog(&self, on: bool) {
-        self.backlog.store(on, SeqCst);
+    /// Held while invalidations taken off the socket are applied (see `invalidations_pending`).
+    pub(crate) fn applying(&self) -> &tokio::sync::Mutex<()> {
+        &self.applying
     }
 
     /// Taken when a fill's read is sent upstream.
