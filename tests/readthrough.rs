@@ -512,3 +512,25 @@ async fn tls_to_postgres_is_used_and_verified() {
         "prefer uses TLS when the server offers it: {v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_writing_during_a_load_wins_too() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let a = sidecar(&redis, &pg).await;
+    let b = sidecar(&redis, &pg).await;
+    let mut ca = a.client().await;
+    let load = tokio::spawn(async move {
+        let v: String = ca.get("slowproduct:6").await.unwrap();
+        v
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut raw = b.raw().await;
+    raw.send(b"MULTI\r\nSET slowproduct:6 from-tx\r\nEXEC\r\nPING\r\n").await;
+    // The lease cleanup cacheside sends after EXEC is never seen by the client.
+    raw.expect(b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n+PONG\r\n").await;
+    load.await.unwrap();
+    let mut direct = redis.direct().await;
+    let now: String = direct.get("slowproduct:6").await.unwrap();
+    assert_eq!(now, "from-tx", "the load did not overwrite the transaction's write");
+}

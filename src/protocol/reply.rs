@@ -132,6 +132,8 @@ pub enum Expect {
     /// UNSUBSCRIBE/PUNSUBSCRIBE/SUNSUBSCRIBE without arguments: one frame per subscription of
     /// that kind at the time it runs, or one if there is none.
     UnsubscribeAll(SubKind),
+    /// One frame answering a command of cacheside's own: consumed, never relayed.
+    Hidden,
 }
 
 /// A pub/sub frame (array or push) by its first element.

@@ -74,6 +74,8 @@ pub(super) struct Session {
     ready: BytesMut,
     /// Cached keys written by commands queued in the open transaction.
     multi_writes: Vec<Invalidation>,
+    /// Lease cleanup for mapped keys written by commands queued in the open transaction.
+    multi_cleanup: Vec<Bytes>,
 }
 
 impl Session {
@@ -96,6 +98,7 @@ impl Session {
             parsed: Vec::new(),
             ready: BytesMut::new(),
             multi_writes: Vec::new(),
+            multi_cleanup: Vec::new(),
         }
     }
 
@@ -339,16 +342,24 @@ impl Session {
                 // Inside MULTI a write only queues: what it touches is evicted again when EXEC's
                 // reply arrives, after the transaction has run.
                 let queued = self.st.in_multi && !matches!(info.name, "EXEC" | "DISCARD" | "MULTI");
-                let writes = if queued {
+                // Likewise the fill leases of mapped keys it writes are deleted right after it
+                // runs (after EXEC, for a transaction), by commands of cacheside's own.
+                let cleanup = self.ctx.router.write_cleanup(info, &req);
+                let (writes, cleanup) = if queued {
                     self.multi_writes.extend(inv);
-                    Vec::new()
+                    self.multi_cleanup.extend(cleanup);
+                    (Vec::new(), Vec::new())
                 } else if info.name == "EXEC" {
-                    std::mem::take(&mut self.multi_writes)
+                    (
+                        std::mem::take(&mut self.multi_writes),
+                        std::mem::take(&mut self.multi_cleanup),
+                    )
                 } else {
                     if info.name == "DISCARD" {
                         self.multi_writes.clear();
+                        self.multi_cleanup.clear();
                     }
-                    inv.into_iter().collect()
+                    (inv.into_iter().collect(), cleanup)
                 };
                 let expect = self.st.note_pinned(info, &req);
                 if let Decision::PinnedRewrite(_) = decision {
@@ -365,6 +376,16 @@ impl Session {
                         self.send_to(Dest::Pinned, bytes, 1, None).await?
                     }
                     _ => self.push_run(Dest::Pinned, chunk, span, &req, None).await?,
+                }
+                // With CLIENT REPLY OFF the upstream would not answer them either: skipped.
+                if !cleanup.is_empty() && self.st.reply_mode == crate::router::ReplyMode::On {
+                    self.flush_run(chunk).await?;
+                    for cmd in cleanup {
+                        if let Some(p) = &mut self.pinned {
+                            p.expect(crate::protocol::reply::Expect::Hidden);
+                        }
+                        self.send_to(Dest::Pinned, cmd, 1, None).await?;
+                    }
                 }
                 if self.st.can_release() {
                     self.flush_run(chunk).await?;

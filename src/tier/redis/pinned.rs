@@ -211,11 +211,18 @@ impl Relay {
     }
 
     /// Accounts for one frame from the upstream.
-    fn account(&mut self, frame: &[u8]) {
+    /// Accounts for one frame from the upstream; returns whether the client gets it.
+    fn account(&mut self, frame: &[u8]) -> bool {
         let ps = reply::pubsub(frame);
         if matches!(ps, Some(PubSub::Message)) || self.owed.is_empty() {
             // A message, an invalidation, MONITOR output: relayed, never a reply.
-            return;
+            return true;
+        }
+        if self.owed.front() == Some(&Expect::Hidden) {
+            self.owed.pop_front();
+            self.completed += 1;
+            self.retire_empty();
+            return false;
         }
         if let Some(PubSub::Confirm {
             kind,
@@ -245,6 +252,7 @@ impl Relay {
             *n = n.saturating_sub(1);
         }
         self.retire_empty();
+        true
     }
 
     /// Completes the writes due before a reply to request number `next` is relayed, and
@@ -340,7 +348,9 @@ async fn relay(
                     let bytes = buf.split_to(f.len).freeze();
                     let next = r.completed + 1;
                     r.invalidate_due(next).await;
-                    r.account(&bytes);
+                    if !r.account(&bytes) {
+                        continue;
+                    }
                     let Some(stream) = &r.stream else {
                         return UpstreamError::Protocol { addr, detail: "reply with no request waiting for it".into() };
                     };
