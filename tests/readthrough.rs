@@ -526,11 +526,16 @@ async fn a_transaction_writing_during_a_load_wins_too() {
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
     let mut raw = b.raw().await;
-    raw.send(b"MULTI\r\nSET slowproduct:6 from-tx\r\nEXEC\r\nPING\r\n").await;
+    raw.send(b"MULTI\r\nSET slowproduct:6 from-tx\r\nEXEC\r\nPING\r\n")
+        .await;
     // The lease cleanup cacheside sends after EXEC is never seen by the client.
-    raw.expect(b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n+PONG\r\n").await;
+    raw.expect(b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n+PONG\r\n")
+        .await;
     load.await.unwrap();
     let mut direct = redis.direct().await;
     let now: String = direct.get("slowproduct:6").await.unwrap();
-    assert_eq!(now, "from-tx", "the load did not overwrite the transaction's write");
+    assert_eq!(
+        now, "from-tx",
+        "the load did not overwrite the transaction's write"
+    );
 }
