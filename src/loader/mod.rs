@@ -23,7 +23,7 @@ pub use postgres::{Database, DbError, DbSettings};
 
 use crate::error::UpstreamError;
 use crate::metrics::OriginMetrics;
-use crate::protocol::reply::{self, Proto, ReplyKind};
+use crate::protocol::reply::{self, Proto};
 use crate::protocol::request::encode_command;
 use crate::tier::redis::Upstream;
 use bytes::Bytes;
@@ -713,22 +713,13 @@ async fn call(upstream: &Upstream, bytes: Bytes, n: u32) -> Result<Vec<Bytes>, U
                 addr: "upstream".into(),
             })
         })?;
-    let mut out = Vec::with_capacity(n as usize);
-    let mut pos = 0;
-    while let Ok(Some(f)) = reply::frame(&replies[pos..], Proto::Resp2) {
-        out.push(replies.slice(pos..pos + f.len));
-        pos += f.len;
-        if f.kind == ReplyKind::Error && out.len() == n as usize {
-            break;
-        }
-    }
-    if out.len() != n as usize {
-        return Err(UpstreamError::Protocol {
+    match reply::split(&replies, n as usize, Proto::Resp2) {
+        Some(frames) => Ok(frames.into_iter().map(|(b, _)| b).collect()),
+        None => Err(UpstreamError::Protocol {
             addr: "upstream".into(),
             detail: "short reply".into(),
-        });
+        }),
     }
-    Ok(out)
 }
 
 /// A value found in Redis (a bulk string, or a non-empty hash as a RESP2 array).

@@ -102,6 +102,19 @@ pub fn frame(buf: &[u8], proto: Proto) -> Result<Option<ReplyFrame>, ReplyError>
     }
 }
 
+/// Splits the first `count` reply frames off `replies` (zero-copy slices, with their kinds);
+/// `None` if fewer are there or one is not valid.
+pub fn split(replies: &Bytes, count: usize, proto: Proto) -> Option<Vec<(Bytes, ReplyKind)>> {
+    let mut out = Vec::with_capacity(count);
+    let mut pos = 0;
+    for _ in 0..count {
+        let f = frame(&replies[pos..], proto).ok()??;
+        out.push((replies.slice(pos..pos + f.len), f.kind));
+        pos += f.len;
+    }
+    Some(out)
+}
+
 /// Frames a reply of either protocol (for connections that switch with HELLO): RESP2's
 /// encodings mean the same in RESP3, so RESP2 is tried first and RESP3 only when it fails.
 pub fn frame_any(buf: &[u8]) -> Result<Option<ReplyFrame>, ReplyError> {
@@ -318,6 +331,17 @@ mod tests {
         );
         assert_eq!(pubsub(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"), None);
         assert_eq!(pubsub(b"$7\r\nmessage\r\n"), None);
+    }
+
+    #[test]
+    fn split_takes_exactly_the_frames_asked_for() {
+        let b = Bytes::from_static(b"+OK\r\n-ERR x\r\n:1\r\n");
+        let two = split(&b, 2, Proto::Resp2).unwrap();
+        assert_eq!(
+            (&two[0].0[..], two[1].1),
+            (&b"+OK\r\n"[..], ReplyKind::Error)
+        );
+        assert!(split(&b, 4, Proto::Resp2).is_none());
     }
 
     #[test]

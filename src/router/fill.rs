@@ -253,18 +253,6 @@ fn integer(b: &[u8]) -> Option<i64> {
     std::str::from_utf8(text).ok()?.parse().ok()
 }
 
-/// Splits `count` frames off the front of `replies`.
-fn frames(replies: &Bytes, count: usize, proto: Proto) -> Option<Vec<(Bytes, ReplyKind)>> {
-    let mut out = Vec::with_capacity(count);
-    let mut pos = 0;
-    for _ in 0..count {
-        let f = reply::frame(&replies[pos..], proto).ok()??;
-        out.push((replies.slice(pos..pos + f.len), f.kind));
-        pos += f.len;
-    }
-    Some(out)
-}
-
 /// The elements of an array reply (RESP2 or RESP3), as slices of it.
 fn elements(array: &Bytes, proto: Proto) -> Option<Vec<Bytes>> {
     let header_end = memchr::memchr(b'\n', array)? + 1;
@@ -276,7 +264,7 @@ fn elements(array: &Bytes, proto: Proto) -> Option<Vec<Bytes>> {
         .parse()
         .ok()?;
     let body = array.slice(header_end..);
-    let parts = frames(&body, n, proto)?;
+    let parts = reply::split(&body, n, proto)?;
     Some(parts.into_iter().map(|(b, _)| b).collect())
 }
 
@@ -336,7 +324,7 @@ fn missing(p: &Pending, all: &[(Bytes, ReplyKind)]) -> Option<Missing> {
 
 /// Completes a read from the upstream's replies.
 pub fn complete(plan: FillPlan, replies: &Bytes, proto: Proto) -> Completion {
-    let Some(all) = frames(replies, plan.upstream_replies as usize, proto) else {
+    let Some(all) = reply::split(replies, plan.upstream_replies as usize, proto) else {
         return Completion::Done(
             reply::error_bytes("ERR cacheside: malformed upstream reply to a cached read"),
             Vec::new(),

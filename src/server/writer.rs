@@ -74,12 +74,9 @@ pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, ctx: Arc<C
                     after,
                     proto,
                 } => {
-                    let Ok(res) = wait(&mut rx, &mut wr, &mut buf).await else {
+                    let Ok(res) = wait(&mut rx, &mut wr, &mut buf, &ctx, started).await else {
                         return;
                     };
-                    ctx.metrics
-                        .request_duration
-                        .observe(started.elapsed().as_secs_f64());
                     match res {
                         Some(Ok(replies)) => match after {
                             None => buf.extend_from_slice(&replies),
@@ -101,12 +98,9 @@ pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, ctx: Arc<C
                     started,
                     proto,
                 } => {
-                    let Ok(res) = wait(&mut rx, &mut wr, &mut buf).await else {
+                    let Ok(res) = wait(&mut rx, &mut wr, &mut buf, &ctx, started).await else {
                         return;
                     };
-                    ctx.metrics
-                        .request_duration
-                        .observe(started.elapsed().as_secs_f64());
                     let (client, fills) = match res {
                         Some(Ok(replies)) => match fill::complete(*plan, &replies, proto) {
                             fill::Completion::Done(client, fills) => (client, fills),
@@ -172,21 +166,27 @@ pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, ctx: Arc<C
     let _ = wr.shutdown().await;
 }
 
-/// Waits for an upstream reply, writing what is buffered first if it is not there yet.
-/// `Err` means the client is gone.
+/// Waits for an upstream reply, writing what is buffered first if it is not there yet, and
+/// records the batch's latency. `Err` means the client is gone.
 async fn wait(
     rx: &mut ReplyRx,
     wr: &mut OwnedWriteHalf,
     buf: &mut BytesMut,
+    ctx: &Ctx,
+    started: Instant,
 ) -> Result<Option<BatchResult>, ()> {
-    match rx.try_recv() {
-        Ok(r) => Ok(Some(r)),
+    let res = match rx.try_recv() {
+        Ok(r) => Some(r),
         Err(oneshot::error::TryRecvError::Empty) => {
             flush(wr, buf).await.map_err(|_| ())?;
-            Ok(rx.await.ok())
+            rx.await.ok()
         }
-        Err(oneshot::error::TryRecvError::Closed) => Ok(None),
-    }
+        Err(oneshot::error::TryRecvError::Closed) => None,
+    };
+    ctx.metrics
+        .request_duration
+        .observe(started.elapsed().as_secs_f64());
+    Ok(res)
 }
 
 /// The error reply for a batch whose replies never came.
@@ -205,14 +205,9 @@ async fn after_reply(ctx: &Ctx, a: AfterReply, replies: Bytes, count: u32, proto
     }
     let mut replies = replies;
     if a.extra > 0 {
-        let mut pos = 0;
-        for _ in 0..count {
-            match reply::frame(&replies[pos..], proto) {
-                Ok(Some(f)) => pos += f.len,
-                _ => break,
-            }
-        }
-        replies = replies.slice(..pos);
+        let kept = reply::split(&replies, count as usize, proto)
+            .map_or(replies.len(), |f| f.iter().map(|(b, _)| b.len()).sum());
+        replies = replies.slice(..kept);
     }
     if let (true, Some(hot)) = (a.info, hot) {
         hot.sync().await;
