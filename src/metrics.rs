@@ -182,6 +182,7 @@ pub struct Metrics {
     pub client_connections_total: IntCounter,
     pub client_rejections_max_clients: IntCounter,
     pub protocol_errors: IntCounter,
+    pub session_panics: IntCounter,
     commands: Vec<IntCounter>,
     pub upstream_connections: IntGauge,
     pub pinned_connections: IntGauge,
@@ -380,6 +381,10 @@ impl Metrics {
             protocol_errors: counter(
                 "cacheside_protocol_errors_total",
                 "Client connections closed for malformed RESP or an exceeded limit.",
+            ),
+            session_panics: counter(
+                "cacheside_session_panics_total",
+                "Client sessions ended by a bug (a panic): only that client was closed.",
             ),
             commands,
             upstream_connections: gauge(

@@ -89,7 +89,8 @@ impl KeyPattern {
         }
     }
 
-    /// The captured values of `key` (each non-empty, up to the next literal), if it matches.
+    /// The captured values of `key` (each non-empty, without `:`, up to the next literal), if
+    /// it matches.
     pub fn matches<'k>(&self, key: &'k [u8]) -> Option<Vec<&'k [u8]>> {
         let mut caps = Vec::new();
         let mut pos = 0;
@@ -106,7 +107,9 @@ impl KeyPattern {
                         Some(Part::Lit(next)) => pos + find(&key[pos..], next)?,
                         _ => key.len(),
                     };
-                    if end == pos {
+                    // A capture is one segment: `product:{id}` does not match
+                    // `product:151:views` (the seeds' own view counter keys).
+                    if end == pos || key[pos..end].contains(&b':') {
                         return None;
                     }
                     caps.push(&key[pos..end]);
@@ -211,6 +214,15 @@ mod tests {
         assert_eq!(p.render(&[b"42"]), b"product:42");
         let p = KeyPattern::parse("config:site").unwrap();
         assert_eq!(p.matches(b"config:site"), Some(vec![]));
+    }
+
+    #[test]
+    fn a_capture_does_not_run_across_a_colon() {
+        let p = KeyPattern::parse("product:{id}").unwrap();
+        assert_eq!(p.matches(b"product:151:views"), None);
+        let p = KeyPattern::parse("user:{uid}:orders").unwrap();
+        assert_eq!(p.matches(b"user:7:orders"), Some(vec![&b"7"[..]]));
+        assert_eq!(p.matches(b"user:7:x:orders"), None);
     }
 
     #[test]

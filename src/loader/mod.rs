@@ -25,6 +25,7 @@ use crate::error::UpstreamError;
 use crate::metrics::OriginMetrics;
 use crate::protocol::reply::{self, Proto};
 use crate::protocol::request::encode_command;
+use crate::protocol::scan::Value;
 use crate::tier::redis::Upstream;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -175,14 +176,25 @@ impl Loader {
     }
 
     /// The mapping that declares `key` (first match), with the key's captures.
+    /// The first mapping (in config order) whose pattern matches `key` with captures that
+    /// convert to its query's parameter types (once those are known): a key whose capture is
+    /// not a valid value for its parameter is not that mapping's key, and passes through.
     pub fn resolve(&self, key: &[u8]) -> Option<(Arc<Mapping>, Vec<Bytes>)> {
         self.mappings.iter().find_map(|m| {
-            m.pattern.matches(key).map(|caps| {
-                (
-                    m.clone(),
-                    caps.into_iter().map(Bytes::copy_from_slice).collect(),
-                )
-            })
+            let caps = m.pattern.matches(key)?;
+            if let Some(types) = m.types.get() {
+                let fits = types
+                    .iter()
+                    .zip(&caps)
+                    .all(|(ty, raw)| params::convert(ty, raw).is_ok());
+                if !fits {
+                    return None;
+                }
+            }
+            Some((
+                m.clone(),
+                caps.into_iter().map(Bytes::copy_from_slice).collect(),
+            ))
         })
     }
 
@@ -722,32 +734,25 @@ async fn call(upstream: &Upstream, bytes: Bytes, n: u32) -> Result<Vec<Bytes>, U
     }
 }
 
-/// A value found in Redis (a bulk string, or a non-empty hash as a RESP2 array).
+/// A value found in Redis (a bulk string, or a non-empty hash as a RESP2 array); `None` for a
+/// null, an empty hash, or a reply of any other shape.
 fn from_reply(b: &Bytes) -> Option<Loaded> {
-    match b.first()? {
-        b'$' if !b.starts_with(b"$-1") => {
-            let nl = memchr::memchr(b'\n', b)? + 1;
-            Some(Loaded::Value(b.slice(nl..b.len() - 2)))
-        }
-        b'*' if !b.starts_with(b"*0") && !b.starts_with(b"*-1") => {
-            let nl = memchr::memchr(b'\n', b)? + 1;
-            let mut items = Vec::new();
-            let mut pos = nl;
-            while pos < b.len() {
-                let f = reply::frame(&b[pos..], Proto::Resp2).ok()??;
-                let item = b.slice(pos..pos + f.len);
-                let inl = memchr::memchr(b'\n', &item)? + 1;
-                items.push(item.slice(inl..item.len() - 2));
-                pos += f.len;
-            }
-            let pairs = items
-                .chunks(2)
-                .filter_map(|c| Some((c.first()?.clone(), c.get(1)?.clone())))
-                .collect();
-            Some(Loaded::Hash(pairs))
-        }
-        _ => None,
+    let (v, _) = Value::parse(b, Proto::Resp2)?;
+    if v.is_null() {
+        return None;
     }
+    if let Some(s) = v.string().filter(|_| b.first() == Some(&b'$')) {
+        return Some(Loaded::Value(b.slice_ref(s)));
+    }
+    let mut items = v.items()?;
+    if items.is_empty() || items.len() % 2 != 0 {
+        return None;
+    }
+    let mut pairs = Vec::with_capacity(items.len() / 2);
+    while let (Some(f), Some(v)) = (items.next(), items.next()) {
+        pairs.push((b.slice_ref(f.string()?), b.slice_ref(v.string()?)));
+    }
+    Some(Loaded::Hash(pairs))
 }
 
 #[cfg(test)]
@@ -769,6 +774,19 @@ mod tests {
             )]))
         );
         assert_eq!(from_reply(&Bytes::from_static(b"*0\r\n")), None);
+        // Replies of another shape (a middlebox, a wrong upstream) are not values, never a panic.
+        for odd in [
+            &b"*1\r\n+x\r\n"[..],
+            b"*2\r\n+f\r\n:1\r\n",
+            b"*2\r\n*0\r\n*0\r\n",
+            b"+OK\r\n",
+            b":1\r\n",
+            b"-ERR x\r\n",
+            b"$5\r\nab",
+            b"",
+        ] {
+            assert_eq!(from_reply(&Bytes::copy_from_slice(odd)), None, "{odd:?}");
+        }
     }
 
     #[test]

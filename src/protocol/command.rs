@@ -189,8 +189,9 @@ impl CommandInfo {
                     out.push(1);
                 }
                 let at = at as usize;
+                // The count is the client's: a huge one must not overflow.
                 if let Some(n) = parse_count(req.arg(at)) {
-                    out.extend((at + 1..at + 1 + n).take_while(|&i| i < argc));
+                    out.extend(at + 1..(at + 1).saturating_add(n).min(argc));
                 }
             }
             Keys::Streams => {
@@ -682,5 +683,12 @@ mod tests {
             ["a", "b"]
         );
         assert_eq!(keys(&["EVAL", "s", "x"]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_huge_key_count_takes_the_keys_there_are() {
+        let max = usize::MAX.to_string();
+        assert_eq!(keys(&["EVAL", "s", &max, "a", "b"]), ["a", "b"]);
+        assert_eq!(keys(&["ZDIFF", &max, "a"]), ["a"]);
     }
 }

@@ -3,6 +3,7 @@
 pub mod command;
 pub mod reply;
 pub mod request;
+pub mod scan;
 
 pub use command::{lookup, CommandInfo, Family, Local, Pin, Route};
 pub use reply::Proto;

@@ -1,19 +1,8 @@
-//! Replies: framing what the upstream sends (redis-protocol's RESP3 range decoder, which reads
-//! RESP2 too) and building the replies cacheside answers itself, in the client's protocol.
-
-use bytes::{BufMut, Bytes, BytesMut};
-use redis_protocol::resp3::types::RangeFrame;
-use redis_protocol::{resp2::decode as resp2_decode, resp2::types as resp2_types};
-
-mod resp2 {
-    pub use super::resp2_decode::decode_range;
-    pub use super::resp2_types::RangeFrame;
-}
-mod resp3 {
-    pub use redis_protocol::resp3::decode::complete::decode_range;
-}
+//! Replies: framing what the upstream sends (through the one iterative reader in `scan`) and
+//! building the replies cacheside answers itself, in the client's protocol.
 
 use super::request::put_decimal;
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// The RESP version a client connection speaks (HELLO switches it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,52 +43,12 @@ pub struct ReplyFrame {
 /// A reply that is not valid RESP: the upstream connection cannot be trusted any more.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid reply from upstream: {0}")]
-pub struct ReplyError(String);
+pub struct ReplyError(pub(crate) String);
 
 /// Frames the reply at the front of `buf` in the connection's protocol; `Ok(None)` when it is
-/// not complete yet. (RESP2 and RESP3 differ: `$-1` is a RESP2 null and not valid RESP3.)
+/// not complete yet. Iterative: see [`super::scan`].
 pub fn frame(buf: &[u8], proto: Proto) -> Result<Option<ReplyFrame>, ReplyError> {
-    match proto {
-        Proto::Resp2 => match resp2::decode_range(buf) {
-            Ok(Some((f, len))) => Ok(Some(match f {
-                resp2::RangeFrame::Error(r) => ReplyFrame {
-                    len,
-                    kind: ReplyKind::Error,
-                    text: Some((r.0, r.1)),
-                },
-                _ => ReplyFrame {
-                    len,
-                    kind: ReplyKind::Value,
-                    text: None,
-                },
-            })),
-            Ok(None) => Ok(None),
-            Err(e) => Err(ReplyError(e.to_string())),
-        },
-        Proto::Resp3 => match resp3::decode_range(buf) {
-            Ok(Some((f, len))) => Ok(Some(match f {
-                RangeFrame::Push { .. } => ReplyFrame {
-                    len,
-                    kind: ReplyKind::Push,
-                    text: None,
-                },
-                RangeFrame::SimpleError { data, .. } | RangeFrame::BlobError { data, .. } => {
-                    ReplyFrame {
-                        len,
-                        kind: ReplyKind::Error,
-                        text: Some((data.0, data.1)),
-                    }
-                }
-                _ => ReplyFrame {
-                    len,
-                    kind: ReplyKind::Value,
-                    text: None,
-                },
-            })),
-            Ok(None) => Ok(None),
-            Err(e) => Err(ReplyError(e.to_string())),
-        },
-    }
+    super::scan::frame(buf, proto)
 }
 
 /// Splits the first `count` reply frames off `replies` (zero-copy slices, with their kinds);
@@ -164,37 +113,19 @@ pub enum PubSub {
 
 /// Classifies a complete frame (exactly `buf`) as pub/sub traffic, if it is.
 pub fn pubsub(buf: &[u8]) -> Option<PubSub> {
-    // Only aggregates can be pub/sub frames; cheap check before decoding.
-    if !matches!(buf.first(), Some(b'*' | b'>')) {
-        return None;
-    }
-    let (head, name) = match buf[0] {
-        b'*' => match resp2::decode_range(buf).ok()?? {
-            (resp2::RangeFrame::Array(items), _) => {
-                let s = |i: usize| match items.get(i) {
-                    Some(resp2::RangeFrame::BulkString(r) | resp2::RangeFrame::SimpleString(r)) => {
-                        buf.get(r.0..r.1)
-                    }
-                    _ => None,
-                };
-                (s(0)?, s(1).map(Bytes::copy_from_slice))
-            }
-            _ => return None,
-        },
-        _ => match resp3::decode_range(buf).ok()?? {
-            (RangeFrame::Push { data: items, .. }, _) => {
-                let s = |i: usize| match items.get(i) {
-                    Some(
-                        RangeFrame::BlobString { data, .. } | RangeFrame::SimpleString { data, .. },
-                    ) => buf.get(data.0..data.1),
-                    _ => None,
-                };
-                (s(0)?, s(1).map(Bytes::copy_from_slice))
-            }
-            _ => return None,
-        },
+    // Only aggregates can be pub/sub frames; cheap check before reading.
+    let proto = match buf.first() {
+        Some(b'*') => Proto::Resp2,
+        Some(b'>') => Proto::Resp3,
+        _ => return None,
     };
-    let head = head.to_ascii_lowercase();
+    let (v, _) = super::scan::Value::parse(buf, proto)?;
+    let mut items = v.items()?;
+    let head = items.next()?.string()?.to_ascii_lowercase();
+    let name = items
+        .next()
+        .and_then(|v| v.string())
+        .map(Bytes::copy_from_slice);
     let confirm = |kind, subscribe| {
         Some(PubSub::Confirm {
             kind,

@@ -7,6 +7,7 @@
 use crate::loader::{self, LoadError, Loaded, Loader, Mapping};
 use crate::protocol::reply::{self, Proto, ReplyKind};
 use crate::protocol::request::{encode_array_header, encode_bulk};
+use crate::protocol::scan::Value;
 use crate::protocol::Request;
 use crate::tier::hot::{Cached, Fill, HotTier, Rule, Stamp, View};
 use bytes::{Bytes, BytesMut};
@@ -249,23 +250,21 @@ fn cached(b: Bytes) -> Cached {
 }
 
 fn integer(b: &[u8]) -> Option<i64> {
-    let text = b.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
-    std::str::from_utf8(text).ok()?.parse().ok()
+    Value::parse(b, Proto::Resp2)?.0.integer()
 }
 
-/// The elements of an array reply (RESP2 or RESP3), as slices of it.
+/// The elements of an array reply (RESP2 or RESP3), as slices of it; `None` for anything else.
 fn elements(array: &Bytes, proto: Proto) -> Option<Vec<Bytes>> {
-    let header_end = memchr::memchr(b'\n', array)? + 1;
-    if !array.starts_with(b"*") {
+    if array.first() != Some(&b'*') {
         return None;
     }
-    let n: usize = std::str::from_utf8(&array[1..header_end - 2])
-        .ok()?
-        .parse()
-        .ok()?;
-    let body = array.slice(header_end..);
-    let parts = reply::split(&body, n, proto)?;
-    Some(parts.into_iter().map(|(b, _)| b).collect())
+    let (v, _) = Value::parse(array, proto)?;
+    let mut items = v.items()?;
+    let mut out = Vec::with_capacity(items.len());
+    while let Some(r) = items.next_range() {
+        out.push(array.slice(r));
+    }
+    Some(out)
 }
 
 /// A completed read: what the client sees and what the tier stores, or a load still to run.

@@ -91,7 +91,15 @@ pub async fn serve(
         tokio::spawn(async move {
             ctx.metrics.client_connections.inc();
             ctx.metrics.client_connections_total.inc();
-            run_client(socket, peer, ctx.clone(), shutdown).await;
+            // A bug in one session closes that client only; it is counted, and the gauge and
+            // the connection permit are given back all the same.
+            let session = tokio::spawn(run_client(socket, peer, ctx.clone(), shutdown));
+            if let Err(e) = session.await {
+                if e.is_panic() {
+                    ctx.metrics.session_panics.inc();
+                    tracing::error!(%peer, "client session panicked; closed that client");
+                }
+            }
             ctx.metrics.client_connections.dec();
             drop(permit);
         });
@@ -139,7 +147,12 @@ async fn run_client(
     // ends. The pinned connection (if any) lives until then so its replies get through.
     let (pinned_holder, out_dropped) = s.into_parts();
     drop(out_dropped);
-    let _ = writer.await;
+    if let Err(e) = writer.await {
+        if e.is_panic() {
+            // Counted as a session panic: the session task ends normally.
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
     drop(pinned_holder);
     tracing::debug!(client = id, "client disconnected");
 }

@@ -76,6 +76,9 @@ pub(super) struct Session {
     multi_writes: Vec<Invalidation>,
     /// Lease cleanup for mapped keys written by commands queued in the open transaction.
     multi_cleanup: Vec<Bytes>,
+    /// A wait (`barrier`) read more of the client's bytes into `buf`: they must be parsed
+    /// before waiting for the client again, which may have nothing more to send.
+    read_ahead: bool,
 }
 
 impl Session {
@@ -99,6 +102,7 @@ impl Session {
             ready: BytesMut::new(),
             multi_writes: Vec::new(),
             multi_cleanup: Vec::new(),
+            read_ahead: false,
         }
     }
 
@@ -158,9 +162,15 @@ impl Session {
                 },
                 _ = tokio::time::sleep(DRAIN_IDLE), if draining => return self.close_for_drain().await,
             }
-            match self.process().await {
-                Ok(n) => need = n,
-                Err(stop) => return stop,
+            loop {
+                self.read_ahead = false;
+                match self.process().await {
+                    Ok(n) => need = n,
+                    Err(stop) => return stop,
+                }
+                if !self.read_ahead {
+                    break;
+                }
             }
         }
     }
@@ -366,7 +376,11 @@ impl Session {
                     self.flush_run(chunk).await?;
                 }
                 if let Some(p) = &mut self.pinned {
-                    p.expect(expect);
+                    use crate::protocol::{Pin, Route};
+                    match info.route {
+                        Route::Pin(Pin::Blocking | Pin::MaybeBlocking) => p.expect_blocking(expect),
+                        _ => p.expect(expect),
+                    }
                     if !writes.is_empty() {
                         p.invalidate_on_reply(writes);
                     }
@@ -664,6 +678,7 @@ impl Session {
                     if matches!(r, Ok(0) | Err(_)) {
                         return Err(Stop { graceful: false });
                     }
+                    self.read_ahead = true;
                 }
             }
         }

@@ -4,6 +4,7 @@
 //! A missing binary fails the test with the package to install; nothing is skipped.
 #![allow(dead_code)]
 
+pub mod fake;
 pub mod postgres;
 
 use cacheside::config::Config;
@@ -79,8 +80,16 @@ impl RedisServer {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         let child = cmd.spawn().expect("spawn redis-server");
+        let pid = child.id();
         self.child = Some(child);
         wait_for_port(self.port, Duration::from_secs(10));
+        // Free ports race with other listeners of the same test binary: make sure what answers
+        // is this server, or start again on another port.
+        if redis_pid(self.port) != Some(pid) {
+            self.kill();
+            self.port = free_port();
+            self.spawn();
+        }
     }
 
     pub fn url(&self) -> String {
@@ -117,6 +126,27 @@ impl Drop for RedisServer {
     }
 }
 
+/// The `process_id` a Redis server on `port` reports, if it is a Redis server.
+fn redis_pid(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"INFO server\r\n").ok()?;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !out.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+}
+
 /// Waits until something accepts connections on `port` (polling, bounded).
 pub fn wait_for_port(port: u16, limit: Duration) {
     let start = Instant::now();
@@ -127,6 +157,39 @@ pub fn wait_for_port(port: u16, limit: Duration) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Panics raised in cacheside's own code (`src/`) while tests run, from any thread or task.
+static PANICS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Records every panic whose location is in cacheside's source, so a panic the runtime caught
+/// (a session task's, say: its client just sees a close) still fails the test.
+fn watch_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(loc) = info.location().filter(|l| l.file().starts_with("src/")) {
+                let msg = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                PANICS
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(format!("{loc}: {msg}"));
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// Fails if cacheside's code panicked anywhere since the test binary started.
+pub fn assert_no_panics() {
+    let p = PANICS.lock().unwrap_or_else(|p| p.into_inner());
+    assert!(p.is_empty(), "cacheside panicked: {p:?}");
 }
 
 /// cacheside running in-process on free ports.
@@ -152,6 +215,7 @@ impl Proxy {
     }
 
     pub async fn start_config(config: Config) -> Self {
+        watch_panics();
         let validated = config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
@@ -229,6 +293,9 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
+        }
+        if !std::thread::panicking() {
+            assert_no_panics();
         }
     }
 }

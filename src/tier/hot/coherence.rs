@@ -14,11 +14,10 @@ use crate::error::UpstreamError;
 use crate::metrics::InvalidationSource;
 use crate::protocol::reply::{self, Proto};
 use crate::protocol::request::{self, encode_command, Limits, Step};
+use crate::protocol::scan::Value;
 use crate::tier::redis::conn::{self, Handshake};
 use crate::tier::redis::Settings;
 use bytes::{Bytes, BytesMut};
-use redis_protocol::resp2::types::OwnedFrame as Frame2;
-use redis_protocol::resp3::types::OwnedFrame as Frame3;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -201,7 +200,7 @@ async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
             Err(e) => return End::Lost(protocol(&addr, e)),
         } {
             let bytes = buf.split_to(f.len);
-            if let Ok(Some((frame, _))) = redis_protocol::resp3::decode::complete::decode(&bytes) {
+            if let Some((frame, _)) = Value::parse(&bytes, Proto::Resp3) {
                 apply_tracking(tier, frame).await;
             }
         }
@@ -235,26 +234,26 @@ async fn take<'t>(
 }
 
 /// `>2 invalidate [key ...]`, or `>2 invalidate (null)` when Redis flushed everything.
-async fn apply_tracking(tier: &HotTier, frame: Frame3) {
-    let Frame3::Push { data, .. } = frame else {
+async fn apply_tracking(tier: &HotTier, frame: Value<'_>) {
+    if frame.bytes().first() != Some(&b'>') {
+        return;
+    }
+    let Some(mut it) = frame.items() else {
         return;
     };
-    let mut it = data.into_iter();
-    match it.next() {
-        Some(Frame3::BlobString { data, .. } | Frame3::SimpleString { data, .. })
-            if data == b"invalidate" => {}
-        _ => return,
+    if it.next().and_then(|v| v.string()) != Some(&b"invalidate"[..]) {
+        return;
     }
     match it.next() {
-        Some(Frame3::Array { data: keys, .. }) => {
-            for k in keys {
-                if let Frame3::BlobString { data, .. } | Frame3::SimpleString { data, .. } = k {
-                    tier.invalidate(&data, InvalidationSource::Tracking).await;
+        Some(v) if v.is_null() => tier.invalidate_all(InvalidationSource::Flush).await,
+        Some(v) => {
+            for k in v.items().into_iter().flatten() {
+                if let Some(key) = k.string() {
+                    tier.invalidate(key, InvalidationSource::Tracking).await;
                 }
             }
         }
-        Some(Frame3::Null) => tier.invalidate_all(InvalidationSource::Flush).await,
-        _ => {}
+        None => {}
     }
 }
 
@@ -292,15 +291,12 @@ async fn run_broadcast(tier: &HotTier, settings: &Settings, channel: &str, id: &
             Err(e) => return End::Lost(protocol(&addr, e)),
         } {
             let bytes = buf.split_to(f.len);
-            if let Ok(Some((Frame2::Array(items), _))) =
-                redis_protocol::resp2::decode::decode(&bytes)
-            {
-                if let [Frame2::BulkString(kind), _, Frame2::BulkString(payload)] = items.as_slice()
-                {
-                    if kind == b"message" {
-                        apply_broadcast(tier, payload, id).await;
-                    }
-                }
+            let message = Value::parse(&bytes, Proto::Resp2)
+                .and_then(|(v, _)| v.items())
+                .filter(|items| items.len() == 3)
+                .map(|items| items.map(|v| v.string()).collect::<Vec<_>>());
+            if let Some([Some(b"message"), _, Some(payload)]) = message.as_deref() {
+                apply_broadcast(tier, payload, id).await;
             }
         }
         drop(applying);

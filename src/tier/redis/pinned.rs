@@ -31,8 +31,9 @@ const STREAM_CAPACITY: usize = 256;
 
 enum Ctl {
     Begin(mpsc::Sender<Bytes>),
-    /// The replies the next request written will produce.
-    Expect(Expect),
+    /// The replies the next request written will produce, and whether it may block (no
+    /// deadline for its reply).
+    Expect(Expect, bool),
     /// Relay `bytes` once `after` requests are fully answered.
     Emit {
         after: u64,
@@ -77,7 +78,13 @@ impl Pinned {
         let stream = conn::open(&hs, &addr, settings.connect_timeout).await?;
         let (rd, wr) = stream.into_split();
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(relay(rd, ctl_rx, addr.clone(), hot));
+        let task = tokio::spawn(relay(
+            rd,
+            ctl_rx,
+            addr.clone(),
+            hot,
+            settings.command_timeout,
+        ));
         metrics.pinned_connections.inc();
         Ok(Self {
             wr,
@@ -97,9 +104,16 @@ impl Pinned {
     }
 
     /// Declares the replies of the next request; call once per request, before `send` writes it.
+    /// Its reply must come within the command timeout, as on shared connections.
     pub fn expect(&mut self, e: Expect) {
         self.sent += 1;
-        let _ = self.ctl.send(Ctl::Expect(e));
+        let _ = self.ctl.send(Ctl::Expect(e, false));
+    }
+
+    /// Like `expect`, for a request that may block (BLPOP, XREAD BLOCK, WAIT): no deadline.
+    pub fn expect_blocking(&mut self, e: Expect) {
+        self.sent += 1;
+        let _ = self.ctl.send(Ctl::Expect(e, true));
     }
 
     /// Writes requests, each already declared with `expect`.
@@ -162,6 +176,11 @@ struct Relay {
     stream: Option<mpsc::Sender<Bytes>>,
     /// Replies still owed, one entry per request not yet fully answered.
     owed: VecDeque<Expect>,
+    /// Numbers of owed requests that may block, in order.
+    blocking: VecDeque<u64>,
+    /// When the front request started waiting, or last saw a frame of its reply.
+    since: Option<tokio::time::Instant>,
+    timeout: std::time::Duration,
     /// Requests fully answered.
     completed: u64,
     channels: HashSet<Bytes>,
@@ -184,14 +203,35 @@ impl Relay {
 
     fn take(&mut self, c: Ctl) {
         match c {
-            Ctl::Expect(e) => {
-                self.owed.push_back(e);
-                self.retire_empty();
-            }
+            Ctl::Expect(e, blocking) => self.owe(e, blocking),
             Ctl::Invalidate { at, writes } => self.invalidations.push_back((at, writes)),
             Ctl::Begin(tx) if self.queue.is_empty() => self.stream = Some(tx),
             other => self.queue.push_back(other),
         }
+    }
+
+    fn owe(&mut self, e: Expect, blocking: bool) {
+        if self.owed.is_empty() {
+            self.since = Some(tokio::time::Instant::now());
+        }
+        if blocking {
+            self.blocking
+                .push_back(self.completed + self.owed.len() as u64 + 1);
+        }
+        self.owed.push_back(e);
+        self.retire_empty();
+    }
+
+    /// When the reply now awaited is overdue: `None` while nothing is owed or the front
+    /// request may block.
+    fn deadline(&mut self) -> Option<tokio::time::Instant> {
+        while self.blocking.front().is_some_and(|&n| n <= self.completed) {
+            self.blocking.pop_front();
+        }
+        if self.owed.is_empty() || self.blocking.front() == Some(&(self.completed + 1)) {
+            return None;
+        }
+        Some(self.since? + self.timeout)
     }
 
     /// Requests that owe no frames at all are answered as soon as they are first in line.
@@ -210,10 +250,13 @@ impl Relay {
         }
     }
 
-    /// Accounts for one frame from the upstream.
     /// Accounts for one frame from the upstream; returns whether the client gets it.
     fn account(&mut self, frame: &[u8]) -> bool {
-        let ps = reply::pubsub(frame);
+        // A RESP2 array that reads like a message is one only on a subscribed connection;
+        // otherwise it is a reply (an LRANGE of ["message", "c", "x"], say).
+        let subscribed = frame.first() == Some(&b'>')
+            || !(self.channels.is_empty() && self.patterns.is_empty() && self.shards.is_empty());
+        let ps = reply::pubsub(frame).filter(|p| subscribed || !matches!(p, PubSub::Message));
         if matches!(ps, Some(PubSub::Message)) || self.owed.is_empty() {
             // A message, an invalidation, MONITOR output: relayed, never a reply.
             return true;
@@ -275,6 +318,23 @@ impl Relay {
         }
     }
 
+    /// Answers every request still owed with an error (the connection is gone), keeping
+    /// replies of the proxy's own in their places.
+    async fn fail_owed(&mut self, err: &UpstreamError) {
+        self.drain_ctl();
+        let reply = crate::error::reply_bytes(&crate::error::ProxyError::PinnedLost(err.clone()));
+        while let Some(e) = self.owed.pop_front() {
+            self.completed += 1;
+            if e != Expect::Hidden {
+                if let Some(s) = &self.stream {
+                    let _ = s.send(reply.clone()).await;
+                }
+            }
+            self.settle().await;
+        }
+        self.settle().await;
+    }
+
     /// Applies every queued emit/release whose requests have all been answered.
     async fn settle(&mut self) {
         while let Some(front) = self.queue.front() {
@@ -292,7 +352,7 @@ impl Relay {
                 }
                 Some(Ctl::Release { .. }) => self.stream = None,
                 Some(Ctl::Begin(tx)) => self.stream = Some(tx),
-                Some(Ctl::Expect(e)) => self.owed.push_back(e),
+                Some(Ctl::Expect(e, blocking)) => self.owe(e, blocking),
                 Some(Ctl::Invalidate { at, writes }) => self.invalidations.push_back((at, writes)),
                 None => return,
             }
@@ -300,11 +360,14 @@ impl Relay {
     }
 }
 
+/// Relays until the connection fails; then every request still owed a reply gets an error
+/// reply, in order, so the client's replies stay matched to its requests.
 async fn relay(
-    mut rd: OwnedReadHalf,
+    rd: OwnedReadHalf,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     addr: Arc<str>,
     hot: Option<Arc<HotTier>>,
+    timeout: std::time::Duration,
 ) -> UpstreamError {
     let mut r = Relay {
         hot,
@@ -313,22 +376,36 @@ async fn relay(
         queue: VecDeque::new(),
         stream: None,
         owed: VecDeque::new(),
+        blocking: VecDeque::new(),
+        since: None,
+        timeout,
         completed: 0,
         channels: HashSet::new(),
         patterns: HashSet::new(),
         shards: HashSet::new(),
     };
+    let err = run(&mut r, rd, addr).await;
+    r.fail_owed(&err).await;
+    err
+}
+
+async fn run(r: &mut Relay, mut rd: OwnedReadHalf, addr: Arc<str>) -> UpstreamError {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
         r.settle().await;
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
+        let deadline = r.deadline();
         tokio::select! {
             c = r.ctl.recv() => match c {
                 Some(c) => r.take(c),
                 None => return UpstreamError::Closed { addr },
             },
+            // A reply that never comes fails the client, as on shared connections.
+            _ = sleep_until(deadline) => {
+                return UpstreamError::Timeout { addr, after: r.timeout };
+            }
             n = rd.read_buf(&mut buf) => {
                 match n {
                     Ok(0) => return UpstreamError::Closed { addr },
@@ -346,6 +423,7 @@ async fn relay(
                     }
                     r.settle().await;
                     let bytes = buf.split_to(f.len).freeze();
+                    r.since = Some(tokio::time::Instant::now());
                     let next = r.completed + 1;
                     r.invalidate_due(next).await;
                     if !r.account(&bytes) {
@@ -361,5 +439,12 @@ async fn relay(
                 }
             }
         }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
