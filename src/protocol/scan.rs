@@ -240,6 +240,26 @@ impl<'a> Value<'a> {
     }
 }
 
+/// An array reply without its last element (cacheside's own command queued at the end of a
+/// transaction); `None` if `frame` is not a non-empty array.
+pub fn without_last(frame: &[u8]) -> Option<Vec<u8>> {
+    if frame.first() != Some(&b'*') {
+        return None;
+    }
+    let (v, _) = Value::parse(frame, Proto::Resp3)?;
+    let mut items = v.items()?;
+    let n = items.len();
+    let mut last = None;
+    while let Some(r) = items.next_range() {
+        last = Some(r.start);
+    }
+    let header_end = memchr::memchr(b'\n', frame)? + 1;
+    let cut = last?;
+    let mut out = format!("*{}\r\n", n - 1).into_bytes();
+    out.extend_from_slice(frame.get(header_end..cut)?);
+    Some(out)
+}
+
 /// The elements of an aggregate, each read with [`Value`].
 #[derive(Debug, Clone)]
 pub struct Items<'a> {

@@ -106,9 +106,13 @@ pub async fn read(
         _ => return Outcome::Skip,
     };
     let rule = tier.and_then(|t| t.rule(&key).cloned());
+    // The fence comes before the lookup: once it finds nothing pending, every invalidation
+    // that reached this sidecar before the request was sent is applied, so what the lookup
+    // finds is not older than it. (Checked after, an invalidation applied between the two
+    // would let the value it removed be served.)
     if let (Some(t), Some(_)) = (tier, &rule) {
-        if let Some(hit) = t.get(&key, &view).await {
-            if !fence.pending(t) {
+        if !fence.pending(t) {
+            if let Some(hit) = t.get(&key, &view).await {
                 return Outcome::Hit(hit.render(proto));
             }
         }
@@ -175,11 +179,15 @@ async fn mget(
     if (1..=n).all(|i| !cacheable(req.arg(i)) && !mapped(req.arg(i))) {
         return Outcome::Skip;
     }
+    // As for one key: the fence before the lookups; with invalidations pending, every key
+    // is read upstream.
+    let lookups =
+        !((1..=n).any(|i| cacheable(req.arg(i))) && tier.is_some_and(|t| fence.pending(t)));
     let mut parts = Vec::with_capacity(n);
     let mut misses: Vec<Bytes> = Vec::new();
     for i in 1..=n {
         let key = req.arg_bytes(i);
-        if let (Some(t), true) = (tier, cacheable(&key)) {
+        if let (Some(t), true, true) = (tier, lookups, cacheable(&key)) {
             if let Some(hit) = t.get(&key, &View::Get).await {
                 parts.push(Part::Hit(hit));
                 continue;
@@ -187,9 +195,6 @@ async fn mget(
         }
         parts.push(Part::Miss(misses.len()));
         misses.push(key);
-    }
-    if parts.iter().any(|p| matches!(p, Part::Hit(_))) && tier.is_some_and(|t| fence.pending(t)) {
-        return Outcome::Skip;
     }
     if misses.is_empty() {
         let mut out = BytesMut::new();

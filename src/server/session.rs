@@ -371,7 +371,31 @@ impl Session {
                     }
                     (inv.into_iter().collect(), cleanup)
                 };
+                let replying = self.st.reply_mode == crate::router::ReplyMode::On;
                 let expect = self.st.note_pinned(info, &req);
+                let replying = replying && self.st.reply_mode == crate::router::ReplyMode::On;
+                // Broadcast coherence: the PUBLISH runs with the write, on this connection, so
+                // other sidecars have the invalidation before the client sees the reply: queued
+                // last in the transaction (its element is cut from EXEC's reply), or sent right
+                // after a write outside one.
+                let publish = self
+                    .ctx
+                    .router
+                    .hot()
+                    .filter(|_| replying && !writes.is_empty())
+                    .and_then(|hot| {
+                        let keys: Vec<Bytes> =
+                            writes.iter().flat_map(|w| w.keys().to_vec()).collect();
+                        hot.broadcast_command(&keys, writes.iter().any(|w| w.flush()))
+                    });
+                let exec = info.name == "EXEC";
+                if let (true, Some(cmd)) = (exec, &publish) {
+                    self.flush_run(chunk).await?;
+                    if let Some(p) = &mut self.pinned {
+                        p.expect(crate::protocol::reply::Expect::Hidden);
+                    }
+                    self.send_to(Dest::Pinned, cmd.clone(), 1, None).await?;
+                }
                 if let Decision::PinnedRewrite(_) = decision {
                     self.flush_run(chunk).await?;
                 }
@@ -381,8 +405,11 @@ impl Session {
                         Route::Pin(Pin::Blocking | Pin::MaybeBlocking) => p.expect_blocking(expect),
                         _ => p.expect(expect),
                     }
+                    if exec && publish.is_some() {
+                        p.trim_last();
+                    }
                     if !writes.is_empty() {
-                        p.invalidate_on_reply(writes);
+                        p.invalidate_on_reply(writes, publish.is_none());
                     }
                 }
                 match decision {
@@ -390,6 +417,9 @@ impl Session {
                         self.send_to(Dest::Pinned, bytes, 1, None).await?
                     }
                     _ => self.push_run(Dest::Pinned, chunk, span, &req, None).await?,
+                }
+                if let (false, Some(cmd)) = (exec, publish) {
+                    self.flush_run_then(chunk, cmd).await?;
                 }
                 // With CLIENT REPLY OFF the upstream would not answer them either: skipped.
                 if !cleanup.is_empty() && self.st.reply_mode == crate::router::ReplyMode::On {
@@ -561,6 +591,21 @@ impl Session {
             }
             None => Ok(()),
         }
+    }
+
+    /// Sends the current (pinned) run with a command of cacheside's own after it, in one write.
+    async fn flush_run_then(&mut self, chunk: &Bytes, cmd: Bytes) -> Result<(), Stop> {
+        let head = match self.run.take() {
+            Some(run) => chunk.slice(run.span),
+            None => Bytes::new(),
+        };
+        if let Some(p) = &mut self.pinned {
+            p.expect(crate::protocol::reply::Expect::Hidden);
+        }
+        let mut joined = BytesMut::with_capacity(head.len() + cmd.len());
+        joined.extend_from_slice(&head);
+        joined.extend_from_slice(&cmd);
+        self.send_to(Dest::Pinned, joined.freeze(), 0, None).await
     }
 
     async fn send_to(

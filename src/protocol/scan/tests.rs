@@ -125,6 +125,21 @@ fn typed_views_read_values_and_refuse_other_types() {
     assert!(Value::parse(b"?", Proto::Resp2).is_none());
 }
 
+#[test]
+fn the_last_element_of_an_array_can_be_dropped() {
+    assert_eq!(
+        without_last(b"*3\r\n+OK\r\n*1\r\n:1\r\n:2\r\n").as_deref(),
+        Some(&b"*2\r\n+OK\r\n*1\r\n:1\r\n"[..])
+    );
+    assert_eq!(
+        without_last(b"*1\r\n:2\r\n").as_deref(),
+        Some(&b"*0\r\n"[..])
+    );
+    assert_eq!(without_last(b"*-1\r\n"), None);
+    assert_eq!(without_last(b"*0\r\n"), None);
+    assert_eq!(without_last(b"-EXECABORT x\r\n"), None);
+}
+
 /// Shallow replies of either protocol, for comparison with redis-protocol's decoder.
 fn reply(resp3: bool) -> impl Strategy<Value = Vec<u8>> {
     let leaf = prop_oneof![

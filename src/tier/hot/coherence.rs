@@ -204,11 +204,31 @@ async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
                 apply_tracking(tier, frame).await;
             }
         }
-        drop(applying);
-        applying = match take(&mut stream, &mut buf, tier, &addr).await {
+        applying = match next(applying, &mut stream, &mut buf, tier, &addr).await {
             Ok(guard) => guard,
             Err(end) => return end,
         };
+    }
+}
+
+/// Reads more after the complete frames in `buf` were applied. A partial frame left in `buf`
+/// is an invalidation already off the socket: the lock stays held (hits wait) until the rest
+/// of it arrives.
+async fn next<'t>(
+    applying: tokio::sync::MutexGuard<'t, ()>,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    tier: &'t HotTier,
+    addr: &Arc<str>,
+) -> Result<tokio::sync::MutexGuard<'t, ()>, End> {
+    if buf.is_empty() {
+        drop(applying);
+        return take(stream, buf, tier, addr).await;
+    }
+    match stream.read_buf(buf).await {
+        Ok(0) => Err(End::Lost(UpstreamError::Closed { addr: addr.clone() })),
+        Ok(_) => Ok(applying),
+        Err(e) => Err(lost(addr, e)),
     }
 }
 
@@ -299,8 +319,7 @@ async fn run_broadcast(tier: &HotTier, settings: &Settings, channel: &str, id: &
                 apply_broadcast(tier, payload, id).await;
             }
         }
-        drop(applying);
-        applying = match take(&mut stream, &mut buf, tier, &addr).await {
+        applying = match next(applying, &mut stream, &mut buf, tier, &addr).await {
             Ok(guard) => guard,
             Err(end) => return end,
         };

@@ -43,10 +43,17 @@ enum Ctl {
     Release {
         after: u64,
     },
-    /// Evict these keys from the hot tier before relaying the reply to request number `at`.
+    /// Evict these keys from the hot tier before relaying the reply to request number `at`
+    /// (and announce them then, with `announce`, when no PUBLISH of cacheside's own went with
+    /// the write).
     Invalidate {
         at: u64,
         writes: Vec<WriteGuard>,
+        announce: bool,
+    },
+    /// The reply to request number `at` (EXEC) ends with an element of cacheside's own.
+    Trim {
+        at: u64,
     },
 }
 
@@ -128,12 +135,20 @@ impl Pinned {
     }
 
     /// Evicts what the last declared request writes, just before its reply is relayed (so a
-    /// fill that raced it is not kept).
-    pub fn invalidate_on_reply(&mut self, writes: Vec<WriteGuard>) {
+    /// fill that raced it is not kept). With `announce`, broadcast coherence's PUBLISH is
+    /// sent then, without waiting: used only when none could go with the write itself.
+    pub fn invalidate_on_reply(&mut self, writes: Vec<WriteGuard>, announce: bool) {
         let _ = self.ctl.send(Ctl::Invalidate {
             at: self.sent,
             writes,
+            announce,
         });
+    }
+
+    /// The reply to the last declared request (an EXEC) is relayed without its last element,
+    /// the reply to a command of cacheside's own queued in the transaction.
+    pub fn trim_last(&mut self) {
+        let _ = self.ctl.send(Ctl::Trim { at: self.sent });
     }
 
     /// Queues a reply of the proxy's own, after the replies to everything sent so far.
@@ -169,8 +184,10 @@ impl Drop for Pinned {
 
 struct Relay {
     hot: Option<Arc<HotTier>>,
-    /// Invalidations by the request number whose reply they precede.
-    invalidations: VecDeque<(u64, Vec<WriteGuard>)>,
+    /// Invalidations by the request number whose reply they precede (and whether to announce).
+    invalidations: VecDeque<(u64, Vec<WriteGuard>, bool)>,
+    /// Requests whose reply drops its last element.
+    trims: VecDeque<u64>,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     queue: VecDeque<Ctl>,
     stream: Option<mpsc::Sender<Bytes>>,
@@ -204,7 +221,12 @@ impl Relay {
     fn take(&mut self, c: Ctl) {
         match c {
             Ctl::Expect(e, blocking) => self.owe(e, blocking),
-            Ctl::Invalidate { at, writes } => self.invalidations.push_back((at, writes)),
+            Ctl::Invalidate {
+                at,
+                writes,
+                announce,
+            } => self.invalidations.push_back((at, writes, announce)),
+            Ctl::Trim { at } => self.trims.push_back(at),
             Ctl::Begin(tx) if self.queue.is_empty() => self.stream = Some(tx),
             other => self.queue.push_back(other),
         }
@@ -304,18 +326,31 @@ impl Relay {
         while self
             .invalidations
             .front()
-            .is_some_and(|(at, _)| *at <= next)
+            .is_some_and(|(at, _, _)| *at <= next)
         {
-            let Some((_, writes)) = self.invalidations.pop_front() else {
+            let Some((_, writes, announce)) = self.invalidations.pop_front() else {
                 break;
             };
-            if let Some(hot) = &self.hot {
+            if let (Some(hot), true) = (&self.hot, announce) {
                 hot.announce_pinned_writes(&writes);
             }
             for w in writes {
                 w.complete().await;
             }
         }
+    }
+
+    /// The reply to request `next`, without cacheside's own last element if it has one (once
+    /// the frame just accounted completed that request).
+    fn trimmed(&mut self, next: u64, bytes: Bytes) -> Bytes {
+        while self.trims.front().is_some_and(|&at| at < next) {
+            self.trims.pop_front();
+        }
+        if self.completed < next || self.trims.front() != Some(&next) {
+            return bytes;
+        }
+        self.trims.pop_front();
+        crate::protocol::scan::without_last(&bytes).map_or(bytes, Bytes::from)
     }
 
     /// Answers every request still owed with an error (the connection is gone), keeping
@@ -353,7 +388,12 @@ impl Relay {
                 Some(Ctl::Release { .. }) => self.stream = None,
                 Some(Ctl::Begin(tx)) => self.stream = Some(tx),
                 Some(Ctl::Expect(e, blocking)) => self.owe(e, blocking),
-                Some(Ctl::Invalidate { at, writes }) => self.invalidations.push_back((at, writes)),
+                Some(Ctl::Invalidate {
+                    at,
+                    writes,
+                    announce,
+                }) => self.invalidations.push_back((at, writes, announce)),
+                Some(Ctl::Trim { at }) => self.trims.push_back(at),
                 None => return,
             }
         }
@@ -372,6 +412,7 @@ async fn relay(
     let mut r = Relay {
         hot,
         invalidations: VecDeque::new(),
+        trims: VecDeque::new(),
         ctl,
         queue: VecDeque::new(),
         stream: None,
@@ -429,6 +470,7 @@ async fn run(r: &mut Relay, mut rd: OwnedReadHalf, addr: Arc<str>) -> UpstreamEr
                     if !r.account(&bytes) {
                         continue;
                     }
+                    let bytes = r.trimmed(next, bytes);
                     let Some(stream) = &r.stream else {
                         return UpstreamError::Protocol { addr, detail: "reply with no request waiting for it".into() };
                     };
