@@ -139,6 +139,9 @@ pub async fn serve(
                         tracing::warn!(mapping, error = %e, "mapping not prepared yet; it will be on first use")
                     }
                 }
+                if let Some(tier) = router.hot().cloned() {
+                    loader.on_unfilled(move |key| tier.forget(key));
+                }
                 router = router.with_loader(Arc::new(loader));
             }
             Err(e) => {

@@ -114,6 +114,8 @@ pub struct Loader {
     upstream: Option<Arc<Upstream>>,
     inflight: Mutex<HashMap<Bytes, Flight>>,
     lease: Duration,
+    /// Called with keys whose loaded value Redis did not take (see `on_unfilled`).
+    unfilled: std::sync::OnceLock<UnfilledHook>,
 }
 
 fn prefixed(prefix: &[u8], key: &[u8]) -> Bytes {
@@ -172,6 +174,21 @@ impl Loader {
             upstream,
             inflight: Mutex::new(HashMap::new()),
             lease,
+            unfilled: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// What to call with a key whose loaded value did not become Redis's (its fill lost the
+    /// lease, failed, or Redis was not used): the hot tier forgets it, so a load that raced a
+    /// write is never served after that write, even where the write produced no invalidation
+    /// (a DEL of a key Redis did not hold).
+    pub fn on_unfilled(&self, f: impl Fn(&[u8]) + Send + Sync + 'static) {
+        let _ = self.unfilled.set(Box::new(f));
+    }
+
+    fn forget(&self, key: &[u8]) {
+        if let Some(f) = self.unfilled.get() {
+            f(key);
         }
     }
 
@@ -324,6 +341,7 @@ impl Loader {
                         .and_then(|t| t.first().cloned())
                         .unwrap_or(Type::TEXT);
                     let mut fills = Vec::new();
+                    let mut filled_keys = Vec::new();
                     for ((i, param), _) in &mine {
                         // Rows are matched to keys by value (the column as Postgres renders it,
                         // converted back), so "042" and "42" of an int key are the same key.
@@ -341,23 +359,23 @@ impl Loader {
                             });
                         if let Ok(l) = &loaded {
                             fills.push(self.fill_command(m, &items[*i].0, &token, l));
+                            filled_keys.push(&items[*i].0);
                         }
                         results[*i] = Some(loaded);
                     }
                     let n = fills.len() as u32;
-                    match call(upstream, Bytes::from(fills.concat()), n).await {
-                        Ok(replies) => {
-                            for r in replies {
-                                if r.starts_with(b":1") {
-                                    m.metrics.fills.inc();
-                                } else if r.starts_with(b":0") {
-                                    m.metrics.fills_skipped_raced.inc();
-                                } else {
-                                    m.metrics.fills_skipped_error.inc();
-                                }
-                            }
+                    let replies = call(upstream, Bytes::from(fills.concat()), n)
+                        .await
+                        .unwrap_or_default();
+                    for (i, key) in filled_keys.into_iter().enumerate() {
+                        match replies.get(i).and_then(|r| integer(r)) {
+                            Some(1) => m.metrics.fills.inc(),
+                            Some(0) => m.metrics.fills_skipped_raced.inc(),
+                            _ => m.metrics.fills_skipped_error.inc(),
                         }
-                        Err(_) => m.metrics.fills_skipped_error.inc_by(u64::from(n)),
+                        if replies.get(i).and_then(|r| integer(r)) != Some(1) {
+                            self.forget(key);
+                        }
                     }
                 }
             }
@@ -461,10 +479,18 @@ impl Loader {
             }
         };
         if let Some(tx) = leader {
-            // Removes the flight even if this future is dropped mid-load (its client left).
-            let _flight = FlightGuard { loader: self, key };
-            let result = self.lead(m, key, captures, upstream_down).await;
-            let _ = tx.send(Some(result.clone()));
+            let (result, kept) = {
+                // Removes the flight even if this future is dropped mid-load (its client left).
+                let _flight = FlightGuard { loader: self, key };
+                let (result, kept) = split_kept(self.lead(m, key, captures, upstream_down).await);
+                let _ = tx.send(Some(result.clone()));
+                (result, kept)
+            };
+            // After the flight is gone, so every read that shares this value took its stamp
+            // before: none of them can keep it.
+            if !kept {
+                self.forget(key);
+            }
             return result;
         }
         m.metrics.coalesced.inc();
@@ -475,22 +501,28 @@ impl Loader {
             }
             if rx.changed().await.is_err() {
                 // The leader was dropped mid-load (its client left): load ourselves.
-                return self.lead(m, key, captures, upstream_down).await;
+                let (result, kept) = split_kept(self.lead(m, key, captures, upstream_down).await);
+                if !kept {
+                    self.forget(key);
+                }
+                return result;
             }
         }
     }
 
+    /// Loads as the leader; with the value, whether it is Redis's (found there, or filled by
+    /// us under our lease).
     async fn lead(
         &self,
         m: &Arc<Mapping>,
         key: &Bytes,
         captures: &[Bytes],
         upstream_down: bool,
-    ) -> Result<Loaded, LoadError> {
+    ) -> Result<(Loaded, bool), LoadError> {
         let params = self.params(m, captures).await?;
         let Some(upstream) = self.upstream.as_ref().filter(|_| !upstream_down) else {
             m.metrics.degraded.inc();
-            return self.query(m, &params).await;
+            return Ok((self.query(m, &params).await?, false));
         };
         let token = new_token();
         // The key is read again right after the lease is taken: holding a free lease means any
@@ -500,7 +532,7 @@ impl Loader {
         match call(upstream, Bytes::from(acquire), 3).await {
             Err(_) => {
                 m.metrics.degraded.inc();
-                self.query(m, &params).await
+                Ok((self.query(m, &params).await?, false))
             }
             Ok(r) if r[0].starts_with(b"+OK") => {
                 let filled = from_reply(&r[1])
@@ -511,19 +543,19 @@ impl Loader {
                     if found == Loaded::NotFound {
                         m.metrics.negative_hits.inc();
                     }
-                    return Ok(found);
+                    return Ok((found, true));
                 }
                 let loaded = self.query(m, &params).await?;
-                self.fill(upstream, m, key, &token, &loaded).await;
-                Ok(loaded)
+                let kept = self.fill(upstream, m, key, &token, &loaded).await;
+                Ok((loaded, kept))
             }
             Ok(_) => {
                 m.metrics.lease_waits.inc();
                 match self.await_fill(upstream, m, key).await {
-                    Some(found) => Ok(found),
+                    Some(found) => Ok((found, true)),
                     // The holder did not fill in time (or a write removed its lease): query,
                     // without filling, since the lease is not ours.
-                    None => self.query(m, &params).await,
+                    None => Ok((self.query(m, &params).await?, false)),
                 }
             }
         }
@@ -578,7 +610,7 @@ impl Loader {
     }
 
     /// Writes the loaded value to Redis if our lease still holds; a failure (e.g. maxmemory)
-    /// only skips the fill: the value is still returned.
+    /// only skips the fill: the value is still returned. Whether Redis took it.
     async fn fill(
         &self,
         upstream: &Upstream,
@@ -586,12 +618,15 @@ impl Loader {
         key: &Bytes,
         token: &Bytes,
         loaded: &Loaded,
-    ) {
-        match call(upstream, self.fill_command(m, key, token, loaded), 1).await {
-            Ok(r) if r[0].starts_with(b":1") => m.metrics.fills.inc(),
-            Ok(r) if r[0].starts_with(b":0") => m.metrics.fills_skipped_raced.inc(),
+    ) -> bool {
+        let reply = call(upstream, self.fill_command(m, key, token, loaded), 1).await;
+        let filled = reply.as_ref().ok().and_then(|r| integer(&r[0]));
+        match filled {
+            Some(1) => m.metrics.fills.inc(),
+            Some(0) => m.metrics.fills_skipped_raced.inc(),
             _ => m.metrics.fills_skipped_error.inc(),
         }
+        filled == Some(1)
     }
 
     /// The compare-and-set fill of one loaded key (see FILL_SCRIPT).
@@ -674,6 +709,21 @@ impl Loader {
         }
         None
     }
+}
+
+type UnfilledHook = Box<dyn Fn(&[u8]) + Send + Sync>;
+
+/// A load's result and whether its value is Redis's (errors have no value to keep).
+fn split_kept(r: Result<(Loaded, bool), LoadError>) -> (Result<Loaded, LoadError>, bool) {
+    match r {
+        Ok((loaded, kept)) => (Ok(loaded), kept),
+        Err(e) => (Err(e), true),
+    }
+}
+
+/// An integer reply's value.
+fn integer(b: &[u8]) -> Option<i64> {
+    Value::parse(b, Proto::Resp2)?.0.integer()
 }
 
 /// A fresh lease token.

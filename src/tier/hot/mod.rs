@@ -427,6 +427,12 @@ impl HotTier {
         &self.applying
     }
 
+    /// Fails every fill of `key` stamped before now: its value was loaded but never became
+    /// Redis's, so no invalidation will follow a write that races it.
+    pub fn forget(&self, key: &[u8]) {
+        self.stripe(key).epoch.fetch_add(1, SeqCst);
+    }
+
     /// Taken when a fill's read is sent upstream.
     pub fn stamp(&self, key: &[u8]) -> Stamp {
         Stamp {
