@@ -2,6 +2,7 @@
 //! by cacheside itself (connection state lives in the proxy), on a shared upstream connection,
 //! or on the client's pinned connection; and track the state that pinning depends on.
 
+pub mod clients;
 pub mod fill;
 mod local;
 
@@ -32,6 +33,8 @@ pub struct ClientState {
     pub watching: bool,
     /// Pub/sub, MONITOR, CLIENT TRACKING/REPLY/NO-EVICT/NO-TOUCH: pinned for good.
     pub sticky: bool,
+    /// Has subscribed (CLIENT LIST shows it as a pub/sub client).
+    pub subscribed: bool,
     pub reply_mode: ReplyMode,
     /// The pending-invalidation check for the current read from the client.
     pub fence: fill::Fence,
@@ -56,6 +59,7 @@ impl ClientState {
             in_multi: false,
             watching: false,
             sticky: false,
+            subscribed: false,
             reply_mode: ReplyMode::On,
             fence: fill::Fence::default(),
         }
@@ -94,7 +98,11 @@ impl ClientState {
         match info.route {
             Route::Pin(Pin::Multi) => self.in_multi = true,
             Route::Pin(Pin::Watch) if !self.in_multi => self.watching = true,
-            Route::Pin(Pin::Subscribe | Pin::Monitor) => self.sticky = true,
+            Route::Pin(Pin::Subscribe) => {
+                self.sticky = true;
+                self.subscribed = true;
+            }
+            Route::Pin(Pin::Monitor) => self.sticky = true,
             // Queued in a transaction, SELECT takes effect only if EXEC runs it: the client's db
             // is then known only to its pinned connection, which it keeps.
             Route::Local(Local::Select) if self.in_multi => self.sticky = true,
@@ -159,6 +167,14 @@ fn parse_db(b: &[u8]) -> Option<u32> {
 
 /// CLIENT subcommands that change per-connection server state and so must not run on a shared
 /// connection.
+/// CLIENT subcommands that answer about, or act on, the server's clients: cacheside answers
+/// them itself (a shared upstream connection must never be listed or killed for a client).
+fn introspection(req: &Request) -> bool {
+    req.arg_is(1, "LIST")
+        || (req.arg_is(1, "INFO") && req.argc() == 2)
+        || (req.arg_is(1, "KILL") && req.argc() >= 3)
+}
+
 fn client_sub_is_sticky(req: &Request) -> bool {
     ["TRACKING", "CACHING", "NO-EVICT", "NO-TOUCH", "REPLY"]
         .iter()
@@ -205,6 +221,8 @@ pub struct Router {
     store: Option<Arc<Store>>,
     /// Read-through mappings, when `[[mapping]]`s are configured.
     loader: Option<Arc<Loader>>,
+    /// The connected clients, for CLIENT LIST/INFO/KILL.
+    clients: Arc<clients::Registry>,
 }
 
 impl Router {
@@ -215,7 +233,13 @@ impl Router {
             hot,
             store: None,
             loader: None,
+            clients: Arc::default(),
         }
+    }
+
+    /// The connected clients.
+    pub fn clients(&self) -> &Arc<clients::Registry> {
+        &self.clients
     }
 
     /// Read-through: misses of mapped keys are loaded from PostgreSQL.
@@ -342,6 +366,14 @@ impl Router {
             Route::Local(Local::Quit) => Decision::Quit,
             Route::Local(Local::Reset) => Decision::Reset,
             Route::Local(Local::Hello) => local::hello(self.auth.as_ref(), st, req, pinned),
+            Route::Local(Local::Client)
+                if req.arg_is(1, "TRACKING") && !(pinned && st.in_multi) =>
+            {
+                self.clients.redirect(req)
+            }
+            Route::Local(Local::Client) if pinned && !st.in_multi && introspection(req) => {
+                self.introspect(st, req)
+            }
             _ if pinned => match info.route {
                 Route::Local(Local::Select)
                     if parse_db(req.arg(1)).is_none() && req.argc() == 2 =>
@@ -366,6 +398,7 @@ impl Router {
                 Some(d) => d,
                 None => self.upstream_or_fail(Decision::Pinned, req),
             },
+            Route::Local(Local::Client) if introspection(req) => self.introspect(st, req),
             Route::Local(Local::Client) => match local::client(st, req) {
                 Some(d) => d,
                 None if client_sub_is_sticky(req) => self.upstream_or_fail(Decision::Pinned, req),
@@ -384,6 +417,17 @@ impl Router {
             }
             Route::Pin(_) => self.upstream_or_fail(Decision::Pinned, req),
             Route::Forward => self.upstream_or_fail(Decision::Forward, req),
+        }
+    }
+
+    /// CLIENT LIST, INFO and KILL (see [`introspection`]), about cacheside's own clients.
+    fn introspect(&self, st: &ClientState, req: &Request) -> Decision {
+        if req.arg_is(1, "LIST") {
+            self.clients.list(st, req)
+        } else if req.arg_is(1, "INFO") {
+            self.clients.info(st)
+        } else {
+            self.clients.kill(st, req)
         }
     }
 
@@ -453,8 +497,13 @@ mod tests {
             route(&r, &mut st, &["CLIENT", "TRACKING", "on"], false),
             Decision::Pinned
         ));
+        // cacheside is the server its clients see: it lists its own clients.
         assert!(matches!(
             route(&r, &mut st, &["CLIENT", "LIST"], false),
+            Decision::Reply(_)
+        ));
+        assert!(matches!(
+            route(&r, &mut st, &["CLIENT", "PAUSE", "10"], false),
             Decision::Forward
         ));
         assert!(matches!(

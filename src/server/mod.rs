@@ -132,10 +132,13 @@ async fn run_client(
     ctx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    use std::os::fd::AsRawFd;
+    let local = socket.local_addr().unwrap_or(peer);
+    let fd = socket.as_raw_fd();
     let (rd, wr) = socket.into_split();
     let (out_tx, out_rx) = mpsc::channel(ctx.max_pending_replies);
     let writer = tokio::spawn(writer::run(wr, out_rx, ctx.clone()));
-    let mut s = session::Session::new(ctx, rd, out_tx);
+    let mut s = session::Session::new(ctx, rd, out_tx, (peer, local, fd));
     tracing::debug!(client = s.client_id(), %peer, "client connected");
     let stop = s.serve(&mut shutdown).await;
     if !stop.graceful {

@@ -13,6 +13,7 @@ use crate::metrics::Outcome;
 use crate::protocol::reply::{self, Proto};
 use crate::protocol::request::{self, Parsed, Step};
 use crate::protocol::Request;
+use crate::router::clients::Registration;
 use crate::router::{ClientState, Decision, Invalidation};
 use crate::tier::redis::Pinned;
 use bytes::{Bytes, BytesMut};
@@ -79,13 +80,27 @@ pub(super) struct Session {
     /// A wait (`barrier`) read more of the client's bytes into `buf`: they must be parsed
     /// before waiting for the client again, which may have nothing more to send.
     read_ahead: bool,
+    /// This client in the registry CLIENT LIST/KILL read.
+    me: Registration,
+    /// The last command handled, for CLIENT LIST's `cmd`.
+    last_cmd: &'static str,
 }
 
 impl Session {
-    pub(super) fn new(ctx: Arc<Ctx>, rd: OwnedReadHalf, out: mpsc::Sender<Out>) -> Self {
+    pub(super) fn new(
+        ctx: Arc<Ctx>,
+        rd: OwnedReadHalf,
+        out: mpsc::Sender<Out>,
+        peer: (std::net::SocketAddr, std::net::SocketAddr, i32),
+    ) -> Self {
         let id = ctx.next_client_id();
         let default_db = ctx.upstream.as_ref().map_or(0, |u| u.settings().url.db);
         let st = ClientState::new(id, default_db, ctx.router.needs_auth());
+        let (addr, laddr, fd) = peer;
+        let me = ctx
+            .router
+            .clients()
+            .register(id, addr, laddr, fd, default_db);
         Self {
             ctx,
             st,
@@ -103,6 +118,8 @@ impl Session {
             multi_writes: Vec::new(),
             multi_cleanup: Vec::new(),
             read_ahead: false,
+            me,
+            last_cmd: "",
         }
     }
 
@@ -143,12 +160,15 @@ impl Session {
             if self.buf.capacity() - self.buf.len() < want / 2 {
                 self.buf.reserve(want);
             }
+            let me = self.me.client.clone();
             tokio::select! {
                 biased;
                 _ = shutdown.changed(), if !draining => {
                     draining = true;
                     continue;
                 }
+                // CLIENT KILL picked this client: closed as Redis closes it.
+                _ = me.killed() => return Stop { graceful: false },
                 lost = pinned_lost(&mut self.pinned) => {
                     if self.pinned_active || self.release_pending {
                         return self.fail_and_close(ProxyError::PinnedLost(lost)).await;
@@ -223,6 +243,16 @@ impl Session {
             }
         }
         self.parsed = parsed;
+        let (st, cmd) = (&self.st, self.last_cmd);
+        self.me.client.show(|s| {
+            s.name.clone_from(&st.name);
+            s.db = st.db;
+            s.multi = st.in_multi;
+            s.pubsub = st.subscribed;
+            s.resp = st.proto.number();
+            s.cmd = cmd;
+            s.last = Instant::now().into_std();
+        });
         if result.is_ok() {
             if let Err(stop) = self.flush_run(&chunk).await {
                 result = Err(stop);
@@ -251,6 +281,7 @@ impl Session {
             .router
             .route(&mut self.st, &req, self.pinned_active)
             .await;
+        self.last_cmd = info.name;
         match decision {
             Decision::Forward => {
                 self.ctx.metrics.command(info.family, Outcome::Forwarded);
@@ -527,6 +558,8 @@ impl Session {
                     .await?,
             );
             self.pinned_proto = self.st.proto;
+            let upstream_id = self.pinned.as_ref().and_then(|p| p.upstream_id());
+            self.me.client.set_upstream_id(upstream_id);
         }
         let frames = self
             .pinned

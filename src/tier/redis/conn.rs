@@ -5,6 +5,7 @@ use crate::config::UpstreamUrl;
 use crate::error::UpstreamError;
 use crate::protocol::reply::{self, Proto, ReplyKind};
 use crate::protocol::request::encode_command;
+use crate::protocol::scan::Value;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,18 @@ pub async fn open(
     addr: &Arc<str>,
     timeout: Duration,
 ) -> Result<TcpStream, UpstreamError> {
-    match tokio::time::timeout(timeout, open_inner(hs, addr)).await {
+    open_with_id(hs, addr, timeout, false).await.map(|(s, _)| s)
+}
+
+/// Like `open`; with `ask_id`, the handshake ends with `CLIENT ID`, and its answer (the
+/// connection's id upstream) is returned too.
+pub async fn open_with_id(
+    hs: &Handshake<'_>,
+    addr: &Arc<str>,
+    timeout: Duration,
+    ask_id: bool,
+) -> Result<(TcpStream, Option<i64>), UpstreamError> {
+    match tokio::time::timeout(timeout, open_inner(hs, addr, ask_id)).await {
         Ok(r) => r,
         Err(_) => Err(UpstreamError::Unavailable {
             addr: addr.clone(),
@@ -34,7 +46,11 @@ pub async fn open(
     }
 }
 
-async fn open_inner(hs: &Handshake<'_>, addr: &Arc<str>) -> Result<TcpStream, UpstreamError> {
+async fn open_inner(
+    hs: &Handshake<'_>,
+    addr: &Arc<str>,
+    ask_id: bool,
+) -> Result<(TcpStream, Option<i64>), UpstreamError> {
     let mut stream =
         TcpStream::connect(addr.as_ref())
             .await
@@ -43,9 +59,12 @@ async fn open_inner(hs: &Handshake<'_>, addr: &Arc<str>) -> Result<TcpStream, Up
                 detail: e.to_string().into(),
             })?;
     stream.set_nodelay(true).ok();
-    let commands = handshake_commands(hs);
+    let mut commands = handshake_commands(hs);
+    if ask_id {
+        commands.push(encode_command(&["CLIENT", "ID"]));
+    }
     if commands.is_empty() {
-        return Ok(stream);
+        return Ok((stream, None));
     }
     let mut out = BytesMut::new();
     for c in &commands {
@@ -58,6 +77,7 @@ async fn open_inner(hs: &Handshake<'_>, addr: &Arc<str>) -> Result<TcpStream, Up
     stream.write_all(&out).await.map_err(io_err)?;
     let mut buf = BytesMut::with_capacity(1024);
     let mut answered = 0;
+    let mut last = None;
     while answered < commands.len() {
         if stream.read_buf(&mut buf).await.map_err(io_err)? == 0 {
             return Err(UpstreamError::Closed { addr: addr.clone() });
@@ -73,13 +93,14 @@ async fn open_inner(hs: &Handshake<'_>, addr: &Arc<str>) -> Result<TcpStream, Up
                     detail: String::from_utf8_lossy(text).into_owned().into(),
                 });
             }
-            let _ = buf.split_to(f.len);
+            let frame = buf.split_to(f.len);
             if f.kind != ReplyKind::Push {
                 answered += 1;
+                last = Value::parse(&frame, hs.proto).and_then(|(v, _)| v.integer());
             }
         }
     }
-    Ok(stream)
+    Ok((stream, last.filter(|_| ask_id)))
 }
 
 fn handshake_commands(hs: &Handshake<'_>) -> Vec<Bytes> {

@@ -65,6 +65,7 @@ pub struct Pinned {
     /// Requests written so far.
     sent: u64,
     metrics: Arc<Metrics>,
+    upstream_id: Option<i64>,
 }
 
 impl Pinned {
@@ -82,7 +83,8 @@ impl Pinned {
             db: settings.url.db,
             client_name,
         };
-        let stream = conn::open(&hs, &addr, settings.connect_timeout).await?;
+        let (stream, upstream_id) =
+            conn::open_with_id(&hs, &addr, settings.connect_timeout, true).await?;
         let (rd, wr) = stream.into_split();
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(relay(
@@ -100,7 +102,13 @@ impl Pinned {
             addr,
             sent: 0,
             metrics,
+            upstream_id,
         })
+    }
+
+    /// This connection's id upstream (`CLIENT ID` as the upstream answers it).
+    pub fn upstream_id(&self) -> Option<i64> {
+        self.upstream_id
     }
 
     /// Opens a stream of upstream frames for the client's writer; it ends at `release`.
