@@ -14,6 +14,9 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod batch;
+pub use batch::finish_all;
+
 /// A read that missed the tier: what to send upstream, and how to complete it.
 #[derive(Debug)]
 pub struct FillPlan {
@@ -470,6 +473,18 @@ pub fn degraded(plan: FillPlan) -> Option<LoadStep> {
     }
 }
 
+/// What the tier stores for a loaded key (answered `reply`).
+fn tier_fill(p: &Pending, reply: &Bytes, loaded: &Loaded, fills: &mut Vec<Fill>) {
+    let ttl = match (&p.load, loaded) {
+        (Some((m, _)), Loaded::NotFound) => m.negative_ttl,
+        (Some((m, _)), _) => m.ttl,
+        _ => Duration::ZERO,
+    };
+    if !reply.starts_with(b"-") {
+        fills.extend(fill_of(p, cached(reply.clone()), ttl.as_millis() as i64));
+    }
+}
+
 /// Runs the loads a completion needs; returns the client's reply and what the tier stores.
 pub async fn finish(
     step: LoadStep,
@@ -478,16 +493,6 @@ pub async fn finish(
     proto: Proto,
 ) -> (Bytes, Vec<Fill>) {
     let mut fills = step.fills;
-    let tier_fill = |p: &Pending, reply: &Bytes, loaded: &Loaded, fills: &mut Vec<Fill>| {
-        let ttl = match (&p.load, loaded) {
-            (Some((m, _)), Loaded::NotFound) => m.negative_ttl,
-            (Some((m, _)), _) => m.ttl,
-            _ => Duration::ZERO,
-        };
-        if !reply.starts_with(b"-") {
-            fills.extend(fill_of(p, cached(reply.clone()), ttl.as_millis() as i64));
-        }
-    };
     match step.kind {
         StepKind::One(p) => {
             let Some((m, caps)) = &p.load else {

@@ -84,6 +84,8 @@ pub(super) struct Session {
     me: Registration,
     /// The last command handled, for CLIENT LIST's `cmd`.
     last_cmd: &'static str,
+    /// A read that missed was queued since the last `ReadEnd`.
+    fills_queued: bool,
 }
 
 impl Session {
@@ -120,6 +122,7 @@ impl Session {
             read_ahead: false,
             me,
             last_cmd: "",
+            fills_queued: false,
         }
     }
 
@@ -258,6 +261,10 @@ impl Session {
                 result = Err(stop);
             } else if let Err(stop) = self.flush_ready().await {
                 result = Err(stop);
+            } else if std::mem::take(&mut self.fills_queued) {
+                if let Err(stop) = self.queue(Out::ReadEnd).await {
+                    result = Err(stop);
+                }
             }
         }
         self.run = None;
@@ -347,6 +354,7 @@ impl Session {
                     plan.upstream_replies,
                 );
                 self.shared_dirty = true;
+                self.fills_queued = true;
                 self.queue(Out::Fill {
                     rx,
                     plan,
@@ -713,8 +721,10 @@ impl Session {
     async fn reply(&mut self, bytes: Bytes) -> Result<(), Stop> {
         if self.pinned_active {
             if let Some(p) = &mut self.pinned {
-                p.emit(bytes);
-                return Ok(());
+                return match p.emit(bytes) {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(self.fail_and_close(ProxyError::PinnedLost(e)).await),
+                };
             }
         }
         self.ready.extend_from_slice(&bytes);

@@ -34,6 +34,9 @@ pub enum Out {
         started: Instant,
         proto: Proto,
     },
+    /// The end of what the session handled from one read of the client, after reads that
+    /// missed: reads up to here may load together.
+    ReadEnd,
     /// Frames relayed from the client's pinned connection until the sender is dropped.
     Stream(mpsc::Receiver<Bytes>),
     /// Fires once everything before it has been written.
@@ -60,6 +63,8 @@ pub struct AfterReply {
 /// Writes until the queue ends, a `Close` comes, or the client stops reading.
 pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, ctx: Arc<Ctx>) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // An item taken from the queue while gathering reads, to handle next.
+    let mut carry = None;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         // Take every item that is ready without waiting; wait (after writing what we have) only
@@ -77,55 +82,21 @@ pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, ctx: Arc<C
                     let Ok(res) = wait(&mut rx, &mut wr, &mut buf, &ctx, started).await else {
                         return;
                     };
-                    match res {
-                        Some(Ok(replies)) => match after {
-                            None => buf.extend_from_slice(&replies),
-                            Some(a) => buf.extend_from_slice(
-                                &after_reply(&ctx, *a, replies, count, proto).await,
-                            ),
-                        },
-                        failed => {
-                            let err = failure(failed);
-                            for _ in 0..count {
-                                buf.extend_from_slice(&err);
-                            }
-                        }
-                    }
+                    buf.extend_from_slice(&batch_reply(&ctx, res, count, after, proto).await);
                 }
                 Out::Fill {
-                    mut rx,
+                    rx: reply_rx,
                     plan,
                     started,
                     proto,
                 } => {
-                    let Ok(res) = wait(&mut rx, &mut wr, &mut buf, &ctx, started).await else {
+                    let first = (reply_rx, plan, started, proto);
+                    if fills(first, &mut rx, &mut carry, &mut wr, &mut buf, &ctx)
+                        .await
+                        .is_err()
+                    {
                         return;
-                    };
-                    let (client, fills) = match res {
-                        Some(Ok(replies)) => match fill::complete(*plan, &replies, proto) {
-                            fill::Completion::Done(client, fills) => (client, fills),
-                            fill::Completion::Load(step) => match ctx.router.loader() {
-                                Some(loader) => fill::finish(*step, loader, false, proto).await,
-                                None => {
-                                    (reply::error_bytes("ERR cacheside: no loader"), Vec::new())
-                                }
-                            },
-                        },
-                        // Redis unavailable: a mapped read is still answered from PostgreSQL.
-                        Some(Err(e)) => match (ctx.router.loader(), fill::degraded(*plan)) {
-                            (Some(loader), Some(step)) => {
-                                fill::finish(step, loader, true, proto).await
-                            }
-                            _ => (failure(Some(Err(e))), Vec::new()),
-                        },
-                        None => (failure(None), Vec::new()),
-                    };
-                    if let Some(hot) = ctx.router.hot() {
-                        for f in fills {
-                            hot.fill(f).await;
-                        }
                     }
-                    buf.extend_from_slice(&client);
                 }
                 Out::Stream(mut frames) => loop {
                     match frames.try_recv() {
@@ -142,6 +113,7 @@ pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, ctx: Arc<C
                         }
                     }
                 },
+                Out::ReadEnd => {}
                 Out::Barrier(tx) => {
                     if flush(&mut wr, &mut buf).await.is_err() {
                         return;
@@ -157,13 +129,107 @@ pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, ctx: Arc<C
             if buf.len() > 1024 * 1024 && flush(&mut wr, &mut buf).await.is_err() {
                 return;
             }
-            next = rx.try_recv().ok();
+            next = carry.take().or_else(|| rx.try_recv().ok());
         }
         if flush(&mut wr, &mut buf).await.is_err() {
             return;
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// A read that missed the hot tier, waiting for its upstream reply.
+type FillItem = (ReplyRx, Box<FillPlan>, Instant, Proto);
+
+/// Completes reads that missed, in order: their upstream replies, then the loads they need.
+/// Once a load is needed, reads queued behind it (a client's pipeline of GETs) join before the
+/// loads start, so they run together: one query per mapping. Replies before them are written
+/// before any load is awaited.
+async fn fills(
+    first: FillItem,
+    queue: &mut mpsc::Receiver<Out>,
+    carry: &mut Option<Out>,
+    wr: &mut OwnedWriteHalf,
+    buf: &mut BytesMut,
+    ctx: &Ctx,
+) -> Result<(), ()> {
+    let mut done: Vec<Option<(Bytes, Vec<crate::tier::hot::Fill>)>> = Vec::new();
+    let mut waiting = Vec::new();
+    let mut at = Vec::new();
+    let mut next = Some(first);
+    while let Some((mut reply_rx, plan, started, proto)) = next.take() {
+        let res = wait(&mut reply_rx, wr, buf, ctx, started).await?;
+        let step = match res {
+            Some(Ok(replies)) => match fill::complete(*plan, &replies, proto) {
+                fill::Completion::Done(client, fills) => Err((client, fills)),
+                fill::Completion::Load(step) => Ok((*step, false)),
+            },
+            // Redis unavailable: a mapped read is still answered from PostgreSQL.
+            Some(Err(e)) => match (ctx.router.loader(), fill::degraded(*plan)) {
+                (Some(_), Some(step)) => Ok((step, true)),
+                _ => Err((failure(Some(Err(e))), Vec::new())),
+            },
+            None => Err((failure(None), Vec::new())),
+        };
+        match step {
+            Ok((step, down)) => {
+                at.push(done.len());
+                done.push(None);
+                waiting.push((step, down, proto));
+            }
+            Err(answered) => done.push(Some(answered)),
+        }
+        // Once a load is needed, what the session is still queueing from the same read of the
+        // client (it ends with `ReadEnd`) joins it: reads that missed load together, and the
+        // replies between them are taken in order meanwhile.
+        while !waiting.is_empty() && carry.is_none() && next.is_none() {
+            match queue.recv().await {
+                Some(Out::Fill {
+                    rx,
+                    plan,
+                    started,
+                    proto,
+                }) => next = Some((rx, plan, started, proto)),
+                Some(Out::Ready(b)) => done.push(Some((b, Vec::new()))),
+                Some(Out::Upstream {
+                    mut rx,
+                    count,
+                    started,
+                    after,
+                    proto,
+                }) => {
+                    let res = wait(&mut rx, wr, buf, ctx, started).await?;
+                    let reply = batch_reply(ctx, res, count, after, proto).await;
+                    done.push(Some((reply, Vec::new())));
+                }
+                Some(Out::ReadEnd) | None => break,
+                Some(other) => *carry = Some(other),
+            }
+        }
+    }
+    if !waiting.is_empty() {
+        flush(wr, buf).await.map_err(|_| ())?;
+        let mut loaded = match ctx.router.loader() {
+            Some(loader) => fill::finish_all(waiting, loader).await,
+            None => Vec::new(),
+        }
+        .into_iter();
+        for i in at {
+            done[i] =
+                Some(loaded.next().unwrap_or_else(|| {
+                    (reply::error_bytes("ERR cacheside: no loader"), Vec::new())
+                }));
+        }
+    }
+    for (client, fills) in done.into_iter().flatten() {
+        if let Some(hot) = ctx.router.hot() {
+            for f in fills {
+                hot.fill(f).await;
+            }
+        }
+        buf.extend_from_slice(&client);
+    }
+    Ok(())
 }
 
 /// Waits for an upstream reply, writing what is buffered first if it is not there yet, and
@@ -187,6 +253,31 @@ async fn wait(
         .request_duration
         .observe(started.elapsed().as_secs_f64());
     Ok(res)
+}
+
+/// What the client sees for a batch sent upstream: its replies, after the hot-tier work tied to
+/// them, or one error per request if they never came.
+async fn batch_reply(
+    ctx: &Ctx,
+    res: Option<BatchResult>,
+    count: u32,
+    after: Option<Box<AfterReply>>,
+    proto: Proto,
+) -> Bytes {
+    match res {
+        Some(Ok(replies)) => match after {
+            None => replies,
+            Some(a) => after_reply(ctx, *a, replies, count, proto).await,
+        },
+        failed => {
+            let err = failure(failed);
+            let mut out = BytesMut::with_capacity(err.len() * count as usize);
+            for _ in 0..count {
+                out.extend_from_slice(&err);
+            }
+            out.freeze()
+        }
+    }
 }
 
 /// The error reply for a batch whose replies never came.

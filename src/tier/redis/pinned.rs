@@ -66,6 +66,8 @@ pub struct Pinned {
     sent: u64,
     metrics: Arc<Metrics>,
     upstream_id: Option<i64>,
+    /// The relay has ended: nothing sent now could be answered.
+    dead: bool,
 }
 
 impl Pinned {
@@ -103,6 +105,7 @@ impl Pinned {
             sent: 0,
             metrics,
             upstream_id,
+            dead: false,
         })
     }
 
@@ -114,25 +117,39 @@ impl Pinned {
     /// Opens a stream of upstream frames for the client's writer; it ends at `release`.
     pub fn begin(&mut self) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
-        let _ = self.ctl.send(Ctl::Begin(tx));
+        self.ctl(Ctl::Begin(tx));
         rx
+    }
+
+    /// Hands the relay a control message; a relay that has ended takes none, and the
+    /// connection is then dead for everything after.
+    fn ctl(&mut self, c: Ctl) {
+        if self.ctl.send(c).is_err() {
+            self.dead = true;
+        }
     }
 
     /// Declares the replies of the next request; call once per request, before `send` writes it.
     /// Its reply must come within the command timeout, as on shared connections.
     pub fn expect(&mut self, e: Expect) {
         self.sent += 1;
-        let _ = self.ctl.send(Ctl::Expect(e, false));
+        self.ctl(Ctl::Expect(e, false));
     }
 
     /// Like `expect`, for a request that may block (BLPOP, XREAD BLOCK, WAIT): no deadline.
     pub fn expect_blocking(&mut self, e: Expect) {
         self.sent += 1;
-        let _ = self.ctl.send(Ctl::Expect(e, true));
+        self.ctl(Ctl::Expect(e, true));
     }
 
     /// Writes requests, each already declared with `expect`.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+        if self.dead || self.task.is_finished() {
+            // Its relay has ended (and answered what it owed): these would get no reply.
+            return Err(UpstreamError::Closed {
+                addr: self.addr.clone(),
+            });
+        }
         self.wr
             .write_all(bytes)
             .await
@@ -146,8 +163,9 @@ impl Pinned {
     /// fill that raced it is not kept). With `announce`, broadcast coherence's PUBLISH is
     /// sent then, without waiting: used only when none could go with the write itself.
     pub fn invalidate_on_reply(&mut self, writes: Vec<WriteGuard>, announce: bool) {
-        let _ = self.ctl.send(Ctl::Invalidate {
-            at: self.sent,
+        let at = self.sent;
+        self.ctl(Ctl::Invalidate {
+            at,
             writes,
             announce,
         });
@@ -156,20 +174,27 @@ impl Pinned {
     /// The reply to the last declared request (an EXEC) is relayed without its last element,
     /// the reply to a command of cacheside's own queued in the transaction.
     pub fn trim_last(&mut self) {
-        let _ = self.ctl.send(Ctl::Trim { at: self.sent });
+        let at = self.sent;
+        self.ctl(Ctl::Trim { at });
     }
 
-    /// Queues a reply of the proxy's own, after the replies to everything sent so far.
-    pub fn emit(&mut self, bytes: Bytes) {
-        let _ = self.ctl.send(Ctl::Emit {
-            after: self.sent,
-            bytes,
-        });
+    /// Queues a reply of the proxy's own, after the replies to everything sent so far; an
+    /// error if the connection is dead (the reply could not be placed in order).
+    pub fn emit(&mut self, bytes: Bytes) -> Result<(), UpstreamError> {
+        let after = self.sent;
+        self.ctl(Ctl::Emit { after, bytes });
+        if self.dead {
+            return Err(UpstreamError::Closed {
+                addr: self.addr.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Ends the current stream once every reply to what was sent has been relayed.
     pub fn release(&mut self) {
-        let _ = self.ctl.send(Ctl::Release { after: self.sent });
+        let after = self.sent;
+        self.ctl(Ctl::Release { after });
     }
 
     /// Resolves when the connection is lost, with the reason.
@@ -364,18 +389,23 @@ impl Relay {
     /// Answers every request still owed with an error (the connection is gone), keeping
     /// replies of the proxy's own in their places.
     async fn fail_owed(&mut self, err: &UpstreamError) {
-        self.drain_ctl();
         let reply = crate::error::reply_bytes(&crate::error::ProxyError::PinnedLost(err.clone()));
-        while let Some(e) = self.owed.pop_front() {
-            self.completed += 1;
-            if e != Expect::Hidden {
-                if let Some(s) = &self.stream {
-                    let _ = s.send(reply.clone()).await;
+        // Twice: what was sent before the channel closed is answered too; after it closes, the
+        // session finds the connection dead instead of sending what nobody would answer.
+        for _ in 0..2 {
+            self.drain_ctl();
+            while let Some(e) = self.owed.pop_front() {
+                self.completed += 1;
+                if e != Expect::Hidden {
+                    if let Some(s) = &self.stream {
+                        let _ = s.send(reply.clone()).await;
+                    }
                 }
+                self.settle().await;
             }
             self.settle().await;
+            self.ctl.close();
         }
-        self.settle().await;
     }
 
     /// Applies every queued emit/release whose requests have all been answered.
