@@ -3,17 +3,24 @@
 # twemproxy (nutcracker) and through cacheside, all three in the same run and interleaved per
 # test so that machine noise is shared. A last GET group adds cacheside-hot (a second cacheside
 # whose hot tier caches key:*, warmed with every key first) against direct and twemproxy.
+# Each run also reports the CPU time the serving process (redis-server, nutcracker, cacheside)
+# spent per request: utime+stime from /proc/<pid>/stat before and after the run.
 #
-# Usage (from the repo root): scripts/bench.sh [--requests N] [--keep-logs]
+# Usage (from the repo root): scripts/bench.sh [--requests N] [--delay D] [--keep-logs]
 #
 #   --requests N   requests per redis-benchmark run (default: 200000 at -P 1, 800000 at -P 16)
+#   --delay D      reach Redis only through examples/latency_relay.rs, which holds every chunk
+#                  for D in each direction (e.g. 250us; 0s measures the relay alone): the
+#                  direct runs, twemproxy's and both cacheside's upstream all go through it.
+#                  Runs GET only. The environment variable BENCH_DELAY=D does the same.
 #   --keep-logs    keep the temporary directory with configs and server logs
 #
 # Needs: cargo, redis-server (Debian package redis-server), redis-cli and redis-benchmark
-# (redis-tools), nutcracker (nutcracker), python3. Nothing is installed by this script.
+# (redis-tools), nutcracker (nutcracker), python3, getconf (libc-bin). Nothing is installed by
+# this script.
 #
-# Every process (client, proxies, Redis) shares the same machine; on a small machine they
-# compete for CPU, so compare targets with each other within one run, not across machines.
+# Every process (client, proxies, Redis, relay) shares the same machine; on a small machine
+# they compete for CPU, so compare targets with each other within one run, not across machines.
 
 set -euo pipefail
 
@@ -23,9 +30,10 @@ KEYSPACE=100000
 REQ_P1=200000
 REQ_P16=800000
 KEEP_LOGS=0
+DELAY=${BENCH_DELAY:-}
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 while [[ $# -gt 0 ]]; do
@@ -47,6 +55,18 @@ while [[ $# -gt 0 ]]; do
             }
             REQ_P1=$v
             REQ_P16=$v
+            shift
+            ;;
+        --delay)
+            [[ $# -ge 2 && -n "$2" ]] || {
+                echo "bench.sh: --delay needs a duration, e.g. 250us" >&2
+                exit 2
+            }
+            DELAY=$2
+            shift 2
+            ;;
+        --delay=*)
+            DELAY=${1#--delay=}
             shift
             ;;
         --keep-logs)
@@ -81,7 +101,9 @@ need nutcracker nutcracker
 need cargo "cargo (or rustup)"
 need awk "mawk (or gawk)"
 need python3 python3
+need getconf libc-bin
 [[ $missing -eq 0 ]] || exit 1
+CLK_TCK=$(getconf CLK_TCK)
 
 cd "$(dirname "$0")/.."
 [[ -f Cargo.toml ]] || {
@@ -156,14 +178,29 @@ CACHESIDE=target/release/cacheside
     echo "bench.sh: $CACHESIDE was not built" >&2
     exit 1
 }
+RELAY=target/release/examples/latency_relay
+if [[ -n "$DELAY" ]]; then
+    # Built on its own: an example pulls in the dev-dependencies' features, which must not
+    # change the cacheside binary under test.
+    echo "== building the relay (cargo build --release --example latency_relay)" >&2
+    cargo build --release --example latency_relay >&2
+    [[ -x "$RELAY" ]] || {
+        echo "bench.sh: $RELAY was not built" >&2
+        exit 1
+    }
+fi
 
 # --- start the three targets -----------------------------------------------------------------
 
 REDIS_PORT=$(free_port)
+RELAY_PORT=$(free_port)
 TWEM_PORT=$(free_port)
 TWEM_STATS_PORT=$(free_port)
 CS_PORT=$(free_port)
 HOT_PORT=$(free_port)
+
+# Where everything but the data load reaches Redis: Redis itself, or the relay in front of it.
+if [[ -n "$DELAY" ]]; then UPSTREAM_PORT=$RELAY_PORT; else UPSTREAM_PORT=$REDIS_PORT; fi
 
 # cacheside-hot's config, checked now so a rejected config fails before the long runs. The
 # process itself starts only after the SET tests: its CLIENT TRACKING (BCAST on key:) would make
@@ -178,7 +215,7 @@ keys = "key:*"
 ttl = "300s"
 EOF
 "$CACHESIDE" check-config --config "$TMP/cacheside-hot.toml" \
-    --upstream "redis://127.0.0.1:$REDIS_PORT" --listen "127.0.0.1:$HOT_PORT" --admin-listen "" \
+    --upstream "redis://127.0.0.1:$UPSTREAM_PORT" --listen "127.0.0.1:$HOT_PORT" --admin-listen "" \
     >"$TMP/cacheside-hot-check.log" 2>&1 || {
     echo "bench.sh: cacheside rejected the hot-tier config:" >&2
     cat "$TMP/cacheside-hot-check.log" >&2
@@ -189,7 +226,17 @@ echo "== starting redis-server on $REDIS_PORT" >&2
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
     --daemonize no --logfile "$TMP/redis.log" --dir "$TMP" &
 PIDS+=($!)
-wait_ping redis-server "$REDIS_PORT" "${PIDS[-1]}" "$TMP/redis.log"
+REDIS_PID=${PIDS[-1]}
+wait_ping redis-server "$REDIS_PORT" "$REDIS_PID" "$TMP/redis.log"
+
+if [[ -n "$DELAY" ]]; then
+    echo "== starting latency_relay on $RELAY_PORT (+$DELAY each way) -> redis-server" >&2
+    "$RELAY" --listen "127.0.0.1:$RELAY_PORT" --target "127.0.0.1:$REDIS_PORT" --delay "$DELAY" \
+        >"$TMP/relay.out" 2>"$TMP/relay.log" &
+    PIDS+=($!)
+    RELAY_PID=${PIDS[-1]}
+    wait_ping latency_relay "$RELAY_PORT" "$RELAY_PID" "$TMP/relay.log"
+fi
 
 echo "== starting nutcracker on $TWEM_PORT" >&2
 cat >"$TMP/nutcracker.yml" <<EOF
@@ -202,7 +249,7 @@ bench:
   preconnect: true
   server_connections: 2
   servers:
-    - 127.0.0.1:$REDIS_PORT:1
+    - 127.0.0.1:$UPSTREAM_PORT:1
 EOF
 nutcracker -t -c "$TMP/nutcracker.yml" >"$TMP/nutcracker-check.log" 2>&1 || {
     echo "bench.sh: nutcracker rejected its config:" >&2
@@ -212,19 +259,22 @@ nutcracker -t -c "$TMP/nutcracker.yml" >"$TMP/nutcracker-check.log" 2>&1 || {
 nutcracker -c "$TMP/nutcracker.yml" -o "$TMP/nutcracker.log" -p "$TMP/nutcracker.pid" \
     -s "$TWEM_STATS_PORT" -a 127.0.0.1 -v 4 &
 PIDS+=($!)
-wait_ping nutcracker "$TWEM_PORT" "${PIDS[-1]}" "$TMP/nutcracker.log"
+TWEM_PID=${PIDS[-1]}
+wait_ping nutcracker "$TWEM_PORT" "$TWEM_PID" "$TMP/nutcracker.log"
 
 echo "== starting cacheside on $CS_PORT" >&2
 : >"$TMP/cacheside.toml" # empty config: ignore any ./proxy.toml, flags set the rest
-"$CACHESIDE" --config "$TMP/cacheside.toml" --upstream "redis://127.0.0.1:$REDIS_PORT" \
+"$CACHESIDE" --config "$TMP/cacheside.toml" --upstream "redis://127.0.0.1:$UPSTREAM_PORT" \
     --listen "127.0.0.1:$CS_PORT" --admin-listen "" --log-level warn \
     >"$TMP/cacheside.log" 2>&1 &
 PIDS+=($!)
-wait_ping cacheside "$CS_PORT" "${PIDS[-1]}" "$TMP/cacheside.log"
+CS_PID=${PIDS[-1]}
+wait_ping cacheside "$CS_PORT" "$CS_PID" "$TMP/cacheside.log"
 
 # --- data ------------------------------------------------------------------------------------
 
 # redis-benchmark -r N names keys key:%012d for 0 <= %d < N; write all of them so GETs hit.
+# Written to Redis itself, not through the relay: loading is not measured.
 echo "== writing $KEYSPACE keys of $DATA_SIZE bytes" >&2
 awk -v n="$KEYSPACE" -v size="$DATA_SIZE" 'BEGIN {
     v = ""; for (i = 0; i < size; i++) v = v "x"
@@ -238,8 +288,12 @@ awk -v n="$KEYSPACE" -v size="$DATA_SIZE" 'BEGIN {
     exit 1
 }
 
-declare -A PORT=([direct]=$REDIS_PORT [twemproxy]=$TWEM_PORT [cacheside]=$CS_PORT)
+declare -A PORT=([direct]=$UPSTREAM_PORT [twemproxy]=$TWEM_PORT [cacheside]=$CS_PORT)
+# The process that serves each target's clients, whose CPU time a run is charged.
+declare -A PID=([direct]=$REDIS_PID [twemproxy]=$TWEM_PID [cacheside]=$CS_PID)
 TARGETS=(direct twemproxy cacheside)
+# Through the relay SET would measure the same upstream round trip as GET; only GET is run.
+if [[ -n "$DELAY" ]]; then MAIN_TESTS=(get); else MAIN_TESTS=(get set); fi
 
 for t in "${TARGETS[@]}"; do
     got=$(redis-cli -h 127.0.0.1 -p "${PORT[$t]}" get key:000000000042 2>&1)
@@ -249,9 +303,21 @@ for t in "${TARGETS[@]}"; do
     fi
 done
 
+# What the relay adds to a round trip with nothing else running: one client, one GET at a time,
+# straight to Redis and through the relay (p50 in ms).
+if [[ -n "$DELAY" ]]; then
+    probe() { # probe PORT
+        redis-benchmark -h 127.0.0.1 -p "$1" -c 1 -n 2000 -d "$DATA_SIZE" -r "$KEYSPACE" -t get \
+            --csv 2>>"$TMP/redis-benchmark.stderr" | tr -d '"\r' | awk -F, '$1 == "GET" { print $5 }'
+    }
+    echo "== unloaded round trip: 2000 GETs from one client to redis-server, then through the relay" >&2
+    PROBE_REDIS=$(probe "$REDIS_PORT")
+    PROBE_RELAY=$(probe "$RELAY_PORT")
+fi
+
 # --- benchmark -------------------------------------------------------------------------------
 
-RESULTS="$TMP/results.tsv" # group test pipeline target rps p50 p99
+RESULTS="$TMP/results.tsv" # group test pipeline target rps p50 p99 requests cpu-ticks
 : >"$RESULTS"
 round=0
 
@@ -273,9 +339,22 @@ run_group() {
     done
 }
 
+# cpu_ticks PID: utime + stime of the process (all its threads), in clock ticks. Fields 14 and
+# 15 of /proc/PID/stat; counted after the ")" that ends field 2, which may contain spaces.
+cpu_ticks() {
+    local stat f
+    stat=$(<"/proc/$1/stat") || {
+        echo "bench.sh: cannot read /proc/$1/stat" >&2
+        exit 1
+    }
+    read -r -a f <<<"${stat##*) }"
+    echo $((f[11] + f[12]))
+}
+
 bench_one() { # bench_one GROUP TEST PIPELINE REQUESTS TARGET
-    local group=$1 test=$2 pipe=$3 n=$4 t=$5 out line rps p50 p99
+    local group=$1 test=$2 pipe=$3 n=$4 t=$5 out line rps p50 p99 cpu0 cpu1
     echo "== $test -P $pipe -n $n -> $t" >&2
+    cpu0=$(cpu_ticks "${PID[$t]}")
     out=$(redis-benchmark -h 127.0.0.1 -p "${PORT[$t]}" -c "$CLIENTS" -n "$n" \
         -d "$DATA_SIZE" -r "$KEYSPACE" -P "$pipe" -t "$test" --csv \
         2>>"$TMP/redis-benchmark.stderr") || {
@@ -283,6 +362,7 @@ bench_one() { # bench_one GROUP TEST PIPELINE REQUESTS TARGET
         tail -n 20 "$TMP/redis-benchmark.stderr" >&2
         exit 1
     }
+    cpu1=$(cpu_ticks "${PID[$t]}")
     # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",
     # "p99_latency_ms","max_latency_ms"
     line=$(printf '%s\n' "$out" | tr -d '"\r' | awk -F, -v T="${test^^}" '$1 == T')
@@ -292,23 +372,24 @@ bench_one() { # bench_one GROUP TEST PIPELINE REQUESTS TARGET
         exit 1
     }
     IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"$line"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$group" "$test" "$pipe" "$t" "$rps" "$p50" "$p99" \
-        >>"$RESULTS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$group" "$test" "$pipe" "$t" "$rps" \
+        "$p50" "$p99" "$n" "$((cpu1 - cpu0))" >>"$RESULTS"
 }
 
-TESTS=(get set)
+TESTS=("${MAIN_TESTS[@]}")
 run_group main "${TARGETS[@]}"
 
 # --- hot tier: cacheside-hot ------------------------------------------------------------------
 
 echo "== starting cacheside-hot on $HOT_PORT" >&2
-"$CACHESIDE" --config "$TMP/cacheside-hot.toml" --upstream "redis://127.0.0.1:$REDIS_PORT" \
+"$CACHESIDE" --config "$TMP/cacheside-hot.toml" --upstream "redis://127.0.0.1:$UPSTREAM_PORT" \
     --listen "127.0.0.1:$HOT_PORT" --admin-listen "" --log-level warn \
     >"$TMP/cacheside-hot.log" 2>&1 &
 PIDS+=($!)
 HOT_PID=${PIDS[-1]}
 wait_ping cacheside-hot "$HOT_PORT" "$HOT_PID" "$TMP/cacheside-hot.log"
 PORT[cacheside-hot]=$HOT_PORT
+PID[cacheside-hot]=$HOT_PID
 
 hot_info() { # INFO from cacheside-hot; its own figures are in the "# cacheside" section
     redis-cli -h 127.0.0.1 -p "$HOT_PORT" info | tr -d '\r'
@@ -406,6 +487,14 @@ for i in "${!PIDS[@]}"; do
     }
 done
 
+# The relay prints, when stopped, how late past their delay its writers picked chunks up.
+RELAY_STATS=""
+if [[ -n "$DELAY" ]]; then
+    kill -TERM "$RELAY_PID" 2>/dev/null || true
+    wait "$RELAY_PID" 2>/dev/null || true
+    RELAY_STATS=$(sed -n 's/^latency_relay: delay [^;]*; \(.*\)/Relay delay line: \1./p' "$TMP/relay.out")
+fi
+
 # --- report ----------------------------------------------------------------------------------
 
 cores=$(nproc 2>/dev/null || echo "?")
@@ -414,16 +503,29 @@ echo "redis-benchmark: -c $CLIENTS -d $DATA_SIZE -r $KEYSPACE, -n $REQ_P1 at -P 
     "$cores CPU cores shared by client, proxies and Redis"
 echo "$(redis-server --version | awk '{print $1, $2, $3}'); $(nutcracker --version 2>&1 | head -n 1);" \
     "cacheside $(git rev-parse --short HEAD 2>/dev/null || echo '?')$([[ -z "$(git status --porcelain -- src 2>/dev/null)" ]] || echo ' (+ uncommitted src changes)')"
+if [[ -n "$DELAY" ]]; then
+    echo "Redis reached only through latency_relay (+$DELAY each way, so each round trip to Redis" \
+        "takes 2 x $DELAY more) by direct, twemproxy, cacheside and cacheside-hot. Unloaded, one" \
+        "client, one GET at a time: p50 ${PROBE_REDIS:-?} ms to Redis, ${PROBE_RELAY:-?} ms through" \
+        "the relay. ${RELAY_STATS:-The relay printed no statistics.}"
+fi
+echo "CPU µs/req: utime+stime (/proc/PID/stat) of the process the client talks to (redis-server" \
+    "for direct, nutcracker, cacheside) over the run, per request; Redis's CPU behind a proxy" \
+    "$([[ -n "$DELAY" ]] && echo "and the relay's are" || echo "is") not in it. Counted in ticks of" \
+    "$(awk -v t="$CLK_TCK" 'BEGIN { printf "%g", 1000 / t }') ms: ±$(awk -v t="$CLK_TCK" -v n="$REQ_P1" \
+        'BEGIN { printf "%.3g", 1e6 / t / n }') µs/req at -P 1," \
+    "±$(awk -v t="$CLK_TCK" -v n="$REQ_P16" 'BEGIN { printf "%.3g", 1e6 / t / n }') µs/req at -P 16"
 echo
-echo "| test | pipeline | target | rps | p50 ms | p99 ms |"
-echo "|------|---------:|--------|----:|-------:|-------:|"
+echo "| test | pipeline | target | rps | p50 ms | p99 ms | CPU µs/req |"
+echo "|------|---------:|--------|----:|-------:|-------:|-----------:|"
 row() { # row GROUP TEST PIPELINE TARGET LABEL
-    awk -F'\t' -v g="$1" -v a="$2" -v b="$3" -v c="$4" -v l="$5" \
+    awk -F'\t' -v g="$1" -v a="$2" -v b="$3" -v c="$4" -v l="$5" -v tck="$CLK_TCK" \
         '$1 == g && $2 == a && $3 == b && $4 == c {
-            printf "| %s | %s | %s | %.0f | %.3f | %.3f |\n", l, $3, $4, $5, $6, $7
+            printf "| %s | %s | %s | %.0f | %.3f | %.3f | %.2f |\n", l, $3, $4, $5, $6, $7,
+                $9 * 1e6 / tck / $8
         }' "$RESULTS"
 }
-for test in get set; do
+for test in "${MAIN_TESTS[@]}"; do
     for pipe in 1 16; do
         for t in "${TARGETS[@]}"; do
             row main "$test" "$pipe" "$t" "${test^^}"
@@ -436,36 +538,35 @@ for pipe in 1 16; do
     done
 done
 
-echo
-echo "| test | pipeline | cacheside/direct rps | cacheside/twemproxy rps |"
-echo "|------|---------:|---------------------:|------------------------:|"
-awk -F'\t' '
-    $1 == "main" { rps[$2 SUBSEP $3 SUBSEP $4] = $5 }
-    END {
-        split("get set", tests, " "); split("1 16", pipes, " ")
-        for (i = 1; i <= 2; i++) for (j = 1; j <= 2; j++) {
-            k = tests[i] SUBSEP pipes[j]
-            cs = rps[k SUBSEP "cacheside"]; d = rps[k SUBSEP "direct"]; tw = rps[k SUBSEP "twemproxy"]
-            printf "| %s | %s | %s | %s |\n", toupper(tests[i]), pipes[j],
-                (d > 0 ? sprintf("%.2f", cs / d) : "n/a"), (tw > 0 ? sprintf("%.2f", cs / tw) : "n/a")
-        }
-    }' "$RESULTS"
+# ratios GROUP TESTS TARGET: TARGET's rps and CPU per request over direct's and twemproxy's, for
+# each test in TESTS (space-separated) at -P 1 and -P 16.
+ratios() {
+    awk -F'\t' -v g="$1" -v tests="$2" -v x="$3" '
+        $1 == g { k = $2 SUBSEP $3 SUBSEP $4; rps[k] = $5; cpu[k] = ($8 > 0 ? $9 / $8 : 0) }
+        function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "n/a" }
+        END {
+            nt = split(tests, ts, " ")
+            for (i = 1; i <= nt; i++) for (p = 1; p <= 16; p += 15) {
+                k = ts[i] SUBSEP p SUBSEP
+                printf "| %s | %d | %s | %s | %s | %s |\n", toupper(ts[i]), p,
+                    ratio(rps[k x], rps[k "direct"]), ratio(rps[k x], rps[k "twemproxy"]),
+                    ratio(cpu[k x], cpu[k "direct"]), ratio(cpu[k x], cpu[k "twemproxy"])
+            }
+        }' "$RESULTS"
+}
 
 echo
-echo "hot tier: cacheside-hot/direct (GET (hot group) rows: run after the SET tests, once every key"
+echo "| test | pipeline | cacheside/direct rps | cacheside/twemproxy rps | cacheside/direct CPU/req | cacheside/twemproxy CPU/req |"
+echo "|------|---------:|---------------------:|------------------------:|-------------------------:|----------------------------:|"
+ratios main "${MAIN_TESTS[*]}" cacheside
+
+echo
+echo "hot tier: cacheside-hot/direct (GET (hot group) rows: run after the main group, once every key"
 echo "was read through cacheside-hot; direct and twemproxy re-run in the same rotation)"
 echo
-echo "| test | pipeline | cacheside-hot/direct rps | cacheside-hot/twemproxy rps |"
-echo "|------|---------:|-------------------------:|----------------------------:|"
-awk -F'\t' '
-    $1 == "hot" { rps[$3 SUBSEP $4] = $5 }
-    END {
-        for (p = 1; p <= 16; p += 15) {
-            h = rps[p SUBSEP "cacheside-hot"]; d = rps[p SUBSEP "direct"]; tw = rps[p SUBSEP "twemproxy"]
-            printf "| GET | %d | %s | %s |\n", p,
-                (d > 0 ? sprintf("%.2f", h / d) : "n/a"), (tw > 0 ? sprintf("%.2f", h / tw) : "n/a")
-        }
-    }' "$RESULTS"
+echo "| test | pipeline | cacheside-hot/direct rps | cacheside-hot/twemproxy rps | cacheside-hot/direct CPU/req | cacheside-hot/twemproxy CPU/req |"
+echo "|------|---------:|-------------------------:|----------------------------:|-----------------------------:|--------------------------------:|"
+ratios hot get cacheside-hot
 
 echo
 echo "cacheside-hot tier after the warm-up (INFO, # cacheside): hot_entries:$HOT_ENTRIES hot_bytes:$HOT_BYTES" \
