@@ -101,7 +101,7 @@ pub async fn serve(
             let publisher = u.clone();
             tier.set_publisher(move |cmd| {
                 // Fire and forget: the reply is not awaited (see HotTier::invalidate_written).
-                drop(publisher.send(Proto::Resp2, 0, cmd, 1));
+                drop(publisher.send(Proto::Resp2, rand::random::<u32>() as u64, cmd, 1));
             });
             coherence::spawn(
                 tier.clone(),

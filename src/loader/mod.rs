@@ -767,8 +767,10 @@ async fn call(upstream: &Upstream, bytes: Bytes, n: u32) -> Result<Vec<Bytes>, U
     if n == 0 {
         return Ok(Vec::new());
     }
+    // Any shared connection: each call is awaited before the next that depends on it, and
+    // spreading them keeps loader traffic off the connection clients of id 0 mod n use.
     let replies = upstream
-        .send(Proto::Resp2, 0, bytes, n)
+        .send(Proto::Resp2, rand::random::<u32>() as u64, bytes, n)
         .await
         .unwrap_or_else(|_| {
             Err(UpstreamError::Closed {
