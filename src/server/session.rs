@@ -447,8 +447,19 @@ impl Session {
                     if exec && publish.is_some() {
                         p.trim_last();
                     }
-                    if !writes.is_empty() {
-                        p.invalidate_on_reply(writes, publish.is_none());
+                    if let (false, Some(hot)) = (writes.is_empty(), self.ctx.router.hot()) {
+                        // Before the client sees the reply: the keys evicted again (fills that
+                        // raced the write fail), and, when no PUBLISH went with the write, the
+                        // writes announced.
+                        let (hot, announce) = (hot.clone(), publish.is_none());
+                        p.before_reply(Box::pin(async move {
+                            if announce {
+                                hot.announce_pinned_writes(&writes);
+                            }
+                            for w in writes {
+                                w.complete().await;
+                            }
+                        }));
                     }
                 }
                 match decision {
@@ -556,15 +567,7 @@ impl Session {
                         addr: "none".into(),
                         detail: "no upstream configured".into(),
                     })?;
-            self.pinned = Some(
-                upstream
-                    .pin(
-                        self.st.proto,
-                        self.st.name.as_deref(),
-                        self.ctx.router.hot().cloned(),
-                    )
-                    .await?,
-            );
+            self.pinned = Some(upstream.pin(self.st.proto, self.st.name.as_deref()).await?);
             self.pinned_proto = self.st.proto;
             let upstream_id = self.pinned.as_ref().and_then(|p| p.upstream_id());
             self.me.client.set_upstream_id(upstream_id);

@@ -8,8 +8,8 @@
 //!
 //! While the connection is down the tier is emptied and bypassed: what was missed is unknown.
 
+use super::settings::Coherence;
 use super::{Broadcast, HotTier};
-use crate::config::validate::Coherence;
 use crate::error::UpstreamError;
 use crate::metrics::InvalidationSource;
 use crate::protocol::reply::{self, Proto};

@@ -21,16 +21,17 @@
 pub mod coherence;
 pub mod info;
 mod pattern;
+pub mod settings;
 
 pub use pattern::Pattern;
 
-use crate::config::validate::{HotSettings, RuleSettings};
 use crate::metrics::{InvalidationSource, Metrics};
 use crate::protocol::reply::{self, Proto};
 use bytes::{Bytes, BytesMut};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
+use settings::{HotSettings, RuleSettings};
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
@@ -689,7 +690,7 @@ mod tests {
         let settings = HotSettings {
             max_bytes: max,
             lru: false,
-            coherence: crate::config::validate::Coherence::Ttl,
+            coherence: settings::Coherence::Ttl,
             channel: "c".into(),
             rules: vec![RuleSettings {
                 pattern: "p:*".into(),

@@ -6,13 +6,12 @@ mod pinned;
 mod pool;
 
 pub use crate::config::validate::UpstreamSettings as Settings;
-pub use pinned::Pinned;
+pub use pinned::{BeforeReply, Pinned};
 pub use pool::{BatchResult, Pool, ReplyRx};
 
 use crate::error::UpstreamError;
 use crate::metrics::Metrics;
 use crate::protocol::Proto;
-use crate::tier::hot::HotTier;
 use bytes::Bytes;
 use std::sync::{Arc, OnceLock};
 
@@ -62,21 +61,12 @@ impl Upstream {
     }
 
     /// Opens a connection of one client's own.
-    /// Opens a connection of one client's own; writes on it invalidate `hot` when answered.
     pub async fn pin(
         &self,
         proto: Proto,
         client_name: Option<&[u8]>,
-        hot: Option<Arc<HotTier>>,
     ) -> Result<Pinned, UpstreamError> {
-        Pinned::open(
-            &self.settings,
-            proto,
-            client_name,
-            self.metrics.clone(),
-            hot,
-        )
-        .await
+        Pinned::open(&self.settings, proto, client_name, self.metrics.clone()).await
     }
 
     pub fn settings_arc(&self) -> Arc<Settings> {

@@ -16,7 +16,6 @@ use super::Settings;
 use crate::error::UpstreamError;
 use crate::metrics::Metrics;
 use crate::protocol::reply::{self, Expect, Proto, PubSub, SubKind};
-use crate::tier::hot::{HotTier, WriteGuard};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashSet;
 use std::collections::VecDeque;
@@ -43,19 +42,21 @@ enum Ctl {
     Release {
         after: u64,
     },
-    /// Evict these keys from the hot tier before relaying the reply to request number `at`
-    /// (and announce them then, with `announce`, when no PUBLISH of cacheside's own went with
-    /// the write).
-    Invalidate {
+    /// Work that must finish before the reply to request number `at` is relayed.
+    BeforeReply {
         at: u64,
-        writes: Vec<WriteGuard>,
-        announce: bool,
+        work: BeforeReply,
     },
     /// The reply to request number `at` (EXEC) ends with an element of cacheside's own.
     Trim {
         at: u64,
     },
 }
+
+/// Work tied to a request's reply, done before the client sees it (the hot tier completing a
+/// write: its keys evicted again, fills that raced it failed). The connection knows nothing of
+/// what it does; dropped undone if the connection dies.
+pub type BeforeReply = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 pub struct Pinned {
     wr: OwnedWriteHalf,
@@ -76,7 +77,6 @@ impl Pinned {
         proto: Proto,
         client_name: Option<&[u8]>,
         metrics: Arc<Metrics>,
-        hot: Option<Arc<HotTier>>,
     ) -> Result<Self, UpstreamError> {
         let addr: Arc<str> = settings.url.addr().into();
         let hs = Handshake {
@@ -89,13 +89,7 @@ impl Pinned {
             conn::open_with_id(&hs, &addr, settings.connect_timeout, true).await?;
         let (rd, wr) = stream.into_split();
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(relay(
-            rd,
-            ctl_rx,
-            addr.clone(),
-            hot,
-            settings.command_timeout,
-        ));
+        let task = tokio::spawn(relay(rd, ctl_rx, addr.clone(), settings.command_timeout));
         metrics.pinned_connections.inc();
         Ok(Self {
             wr,
@@ -159,16 +153,10 @@ impl Pinned {
             })
     }
 
-    /// Evicts what the last declared request writes, just before its reply is relayed (so a
-    /// fill that raced it is not kept). With `announce`, broadcast coherence's PUBLISH is
-    /// sent then, without waiting: used only when none could go with the write itself.
-    pub fn invalidate_on_reply(&mut self, writes: Vec<WriteGuard>, announce: bool) {
+    /// Runs `work` just before the reply to the last declared request is relayed.
+    pub fn before_reply(&mut self, work: BeforeReply) {
         let at = self.sent;
-        self.ctl(Ctl::Invalidate {
-            at,
-            writes,
-            announce,
-        });
+        self.ctl(Ctl::BeforeReply { at, work });
     }
 
     /// The reply to the last declared request (an EXEC) is relayed without its last element,
@@ -216,9 +204,8 @@ impl Drop for Pinned {
 }
 
 struct Relay {
-    hot: Option<Arc<HotTier>>,
-    /// Invalidations by the request number whose reply they precede (and whether to announce).
-    invalidations: VecDeque<(u64, Vec<WriteGuard>, bool)>,
+    /// Work by the request number whose reply it precedes.
+    before: VecDeque<(u64, BeforeReply)>,
     /// Requests whose reply drops its last element.
     trims: VecDeque<u64>,
     ctl: mpsc::UnboundedReceiver<Ctl>,
@@ -254,11 +241,7 @@ impl Relay {
     fn take(&mut self, c: Ctl) {
         match c {
             Ctl::Expect(e, blocking) => self.owe(e, blocking),
-            Ctl::Invalidate {
-                at,
-                writes,
-                announce,
-            } => self.invalidations.push_back((at, writes, announce)),
+            Ctl::BeforeReply { at, work } => self.before.push_back((at, work)),
             Ctl::Trim { at } => self.trims.push_back(at),
             Ctl::Begin(tx) if self.queue.is_empty() => self.stream = Some(tx),
             other => self.queue.push_back(other),
@@ -353,22 +336,11 @@ impl Relay {
         true
     }
 
-    /// Completes the writes due before a reply to request number `next` is relayed, and
-    /// announces them in broadcast mode.
-    async fn invalidate_due(&mut self, next: u64) {
-        while self
-            .invalidations
-            .front()
-            .is_some_and(|(at, _, _)| *at <= next)
-        {
-            let Some((_, writes, announce)) = self.invalidations.pop_front() else {
-                break;
-            };
-            if let (Some(hot), true) = (&self.hot, announce) {
-                hot.announce_pinned_writes(&writes);
-            }
-            for w in writes {
-                w.complete().await;
+    /// Runs the work due before a reply to request number `next` is relayed.
+    async fn before_due(&mut self, next: u64) {
+        while self.before.front().is_some_and(|(at, _)| *at <= next) {
+            if let Some((_, work)) = self.before.pop_front() {
+                work.await;
             }
         }
     }
@@ -426,11 +398,7 @@ impl Relay {
                 Some(Ctl::Release { .. }) => self.stream = None,
                 Some(Ctl::Begin(tx)) => self.stream = Some(tx),
                 Some(Ctl::Expect(e, blocking)) => self.owe(e, blocking),
-                Some(Ctl::Invalidate {
-                    at,
-                    writes,
-                    announce,
-                }) => self.invalidations.push_back((at, writes, announce)),
+                Some(Ctl::BeforeReply { at, work }) => self.before.push_back((at, work)),
                 Some(Ctl::Trim { at }) => self.trims.push_back(at),
                 None => return,
             }
@@ -444,12 +412,10 @@ async fn relay(
     rd: OwnedReadHalf,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     addr: Arc<str>,
-    hot: Option<Arc<HotTier>>,
     timeout: std::time::Duration,
 ) -> UpstreamError {
     let mut r = Relay {
-        hot,
-        invalidations: VecDeque::new(),
+        before: VecDeque::new(),
         trims: VecDeque::new(),
         ctl,
         queue: VecDeque::new(),
@@ -504,7 +470,7 @@ async fn run(r: &mut Relay, mut rd: OwnedReadHalf, addr: Arc<str>) -> UpstreamEr
                     let bytes = buf.split_to(f.len).freeze();
                     r.since = Some(tokio::time::Instant::now());
                     let next = r.completed + 1;
-                    r.invalidate_due(next).await;
+                    r.before_due(next).await;
                     if !r.account(&bytes) {
                         continue;
                     }
