@@ -11,8 +11,8 @@ use cacheside::config::CacheRule;
 use redis::aio::MultiplexedConnection;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use support::{metric, Proxy, RedisServer};
+use std::time::Duration;
+use support::{history, Proxy, RedisServer};
 
 const KEYS: usize = 8;
 /// How long writers and readers run, per mode.
@@ -29,15 +29,7 @@ async fn sidecar(redis: &RedisServer, coherence: &str) -> Proxy {
         }];
     })
     .await;
-    let start = Instant::now();
-    while metric(
-        &proxy.admin_get("/metrics").await.1,
-        "cacheside_cache_coherent",
-    ) != Some(1.0)
-    {
-        assert!(start.elapsed() < Duration::from_secs(10), "never coherent");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    history::wait_coherent(&proxy).await;
     proxy
 }
 
@@ -156,26 +148,15 @@ async fn check(coherence: &str) {
             }));
         }
     }
-    tokio::time::sleep(RUN).await;
-    stop.store(true, SeqCst);
-    let (mut reads, mut stale) = (0, 0);
-    for t in tasks {
-        let (r, s) = t.await.expect("checker task");
-        reads += r;
-        stale += s;
-    }
-    let mut hits = 0.0;
-    for p in &readers {
-        hits += metric(
-            &p.admin_get("/metrics").await.1,
-            "cacheside_cache_gets_total{result=\"hit\",tier=\"hot\"}",
-        )
-        .unwrap_or(0.0);
-    }
-    eprintln!("{coherence}: {reads} reads, {hits} hot hits, {stale} stale");
+    let history::Outcome {
+        reads,
+        stale,
+        hot_hits,
+    } = history::finish(RUN, &stop, tasks, &readers).await;
+    eprintln!("{coherence}: {reads} reads, {hot_hits} hot hits, {stale} stale");
     assert!(reads > 1000, "the checker ran ({reads} reads)");
     assert!(
-        hits > 0.0,
+        hot_hits > 0.0,
         "the hot tier served some reads, so it was exercised"
     );
     assert_eq!(

@@ -6,6 +6,7 @@
 
 pub mod commands;
 pub mod fake;
+pub mod history;
 pub mod postgres;
 
 use cacheside::config::Config;
