@@ -58,6 +58,18 @@ pub enum ProxyError {
     NoUpstream { command: String },
     #[error("{0}")]
     Command(String),
+    /// `server.max_clients` connections are open already.
+    #[error("max number of clients reached")]
+    MaxClients,
+    /// A mapped key's load failed (the loader's message names the mapping and the cause).
+    #[error("{0}")]
+    Load(String),
+    /// The upstream answered a read of cacheside's own with a reply of the wrong shape.
+    #[error("malformed upstream reply to a cached read")]
+    UpstreamReply,
+    /// A state that well-behaved parts never produce, answered instead of panicking.
+    #[error("{0}")]
+    Internal(&'static str),
 }
 
 /// What the session does with an error.
@@ -97,6 +109,13 @@ pub fn to_reply(err: &ProxyError) -> Disposition {
             Disposition::Reply(reply::error_bytes(&format!("ERR {err}")))
         }
         ProxyError::Command(msg) => Disposition::Reply(reply::error_bytes(msg)),
+        // Redis's own text; the connection closes, as Redis closes it.
+        ProxyError::MaxClients => {
+            Disposition::Close(Some(reply::error_bytes(&format!("ERR {err}"))))
+        }
+        ProxyError::Load(_) | ProxyError::UpstreamReply | ProxyError::Internal(_) => {
+            Disposition::Reply(reply::error_bytes(&format!("ERR cacheside: {err}")))
+        }
     }
 }
 

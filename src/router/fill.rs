@@ -4,6 +4,7 @@
 //! completion, which either answers at once or, for a mapped key Redis does not hold, loads it
 //! from PostgreSQL first.
 
+use crate::error::ProxyError;
 use crate::loader::{self, LoadError, Loaded, Loader, Mapping};
 use crate::protocol::reply::{self, Proto, ReplyKind};
 use crate::protocol::request::{encode_array_header, encode_bulk};
@@ -333,7 +334,7 @@ fn missing(p: &Pending, all: &[(Bytes, ReplyKind)]) -> Option<Missing> {
 pub fn complete(plan: FillPlan, replies: &Bytes, proto: Proto) -> Completion {
     let Some(all) = reply::split(replies, plan.upstream_replies as usize, proto) else {
         return Completion::Done(
-            reply::error_bytes("ERR cacheside: malformed upstream reply to a cached read"),
+            crate::error::reply_bytes(&ProxyError::UpstreamReply),
             Vec::new(),
         );
     };
@@ -496,7 +497,10 @@ pub async fn finish(
     match step.kind {
         StepKind::One(p) => {
             let Some((m, caps)) = &p.load else {
-                return (reply::error_bytes("ERR cacheside: nothing to load"), fills);
+                return (
+                    crate::error::reply_bytes(&ProxyError::Internal("nothing to load")),
+                    fills,
+                );
             };
             match loader.load(m, &p.key, caps, upstream_down).await {
                 Ok(loaded) => {
@@ -598,7 +602,7 @@ async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> 
 }
 
 fn load_error(e: &LoadError) -> Bytes {
-    reply::error_bytes(&format!("ERR cacheside: {e}"))
+    crate::error::reply_bytes(&ProxyError::Load(e.to_string()))
 }
 
 #[cfg(test)]

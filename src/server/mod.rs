@@ -121,7 +121,9 @@ pub async fn serve(
 
 async fn reject(mut socket: TcpStream) {
     let _ = socket
-        .write_all(b"-ERR max number of clients reached\r\n")
+        .write_all(&crate::error::reply_bytes(
+            &crate::error::ProxyError::MaxClients,
+        ))
         .await;
     let _ = socket.shutdown().await;
 }

@@ -217,7 +217,7 @@ async fn fills(
         for i in at {
             done[i] =
                 Some(loaded.next().unwrap_or_else(|| {
-                    (reply::error_bytes("ERR cacheside: no loader"), Vec::new())
+                    (reply_bytes(&ProxyError::Internal("no loader")), Vec::new())
                 }));
         }
     }
@@ -284,7 +284,7 @@ async fn batch_reply(
 fn failure(res: Option<BatchResult>) -> Bytes {
     match res {
         Some(Err(e)) => reply_bytes(&ProxyError::Upstream(e)),
-        _ => reply::error_bytes("ERR cacheside: upstream reply lost"),
+        _ => reply_bytes(&ProxyError::Internal("upstream reply lost")),
     }
 }
 

@@ -80,18 +80,15 @@ pub async fn finish_all(waiting: Vec<Waiting>, loader: &Loader) -> Vec<(Bytes, V
                 reply
             }
             Some(Err(e)) => load_error(e),
-            None => crate::protocol::reply::error_bytes("ERR cacheside: not loaded"),
+            None => not_loaded(),
         };
         out[i] = Some((reply, fills));
     }
     out.into_iter()
-        .map(|o| {
-            o.unwrap_or_else(|| {
-                (
-                    crate::protocol::reply::error_bytes("ERR cacheside: not loaded"),
-                    Vec::new(),
-                )
-            })
-        })
+        .map(|o| o.unwrap_or_else(|| (not_loaded(), Vec::new())))
         .collect()
+}
+
+fn not_loaded() -> Bytes {
+    crate::error::reply_bytes(&crate::error::ProxyError::Internal("not loaded"))
 }
