@@ -6,6 +6,8 @@
 //! shared and pinned upstream connections waits on a barrier so the upstream executes commands
 //! in the order the client sent them.
 
+mod pinned;
+
 use super::writer::{AfterReply, Out};
 use super::Ctx;
 use crate::error::{to_reply, Disposition, ProxyError, UpstreamError};
@@ -377,119 +379,7 @@ impl Session {
                     .await
             }
             Decision::Pinned | Decision::PinnedRewrite(_) => {
-                if !self.pinned_active {
-                    self.flush_run(chunk).await?;
-                    if let Err(e) = self.enter_pinned().await {
-                        self.ctx.metrics.command(info.family, Outcome::Rejected);
-                        return self
-                            .reply(crate::error::reply_bytes(&ProxyError::Upstream(e)))
-                            .await;
-                    }
-                }
-                self.ctx.metrics.command(info.family, Outcome::Pinned);
-                let inv = self.ctx.router.invalidate(info, &req).await;
-                // Inside MULTI a write only queues: what it touches is evicted again when EXEC's
-                // reply arrives, after the transaction has run.
-                let queued = self.st.in_multi && !matches!(info.name, "EXEC" | "DISCARD" | "MULTI");
-                // Likewise the fill leases of mapped keys it writes are deleted right after it
-                // runs (after EXEC, for a transaction), by commands of cacheside's own.
-                let cleanup = self.ctx.router.write_cleanup(info, &req);
-                let (writes, cleanup) = if queued {
-                    self.multi_writes.extend(inv);
-                    self.multi_cleanup.extend(cleanup);
-                    (Vec::new(), Vec::new())
-                } else if info.name == "EXEC" {
-                    (
-                        std::mem::take(&mut self.multi_writes),
-                        std::mem::take(&mut self.multi_cleanup),
-                    )
-                } else {
-                    if info.name == "DISCARD" {
-                        self.multi_writes.clear();
-                        self.multi_cleanup.clear();
-                    }
-                    (inv.into_iter().collect(), cleanup)
-                };
-                let replying = self.st.reply_mode == crate::router::ReplyMode::On;
-                let expect = self.st.note_pinned(info, &req);
-                let replying = replying && self.st.reply_mode == crate::router::ReplyMode::On;
-                // Broadcast coherence: the PUBLISH runs with the write, on this connection, so
-                // other sidecars have the invalidation before the client sees the reply: queued
-                // last in the transaction (its element is cut from EXEC's reply), or sent right
-                // after a write outside one.
-                let publish = self
-                    .ctx
-                    .router
-                    .hot()
-                    .filter(|_| replying && !writes.is_empty())
-                    .and_then(|hot| {
-                        let keys: Vec<Bytes> =
-                            writes.iter().flat_map(|w| w.keys().to_vec()).collect();
-                        hot.broadcast_command(&keys, writes.iter().any(|w| w.flush()))
-                    });
-                let exec = info.name == "EXEC";
-                if let (true, Some(cmd)) = (exec, &publish) {
-                    self.flush_run(chunk).await?;
-                    if let Some(p) = &mut self.pinned {
-                        p.expect(crate::protocol::reply::Expect::Hidden);
-                    }
-                    self.send_to(Dest::Pinned, cmd.clone(), 1, None).await?;
-                }
-                if let Decision::PinnedRewrite(_) = decision {
-                    self.flush_run(chunk).await?;
-                }
-                if let Some(p) = &mut self.pinned {
-                    use crate::protocol::{Pin, Route};
-                    match info.route {
-                        Route::Pin(Pin::Blocking | Pin::MaybeBlocking) => p.expect_blocking(expect),
-                        _ => p.expect(expect),
-                    }
-                    if exec && publish.is_some() {
-                        p.trim_last();
-                    }
-                    if let (false, Some(hot)) = (writes.is_empty(), self.ctx.router.hot()) {
-                        // Before the client sees the reply: the keys evicted again (fills that
-                        // raced the write fail), and, when no PUBLISH went with the write, the
-                        // writes announced.
-                        let (hot, announce) = (hot.clone(), publish.is_none());
-                        p.before_reply(Box::pin(async move {
-                            if announce {
-                                hot.announce_pinned_writes(&writes);
-                            }
-                            for w in writes {
-                                w.complete().await;
-                            }
-                        }));
-                    }
-                }
-                match decision {
-                    Decision::PinnedRewrite(bytes) => {
-                        self.send_to(Dest::Pinned, bytes, 1, None).await?
-                    }
-                    _ => self.push_run(Dest::Pinned, chunk, span, &req, None).await?,
-                }
-                if let (false, Some(cmd)) = (exec, publish) {
-                    self.flush_run_then(chunk, cmd).await?;
-                }
-                // With CLIENT REPLY OFF the upstream would not answer them either: skipped.
-                if !cleanup.is_empty() && self.st.reply_mode == crate::router::ReplyMode::On {
-                    self.flush_run(chunk).await?;
-                    for cmd in cleanup {
-                        if let Some(p) = &mut self.pinned {
-                            p.expect(crate::protocol::reply::Expect::Hidden);
-                        }
-                        self.send_to(Dest::Pinned, cmd, 1, None).await?;
-                    }
-                }
-                if self.st.can_release() {
-                    self.flush_run(chunk).await?;
-                    if let Some(p) = &mut self.pinned {
-                        p.release();
-                    }
-                    self.pinned_active = false;
-                    self.release_pending = true;
-                }
-                Ok(())
+                self.pinned_request(chunk, span, req, info, decision).await
             }
             Decision::Reply(bytes) => {
                 self.ctx.metrics.command(info.family, Outcome::Local);
@@ -544,49 +434,6 @@ impl Session {
         }
     }
 
-    /// Opens (or reuses) the pinned connection and starts relaying its frames to the client,
-    /// after every shared command sent before has executed.
-    async fn enter_pinned(&mut self) -> Result<(), UpstreamError> {
-        if self.shared_dirty {
-            self.barrier().await.map_err(|_| UpstreamError::Closed {
-                addr: "client".into(),
-            })?;
-        }
-        if self.pinned.is_some() && self.pinned_proto != self.st.proto {
-            if self.release_pending {
-                let _ = self.barrier().await;
-            }
-            self.pinned = None;
-        }
-        if self.pinned.is_none() {
-            let upstream =
-                self.ctx
-                    .upstream
-                    .as_ref()
-                    .ok_or_else(|| UpstreamError::Unavailable {
-                        addr: "none".into(),
-                        detail: "no upstream configured".into(),
-                    })?;
-            self.pinned = Some(upstream.pin(self.st.proto, self.st.name.as_deref()).await?);
-            self.pinned_proto = self.st.proto;
-            let upstream_id = self.pinned.as_ref().and_then(|p| p.upstream_id());
-            self.me.client.set_upstream_id(upstream_id);
-        }
-        let frames = self
-            .pinned
-            .as_mut()
-            .expect("pinned connection opened above")
-            .begin();
-        self.queue(Out::Stream(frames))
-            .await
-            .map_err(|_| UpstreamError::Closed {
-                addr: "client".into(),
-            })?;
-        self.pinned_active = true;
-        self.release_pending = false;
-        Ok(())
-    }
-
     /// Adds a request to the current run, or starts a new one.
     async fn push_run(
         &mut self,
@@ -635,21 +482,6 @@ impl Session {
             }
             None => Ok(()),
         }
-    }
-
-    /// Sends the current (pinned) run with a command of cacheside's own after it, in one write.
-    async fn flush_run_then(&mut self, chunk: &Bytes, cmd: Bytes) -> Result<(), Stop> {
-        let head = match self.run.take() {
-            Some(run) => chunk.slice(run.span),
-            None => Bytes::new(),
-        };
-        if let Some(p) = &mut self.pinned {
-            p.expect(crate::protocol::reply::Expect::Hidden);
-        }
-        let mut joined = BytesMut::with_capacity(head.len() + cmd.len());
-        joined.extend_from_slice(&head);
-        joined.extend_from_slice(&cmd);
-        self.send_to(Dest::Pinned, joined.freeze(), 0, None).await
     }
 
     async fn send_to(
