@@ -9,11 +9,14 @@
 //! In the order a request travels:
 //!
 //! - [`config`]: proxy.toml + `CACHESIDE_*` env + flags, validated before anything binds.
-//! - [`server`]: accept loop with a connection limit; per client a session (read, parse, route)
-//!   and a writer (ordered replies, one write per batch).
-//! - [`protocol`]: request parsing, the command table, reply framing and building. No I/O.
-//! - [`router`]: where each command is answered: locally, on a shared upstream connection, or
-//!   on the client's pinned connection.
+//! - [`server`]: accept loop with a connection limit; per client a session (read, parse, route;
+//!   its pinned path in `session/pinned.rs`) and a writer (ordered replies, one write per batch;
+//!   reads that need loads from one read of the client complete together).
+//! - [`protocol`]: request parsing, the command table, the one reply reader ([`protocol::scan`]:
+//!   iterative framing and typed views) and reply building. No I/O.
+//! - [`router`]: where each command is answered: locally (including CLIENT LIST/INFO/KILL about
+//!   cacheside's own clients, [`router::clients`]), from the hot tier or a load
+//!   ([`router::fill`]), on a shared upstream connection, or on the client's pinned connection.
 //! - [`tier::hot`]: the in-process tier and its coherence; [`tier::store`]: standalone mode.
 //! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects.
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys.
