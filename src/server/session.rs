@@ -148,6 +148,8 @@ impl Session {
     pub(super) async fn serve(&mut self, shutdown: &mut watch::Receiver<bool>) -> Stop {
         let mut need = 0usize;
         let mut draining = *shutdown.borrow();
+        // Its own handle, so waiting for a kill does not borrow the session.
+        let me = self.me.client.clone();
         loop {
             if self.buf.len() > self.ctx.max_query_buffer {
                 let e = ProxyError::QueryBuffer {
@@ -165,7 +167,6 @@ impl Session {
             if self.buf.capacity() - self.buf.len() < want / 2 {
                 self.buf.reserve(want);
             }
-            let me = self.me.client.clone();
             tokio::select! {
                 biased;
                 _ = shutdown.changed(), if !draining => {
