@@ -25,7 +25,7 @@ use crate::error::UpstreamError;
 use crate::metrics::OriginMetrics;
 use crate::protocol::reply::{self, Proto};
 use crate::protocol::request::encode_command;
-use crate::protocol::scan::Value;
+use crate::protocol::scan::{integer, Value};
 use crate::tier::redis::Upstream;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -368,12 +368,7 @@ impl Loader {
                         .await
                         .unwrap_or_default();
                     for (i, key) in filled_keys.into_iter().enumerate() {
-                        match replies.get(i).and_then(|r| integer(r)) {
-                            Some(1) => m.metrics.fills.inc(),
-                            Some(0) => m.metrics.fills_skipped_raced.inc(),
-                            _ => m.metrics.fills_skipped_error.inc(),
-                        }
-                        if replies.get(i).and_then(|r| integer(r)) != Some(1) {
+                        if !counted_fill(m, replies.get(i).and_then(|r| integer(r))) {
                             self.forget(key);
                         }
                     }
@@ -620,13 +615,7 @@ impl Loader {
         loaded: &Loaded,
     ) -> bool {
         let reply = call(upstream, self.fill_command(m, key, token, loaded), 1).await;
-        let filled = reply.as_ref().ok().and_then(|r| integer(&r[0]));
-        match filled {
-            Some(1) => m.metrics.fills.inc(),
-            Some(0) => m.metrics.fills_skipped_raced.inc(),
-            _ => m.metrics.fills_skipped_error.inc(),
-        }
-        filled == Some(1)
+        counted_fill(m, reply.as_ref().ok().and_then(|r| integer(&r[0])))
     }
 
     /// The compare-and-set fill of one loaded key (see FILL_SCRIPT).
@@ -713,17 +702,23 @@ impl Loader {
 
 type UnfilledHook = Box<dyn Fn(&[u8]) + Send + Sync>;
 
+/// Counts what the fill script answered (1 filled, 0 lost the lease, anything else an error);
+/// whether Redis took the value.
+fn counted_fill(m: &Mapping, answer: Option<i64>) -> bool {
+    match answer {
+        Some(1) => m.metrics.fills.inc(),
+        Some(0) => m.metrics.fills_skipped_raced.inc(),
+        _ => m.metrics.fills_skipped_error.inc(),
+    }
+    answer == Some(1)
+}
+
 /// A load's result and whether its value is Redis's (errors have no value to keep).
 fn split_kept(r: Result<(Loaded, bool), LoadError>) -> (Result<Loaded, LoadError>, bool) {
     match r {
         Ok((loaded, kept)) => (Ok(loaded), kept),
         Err(e) => (Err(e), true),
     }
-}
-
-/// An integer reply's value.
-fn integer(b: &[u8]) -> Option<i64> {
-    Value::parse(b, Proto::Resp2)?.0.integer()
 }
 
 /// A fresh lease token.

@@ -240,6 +240,11 @@ impl<'a> Value<'a> {
     }
 }
 
+/// The value of an integer reply in RESP2 (`None` for a reply of any other type).
+pub fn integer(reply: &[u8]) -> Option<i64> {
+    Value::parse(reply, Proto::Resp2)?.0.integer()
+}
+
 /// An array reply without its last element (cacheside's own command queued at the end of a
 /// transaction); `None` if `frame` is not a non-empty array.
 pub fn without_last(frame: &[u8]) -> Option<Vec<u8>> {

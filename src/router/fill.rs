@@ -8,7 +8,7 @@ use crate::error::ProxyError;
 use crate::loader::{self, LoadError, Loaded, Loader, Mapping};
 use crate::protocol::reply::{self, Proto, ReplyKind};
 use crate::protocol::request::{encode_array_header, encode_bulk};
-use crate::protocol::scan::Value;
+use crate::protocol::scan::{integer, Value};
 use crate::protocol::Request;
 use crate::tier::hot::{Cached, Fill, HotTier, Rule, Stamp, View};
 use bytes::{Bytes, BytesMut};
@@ -256,10 +256,6 @@ fn cached(b: Bytes) -> Cached {
     } else {
         Cached::Value(b)
     }
-}
-
-fn integer(b: &[u8]) -> Option<i64> {
-    Value::parse(b, Proto::Resp2)?.0.integer()
 }
 
 /// The elements of an array reply (RESP2 or RESP3), as slices of it; `None` for anything else.
