@@ -19,6 +19,7 @@
 //! Unrelated keys that share a stripe only cost a miss or a skipped fill.
 
 pub mod coherence;
+mod front;
 pub mod info;
 mod pattern;
 pub mod settings;
@@ -32,7 +33,7 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use settings::{HotSettings, RuleSettings};
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,6 +109,8 @@ struct Slot {
 
 #[derive(Debug, Clone)]
 struct Entry {
+    /// The id of the same views in the front map (see `front`).
+    id: u64,
     slots: Arc<[Slot]>,
     /// The latest slot deadline: moka drops the entry then.
     deadline: Instant,
@@ -188,6 +191,12 @@ impl Drop for WriteGuard {
             if self.flush {
                 self.tier.flushes.fetch_add(1, SeqCst);
             }
+            for k in &self.keys {
+                self.tier.front_remove(k);
+            }
+            if self.flush {
+                self.tier.front.clear();
+            }
             let (tier, keys, flush) = (
                 self.tier.clone(),
                 std::mem::take(&mut self.keys),
@@ -241,7 +250,10 @@ pub struct HotTier {
     flushes: AtomicU64,
     /// Flushes sent and not yet answered.
     flushes_in_flight: AtomicU64,
-    hasher: std::collections::hash_map::RandomState,
+    /// The read path in front of `cache`; also hashes keys to their stripes.
+    front: Arc<front::Front>,
+    /// Ids of puts into the front map and moka.
+    ids: AtomicU64,
     /// False while invalidations may be missed (coherence connection down): reads and fills
     /// bypass the tier until it is back.
     coherent: AtomicBool,
@@ -290,6 +302,8 @@ impl Broadcast {
 impl HotTier {
     pub fn new(settings: &HotSettings, metrics: Arc<Metrics>) -> Arc<Self> {
         let m = metrics.clone();
+        let front = Arc::new(front::Front::new());
+        let mirror = front.clone();
         let cache = Cache::builder()
             .max_capacity(settings.max_bytes)
             .weigher(|k: &Bytes, e: &Entry| {
@@ -307,11 +321,14 @@ impl HotTier {
             } else {
                 EvictionPolicy::tiny_lfu()
             })
-            .eviction_listener(move |_k, _v, cause| match cause {
-                RemovalCause::Size => m.cache.evicted_size.inc(),
-                RemovalCause::Expired => m.cache.evicted_expiry.inc(),
-                RemovalCause::Explicit => m.cache.evicted_invalidation.inc(),
-                RemovalCause::Replaced => {}
+            .eviction_listener(move |k: Arc<Bytes>, v: Entry, cause| {
+                mirror.remove(&k, mirror.hash(&k), v.id);
+                match cause {
+                    RemovalCause::Size => m.cache.evicted_size.inc(),
+                    RemovalCause::Expired => m.cache.evicted_expiry.inc(),
+                    RemovalCause::Explicit => m.cache.evicted_invalidation.inc(),
+                    RemovalCause::Replaced => {}
+                }
             })
             .build();
         let tier = Arc::new(Self {
@@ -324,7 +341,8 @@ impl HotTier {
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             flushes: AtomicU64::new(0),
             flushes_in_flight: AtomicU64::new(0),
-            hasher: std::collections::hash_map::RandomState::new(),
+            front,
+            ids: AtomicU64::new(0),
             coherent: AtomicBool::new(false),
             broadcast: std::sync::OnceLock::new(),
             publisher: std::sync::OnceLock::new(),
@@ -367,12 +385,22 @@ impl HotTier {
     }
 
     fn stripe(&self, key: &[u8]) -> &Stripe {
-        &self.stripes[(self.hasher.hash_one(key) as usize) & (STRIPES - 1)]
+        self.stripe_at(self.front.hash(key))
     }
 
-    /// Whether a write through this sidecar to `key` (or a flush) is sent and not yet answered.
-    fn write_in_flight(&self, key: &[u8]) -> bool {
-        self.stripe(key).writes.load(SeqCst) > 0 || self.flushes_in_flight.load(SeqCst) > 0
+    fn stripe_at(&self, hash: u64) -> &Stripe {
+        &self.stripes[(hash as usize) & (STRIPES - 1)]
+    }
+
+    /// Whether a write through this sidecar to the key (or a flush) is sent and not yet
+    /// answered.
+    fn write_in_flight(&self, hash: u64) -> bool {
+        self.stripe_at(hash).writes.load(SeqCst) > 0 || self.flushes_in_flight.load(SeqCst) > 0
+    }
+
+    /// Takes the key out of the read path, whatever put it there.
+    fn front_remove(&self, key: &[u8]) {
+        self.front.remove(key, self.front.hash(key), u64::MAX);
     }
 
     /// Starts a write of `keys` (or a flush): until the guard is completed or dropped, those keys
@@ -443,8 +471,9 @@ impl HotTier {
     }
 
     fn stamp_holds(&self, key: &[u8], s: Stamp) -> bool {
-        !self.write_in_flight(key)
-            && self.stripe(key).epoch.load(SeqCst) == s.stripe
+        let hash = self.front.hash(key);
+        !self.write_in_flight(hash)
+            && self.stripe_at(hash).epoch.load(SeqCst) == s.stripe
             && self.flushes.load(SeqCst) == s.flush
     }
 
@@ -460,14 +489,18 @@ impl HotTier {
     }
 
     async fn lookup(&self, key: &[u8], view: &View) -> Option<Cached> {
-        if !self.is_coherent() || self.write_in_flight(key) {
+        let hash = self.front.hash(key);
+        if !self.is_coherent() || self.write_in_flight(hash) {
             return None;
         }
-        let entry = self.cache.get(key).await?;
+        let slots = self.front.get(key, hash)?;
+        if front::sampled() {
+            // moka's policy learns of the read (see `front`).
+            let _ = self.cache.get(key).await;
+        }
         let now = Instant::now();
         let fresh = |v: &View| {
-            entry
-                .slots
+            slots
                 .iter()
                 .find(|s| &s.view == v && s.deadline > now)
                 .map(|s| s.value.clone())
@@ -543,9 +576,9 @@ impl HotTier {
             value,
             deadline: now + ttl,
         };
-        let mut slots: Vec<Slot> = match self.cache.get(&f.key).await {
-            Some(e) => e
-                .slots
+        let hash = self.front.hash(&f.key);
+        let mut slots: Vec<Slot> = match self.front.get(&f.key, hash) {
+            Some(held) => held
                 .iter()
                 .filter(|s| s.view != slot.view && s.deadline > now)
                 .cloned()
@@ -554,11 +587,23 @@ impl HotTier {
         };
         slots.push(slot);
         let deadline = slots.iter().map(|s| s.deadline).max().unwrap_or(now);
+        let slots: Arc<[Slot]> = slots.into();
+        let id = self.ids.fetch_add(1, SeqCst) + 1;
+        // The front first: moka's listener may remove this entry as soon as moka has it.
+        self.front.put(
+            front::Held {
+                key: key.clone(),
+                id,
+                slots: slots.clone(),
+            },
+            hash,
+        );
         self.cache
             .insert(
                 key,
                 Entry {
-                    slots: slots.into(),
+                    id,
+                    slots,
                     deadline,
                 },
             )
@@ -566,6 +611,7 @@ impl HotTier {
         if self.stamp_holds(&f.key, f.stamp) {
             m.fills_stored.inc();
         } else {
+            self.front.remove(&f.key, hash, u64::MAX);
             self.cache.invalidate(&f.key).await;
             m.fills_raced.inc();
         }
@@ -610,12 +656,14 @@ impl HotTier {
     /// second eviction of a write, when its reply arrives).
     pub async fn evict(&self, key: &[u8]) {
         self.stripe(key).epoch.fetch_add(1, SeqCst);
+        self.front_remove(key);
         self.cache.invalidate(key).await;
     }
 
     /// Evicts `key` (and fails fills of it that are in flight).
     pub async fn invalidate(&self, key: &[u8], source: InvalidationSource) {
         self.stripe(key).epoch.fetch_add(1, SeqCst);
+        self.front_remove(key);
         self.cache.invalidate(key).await;
         self.metrics.cache.invalidation(source);
     }
@@ -623,6 +671,7 @@ impl HotTier {
     /// Empties the tier (and fails every fill in flight).
     pub async fn invalidate_all(&self, source: InvalidationSource) {
         self.flushes.fetch_add(1, SeqCst);
+        self.front.clear();
         self.cache.invalidate_all();
         self.metrics.cache.invalidation(source);
     }
@@ -817,5 +866,73 @@ mod tests {
         t.sync().await;
         assert!(t.weighted_size() <= 64 * 1024, "{}", t.weighted_size());
         assert!(t.entry_count() > 10);
+        // The read path holds nothing moka evicted: the bound covers what is served.
+        let mut served = 0;
+        for i in 0..1000 {
+            let key = format!("p:{i}");
+            if t.get(key.as_bytes(), &View::Get).await.is_some() {
+                served += 1;
+                assert!(t.cache.contains_key(key.as_bytes()), "{key} served, not held");
+            }
+        }
+        assert!(served > 10, "{served}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_fills_and_evictions_leave_the_read_path_within_moka() {
+        let t = tier(32 * 1024);
+        t.set_coherent(true).await;
+        let value = Bytes::from(vec![b'v'; 500]);
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let (t, value) = (t.clone(), value.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..2000 {
+                    // Overlapping keys: puts race each other and moka's listener.
+                    let key = Bytes::from(format!("p:{}", (i * 7 + w) % 300));
+                    t.fill(Fill {
+                        key: key.clone(),
+                        view: View::Get,
+                        value: Cached::Value(value.clone()),
+                        pttl: -1,
+                        stamp: t.stamp(&key),
+                        rule: t.rule(&key).unwrap().clone(),
+                    })
+                    .await;
+                    if i % 5 == 0 {
+                        let _ = t.get(&key, &View::Get).await;
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        t.sync().await;
+        for i in 0..300 {
+            let key = format!("p:{i}");
+            if t.get(key.as_bytes(), &View::Get).await.is_some() {
+                assert!(t.cache.contains_key(key.as_bytes()), "{key} served, not held");
+            }
+        }
+    }
+
+    #[test]
+    fn a_late_removal_keeps_a_newer_put() {
+        let f = front::Front::new();
+        let key = Bytes::from_static(b"k");
+        let h = f.hash(&key);
+        let held = |id| front::Held {
+            key: key.clone(),
+            id,
+            slots: Vec::new().into(),
+        };
+        f.put(held(2), h);
+        // An older put that lost the race is not kept over a newer one.
+        f.put(held(1), h);
+        f.remove(&key, h, 1);
+        assert!(f.get(&key, h).is_some(), "removing id 1 keeps id 2");
+        f.remove(&key, h, 2);
+        assert!(f.get(&key, h).is_none());
     }
 }
