@@ -58,7 +58,8 @@ pub enum Part {
 
 /// What answering a read came to.
 pub enum Outcome {
-    Hit(Bytes),
+    /// Answered: the reply was appended to the caller's buffer.
+    Hit,
     Miss(Box<FillPlan>),
     /// Nothing to do for the tier or the loader: forward as usual.
     Skip,
@@ -89,8 +90,9 @@ pub async fn read(
     req: &Request,
     proto: Proto,
     fence: &mut Fence,
+    out: &mut BytesMut,
 ) -> Outcome {
-    let single = |view: View| (req.arg_bytes(1), view);
+    let single = |view: View| (req.arg(1), view);
     let (key, view) = match (name, req.argc()) {
         ("GET", 2) => single(View::Get),
         ("EXISTS", 2) => single(View::Exists),
@@ -102,33 +104,34 @@ pub async fn read(
                 return Outcome::Skip;
             };
             return match tier.strlen(req.arg(1)).await {
-                Some(b) => Outcome::Hit(b),
+                Some(b) => {
+                    out.extend_from_slice(&b);
+                    Outcome::Hit
+                }
                 None => Outcome::Skip,
             };
         }
-        ("MGET", n) if n >= 2 => return mget(tier, loader, req, proto, fence).await,
+        ("MGET", n) if n >= 2 => return mget(tier, loader, req, proto, fence, out).await,
         _ => return Outcome::Skip,
     };
-    let rule = tier.and_then(|t| t.rule(&key).cloned());
+    let rule = tier.and_then(|t| t.rule(key).cloned());
     // The fence comes before the lookup: once it finds nothing pending, every invalidation
     // that reached this sidecar before the request was sent is applied, so what the lookup
     // finds is not older than it. (Checked after, an invalidation applied between the two
     // would let the value it removed be served.)
     if let (Some(t), Some(_)) = (tier, &rule) {
-        if !fence.pending(t) {
-            if let Some(hit) = t.get(&key, &view).await {
-                return Outcome::Hit(hit.render(proto));
-            }
+        if !fence.pending(t) && t.get_into(key, &view, proto, out).await {
+            return Outcome::Hit;
         }
     }
     let hot = match (tier, rule) {
-        (Some(t), Some(r)) if t.is_coherent() => Some((t.stamp(&key), r)),
+        (Some(t), Some(r)) if t.is_coherent() => Some((t.stamp(key), r)),
         _ => None,
     };
     // EXISTS and STRLEN are not read through: only the value commands are.
     let load = match view {
         View::Exists => None,
-        _ => loader.and_then(|l| l.resolve(&key)),
+        _ => loader.and_then(|l| l.resolve(key)),
     };
     if hot.is_none() && load.is_none() {
         return Outcome::Skip;
@@ -137,7 +140,7 @@ pub async fn read(
     frame.extend_from_slice(req.frame());
     let mut replies = 1;
     let mut p = Pending {
-        key,
+        key: req.arg_bytes(1),
         view,
         hot,
         load,
@@ -176,6 +179,7 @@ async fn mget(
     req: &Request,
     proto: Proto,
     fence: &mut Fence,
+    out: &mut BytesMut,
 ) -> Outcome {
     let n = req.argc() - 1;
     let cacheable = |k: &[u8]| tier.is_some_and(|t| t.rule(k).is_some());
@@ -201,14 +205,13 @@ async fn mget(
         misses.push(key);
     }
     if misses.is_empty() {
-        let mut out = BytesMut::new();
-        encode_array_header(&mut out, n);
+        encode_array_header(out, n);
         for p in &parts {
             if let Part::Hit(c) = p {
-                out.extend_from_slice(&c.render(proto));
+                c.render_into(proto, out);
             }
         }
-        return Outcome::Hit(out.freeze());
+        return Outcome::Hit;
     }
     let mut frame = BytesMut::new();
     encode_array_header(&mut frame, misses.len() + 1);
@@ -644,6 +647,7 @@ mod tests {
             &req,
             Proto::Resp2,
             &mut Fence::default(),
+            &mut BytesMut::new(),
         )
         .await
         else {
@@ -662,6 +666,7 @@ mod tests {
         for f in fills {
             t.fill(f).await;
         }
+        let mut out = BytesMut::new();
         match read(
             Some(&t),
             None,
@@ -669,10 +674,11 @@ mod tests {
             &req,
             Proto::Resp2,
             &mut Fence::default(),
+            &mut out,
         )
         .await
         {
-            Outcome::Hit(b) => assert_eq!(&b[..], b"$1\r\nv\r\n"),
+            Outcome::Hit => assert_eq!(&out[..], b"$1\r\nv\r\n"),
             _ => panic!("expected a hit"),
         }
     }
@@ -697,6 +703,7 @@ mod tests {
             &req,
             Proto::Resp3,
             &mut Fence::default(),
+            &mut BytesMut::new(),
         )
         .await
         else {
@@ -723,6 +730,7 @@ mod tests {
             &req,
             Proto::Resp2,
             &mut Fence::default(),
+            &mut BytesMut::new(),
         )
         .await
         else {

@@ -15,7 +15,7 @@ use crate::protocol::reply::{Expect, SubKind};
 use crate::protocol::{Proto, Request};
 use crate::tier::hot::{HotTier, WriteGuard};
 use crate::tier::store::Store;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
 /// What cacheside knows about one client connection.
@@ -198,8 +198,8 @@ pub enum Decision {
     Reset,
     /// An error reply (or a close), mapped by `error::to_reply`.
     Fail(ProxyError),
-    /// Answered from the hot tier.
-    Cached(Bytes),
+    /// Answered from the hot tier: the reply is in the buffer given to `route`.
+    Cached,
     /// A hot-tier miss: read the value and its TTL upstream, then store it.
     Fill(Box<fill::FillPlan>),
     /// INFO: forwarded, with cacheside's own section appended to the reply.
@@ -315,11 +315,14 @@ impl Router {
 
     /// Decides where `req` goes. `pinned` is true while the client's pinned connection is the
     /// one carrying its commands.
+    /// Decides where `req` is answered. A hot-tier hit is appended to `hits` and answered
+    /// `Decision::Cached`.
     pub async fn route(
         &self,
         st: &mut ClientState,
         req: &Request,
         pinned: bool,
+        hits: &mut BytesMut,
     ) -> (Decision, &'static CommandInfo) {
         let info = command::lookup(req.arg(0));
         let mut decision = self.decide(st, info, req, pinned);
@@ -332,10 +335,11 @@ impl Router {
                     req,
                     st.proto,
                     &mut st.fence,
+                    hits,
                 )
                 .await
                 {
-                    fill::Outcome::Hit(b) => decision = Decision::Cached(b),
+                    fill::Outcome::Hit => decision = Decision::Cached,
                     fill::Outcome::Miss(plan) => decision = Decision::Fill(plan),
                     fill::Outcome::Skip => {}
                 }
@@ -452,8 +456,13 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        rt.block_on(r.route(st, &Request::from_args(args), pinned))
-            .0
+        rt.block_on(r.route(
+            st,
+            &Request::from_args(args),
+            pinned,
+            &mut bytes::BytesMut::new(),
+        ))
+        .0
     }
 
     #[test]

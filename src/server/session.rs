@@ -75,6 +75,8 @@ pub(super) struct Session {
     parsed: Vec<Parsed>,
     /// Replies of cacheside's own not yet queued (sent as one item).
     ready: BytesMut,
+    /// A hot-tier hit that must wait for the run before it (see `handle`).
+    hits: BytesMut,
     /// Cached keys written by commands queued in the open transaction.
     multi_writes: Vec<Invalidation>,
     /// Lease cleanup for mapped keys written by commands queued in the open transaction.
@@ -119,6 +121,7 @@ impl Session {
             run: None,
             parsed: Vec::new(),
             ready: BytesMut::new(),
+            hits: BytesMut::new(),
             multi_writes: Vec::new(),
             multi_cleanup: Vec::new(),
             read_ahead: false,
@@ -286,10 +289,18 @@ impl Session {
         span: Option<Range<usize>>,
         req: Request,
     ) -> Result<(), Stop> {
+        // A hit goes straight into the gathered replies when nothing is queued before it;
+        // otherwise into `hits`, to follow the run ahead of it.
+        let direct = self.run.is_none() && !self.pinned_active;
+        let hits = if direct {
+            &mut self.ready
+        } else {
+            &mut self.hits
+        };
         let (decision, info) = self
             .ctx
             .router
-            .route(&mut self.st, &req, self.pinned_active)
+            .route(&mut self.st, &req, self.pinned_active, hits)
             .await;
         self.last_cmd = info.name;
         match decision {
@@ -333,10 +344,19 @@ impl Session {
                 let reply = store.execute(&req, self.st.proto).await;
                 self.reply(reply).await
             }
-            Decision::Cached(bytes) => {
+            Decision::Cached => {
                 self.ctx.metrics.command(info.family, Outcome::Cached);
+                if direct {
+                    return Ok(());
+                }
                 self.flush_run(chunk).await?;
-                self.reply(bytes).await
+                if self.pinned_active {
+                    let bytes = self.hits.split().freeze();
+                    return self.reply(bytes).await;
+                }
+                self.ready.extend_from_slice(&self.hits);
+                self.hits.clear();
+                Ok(())
             }
             Decision::Fill(plan) => {
                 self.ctx.metrics.command(info.family, Outcome::Forwarded);

@@ -193,7 +193,7 @@ async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
     tier.set_coherent(true).await;
     tracing::info!(upstream = %addr, "hot tier coherent: CLIENT TRACKING (BCAST) on");
     // Frames that came with the CLIENT TRACKING reply are applied first.
-    let mut applying = tier.applying().lock().await;
+    let mut applying = tier.applying();
     loop {
         while let Some(f) = match reply::frame(&buf, Proto::Resp3) {
             Ok(f) => f,
@@ -215,12 +215,12 @@ async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
 /// is an invalidation already off the socket: the lock stays held (hits wait) until the rest
 /// of it arrives.
 async fn next<'t>(
-    applying: tokio::sync::MutexGuard<'t, ()>,
+    applying: super::Applying<'t>,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     tier: &'t HotTier,
     addr: &Arc<str>,
-) -> Result<tokio::sync::MutexGuard<'t, ()>, End> {
+) -> Result<super::Applying<'t>, End> {
     if buf.is_empty() {
         drop(applying);
         return take(stream, buf, tier, addr).await;
@@ -240,10 +240,10 @@ async fn take<'t>(
     buf: &mut BytesMut,
     tier: &'t HotTier,
     addr: &Arc<str>,
-) -> Result<tokio::sync::MutexGuard<'t, ()>, End> {
+) -> Result<super::Applying<'t>, End> {
     loop {
         stream.readable().await.map_err(|e| lost(addr, e))?;
-        let applying = tier.applying().lock().await;
+        let applying = tier.applying();
         match stream.try_read_buf(buf) {
             Ok(0) => return Err(End::Lost(UpstreamError::Closed { addr: addr.clone() })),
             Ok(_) => return Ok(applying),
@@ -304,7 +304,7 @@ async fn run_broadcast(tier: &HotTier, settings: &Settings, channel: &str, id: &
     watch(tier, &stream);
     tier.set_coherent(true).await;
     tracing::info!(upstream = %addr, channel, "hot tier coherent: broadcast invalidation");
-    let mut applying = tier.applying().lock().await;
+    let mut applying = tier.applying();
     loop {
         while let Some(f) = match reply::frame(&buf, Proto::Resp2) {
             Ok(f) => f,

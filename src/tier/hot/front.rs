@@ -13,11 +13,11 @@
 //! moka still learns what is read: one hit in [`SAMPLE`] per thread is also a moka read, so its
 //! admission and eviction policy keeps the keys' relative popularity.
 
-use super::Slot;
+use super::{Slot, Slots};
 use bytes::Bytes;
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 /// Shards of the map: a power of two.
 const SHARDS: usize = 64;
@@ -29,7 +29,7 @@ pub(super) const SAMPLE: u32 = 16;
 pub(super) struct Held {
     pub key: Bytes,
     pub id: u64,
-    pub slots: Arc<[Slot]>,
+    pub slots: Slots,
 }
 
 pub(super) struct Front {
@@ -56,12 +56,16 @@ impl Front {
         &self.shards[(hash >> 40) as usize & (SHARDS - 1)]
     }
 
-    /// The key's views, if held.
-    pub fn get(&self, key: &[u8], hash: u64) -> Option<Arc<[Slot]>> {
+    /// Whether the key's views are held.
+    #[cfg(test)]
+    pub fn contains(&self, key: &[u8], hash: u64) -> bool {
+        self.with(key, hash, |_| ()).is_some()
+    }
+
+    /// Applies `f` to the key's views under the shard's read lock, if they are held.
+    pub fn with<R>(&self, key: &[u8], hash: u64, f: impl FnOnce(&[Slot]) -> R) -> Option<R> {
         let shard = self.shard(hash).read().unwrap_or_else(|e| e.into_inner());
-        shard
-            .find(hash, |h| h.key[..] == *key)
-            .map(|h| h.slots.clone())
+        shard.find(hash, |h| h.key[..] == *key).map(|h| f(&h.slots))
     }
 
     /// Puts the key's views unless a newer put is already here.

@@ -92,6 +92,17 @@ impl Cached {
         }
     }
 
+    /// Appends the reply bytes in `proto` to `out`.
+    pub fn render_into(&self, proto: Proto, out: &mut BytesMut) {
+        match self {
+            Cached::Value(b) => out.extend_from_slice(b),
+            Cached::Nil => out.extend_from_slice(match proto {
+                Proto::Resp2 => b"$-1\r\n",
+                Proto::Resp3 => b"_\r\n",
+            }),
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Cached::Value(b) => b.len(),
@@ -107,11 +118,16 @@ struct Slot {
     deadline: Instant,
 }
 
+/// The views of a key: held inline, as the read path probes them.
+type Slots = smallvec::SmallVec<[Slot; 1]>;
+
+/// What moka holds for a key: its size and deadline. The views themselves live in the front
+/// map (see `front`), under the same id.
 #[derive(Debug, Clone)]
 struct Entry {
-    /// The id of the same views in the front map (see `front`).
     id: u64,
-    slots: Arc<[Slot]>,
+    /// Bytes counted against `max_size`.
+    weight: u32,
     /// The latest slot deadline: moka drops the entry then.
     deadline: Instant,
 }
@@ -224,6 +240,16 @@ impl Drop for WriteGuard {
     }
 }
 
+/// Raised from before the coherence task reads its socket until what it read is applied (see
+/// `invalidations_pending`); lowered when dropped.
+pub(crate) struct Applying<'t>(&'t HotTier);
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        self.0.applying.store(false, SeqCst);
+    }
+}
+
 /// The epochs a fill must find unchanged for its value to stay.
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp {
@@ -262,10 +288,10 @@ pub struct HotTier {
     /// Sends a PUBLISH without waiting (for writes on pinned connections).
     publisher: std::sync::OnceLock<Box<dyn Fn(Bytes) + Send + Sync>>,
     /// A duplicate of the invalidation connection's socket, to peek for unread invalidations.
-    watch: std::sync::Mutex<Option<std::net::TcpStream>>,
-    /// Held by the coherence task from taking invalidations off its socket until they are
-    /// applied; a checker that finds it held knows invalidations are pending.
-    applying: tokio::sync::Mutex<()>,
+    watch: std::sync::RwLock<Option<std::net::TcpStream>>,
+    /// Raised by the coherence task from before it reads its socket until what it read is
+    /// applied; a checker that finds it raised knows invalidations are pending.
+    applying: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -306,15 +332,7 @@ impl HotTier {
         let mirror = front.clone();
         let cache = Cache::builder()
             .max_capacity(settings.max_bytes)
-            .weigher(|k: &Bytes, e: &Entry| {
-                let bytes = ENTRY_OVERHEAD
-                    + k.len()
-                    + e.slots
-                        .iter()
-                        .map(|s| VIEW_OVERHEAD + s.value.len() + view_len(&s.view))
-                        .sum::<usize>();
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
+            .weigher(|_: &Bytes, e: &Entry| e.weight)
             .expire_after(EntryExpiry)
             .eviction_policy(if settings.lru {
                 EvictionPolicy::lru()
@@ -346,8 +364,8 @@ impl HotTier {
             coherent: AtomicBool::new(false),
             broadcast: std::sync::OnceLock::new(),
             publisher: std::sync::OnceLock::new(),
-            watch: std::sync::Mutex::new(None),
-            applying: tokio::sync::Mutex::new(()),
+            watch: std::sync::RwLock::new(None),
+            applying: AtomicBool::new(false),
             metrics: metrics.clone(),
         });
         let weak = Arc::downgrade(&tier);
@@ -428,32 +446,34 @@ impl HotTier {
     /// Redis sends a write's invalidation before the writer's reply, so a client that saw the
     /// reply and reads through another sidecar finds the invalidation there at least pending.
     pub fn invalidations_pending(&self) -> bool {
-        // Held: invalidations were taken off the socket and are being applied.
-        let Ok(_applying) = self.applying.try_lock() else {
-            return true;
+        // The socket first, then the flag: the coherence task raises the flag before it reads
+        // the socket and lowers it once what it read is applied, so an invalidation this peek
+        // no longer finds on the socket is either applied or still flagged. A plain load: many
+        // sessions check at once without contending with each other.
+        let unread = match self.watch.read() {
+            Ok(guard) => match guard.as_ref() {
+                Some(sock) => {
+                    let mut one = [0u8; 1];
+                    !matches!(sock.peek(&mut one), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                }
+                None => false,
+            },
+            Err(_) => true,
         };
-        let Ok(guard) = self.watch.lock() else {
-            return true;
-        };
-        match guard.as_ref() {
-            Some(sock) => {
-                let mut one = [0u8; 1];
-                !matches!(sock.peek(&mut one), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            }
-            None => false,
-        }
+        unread || self.applying.load(SeqCst)
     }
 
     /// The coherence task's socket (a duplicate), or `None` when it is gone.
     pub(crate) fn watch_socket(&self, sock: Option<std::net::TcpStream>) {
-        if let Ok(mut guard) = self.watch.lock() {
+        if let Ok(mut guard) = self.watch.write() {
             *guard = sock;
         }
     }
 
     /// Held while invalidations taken off the socket are applied (see `invalidations_pending`).
-    pub(crate) fn applying(&self) -> &tokio::sync::Mutex<()> {
-        &self.applying
+    pub(crate) fn applying(&self) -> Applying<'_> {
+        self.applying.store(true, SeqCst);
+        Applying(self)
     }
 
     /// Fails every fill of `key` stamped before now: its value was loaded but never became
@@ -479,44 +499,70 @@ impl HotTier {
 
     /// A view of `key`, if held and fresh. Counts a hot hit or miss.
     pub async fn get(&self, key: &[u8], view: &View) -> Option<Cached> {
-        let found = self.lookup(key, view).await;
-        if found.is_some() {
-            self.metrics.cache.hot_hits.inc();
-        } else {
-            self.metrics.cache.hot_misses.inc();
-        }
+        let found = self.read(key, view, Cached::clone);
+        self.count(key, found.is_some()).await;
         found
     }
 
-    async fn lookup(&self, key: &[u8], view: &View) -> Option<Cached> {
+    /// Appends the reply to a view of `key` in `proto` to `out`, if held and fresh; counts a hot
+    /// hit or miss. The hit path: the value is copied under the read lock, with no reference
+    /// count taken on it.
+    pub async fn get_into(
+        &self,
+        key: &[u8],
+        view: &View,
+        proto: Proto,
+        out: &mut BytesMut,
+    ) -> bool {
+        let hit = self
+            .read(key, view, |c| c.render_into(proto, out))
+            .is_some();
+        self.count(key, hit).await;
+        hit
+    }
+
+    async fn count(&self, key: &[u8], hit: bool) {
+        if hit {
+            self.metrics.cache.hot_hits.inc();
+            if front::sampled() {
+                // moka's policy learns of the read (see `front`).
+                let _ = self.cache.get(key).await;
+            }
+        } else {
+            self.metrics.cache.hot_misses.inc();
+        }
+    }
+
+    /// Applies `f` to a view of `key`, if held and fresh.
+    fn read<R>(&self, key: &[u8], view: &View, f: impl FnOnce(&Cached) -> R) -> Option<R> {
         let hash = self.front.hash(key);
         if !self.is_coherent() || self.write_in_flight(hash) {
             return None;
         }
-        let slots = self.front.get(key, hash)?;
-        if front::sampled() {
-            // moka's policy learns of the read (see `front`).
-            let _ = self.cache.get(key).await;
-        }
         let now = Instant::now();
-        let fresh = |v: &View| {
-            slots
-                .iter()
-                .find(|s| &s.view == v && s.deadline > now)
-                .map(|s| s.value.clone())
-        };
-        match view {
-            // EXISTS is also answered by a cached GET: a value exists, a null does not.
-            View::Exists => fresh(&View::Exists).or_else(|| {
-                fresh(&View::Get).map(|g| {
-                    Cached::Value(Bytes::from_static(match g {
-                        Cached::Value(_) => b":1\r\n",
-                        Cached::Nil => b":0\r\n",
-                    }))
-                })
-            }),
-            v => fresh(v),
-        }
+        self.front
+            .with(key, hash, |slots| {
+                let fresh = |v: &View| {
+                    slots
+                        .iter()
+                        .find(|s| &s.view == v && s.deadline > now)
+                        .map(|s| &s.value)
+                };
+                match view {
+                    // EXISTS is also answered by a cached GET: a value exists, a null does not.
+                    View::Exists => match fresh(&View::Exists) {
+                        Some(c) => Some(f(c)),
+                        None => fresh(&View::Get).map(|g| {
+                            f(&Cached::Value(Bytes::from_static(match g {
+                                Cached::Value(_) => b":1\r\n",
+                                Cached::Nil => b":0\r\n",
+                            })))
+                        }),
+                    },
+                    v => fresh(v).map(f),
+                }
+            })
+            .flatten()
     }
 
     /// STRLEN from a cached GET, if there is one.
@@ -561,40 +607,62 @@ impl HotTier {
         }
         let now = Instant::now();
         // Stored bytes are copied out of the I/O buffers they arrived in: a slice would keep a
-        // whole read buffer alive while the byte bound counted only the slice.
+        // whole read buffer alive while the byte bound counted only the slice. Key, field and
+        // value share one allocation, so a hit's key comparison brings its value into cache.
+        let field = match &f.view {
+            View::HGet(field) => &field[..],
+            _ => &[],
+        };
+        let value = match &f.value {
+            Cached::Value(b) => &b[..],
+            Cached::Nil => &[],
+        };
+        let mut one = BytesMut::with_capacity(f.key.len() + field.len() + value.len());
+        one.extend_from_slice(&f.key);
+        one.extend_from_slice(field);
+        one.extend_from_slice(value);
+        let mut one = one.freeze();
+        let key = one.split_to(f.key.len());
+        let field = one.split_to(field.len());
         let view = match f.view {
-            View::HGet(field) => View::HGet(Bytes::copy_from_slice(&field)),
+            View::HGet(_) => View::HGet(field),
             v => v,
         };
         let value = match f.value {
-            Cached::Value(b) => Cached::Value(Bytes::copy_from_slice(&b)),
+            Cached::Value(_) => Cached::Value(one),
             Cached::Nil => Cached::Nil,
         };
-        let key = Bytes::copy_from_slice(&f.key);
         let slot = Slot {
             view,
             value,
             deadline: now + ttl,
         };
         let hash = self.front.hash(&f.key);
-        let mut slots: Vec<Slot> = match self.front.get(&f.key, hash) {
-            Some(held) => held
-                .iter()
-                .filter(|s| s.view != slot.view && s.deadline > now)
-                .cloned()
-                .collect(),
-            None => Vec::new(),
-        };
+        let mut slots: Slots = self
+            .front
+            .with(&f.key, hash, |held| {
+                held.iter()
+                    .filter(|s| s.view != slot.view && s.deadline > now)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         slots.push(slot);
         let deadline = slots.iter().map(|s| s.deadline).max().unwrap_or(now);
-        let slots: Arc<[Slot]> = slots.into();
+        let weight = ENTRY_OVERHEAD
+            + key.len()
+            + slots
+                .iter()
+                .map(|s| VIEW_OVERHEAD + s.value.len() + view_len(&s.view))
+                .sum::<usize>();
+        let weight = u32::try_from(weight).unwrap_or(u32::MAX);
         let id = self.ids.fetch_add(1, SeqCst) + 1;
         // The front first: moka's listener may remove this entry as soon as moka has it.
         self.front.put(
             front::Held {
                 key: key.clone(),
                 id,
-                slots: slots.clone(),
+                slots,
             },
             hash,
         );
@@ -603,7 +671,7 @@ impl HotTier {
                 key,
                 Entry {
                     id,
-                    slots,
+                    weight,
                     deadline,
                 },
             )
@@ -872,7 +940,10 @@ mod tests {
             let key = format!("p:{i}");
             if t.get(key.as_bytes(), &View::Get).await.is_some() {
                 served += 1;
-                assert!(t.cache.contains_key(key.as_bytes()), "{key} served, not held");
+                assert!(
+                    t.cache.contains_key(key.as_bytes()),
+                    "{key} served, not held"
+                );
             }
         }
         assert!(served > 10, "{served}");
@@ -912,7 +983,10 @@ mod tests {
         for i in 0..300 {
             let key = format!("p:{i}");
             if t.get(key.as_bytes(), &View::Get).await.is_some() {
-                assert!(t.cache.contains_key(key.as_bytes()), "{key} served, not held");
+                assert!(
+                    t.cache.contains_key(key.as_bytes()),
+                    "{key} served, not held"
+                );
             }
         }
     }
@@ -925,14 +999,14 @@ mod tests {
         let held = |id| front::Held {
             key: key.clone(),
             id,
-            slots: Vec::new().into(),
+            slots: Slots::new(),
         };
         f.put(held(2), h);
         // An older put that lost the race is not kept over a newer one.
         f.put(held(1), h);
         f.remove(&key, h, 1);
-        assert!(f.get(&key, h).is_some(), "removing id 1 keeps id 2");
+        assert!(f.contains(&key, h), "removing id 1 keeps id 2");
         f.remove(&key, h, 2);
-        assert!(f.get(&key, h).is_none());
+        assert!(!f.contains(&key, h));
     }
 }
