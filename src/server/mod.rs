@@ -139,25 +139,25 @@ async fn run_client(
     let fd = socket.as_raw_fd();
     let (rd, wr) = socket.into_split();
     let (out_tx, out_rx) = mpsc::channel(ctx.max_pending_replies);
-    let writer = tokio::spawn(writer::run(wr, out_rx, ctx.clone()));
+    // The writer runs in the session's task, not its own: handing it a reply wakes no other
+    // task (and no other thread), and a request read and answered at once costs one wake-up.
+    let writer = writer::run(wr, out_rx, ctx.clone());
     let mut s = session::Session::new(ctx, rd, out_tx, (peer, local, fd));
     tracing::debug!(client = s.client_id(), %peer, "client connected");
-    let stop = s.serve(&mut shutdown).await;
-    if !stop.graceful {
-        // Nobody is left to read what a pinned connection would still relay.
-        s.drop_pinned();
-    }
     let id = s.client_id();
-    // Dropping the session closes the reply queue; the writer delivers what is queued, then
-    // ends. The pinned connection (if any) lives until then so its replies get through.
-    let (pinned_holder, out_dropped) = s.into_parts();
-    drop(out_dropped);
-    if let Err(e) = writer.await {
-        if e.is_panic() {
-            // Counted as a session panic: the session task ends normally.
-            std::panic::resume_unwind(e.into_panic());
+    let reading = async move {
+        let stop = s.serve(&mut shutdown).await;
+        if !stop.graceful {
+            // Nobody is left to read what a pinned connection would still relay.
+            s.drop_pinned();
         }
-    }
+        // Closing the reply queue lets the writer deliver what is queued, then end. The pinned
+        // connection (if any) lives until then so its replies get through.
+        let (pinned_holder, out_dropped) = s.into_parts();
+        drop(out_dropped);
+        pinned_holder
+    };
+    let (pinned_holder, ()) = tokio::join!(reading, writer);
     drop(pinned_holder);
     tracing::debug!(client = id, "client disconnected");
 }
