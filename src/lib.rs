@@ -17,7 +17,8 @@
 //! - [`router`]: where each command is answered: locally (including CLIENT LIST/INFO/KILL about
 //!   cacheside's own clients, [`router::clients`]), from the hot tier or a load
 //!   ([`router::fill`]), on a shared upstream connection, or on the client's pinned connection.
-//! - [`tier::hot`]: the in-process tier and its coherence; [`tier::store`]: standalone mode.
+//! - [`tier::hot`]: the in-process tier (a sharded read map in front of moka) and its coherence;
+//!   [`tier::store`]: standalone mode.
 //! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects.
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys.
 //! - [`error`]: typed errors and the one function that maps them to replies.
