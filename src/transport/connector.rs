@@ -162,7 +162,11 @@ fn explain(e: &rustls::Error, name: &ServerName<'_>) -> String {
             if presented.is_empty() {
                 "no host".to_string()
             } else {
-                presented.join(", ")
+                presented
+                    .iter()
+                    .map(|p| plain_name(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         ),
         E::InvalidCertificate(C::NotValidForName) => format!(
@@ -188,6 +192,19 @@ fn explain(e: &rustls::Error, name: &ServerName<'_>) -> String {
     }
 }
 
+/// `localhost` for webpki's `DnsName("localhost")`, `10.0.0.1` for `IpAddress(10.0.0.1)`.
+fn plain_name(presented: &str) -> &str {
+    presented
+        .strip_prefix("DnsName(\"")
+        .and_then(|n| n.strip_suffix("\")"))
+        .or_else(|| {
+            presented
+                .strip_prefix("IpAddress(")
+                .and_then(|n| n.strip_suffix(')'))
+        })
+        .unwrap_or(presented)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +224,22 @@ mod tests {
         assert!(
             mismatch.contains("hostname mismatch") && mismatch.contains("cache.example"),
             "{mismatch}"
+        );
+        let context = explain(
+            &rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+                expected: ServerName::try_from("10.0.0.5").unwrap(),
+                presented: vec![
+                    "DnsName(\"cache.example\")".into(),
+                    "IpAddress(10.0.0.6)".into(),
+                ],
+            }),
+            &name,
+        );
+        assert!(
+            context.ends_with(
+                "hostname mismatch (the certificate is not valid for \"10.0.0.5\"; it names cache.example, 10.0.0.6)"
+            ),
+            "{context}"
         );
         let required = explain(
             &rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
