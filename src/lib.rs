@@ -19,7 +19,10 @@
 //!   ([`router::fill`]), on a shared upstream connection, or on the client's pinned connection.
 //! - [`tier::hot`]: the in-process tier (a sharded read map in front of moka) and its coherence;
 //!   [`tier::store`]: standalone mode.
-//! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects.
+//! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects, the
+//!   handshake (AUTH with a password re-read from its file on every connect).
+//! - [`transport`]: plain TCP or TLS behind one stream type, for the upstream (`rediss://`) and
+//!   for the client listener.
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys.
 //! - [`error`]: typed errors and the one function that maps them to replies.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the /livez /readyz /metrics listener.
@@ -38,3 +41,4 @@ pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod tier;
+pub mod transport;

@@ -18,12 +18,12 @@ use crate::protocol::Request;
 use crate::router::clients::Registration;
 use crate::router::{ClientState, Decision, Invalidation};
 use crate::tier::redis::Pinned;
+use crate::transport::ReadHalf;
 use bytes::{Bytes, BytesMut};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -60,7 +60,7 @@ fn merge(after: &mut Option<Box<AfterReply>>, inv: Option<Invalidation>) {
 pub(super) struct Session {
     ctx: Arc<Ctx>,
     st: ClientState,
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
     out: mpsc::Sender<Out>,
     pinned: Option<Pinned>,
@@ -95,7 +95,7 @@ pub(super) struct Session {
 impl Session {
     pub(super) fn new(
         ctx: Arc<Ctx>,
-        rd: OwnedReadHalf,
+        rd: ReadHalf,
         out: mpsc::Sender<Out>,
         peer: (std::net::SocketAddr, std::net::SocketAddr, i32),
     ) -> Self {
