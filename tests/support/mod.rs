@@ -9,6 +9,7 @@ pub mod commands;
 pub mod fake;
 pub mod history;
 pub mod postgres;
+pub mod readthrough;
 
 use cacheside::config::Config;
 use std::net::{SocketAddr, TcpListener as StdListener};
