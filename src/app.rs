@@ -109,7 +109,7 @@ pub async fn serve(
             let tier = HotTier::new(&cfg.hot, metrics.clone());
             let publisher = u.clone();
             tier.set_publisher(move |cmd| {
-                // Fire and forget: the reply is not awaited (see HotTier::invalidate_written).
+                // Fire and forget: the reply is not awaited (see HotTier::announce_pinned_writes).
                 drop(publisher.send(Proto::Resp2, rand::random::<u32>() as u64, cmd, 1));
             });
             coherence::spawn(
