@@ -45,17 +45,15 @@ impl Outcome {
 pub enum UpstreamFailure {
     Connect,
     Handshake,
-    Tls,
     Timeout,
     Closed,
     Protocol,
 }
 
 impl UpstreamFailure {
-    const ALL: [UpstreamFailure; 6] = [
+    const ALL: [UpstreamFailure; 5] = [
         UpstreamFailure::Connect,
         UpstreamFailure::Handshake,
-        UpstreamFailure::Tls,
         UpstreamFailure::Timeout,
         UpstreamFailure::Closed,
         UpstreamFailure::Protocol,
@@ -64,7 +62,6 @@ impl UpstreamFailure {
         match self {
             UpstreamFailure::Connect => "connect",
             UpstreamFailure::Handshake => "handshake",
-            UpstreamFailure::Tls => "tls",
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::Closed => "closed",
             UpstreamFailure::Protocol => "protocol",

@@ -15,17 +15,14 @@
 //! Multi-key commands (MSET, DEL of several keys, FLUSHDB) are atomic per key, not as a whole.
 
 mod args;
-mod expire;
 mod float;
-mod info;
-mod strings;
 #[cfg(test)]
 mod tests;
 
 use crate::protocol::reply::{self, Proto};
 use crate::protocol::request::encode_array_header;
 use crate::protocol::Request;
-use args::{deadline, parse_i64, ExpireKind, NOT_INTEGER};
+use args::{deadline, parse_i64, ExpireKind, SetOptions, NOT_INTEGER};
 use bytes::{BufMut, Bytes, BytesMut};
 use moka::future::Cache;
 use moka::ops::compute::Op;
@@ -429,6 +426,236 @@ impl Store {
             })
             .await;
         result.expect("and_compute_with calls its closure exactly once")
+    }
+
+    async fn set(&self, req: &Request, proto: Proto, o: &mut BytesMut) {
+        let Some(opts) = SetOptions::parse(req, 3, true) else {
+            return reply::error(o, SYNTAX);
+        };
+        let at = match opts.expire {
+            Some((kind, i)) => match deadline(req.arg(i), kind, "set", now_ms()) {
+                Ok(at) => Some(at),
+                Err(e) => return reply::error(o, &e),
+            },
+            None => None,
+        };
+        let data = owned(req, 2);
+        self.modify(req.arg(1), |cur| {
+            if opts.get {
+                match &cur {
+                    Some(v) => reply::bulk(o, &v.data),
+                    None => reply::null(o, proto),
+                }
+            }
+            if (opts.nx && cur.is_some()) || (opts.xx && cur.is_none()) {
+                if !opts.get {
+                    reply::null(o, proto);
+                }
+                return (Op::Nop, ());
+            }
+            if !opts.get {
+                o.put_slice(reply::OK);
+            }
+            let at = if opts.keep_ttl {
+                cur.and_then(|v| v.deadline)
+            } else {
+                at
+            };
+            (Op::Put(Value::new(data, at)), ())
+        })
+        .await;
+    }
+
+    async fn getex(&self, req: &Request, proto: Proto, o: &mut BytesMut) {
+        let Some(opts) = SetOptions::parse(req, 2, false) else {
+            return reply::error(o, SYNTAX);
+        };
+        // As in Redis, the expire argument is only checked when the key exists.
+        self.modify(req.arg(1), |cur| {
+            let Some(v) = cur else {
+                reply::null(o, proto);
+                return (Op::Nop, ());
+            };
+            let at = match opts.expire {
+                Some((kind, i)) => match deadline(req.arg(i), kind, "getex", now_ms()) {
+                    Ok(at) => Some(at),
+                    Err(e) => {
+                        reply::error(o, &e);
+                        return (Op::Nop, ());
+                    }
+                },
+                None => None,
+            };
+            reply::bulk(o, &v.data);
+            match at {
+                Some(at) => (Op::Put(Value::new(v.data, Some(at))), ()),
+                None if opts.persist && v.deadline.is_some() => {
+                    (Op::Put(Value::new(v.data, None)), ())
+                }
+                None => (Op::Nop, ()),
+            }
+        })
+        .await;
+    }
+
+    /// EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT with NX/XX/GT/LT, as Redis's `expireGenericCommand`.
+    async fn expire(&self, req: &Request, name: &str, o: &mut BytesMut) {
+        let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+        for i in 3..req.argc() {
+            match req.arg(i).to_ascii_lowercase().as_slice() {
+                b"nx" => nx = true,
+                b"xx" => xx = true,
+                b"gt" => gt = true,
+                b"lt" => lt = true,
+                _ => {
+                    // Redis formats the option with %s: it ends at a NUL.
+                    let opt = req.arg(i).split(|&c| c == 0).next().unwrap_or_default();
+                    let opt = String::from_utf8_lossy(opt);
+                    return reply::error(o, &format!("ERR Unsupported option {opt}"));
+                }
+            }
+        }
+        if nx && (xx || gt || lt) {
+            return reply::error(
+                o,
+                "ERR NX and XX, GT or LT options at the same time are not compatible",
+            );
+        }
+        if gt && lt {
+            return reply::error(
+                o,
+                "ERR GT and LT options at the same time are not compatible",
+            );
+        }
+        let Some(mut when) = parse_i64(req.arg(2)) else {
+            return reply::error(o, NOT_INTEGER);
+        };
+        let invalid = format!("ERR invalid expire time in '{name}' command");
+        if !name.starts_with('p') {
+            match when.checked_mul(1000) {
+                Some(ms) => when = ms,
+                None => return reply::error(o, &invalid),
+            }
+        }
+        if !name.ends_with("at") {
+            match when.checked_add(now_ms()) {
+                Some(at) => when = at,
+                None => return reply::error(o, &invalid),
+            }
+        }
+        let n = self
+            .modify(req.arg(1), |cur| {
+                let Some(v) = cur else {
+                    return (Op::Nop, 0);
+                };
+                let refused = (nx && v.deadline.is_some())
+                    || (xx && v.deadline.is_none())
+                    || (gt && v.deadline.is_none_or(|c| when <= c))
+                    || (lt && v.deadline.is_some_and(|c| when >= c));
+                if refused {
+                    return (Op::Nop, 0);
+                }
+                // A deadline in the past deletes the key (modify removes a dead value).
+                (Op::Put(Value::new(v.data, Some(when))), 1)
+            })
+            .await;
+        reply::integer(o, n);
+    }
+
+    async fn incr(&self, key: &[u8], by: i64, o: &mut BytesMut) {
+        let r = self
+            .modify(key, |cur| {
+                let (old, at) = match &cur {
+                    None => (0, None),
+                    Some(v) => match parse_i64(&v.data) {
+                        Some(n) => (n, v.deadline),
+                        None => return (Op::Nop, Err(NOT_INTEGER)),
+                    },
+                };
+                match old.checked_add(by) {
+                    Some(n) => {
+                        let data = Bytes::from(n.to_string());
+                        (Op::Put(Value::new(data, at)), Ok(n))
+                    }
+                    None => (Op::Nop, Err("ERR increment or decrement would overflow")),
+                }
+            })
+            .await;
+        match r {
+            Ok(n) => reply::integer(o, n),
+            Err(e) => reply::error(o, e),
+        }
+    }
+
+    async fn incr_float(&self, key: &[u8], by: float::Num, o: &mut BytesMut) {
+        let r = self
+            .modify(key, |cur| {
+                let (old, at) = match &cur {
+                    None => (float::ZERO, None),
+                    Some(v) => match float::parse(&v.data) {
+                        Some(n) => (n, v.deadline),
+                        None => return (Op::Nop, Err(NOT_FLOAT)),
+                    },
+                };
+                match float::add(old, by) {
+                    Some(sum) => {
+                        let text = Bytes::from(float::format(sum));
+                        (Op::Put(Value::new(text.clone(), at)), Ok(text))
+                    }
+                    None => (Op::Nop, Err("ERR increment would produce NaN or Infinity")),
+                }
+            })
+            .await;
+        match r {
+            Ok(text) => reply::bulk(o, &text),
+            Err(e) => reply::error(o, e),
+        }
+    }
+
+    /// INFO: a `cacheside` section and Redis's `Keyspace` section; a verbatim string in RESP3.
+    async fn info(&self, req: &Request, proto: Proto, o: &mut BytesMut) {
+        self.cache.run_pending_tasks().await;
+        let wants = |section: &str| {
+            req.argc() == 1
+                || (1..req.argc()).any(|i| {
+                    ["all", "default", "everything", section]
+                        .iter()
+                        .any(|s| req.arg_is(i, s))
+                })
+        };
+        let keys = self.entry_count();
+        let mut sections = Vec::new();
+        if wants("cacheside") {
+            let used = self.weighted_size();
+            sections.push(format!(
+                "# cacheside\r\nmode:standalone\r\nused_memory:{used}\r\nkeys:{keys}\r\n"
+            ));
+        }
+        if wants("keyspace") {
+            let mut text = "# Keyspace\r\n".to_string();
+            if keys > 0 {
+                // INFO is rare: one pass over the entries counts those with a deadline.
+                let now = now_ms();
+                let expires = self
+                    .cache
+                    .iter()
+                    .filter(|(_, v)| v.deadline.is_some() && v.live_at(now))
+                    .count();
+                text.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl=0\r\n"));
+            }
+            sections.push(text);
+        }
+        let text = sections.join("\r\n");
+        match proto {
+            Proto::Resp2 => reply::bulk(o, text.as_bytes()),
+            Proto::Resp3 => {
+                o.put_u8(b'=');
+                o.put_slice((text.len() + 4).to_string().as_bytes());
+                o.put_slice(b"\r\ntxt:");
+                o.put_slice(text.as_bytes());
+                o.put_slice(b"\r\n");
+            }
+        }
     }
 }
 

@@ -2,8 +2,7 @@
 //! with what its state needs (transaction bookkeeping, broadcast PUBLISH, lease cleanup, the
 //! hot tier's completion before the reply), and leaving it.
 
-use super::run::Dest;
-use super::{Session, Stop};
+use super::{Dest, Session, Stop};
 use crate::error::{ProxyError, UpstreamError};
 use crate::metrics::Outcome;
 use crate::protocol::{CommandInfo, Request};

@@ -12,7 +12,6 @@ use super::Settings;
 use crate::error::UpstreamError;
 use crate::metrics::Metrics;
 use crate::protocol::reply::{self, Proto, ReplyKind};
-use crate::transport::{ReadHalf, WriteHalf};
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use std::collections::VecDeque;
@@ -20,6 +19,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
@@ -149,8 +149,9 @@ impl Supervisor {
         loop {
             self.slot.state.store(CONNECTING, Ordering::Relaxed);
             let hs = Handshake {
-                settings: &self.settings,
+                url: &self.settings.url,
                 proto: self.proto,
+                db: self.settings.url.db,
                 client_name: None,
             };
             let err = match conn::open(&hs, &self.addr, self.settings.connect_timeout).await {
@@ -226,8 +227,8 @@ fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
 /// Runs one live connection until it fails (`Some(error)`) or the pool is dropped (`None`).
 /// Every waiter still pending when it ends gets the error.
 async fn serve(
-    rd: ReadHalf,
-    wr: WriteHalf,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
     rx: &mut mpsc::Receiver<Job>,
     settings: &Settings,
     addr: &Arc<str>,
@@ -254,7 +255,7 @@ async fn serve(
 }
 
 async fn write_loop(
-    mut wr: WriteHalf,
+    mut wr: OwnedWriteHalf,
     rx: &mut mpsc::Receiver<Job>,
     pending: &Mutex<VecDeque<Pending>>,
     wake: &Notify,
@@ -296,11 +297,6 @@ async fn write_loop(
             Some(b) => wr.write_all(b).await,
             None => wr.write_all(&buf).await,
         };
-        // TLS may hold back what the socket did not take; plain TCP flushes nothing.
-        let res = match res {
-            Ok(()) => wr.flush().await,
-            e => e,
-        };
         buf.clear();
         if let Err(e) = res {
             return Some(UpstreamError::Unavailable {
@@ -312,7 +308,7 @@ async fn write_loop(
 }
 
 async fn read_loop(
-    mut rd: ReadHalf,
+    mut rd: OwnedReadHalf,
     pending: &Mutex<VecDeque<Pending>>,
     wake: &Notify,
     timeout: Duration,
