@@ -1,4 +1,5 @@
-//! The admin HTTP listener: `/livez`, `/readyz` and `/metrics`, on its own port.
+//! The admin HTTP listener: `/livez`, `/readyz`, `/healthz/upstream` and `/metrics`, on its own
+//! port.
 
 use crate::metrics::Metrics;
 use bytes::Bytes;
@@ -10,7 +11,12 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Whether cacheside should receive traffic: the upstream answered and no drain has begun.
+/// Whether cacheside should receive traffic: it is listening, warm-up (when awaited) is done and
+/// no drain has begun. Upstream health is not part of it: every sidecar of a fleet shares one
+/// Redis, so a Redis outage or failover would take every pod out of its Service at once, while
+/// cacheside still answers hot hits and mapped reads from PostgreSQL, and answers the rest
+/// promptly with an error the app already handles. Upstream health is `/healthz/upstream` and
+/// `cacheside_upstream_connections`.
 pub struct Readiness {
     draining: AtomicBool,
     /// Set while `[[warm]]` runs, when readiness waits for it (`postgres.wait_for_warm`).
@@ -44,9 +50,12 @@ impl Readiness {
     }
 
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
-            && !self.warming.load(Ordering::Relaxed)
-            && self.upstream.as_ref().is_none_or(|f| f())
+        !self.draining.load(Ordering::Relaxed) && !self.warming.load(Ordering::Relaxed)
+    }
+
+    /// Whether a shared upstream connection is up (true when there is no upstream).
+    pub fn upstream_up(&self) -> bool {
+        self.upstream.as_ref().is_none_or(|f| f())
     }
 }
 
@@ -75,6 +84,14 @@ fn route(
         "/livez" => respond(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" if ready.is_ready() => respond(StatusCode::OK, "text/plain", "ready\n"),
         "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"),
+        "/healthz/upstream" if ready.upstream_up() => {
+            respond(StatusCode::OK, "text/plain", "upstream up\n")
+        }
+        "/healthz/upstream" => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "upstream down\n",
+        ),
         "/metrics" => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -83,7 +100,7 @@ fn route(
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /livez, /readyz, /metrics\n",
+            "not found: try /livez, /readyz, /healthz/upstream, /metrics\n",
         ),
     }
 }

@@ -11,6 +11,7 @@ use crate::server::{self, Ctx};
 use crate::tier::hot::{coherence, HotTier};
 use crate::tier::redis::Upstream;
 use crate::tier::store::{Policy, Store};
+use crate::transport::Roots;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,7 +92,15 @@ pub async fn serve(
         .map(|s| Arc::new(Upstream::start(s, metrics.clone())));
     match &upstream {
         Some(u) => {
-            tracing::info!(upstream = %u.settings().url, connections = u.settings().connections, "upstream configured")
+            tracing::info!(upstream = %u.settings().url, connections = u.settings().connections, "upstream configured");
+            if let Some(tls) = &u.settings().tls {
+                match tls.roots() {
+                    Roots::Unverified => tracing::warn!(
+                        "upstream.tls_insecure_skip_verify is true: the upstream's certificate is NOT verified (anyone on the path can read and change traffic); for tests only"
+                    ),
+                    roots => tracing::info!(?roots, client_cert = tls.has_client_cert(), "upstream TLS"),
+                }
+            }
         }
         None => tracing::info!("no upstream configured (upstream.url): standalone mode"),
     }
@@ -100,7 +109,7 @@ pub async fn serve(
             let tier = HotTier::new(&cfg.hot, metrics.clone());
             let publisher = u.clone();
             tier.set_publisher(move |cmd| {
-                // Fire and forget: the reply is not awaited (see HotTier::invalidate_written).
+                // Fire and forget: the reply is not awaited (see HotTier::announce_pinned_writes).
                 drop(publisher.send(Proto::Resp2, rand::random::<u32>() as u64, cmd, 1));
             });
             coherence::spawn(
@@ -168,15 +177,18 @@ pub async fn serve(
         );
         router = router.with_store(store);
     }
-    let ctx = Arc::new(Ctx::new(
-        router,
-        upstream,
-        metrics.clone(),
-        cfg.limits,
-        cfg.max_query_buffer,
-        cfg.max_pending_replies,
-        cfg.max_clients,
-    ));
+    let ctx = Arc::new(
+        Ctx::new(
+            router,
+            upstream,
+            metrics.clone(),
+            cfg.limits,
+            cfg.max_query_buffer,
+            cfg.max_pending_replies,
+            cfg.max_clients,
+        )
+        .with_tls(cfg.listen_tls.clone()),
+    );
     let ready = Arc::new(Readiness::for_upstream(Some(&ctx)));
     if let (Some(loader), false) = (ctx.router.loader().cloned(), cfg.warm.is_empty()) {
         ready.set_warming(cfg.wait_for_warm);
@@ -194,7 +206,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
 
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, auth = cfg.client_auth.is_some(), "listening for Redis clients");
+        tracing::info!(%addr, auth = cfg.client_auth.is_some(), tls = cfg.listen_tls.is_some(), "listening for Redis clients");
     }
     let admin_task = admin.map(|l| {
         if let Ok(addr) = l.local_addr() {

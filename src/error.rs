@@ -21,6 +21,9 @@ pub enum UpstreamError {
     Protocol { addr: Arc<str>, detail: Arc<str> },
     #[error("upstream {addr} refused the handshake: {detail}")]
     Handshake { addr: Arc<str>, detail: Arc<str> },
+    /// TLS failed; `detail` names the cause (unknown CA, hostname mismatch, ...).
+    #[error("upstream {addr} TLS: {detail}")]
+    Tls { addr: Arc<str>, detail: Arc<str> },
     #[error("upstream {addr} queue is full ({limit} batches waiting)")]
     Overloaded { addr: Arc<str>, limit: usize },
 }
@@ -35,6 +38,7 @@ impl UpstreamError {
             UpstreamError::Closed { .. } => UpstreamFailure::Closed,
             UpstreamError::Protocol { .. } => UpstreamFailure::Protocol,
             UpstreamError::Handshake { .. } => UpstreamFailure::Handshake,
+            UpstreamError::Tls { .. } => UpstreamFailure::Tls,
         }
     }
 }

@@ -10,15 +10,23 @@
 //!
 //! - [`config`]: proxy.toml + `CACHESIDE_*` env + flags, validated before anything binds.
 //! - [`server`]: accept loop with a connection limit; per client a session (read, parse, route;
-//!   its pinned path in `session/pinned.rs`) and a writer (ordered replies, one write per batch;
+//!   its pinned path in `session/pinned.rs`, runs of requests in `session/run.rs`, its end of the
+//!   reply queue in `session/queue.rs`) and a writer (ordered replies, one write per batch;
 //!   reads that need loads from one read of the client complete together).
-//! - [`protocol`]: request parsing, the command table, the one reply reader ([`protocol::scan`]:
-//!   iterative framing and typed views) and reply building. No I/O.
+//! - [`protocol`]: request parsing, the command table (`command/table.rs`), the one reply reader
+//!   ([`protocol::scan`]: iterative framing and typed views) and reply building. No I/O.
 //! - [`router`]: where each command is answered: locally (including CLIENT LIST/INFO/KILL about
 //!   cacheside's own clients, [`router::clients`]), from the hot tier or a load
-//!   ([`router::fill`]), on a shared upstream connection, or on the client's pinned connection.
-//! - [`tier::hot`]: the in-process tier and its coherence; [`tier::store`]: standalone mode.
-//! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects.
+//!   ([`router::fill`]; loads in `fill/load.rs` and `fill/batch.rs`), on a shared upstream
+//!   connection, or on the client's pinned connection.
+//! - [`tier::hot`]: the in-process tier and its coherence (`front.rs`: the sharded read map in
+//!   front of moka, `write.rs`: write guards, `fill.rs`: stamped fills, `fence.rs`: pending
+//!   invalidations, `broadcast.rs`); [`tier::store`]: standalone mode (`strings.rs`,
+//!   `expire.rs`, `info.rs` by command family).
+//! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects, the
+//!   handshake (AUTH with a password re-read from its file on every connect).
+//! - [`transport`]: plain TCP or TLS behind one stream type, for the upstream (`rediss://`) and
+//!   for the client listener.
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys.
 //! - [`error`]: typed errors and the one function that maps them to replies.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the /livez /readyz /metrics listener.
@@ -37,3 +45,4 @@ pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod tier;
+pub mod transport;

@@ -24,7 +24,7 @@ struct Args {
     /// Address for Redis clients (server.listen).
     #[arg(long, env = "CACHESIDE_SERVER_LISTEN", global = true)]
     listen: Option<String>,
-    /// Upstream Redis URL, redis://[user:pass@]host:port[/db] (upstream.url).
+    /// Upstream Redis URL, redis://[user:pass@]host:port[/db] or rediss:// for TLS (upstream.url).
     #[arg(long, env = "CACHESIDE_UPSTREAM_URL", global = true)]
     upstream: Option<String>,
     /// Address of the /livez /readyz /metrics listener; "" disables it (admin.listen).

@@ -45,15 +45,17 @@ impl Outcome {
 pub enum UpstreamFailure {
     Connect,
     Handshake,
+    Tls,
     Timeout,
     Closed,
     Protocol,
 }
 
 impl UpstreamFailure {
-    const ALL: [UpstreamFailure; 5] = [
+    const ALL: [UpstreamFailure; 6] = [
         UpstreamFailure::Connect,
         UpstreamFailure::Handshake,
+        UpstreamFailure::Tls,
         UpstreamFailure::Timeout,
         UpstreamFailure::Closed,
         UpstreamFailure::Protocol,
@@ -62,6 +64,7 @@ impl UpstreamFailure {
         match self {
             UpstreamFailure::Connect => "connect",
             UpstreamFailure::Handshake => "handshake",
+            UpstreamFailure::Tls => "tls",
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::Closed => "closed",
             UpstreamFailure::Protocol => "protocol",

@@ -184,3 +184,21 @@ fn check_config_prints_the_effective_config_with_secrets_masked() {
     let printed = Config::from_toml(&out, "stdout").expect("check-config prints valid TOML");
     assert_eq!(printed.server.listen, "127.0.0.1:6380");
 }
+
+#[test]
+fn check_config_masks_the_password_of_a_tls_url_with_an_rbac_user() {
+    let (code, out, err) = run_binary(
+        &[
+            "check-config",
+            "--upstream",
+            "rediss://app:hunter2@cache:6379",
+        ],
+        &[("CACHESIDE_UPSTREAM_TLS_INSECURE_SKIP_VERIFY", "false")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rediss://app:********@cache:6379"), "{out}");
+    assert!(
+        !out.contains("hunter2") && !err.contains("hunter2"),
+        "{out}{err}"
+    );
+}

@@ -47,12 +47,17 @@ async fn upstream_outage_gives_prompt_errors_then_recovers_by_itself() {
     assert!(errors > 0, "commands fail while the upstream is down");
     assert!(
         eventually(Duration::from_secs(5), async || proxy
-            .admin_get("/readyz")
+            .admin_get("/healthz/upstream")
             .await
             .0
             == 503)
         .await,
-        "not ready while the upstream is down"
+        "the upstream is reported down"
+    );
+    assert_eq!(
+        proxy.admin_get("/readyz").await.0,
+        200,
+        "still ready: a shared Redis outage must not take the pod out of its Service"
     );
 
     redis.restart();
@@ -70,6 +75,7 @@ async fn upstream_outage_gives_prompt_errors_then_recovers_by_itself() {
     let v: String = c.get("after").await.unwrap();
     assert_eq!(v, "outage");
     assert_eq!(proxy.admin_get("/readyz").await.0, 200);
+    assert_eq!(proxy.admin_get("/healthz/upstream").await.0, 200);
     let (_, text) = proxy.admin_get("/metrics").await;
     assert!(
         metric(&text, "cacheside_upstream_errors_total{kind=\"closed\"}").unwrap_or(0.0)
@@ -148,10 +154,14 @@ async fn admin_endpoints_report_liveness_readiness_and_metrics() {
     assert!(metric(&text, "cacheside_request_duration_seconds_count").unwrap() >= 10.0);
     assert_eq!(proxy.admin_get("/nope").await.0, 404);
 
-    // Pointing at nothing: alive, not ready.
+    assert_eq!(proxy.admin_get("/healthz/upstream").await.0, 200);
+
+    // Pointing at nothing: alive and ready (a shared Redis outage must not take every pod out
+    // of its Service), with the upstream reported down on its own endpoint.
     let dead = Proxy::start(&format!("redis://127.0.0.1:{}", support::free_port())).await;
     assert_eq!(dead.admin_get("/livez").await.0, 200);
-    assert_eq!(dead.admin_get("/readyz").await.0, 503);
+    assert_eq!(dead.admin_get("/readyz").await.0, 200);
+    assert_eq!(dead.admin_get("/healthz/upstream").await.0, 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,84 +1,16 @@
 //! Read-through from a real PostgreSQL through real sidecars on a real redis-server: every
-//! shape, typed captures, negative caching, TTLs, one query per key under concurrency (counted
-//! by Postgres itself), the stale-fill race, outages, and the seeds' cache-aside flows.
+//! shape, typed captures, negative caching, TTLs, outages, MGET and warm-up batching, TLS, and
+//! the seeds' cache-aside flows. Concurrency and races: readthrough_races.rs.
 
 mod support;
 
 use cacheside::config::units::Human;
-use cacheside::config::{Config, MappingConfig};
+use cacheside::config::Config;
 use redis::AsyncCommands;
 use std::time::{Duration, Instant};
 use support::postgres::PgServer;
+use support::readthrough::{configure, mapping, sidecar};
 use support::{Proxy, RedisServer};
-
-fn mapping(name: &str, key: &str, query: &str, shape: &str) -> MappingConfig {
-    MappingConfig {
-        name: name.into(),
-        key: key.into(),
-        query: query.into(),
-        shape: shape.into(),
-        ttl: Human::secs(3600),
-        jitter: Some("10%".into()),
-        negative_ttl: Human::secs(30),
-        batch_query: None,
-    }
-}
-
-fn mappings() -> Vec<MappingConfig> {
-    vec![
-        mapping(
-            "product",
-            "product:{id}",
-            "SELECT id, name, price, category FROM products WHERE id = $1",
-            "json",
-        ),
-        mapping(
-            "category",
-            "products:category:{category}",
-            "SELECT id, name FROM products WHERE category = $1 ORDER BY id",
-            "json_array",
-        ),
-        mapping(
-            "product_hash",
-            "producth:{id}",
-            "SELECT name, price, category FROM products WHERE id = $1",
-            "hash",
-        ),
-        mapping(
-            "product_name",
-            "product-name:{id}",
-            "SELECT name FROM products WHERE id = $1",
-            "string",
-        ),
-        mapping(
-            "user",
-            "user:{id}",
-            "SELECT email, name, active, born FROM users WHERE id = $1",
-            "json",
-        ),
-        mapping(
-            "born",
-            "users:born:{day}",
-            "SELECT email FROM users WHERE born = $1 ORDER BY email",
-            "json_array",
-        ),
-        mapping(
-            "slow",
-            "slowproduct:{id}",
-            "SELECT p.name FROM products p, pg_sleep(0.5) WHERE p.id = $1",
-            "string",
-        ),
-    ]
-}
-
-fn configure(c: &mut Config, pg: &PgServer) {
-    c.postgres.url = Some(pg.url());
-    c.mapping = mappings();
-}
-
-async fn sidecar(redis: &RedisServer, pg: &PgServer) -> Proxy {
-    Proxy::start_with(&redis.url(), |c| configure(c, pg)).await
-}
 
 /// The JSON Postgres itself renders for a query (the expected value of a json shape).
 async fn pg_json(pg: &PgServer, sql: &str) -> String {
@@ -226,80 +158,6 @@ async fn not_found_is_nil_and_remembered_until_a_write_clears_it() {
     let _: i64 = c.del("product:424242").await.unwrap();
     let v: String = c.get("product:424242").await.unwrap();
     assert!(v.contains("\"New\""), "{v}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_concurrent_misses_through_three_sidecars_run_one_query() {
-    let redis = RedisServer::start();
-    let pg = PgServer::start();
-    let sidecars = [
-        sidecar(&redis, &pg).await,
-        sidecar(&redis, &pg).await,
-        sidecar(&redis, &pg).await,
-    ];
-    // Warm the prepared statements so only the load itself is counted.
-    for s in &sidecars {
-        let mut c = s.client().await;
-        let _: Option<String> = c.get("product:1").await.unwrap();
-    }
-    pg.reset_stats();
-    let mut tasks = Vec::new();
-    for i in 0..1000 {
-        let url = sidecars[i % 3].url();
-        tasks.push(tokio::spawn(async move {
-            let mut c = redis::Client::open(url)
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            let v: String = c.get("product:42").await.unwrap();
-            v
-        }));
-    }
-    let mut values = std::collections::HashSet::new();
-    for t in tasks {
-        values.insert(t.await.unwrap());
-    }
-    assert_eq!(values.len(), 1, "every client got the same value");
-    assert_eq!(
-        pg.query_count("FROM products WHERE id"),
-        1,
-        "exactly one query, counted by pg_stat_statements"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_during_a_load_wins_over_the_loaded_value() {
-    let redis = RedisServer::start();
-    let pg = PgServer::start();
-    let a = sidecar(&redis, &pg).await;
-    let b = sidecar(&redis, &pg).await;
-    let mut ca = a.client().await;
-    let mut cb = b.client().await;
-    // The slow mapping's query takes 500 ms: the write lands while it runs.
-    let load = tokio::spawn(async move {
-        let v: String = ca.get("slowproduct:5").await.unwrap();
-        v
-    });
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let _: () = cb
-        .set("slowproduct:5", "written-during-load")
-        .await
-        .unwrap();
-    let loaded = load.await.unwrap();
-    assert!(!loaded.is_empty());
-    let mut direct = redis.direct().await;
-    let now: String = direct.get("slowproduct:5").await.unwrap();
-    assert_eq!(
-        now, "written-during-load",
-        "the load did not overwrite the write"
-    );
-    let (_, metrics) = a.admin_get("/metrics").await;
-    assert!(
-        metrics
-            .contains("cacheside_origin_fills_skipped_total{mapping=\"slow\",reason=\"raced\"} 1"),
-        "{metrics}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,32 +382,5 @@ async fn tls_to_postgres_is_used_and_verified() {
     assert!(
         v.contains("\"ssl\":true"),
         "prefer uses TLS when the server offers it: {v}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transaction_writing_during_a_load_wins_too() {
-    let redis = RedisServer::start();
-    let pg = PgServer::start();
-    let a = sidecar(&redis, &pg).await;
-    let b = sidecar(&redis, &pg).await;
-    let mut ca = a.client().await;
-    let load = tokio::spawn(async move {
-        let v: String = ca.get("slowproduct:6").await.unwrap();
-        v
-    });
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let mut raw = b.raw().await;
-    raw.send(b"MULTI\r\nSET slowproduct:6 from-tx\r\nEXEC\r\nPING\r\n")
-        .await;
-    // The lease cleanup cacheside sends after EXEC is never seen by the client.
-    raw.expect(b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n+PONG\r\n")
-        .await;
-    load.await.unwrap();
-    let mut direct = redis.direct().await;
-    let now: String = direct.get("slowproduct:6").await.unwrap();
-    assert_eq!(
-        now, "from-tx",
-        "the load did not overwrite the transaction's write"
     );
 }

@@ -1,6 +1,7 @@
 //! History checker for read-through with a hot tier (the seeds' update flow): a writer
 //! UPDATEs a row in PostgreSQL, commits, then DELs its key through one sidecar; readers GET the
-//! key through two others, which load it from PostgreSQL and keep it in their hot tiers. A read
+//! key through two others (one GET at a time, and all keys pipelined in one write, which loads
+//! the misses together), which load it from PostgreSQL and keep it in their hot tiers. A read
 //! that began after the DEL was acknowledged must not return the row as it was before the
 //! UPDATE, in either coherence mode.
 
@@ -119,6 +120,31 @@ async fn check(coherence: &str) {
                 (reads, stale)
             }));
         }
+    }
+    // A pipelined reader per sidecar: every key's GET in one write, so misses load together
+    // (one query per mapping) while hits come from the tier.
+    for proxy in &readers {
+        let (mut c, acked, stop) = (proxy.client().await, acked.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut reads, mut stale) = (0u64, 0u64);
+            while !stop.load(SeqCst) {
+                let floors: Vec<u64> = (1..=ROWS).map(|id| acked[id as usize].load(SeqCst)).collect();
+                let mut pipe = redis::pipe();
+                for id in 1..=ROWS {
+                    pipe.cmd("GET").arg(format!("item:{id}"));
+                }
+                let rows: Vec<String> = pipe.query_async(&mut c).await.unwrap();
+                for (i, json) in rows.iter().enumerate() {
+                    reads += 1;
+                    let seen = version(json);
+                    if seen < floors[i] {
+                        stale += 1;
+                        eprintln!("stale item:{} (pipelined): saw v{seen} after v{} was committed and invalidated", i + 1, floors[i]);
+                    }
+                }
+            }
+            (reads, stale)
+        }));
     }
     let history::Outcome {
         reads,

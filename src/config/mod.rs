@@ -6,6 +6,7 @@
 
 mod env;
 pub mod units;
+mod upstream;
 mod url;
 pub(crate) mod validate;
 
@@ -192,6 +193,9 @@ pub struct ServerConfig {
     pub max_inline_len: Size,
     pub max_pending_replies: usize,
     pub worker_threads: usize,
+    /// Certificate chain (PEM) for TLS on the listener; with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -208,6 +212,8 @@ impl Default for ServerConfig {
             max_inline_len: Size::kib(64),
             max_pending_replies: 1024,
             worker_threads: 1,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -217,24 +223,38 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub url: Option<String>,
+    /// RBAC user (also settable as `user:password@` in the URL).
+    pub username: Option<String>,
     pub password_file: Option<PathBuf>,
     pub connections: usize,
     pub connect_timeout: Human,
     pub command_timeout: Human,
     pub reconnect_min: Human,
     pub reconnect_max: Human,
+    /// CA bundle (PEM) for `rediss://`; unset: the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) and key, for upstreams that require one.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Accept any certificate (tests only; logged as a warning).
+    pub tls_insecure_skip_verify: bool,
 }
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             url: None,
+            username: None,
             password_file: None,
             connections: 2,
             connect_timeout: Human::secs(1),
             command_timeout: Human::secs(2),
             reconnect_min: Human::millis(50),
             reconnect_max: Human::secs(5),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_insecure_skip_verify: false,
         }
     }
 }

@@ -1,10 +1,13 @@
-//! Upstream URLs: `redis://[user:pass@]host:port[/db]`, parsed once at start.
+//! Upstream URLs: `redis://[user:pass@]host:port[/db]`, or `rediss://` for TLS, parsed once at
+//! start.
 
 use std::fmt;
 
 /// A parsed upstream address with its credentials. `Debug` and `Display` never show the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
+    /// `rediss://`: connections are TLS.
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub db: u32,
@@ -14,15 +17,15 @@ pub struct UpstreamUrl {
 
 impl UpstreamUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let rest = if let Some(r) = s.strip_prefix("redis://") {
-            r
-        } else if s.starts_with("rediss://") {
+        let (tls, rest) = if let Some(r) = s.strip_prefix("redis://") {
+            (false, r)
+        } else if let Some(r) = s.strip_prefix("rediss://") {
+            (true, r)
+        } else {
             return Err(format!(
-                "{:?}: TLS upstreams (rediss://) are not supported yet; run a TLS tunnel beside cacheside or use redis://",
+                "{:?} must start with redis:// (or rediss:// for TLS)",
                 redact(s)
             ));
-        } else {
-            return Err(format!("{:?} must start with redis://", redact(s)));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
@@ -74,6 +77,7 @@ impl UpstreamUrl {
                 .map_err(|_| format!("{:?}: database {path:?} is not a number", redact(s)))?
         };
         Ok(Self {
+            tls,
             host,
             port,
             db,
@@ -94,7 +98,7 @@ impl UpstreamUrl {
 
 impl fmt::Display for UpstreamUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "redis://")?;
+        write!(f, "{}", if self.tls { "rediss://" } else { "redis://" })?;
         match (&self.username, &self.password) {
             (Some(u), Some(_)) => write!(f, "{u}:********@")?,
             (None, Some(_)) => write!(f, ":********@")?,
@@ -165,6 +169,15 @@ mod tests {
             UpstreamUrl::parse("redis://[::1]:7000").unwrap().addr(),
             "[::1]:7000"
         );
+    }
+
+    #[test]
+    fn rediss_means_tls() {
+        let u = UpstreamUrl::parse("rediss://app:pw@cache.example:6380").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port), ("cache.example", 6380));
+        assert_eq!(u.to_string(), "rediss://app:********@cache.example:6380/0");
+        assert!(!UpstreamUrl::parse("redis://h").unwrap().tls);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `Config::validate`: cross-field checks that turn plain config data into checked settings.
 //! Every error names the key path and the bad value.
 
-use super::{Config, ConfigError, UpstreamUrl};
+use super::{Config, ConfigError};
 use crate::protocol::Limits;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,16 +20,7 @@ impl std::fmt::Debug for ClientAuth {
     }
 }
 
-/// How to reach the upstream Redis.
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    pub url: UpstreamUrl,
-    pub connections: usize,
-    pub connect_timeout: Duration,
-    pub command_timeout: Duration,
-    pub reconnect_min: Duration,
-    pub reconnect_max: Duration,
-}
+pub use super::upstream::UpstreamSettings;
 
 pub use crate::tier::hot::settings::{Coherence, HotSettings, RuleSettings};
 
@@ -37,6 +28,8 @@ pub use crate::tier::hot::settings::{Coherence, HotSettings, RuleSettings};
 #[derive(Debug, Clone)]
 pub struct Validated {
     pub listen: SocketAddr,
+    /// `server.tls_cert_file` / `tls_key_file`: the listener speaks TLS.
+    pub listen_tls: Option<crate::transport::ListenerTls>,
     pub admin_listen: Option<SocketAddr>,
     pub max_clients: usize,
     pub client_auth: Option<ClientAuth>,
@@ -68,7 +61,7 @@ fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+pub(super) fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
     if d.is_zero() {
         return Err(ConfigError::invalid(key, "\"0s\" must be > 0"));
     }
@@ -76,16 +69,7 @@ fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
 }
 
 fn read_secret(key: &str, path: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))?;
-    let secret = text.trim_end_matches(['\r', '\n']).to_string();
-    if secret.is_empty() {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{} is empty", path.display()),
-        ));
-    }
-    Ok(secret)
+    super::upstream::secret_from_file(path).map_err(|m| ConfigError::invalid(key, m))
 }
 
 fn validate_hot(c: &Config) -> Result<HotSettings, ConfigError> {
@@ -334,43 +318,26 @@ impl Config {
             max_inline_len,
         };
 
-        let u = &self.upstream;
-        let upstream = match &u.url {
-            None => None,
-            Some(raw) if raw.trim().is_empty() => None,
-            Some(raw) => {
-                let mut url = UpstreamUrl::parse(raw.trim())
-                    .map_err(|m| ConfigError::invalid("upstream.url", m))?;
-                if let Some(f) = &u.password_file {
-                    url.password = Some(read_secret("upstream.password_file", f)?);
-                }
-                if u.connections == 0 || u.connections > 64 {
-                    return Err(ConfigError::invalid(
-                        "upstream.connections",
-                        format!("{} must be between 1 and 64", u.connections),
-                    ));
-                }
-                let reconnect_min = positive("upstream.reconnect_min", u.reconnect_min.get())?;
-                let reconnect_max = positive("upstream.reconnect_max", u.reconnect_max.get())?;
-                if reconnect_max < reconnect_min {
-                    return Err(ConfigError::invalid(
-                        "upstream.reconnect_max",
-                        format!(
-                            "\"{}\" must be >= upstream.reconnect_min (\"{}\")",
-                            u.reconnect_max, u.reconnect_min
-                        ),
-                    ));
-                }
-                Some(UpstreamSettings {
-                    url,
-                    connections: u.connections,
-                    connect_timeout: positive("upstream.connect_timeout", u.connect_timeout.get())?,
-                    command_timeout: positive("upstream.command_timeout", u.command_timeout.get())?,
-                    reconnect_min,
-                    reconnect_max,
-                })
+        let listen_tls = match (&s.tls_cert_file, &s.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(
+                crate::transport::ListenerTls::new(cert, key)
+                    .map_err(|e| ConfigError::invalid(format!("server.{}", e.key), e.message))?,
+            ),
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "server.tls_key_file",
+                    "must be set with server.tls_cert_file",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "server.tls_cert_file",
+                    "must be set with server.tls_key_file",
+                ))
             }
         };
+        let upstream = super::upstream::validate(&self.upstream)?;
 
         let log_json = match self.log.format.as_str() {
             "text" => false,
@@ -414,6 +381,7 @@ impl Config {
             mappings,
             hot,
             listen,
+            listen_tls,
             admin_listen,
             max_clients: s.max_clients,
             client_auth,

@@ -2,10 +2,9 @@
 //! encrypt without verifying the server (as libpq does), `verify-full` checks the certificate
 //! chain against `ca_file` (or the Mozilla roots) and the host name.
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use crate::transport::pem;
+use crate::transport::unverified::Unverified;
+use rustls::{ClientConfig, RootCertStore};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -61,76 +60,18 @@ impl PgTls {
                 .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
                 .with_no_client_auth(),
             PgTls::VerifyFull { ca_file } => {
-                let mut roots = RootCertStore::empty();
-                match ca_file {
-                    Some(path) => {
-                        let pem =
-                            std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                            roots
-                                .add(cert)
-                                .map_err(|e| format!("{}: {e}", path.display()))?;
-                        }
-                        if roots.is_empty() {
-                            return Err(format!("{}: no PEM certificate in it", path.display()));
-                        }
+                let roots = match ca_file {
+                    Some(path) => pem::roots(path)?,
+                    None => {
+                        let mut roots = RootCertStore::empty();
+                        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                        roots
                     }
-                    None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-                }
+                };
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
         };
         Ok(Some(MakeRustlsConnect::new(config)))
-    }
-}
-
-/// Accepts any certificate but still checks the handshake signatures (libpq's `require`).
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

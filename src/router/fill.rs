@@ -5,7 +5,7 @@
 //! from PostgreSQL first.
 
 use crate::error::ProxyError;
-use crate::loader::{self, LoadError, Loaded, Loader, Mapping};
+use crate::loader::{self, Loader, Mapping};
 use crate::protocol::reply::{self, Proto, ReplyKind};
 use crate::protocol::request::{encode_array_header, encode_bulk};
 use crate::protocol::scan::{integer, Value};
@@ -13,10 +13,13 @@ use crate::protocol::Request;
 use crate::tier::hot::{Cached, Fill, HotTier, Rule, Stamp, View};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
-use std::time::Duration;
 
 mod batch;
+mod load;
+#[cfg(test)]
+mod tests;
 pub use batch::finish_all;
+pub use load::finish;
 
 /// A read that missed the tier: what to send upstream, and how to complete it.
 #[derive(Debug)]
@@ -58,7 +61,8 @@ pub enum Part {
 
 /// What answering a read came to.
 pub enum Outcome {
-    Hit(Bytes),
+    /// Answered: the reply was appended to the caller's buffer.
+    Hit,
     Miss(Box<FillPlan>),
     /// Nothing to do for the tier or the loader: forward as usual.
     Skip,
@@ -89,8 +93,9 @@ pub async fn read(
     req: &Request,
     proto: Proto,
     fence: &mut Fence,
+    out: &mut BytesMut,
 ) -> Outcome {
-    let single = |view: View| (req.arg_bytes(1), view);
+    let single = |view: View| (req.arg(1), view);
     let (key, view) = match (name, req.argc()) {
         ("GET", 2) => single(View::Get),
         ("EXISTS", 2) => single(View::Exists),
@@ -102,33 +107,34 @@ pub async fn read(
                 return Outcome::Skip;
             };
             return match tier.strlen(req.arg(1)).await {
-                Some(b) => Outcome::Hit(b),
+                Some(b) => {
+                    out.extend_from_slice(&b);
+                    Outcome::Hit
+                }
                 None => Outcome::Skip,
             };
         }
-        ("MGET", n) if n >= 2 => return mget(tier, loader, req, proto, fence).await,
+        ("MGET", n) if n >= 2 => return mget(tier, loader, req, proto, fence, out).await,
         _ => return Outcome::Skip,
     };
-    let rule = tier.and_then(|t| t.rule(&key).cloned());
+    let rule = tier.and_then(|t| t.rule(key).cloned());
     // The fence comes before the lookup: once it finds nothing pending, every invalidation
     // that reached this sidecar before the request was sent is applied, so what the lookup
     // finds is not older than it. (Checked after, an invalidation applied between the two
     // would let the value it removed be served.)
     if let (Some(t), Some(_)) = (tier, &rule) {
-        if !fence.pending(t) {
-            if let Some(hit) = t.get(&key, &view).await {
-                return Outcome::Hit(hit.render(proto));
-            }
+        if !fence.pending(t) && t.get_into(key, &view, proto, out).await {
+            return Outcome::Hit;
         }
     }
     let hot = match (tier, rule) {
-        (Some(t), Some(r)) if t.is_coherent() => Some((t.stamp(&key), r)),
+        (Some(t), Some(r)) if t.is_coherent() => Some((t.stamp(key), r)),
         _ => None,
     };
     // EXISTS and STRLEN are not read through: only the value commands are.
     let load = match view {
         View::Exists => None,
-        _ => loader.and_then(|l| l.resolve(&key)),
+        _ => loader.and_then(|l| l.resolve(key)),
     };
     if hot.is_none() && load.is_none() {
         return Outcome::Skip;
@@ -137,7 +143,7 @@ pub async fn read(
     frame.extend_from_slice(req.frame());
     let mut replies = 1;
     let mut p = Pending {
-        key,
+        key: req.arg_bytes(1),
         view,
         hot,
         load,
@@ -176,6 +182,7 @@ async fn mget(
     req: &Request,
     proto: Proto,
     fence: &mut Fence,
+    out: &mut BytesMut,
 ) -> Outcome {
     let n = req.argc() - 1;
     let cacheable = |k: &[u8]| tier.is_some_and(|t| t.rule(k).is_some());
@@ -201,14 +208,13 @@ async fn mget(
         misses.push(key);
     }
     if misses.is_empty() {
-        let mut out = BytesMut::new();
-        encode_array_header(&mut out, n);
+        encode_array_header(out, n);
         for p in &parts {
             if let Part::Hit(c) = p {
-                out.extend_from_slice(&c.render(proto));
+                c.render_into(proto, out);
             }
         }
-        return Outcome::Hit(out.freeze());
+        return Outcome::Hit;
     }
     let mut frame = BytesMut::new();
     encode_array_header(&mut frame, misses.len() + 1);
@@ -431,34 +437,6 @@ fn assemble(elements: &[Option<Bytes>]) -> Bytes {
     out.freeze()
 }
 
-const WRONGTYPE: &[u8] = b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
-
-/// The reply `view` gets for a loaded value, as Redis would give it once the value is filled.
-fn render(view: &View, loaded: &Loaded, proto: Proto, in_mget: bool) -> Bytes {
-    let mut out = BytesMut::new();
-    match (view, loaded) {
-        (_, Loaded::NotFound) if matches!(view, View::HGetAll(_)) => {
-            reply::map_header(&mut out, 0, proto)
-        }
-        (_, Loaded::NotFound) => reply::null(&mut out, proto),
-        (View::Get, Loaded::Value(v)) => reply::bulk(&mut out, v),
-        (View::Get, Loaded::Hash(_)) if in_mget => reply::null(&mut out, proto),
-        (View::HGet(field), Loaded::Hash(pairs)) => match pairs.iter().find(|(f, _)| f == field) {
-            Some((_, v)) => reply::bulk(&mut out, v),
-            None => reply::null(&mut out, proto),
-        },
-        (View::HGetAll(_), Loaded::Hash(pairs)) => {
-            reply::map_header(&mut out, pairs.len(), proto);
-            for (f, v) in pairs {
-                reply::bulk(&mut out, f);
-                reply::bulk(&mut out, v);
-            }
-        }
-        _ => out.extend_from_slice(WRONGTYPE),
-    }
-    out.freeze()
-}
-
 /// The load of a single mapped read whose upstream request failed (Redis unavailable).
 pub fn degraded(plan: FillPlan) -> Option<LoadStep> {
     match plan.kind {
@@ -467,312 +445,5 @@ pub fn degraded(plan: FillPlan) -> Option<LoadStep> {
             fills: Vec::new(),
         }),
         _ => None,
-    }
-}
-
-/// What the tier stores for a loaded key (answered `reply`).
-fn tier_fill(p: &Pending, reply: &Bytes, loaded: &Loaded, fills: &mut Vec<Fill>) {
-    let ttl = match (&p.load, loaded) {
-        (Some((m, _)), Loaded::NotFound) => m.negative_ttl,
-        (Some((m, _)), _) => m.ttl,
-        _ => Duration::ZERO,
-    };
-    if !reply.starts_with(b"-") {
-        fills.extend(fill_of(p, cached(reply.clone()), ttl.as_millis() as i64));
-    }
-}
-
-/// Runs the loads a completion needs; returns the client's reply and what the tier stores.
-pub async fn finish(
-    step: LoadStep,
-    loader: &Loader,
-    upstream_down: bool,
-    proto: Proto,
-) -> (Bytes, Vec<Fill>) {
-    let mut fills = step.fills;
-    match step.kind {
-        StepKind::One(p) => {
-            let Some((m, caps)) = &p.load else {
-                return (
-                    crate::error::reply_bytes(&ProxyError::Internal("nothing to load")),
-                    fills,
-                );
-            };
-            match loader.load(m, &p.key, caps, upstream_down).await {
-                Ok(loaded) => {
-                    let reply = render(&p.view, &loaded, proto, false);
-                    tier_fill(&p, &reply, &loaded, &mut fills);
-                    (reply, fills)
-                }
-                Err(e) => (load_error(&e), fills),
-            }
-        }
-        StepKind::Mget {
-            mut elements,
-            loads,
-        } => {
-            // Keys of one mapping load together (one query); mappings run concurrently.
-            // A key asked for twice is loaded once (`same` maps each load to its first copy).
-            let mut groups: Vec<(Arc<Mapping>, Vec<usize>)> = Vec::new();
-            let mut same: Vec<usize> = Vec::with_capacity(loads.len());
-            for (i, (_, p)) in loads.iter().enumerate() {
-                if let Some(first) = loads[..i].iter().position(|(_, q)| q.key == p.key) {
-                    same.push(first);
-                    continue;
-                }
-                same.push(i);
-                let (m, _) = p.load.as_ref().expect("only mapped keys are loaded");
-                match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, m)) {
-                    Some((_, idx)) => idx.push(i),
-                    None => groups.push((m.clone(), vec![i])),
-                }
-            }
-            let grouped = futures_join(groups.iter().map(|(m, idx)| {
-                let items: Vec<(Bytes, Vec<Bytes>)> = idx
-                    .iter()
-                    .map(|&i| {
-                        let p = &loads[i].1;
-                        (
-                            p.key.clone(),
-                            p.load.as_ref().map(|(_, c)| c.clone()).unwrap_or_default(),
-                        )
-                    })
-                    .collect();
-                async move { loader.load_many(m, &items, upstream_down).await }
-            }))
-            .await;
-            let mut results: Vec<Option<Result<Loaded, LoadError>>> =
-                (0..loads.len()).map(|_| None).collect();
-            for ((_, idx), rs) in groups.iter().zip(grouped) {
-                for (&i, r) in idx.iter().zip(rs) {
-                    results[i] = Some(r);
-                }
-            }
-            let results: Vec<Result<Loaded, LoadError>> = (0..loads.len())
-                .map(|i| {
-                    results[same[i]]
-                        .clone()
-                        .expect("every first copy has a result")
-                })
-                .collect();
-            for ((pos, p), result) in loads.iter().zip(results) {
-                match result {
-                    Ok(loaded) => {
-                        let reply = render(&p.view, &loaded, proto, true);
-                        tier_fill(p, &reply, &loaded, &mut fills);
-                        elements[*pos] = Some(reply);
-                    }
-                    // MGET has no per-key errors: one failed load fails the command.
-                    Err(e) => return (load_error(&e), Vec::new()),
-                }
-            }
-            (assemble(&elements), fills)
-        }
-    }
-}
-
-/// Runs futures concurrently and returns their outputs in order.
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut set: Vec<std::pin::Pin<Box<F>>> = futs.map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.into_iter()
-        .map(|o| o.expect("every future completed"))
-        .collect()
-}
-
-fn load_error(e: &LoadError) -> Bytes {
-    crate::error::reply_bytes(&ProxyError::Load(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::validate::{Coherence, HotSettings, RuleSettings};
-    use crate::metrics::Metrics;
-
-    async fn tier() -> Arc<HotTier> {
-        let t = HotTier::new(
-            &HotSettings {
-                max_bytes: 1 << 20,
-                lru: false,
-                coherence: Coherence::Ttl,
-                channel: "c".into(),
-                rules: vec![RuleSettings {
-                    pattern: "p:*".into(),
-                    ttl: Duration::from_secs(30),
-                    max_value_size: 1 << 20,
-                }],
-            },
-            Arc::new(Metrics::new(prometheus::Registry::new())),
-        );
-        t.set_coherent(true).await;
-        t
-    }
-
-    fn done(c: Completion) -> (Bytes, Vec<Fill>) {
-        match c {
-            Completion::Done(b, f) => (b, f),
-            Completion::Load(_) => panic!("no loader in these tests"),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_get_miss_reads_the_value_and_its_ttl_then_a_hit_needs_no_upstream() {
-        let t = tier().await;
-        let req = Request::from_args(&["GET", "p:1"]);
-        let Outcome::Miss(plan) = read(
-            Some(&t),
-            None,
-            "GET",
-            &req,
-            Proto::Resp2,
-            &mut Fence::default(),
-        )
-        .await
-        else {
-            panic!("expected a miss")
-        };
-        assert_eq!(
-            &plan.frame[..],
-            b"*2\r\n$3\r\nGET\r\n$3\r\np:1\r\n*2\r\n$4\r\nPTTL\r\n$3\r\np:1\r\n"
-        );
-        let (client, fills) = done(complete(
-            *plan,
-            &Bytes::from_static(b"$1\r\nv\r\n:5000\r\n"),
-            Proto::Resp2,
-        ));
-        assert_eq!(&client[..], b"$1\r\nv\r\n");
-        for f in fills {
-            t.fill(f).await;
-        }
-        match read(
-            Some(&t),
-            None,
-            "GET",
-            &req,
-            Proto::Resp2,
-            &mut Fence::default(),
-        )
-        .await
-        {
-            Outcome::Hit(b) => assert_eq!(&b[..], b"$1\r\nv\r\n"),
-            _ => panic!("expected a hit"),
-        }
-    }
-
-    #[tokio::test]
-    async fn mget_keeps_order_duplicates_and_nils_and_fetches_only_misses() {
-        let t = tier().await;
-        t.fill(Fill {
-            key: Bytes::from_static(b"p:hit"),
-            view: View::Get,
-            value: Cached::Value(Bytes::from_static(b"$1\r\nh\r\n")),
-            pttl: -1,
-            stamp: t.stamp(b"p:hit"),
-            rule: t.rule(b"p:hit").unwrap().clone(),
-        })
-        .await;
-        let req = Request::from_args(&["MGET", "p:a", "p:hit", "other", "p:a"]);
-        let Outcome::Miss(plan) = read(
-            Some(&t),
-            None,
-            "MGET",
-            &req,
-            Proto::Resp3,
-            &mut Fence::default(),
-        )
-        .await
-        else {
-            panic!("expected a miss")
-        };
-        assert!(plan
-            .frame
-            .starts_with(b"*4\r\n$4\r\nMGET\r\n$3\r\np:a\r\n$5\r\nother\r\n$3\r\np:a\r\n"));
-        assert_eq!(plan.upstream_replies, 3, "MGET + a PTTL per cacheable miss");
-        let replies = Bytes::from_static(b"*3\r\n$1\r\na\r\n_\r\n$1\r\na\r\n:-1\r\n:-1\r\n");
-        let (client, fills) = done(complete(*plan, &replies, Proto::Resp3));
-        assert_eq!(&client[..], b"*4\r\n$1\r\na\r\n$1\r\nh\r\n_\r\n$1\r\na\r\n");
-        assert_eq!(fills.len(), 2);
-    }
-
-    #[tokio::test]
-    async fn errors_are_passed_on_and_never_stored() {
-        let t = tier().await;
-        let req = Request::from_args(&["HGETALL", "p:s"]);
-        let Outcome::Miss(plan) = read(
-            Some(&t),
-            None,
-            "HGETALL",
-            &req,
-            Proto::Resp2,
-            &mut Fence::default(),
-        )
-        .await
-        else {
-            panic!()
-        };
-        let wrong = Bytes::from_static(
-            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n:-1\r\n",
-        );
-        let (client, fills) = done(complete(*plan, &wrong, Proto::Resp2));
-        assert!(client.starts_with(b"-WRONGTYPE"));
-        assert!(fills.is_empty());
-    }
-
-    #[test]
-    fn loaded_values_render_as_redis_would_answer_once_filled() {
-        let hash = Loaded::Hash(vec![(
-            Bytes::from_static(b"name"),
-            Bytes::from_static(b"Lamp"),
-        )]);
-        let value = Loaded::Value(Bytes::from_static(b"{\"id\":1}"));
-        assert_eq!(
-            &render(&View::Get, &value, Proto::Resp2, false)[..],
-            b"$8\r\n{\"id\":1}\r\n"
-        );
-        assert_eq!(
-            &render(
-                &View::HGet(Bytes::from_static(b"name")),
-                &hash,
-                Proto::Resp2,
-                false
-            )[..],
-            b"$4\r\nLamp\r\n"
-        );
-        assert_eq!(
-            &render(&View::HGetAll(Proto::Resp3), &hash, Proto::Resp3, false)[..],
-            b"%1\r\n$4\r\nname\r\n$4\r\nLamp\r\n"
-        );
-        assert_eq!(
-            &render(&View::Get, &Loaded::NotFound, Proto::Resp3, false)[..],
-            b"_\r\n"
-        );
-        assert_eq!(
-            &render(
-                &View::HGetAll(Proto::Resp2),
-                &Loaded::NotFound,
-                Proto::Resp2,
-                false
-            )[..],
-            b"*0\r\n"
-        );
-        assert!(render(&View::Get, &hash, Proto::Resp2, false).starts_with(b"-WRONGTYPE"));
     }
 }

@@ -5,6 +5,8 @@
 pub mod clients;
 pub mod fill;
 mod local;
+#[cfg(test)]
+mod tests;
 
 use crate::config::validate::ClientAuth;
 use crate::error::ProxyError;
@@ -15,7 +17,7 @@ use crate::protocol::reply::{Expect, SubKind};
 use crate::protocol::{Proto, Request};
 use crate::tier::hot::{HotTier, WriteGuard};
 use crate::tier::store::Store;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
 /// What cacheside knows about one client connection.
@@ -198,8 +200,8 @@ pub enum Decision {
     Reset,
     /// An error reply (or a close), mapped by `error::to_reply`.
     Fail(ProxyError),
-    /// Answered from the hot tier.
-    Cached(Bytes),
+    /// Answered from the hot tier: the reply is in the buffer given to `route`.
+    Cached,
     /// A hot-tier miss: read the value and its TTL upstream, then store it.
     Fill(Box<fill::FillPlan>),
     /// INFO: forwarded, with cacheside's own section appended to the reply.
@@ -315,11 +317,14 @@ impl Router {
 
     /// Decides where `req` goes. `pinned` is true while the client's pinned connection is the
     /// one carrying its commands.
+    /// Decides where `req` is answered. A hot-tier hit is appended to `hits` and answered
+    /// `Decision::Cached`.
     pub async fn route(
         &self,
         st: &mut ClientState,
         req: &Request,
         pinned: bool,
+        hits: &mut BytesMut,
     ) -> (Decision, &'static CommandInfo) {
         let info = command::lookup(req.arg(0));
         let mut decision = self.decide(st, info, req, pinned);
@@ -332,10 +337,11 @@ impl Router {
                     req,
                     st.proto,
                     &mut st.fence,
+                    hits,
                 )
                 .await
                 {
-                    fill::Outcome::Hit(b) => decision = Decision::Cached(b),
+                    fill::Outcome::Hit => decision = Decision::Cached,
                     fill::Outcome::Miss(plan) => decision = Decision::Fill(plan),
                     fill::Outcome::Skip => {}
                 }
@@ -440,178 +446,6 @@ impl Router {
             Decision::Fail(ProxyError::NoUpstream {
                 command: String::from_utf8_lossy(req.arg(0)).to_ascii_uppercase(),
             })
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn route(r: &Router, st: &mut ClientState, args: &[&str], pinned: bool) -> Decision {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(r.route(st, &Request::from_args(args), pinned))
-            .0
-    }
-
-    #[test]
-    fn stateful_commands_pin_and_plain_ones_share() {
-        let r = Router::new(None, true, None);
-        let mut st = ClientState::new(1, 0, false);
-        assert!(matches!(
-            route(&r, &mut st, &["GET", "k"], false),
-            Decision::Forward
-        ));
-        assert!(matches!(
-            route(&r, &mut st, &["MULTI"], false),
-            Decision::Pinned
-        ));
-        assert!(matches!(
-            route(&r, &mut st, &["BLPOP", "l", "0"], false),
-            Decision::Pinned
-        ));
-        assert!(matches!(
-            route(&r, &mut st, &["XREAD", "STREAMS", "s", "0"], false),
-            Decision::Forward
-        ));
-        assert!(matches!(
-            route(
-                &r,
-                &mut st,
-                &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"],
-                false
-            ),
-            Decision::Pinned
-        ));
-        assert!(matches!(
-            route(&r, &mut st, &["SELECT", "0"], false),
-            Decision::Reply(_)
-        ));
-        assert!(matches!(
-            route(&r, &mut st, &["SELECT", "3"], false),
-            Decision::Pinned
-        ));
-        assert!(matches!(
-            route(&r, &mut st, &["CLIENT", "TRACKING", "on"], false),
-            Decision::Pinned
-        ));
-        // cacheside is the server its clients see: it lists its own clients.
-        assert!(matches!(
-            route(&r, &mut st, &["CLIENT", "LIST"], false),
-            Decision::Reply(_)
-        ));
-        assert!(matches!(
-            route(&r, &mut st, &["CLIENT", "PAUSE", "10"], false),
-            Decision::Forward
-        ));
-        assert!(matches!(
-            route(&r, &mut st, &["GET", "k"], true),
-            Decision::Pinned
-        ));
-    }
-
-    #[test]
-    fn pinned_state_is_tracked_until_it_can_be_released() {
-        let mut st = ClientState::new(1, 0, false);
-        let note = |st: &mut ClientState, args: &[&str]| {
-            let req = Request::from_args(args);
-            st.note_pinned(command::lookup(req.arg(0)), &req)
-        };
-        note(&mut st, &["WATCH", "k"]);
-        assert!(!st.can_release());
-        note(&mut st, &["MULTI"]);
-        note(&mut st, &["SET", "k", "v"]);
-        note(&mut st, &["EXEC"]);
-        assert!(st.can_release());
-        note(&mut st, &["SELECT", "2"]);
-        assert!(!st.can_release());
-        note(&mut st, &["SELECT", "0"]);
-        assert!(st.can_release());
-        assert_eq!(note(&mut st, &["SUBSCRIBE", "a", "b"]), Expect::Frames(2));
-        assert_eq!(
-            note(&mut st, &["UNSUBSCRIBE"]),
-            Expect::UnsubscribeAll(SubKind::Channel)
-        );
-        assert_eq!(
-            note(&mut st, &["CLIENT", "REPLY", "OFF"]),
-            Expect::Frames(0)
-        );
-        assert_eq!(note(&mut st, &["SET", "a", "b"]), Expect::Frames(0));
-        assert_eq!(note(&mut st, &["CLIENT", "REPLY", "ON"]), Expect::Frames(1));
-        assert!(!st.can_release());
-        let mut st = ClientState::new(1, 0, false);
-        note(&mut st, &["MULTI"]);
-        note(&mut st, &["SELECT", "1"]);
-        note(&mut st, &["EXEC"]);
-        assert!(
-            !st.can_release(),
-            "a SELECT run by EXEC keeps the client pinned"
-        );
-    }
-
-    #[test]
-    fn without_auth_only_auth_hello_and_quit_pass() {
-        let r = Router::new(
-            Some(ClientAuth {
-                username: "default".into(),
-                password: "pw".into(),
-            }),
-            true,
-            None,
-        );
-        let mut st = ClientState::new(1, 0, true);
-        assert!(matches!(
-            route(&r, &mut st, &["GET", "k"], false),
-            Decision::Fail(ProxyError::NoAuth)
-        ));
-        assert!(matches!(
-            route(&r, &mut st, &["AUTH", "bad"], false),
-            Decision::Fail(ProxyError::WrongPass)
-        ));
-        assert!(matches!(
-            route(&r, &mut st, &["AUTH", "pw"], false),
-            Decision::Reply(_)
-        ));
-        assert!(matches!(
-            route(&r, &mut st, &["GET", "k"], false),
-            Decision::Forward
-        ));
-    }
-
-    #[test]
-    fn standalone_mode_sends_string_commands_to_the_store() {
-        let store = Arc::new(Store::new(1 << 20, crate::tier::store::Policy::TinyLfu));
-        let r = Router::new(None, false, None).with_store(store);
-        let mut st = ClientState::new(1, 0, false);
-        assert!(matches!(
-            route(&r, &mut st, &["set", "k", "v"], false),
-            Decision::Store
-        ));
-        assert!(matches!(
-            route(&r, &mut st, &["PING"], false),
-            Decision::Reply(_)
-        ));
-        match route(&r, &mut st, &["HSET", "h", "f", "v"], false) {
-            Decision::Fail(e) => assert_eq!(
-                e.to_string(),
-                "HSET needs an upstream Redis (set upstream.url)"
-            ),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn without_an_upstream_forwarded_commands_fail_clearly() {
-        let r = Router::new(None, false, None);
-        let mut st = ClientState::new(1, 0, false);
-        match route(&r, &mut st, &["lpush", "l", "x"], false) {
-            Decision::Fail(e) => assert_eq!(
-                e.to_string(),
-                "LPUSH needs an upstream Redis (set upstream.url)"
-            ),
-            other => panic!("{other:?}"),
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::metrics::Metrics;
 use crate::protocol::Limits;
 use crate::router::Router;
 use crate::tier::redis::Upstream;
+use crate::transport::{ListenerTls, Stream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub struct Ctx {
     pub max_query_buffer: usize,
     pub max_pending_replies: usize,
     pub max_clients: usize,
+    /// Set when the listener speaks TLS.
+    pub tls: Option<ListenerTls>,
     next_id: AtomicU64,
 }
 
@@ -47,8 +50,15 @@ impl Ctx {
             max_query_buffer,
             max_pending_replies,
             max_clients,
+            tls: None,
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// Makes the listener speak TLS with this certificate.
+    pub fn with_tls(mut self, tls: Option<ListenerTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     fn next_client_id(&self) -> u64 {
@@ -82,7 +92,7 @@ pub async fn serve(
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             ctx.metrics.client_rejections_max_clients.inc();
-            tokio::spawn(reject(socket));
+            tokio::spawn(reject(socket, ctx.tls.clone()));
             continue;
         };
         socket.set_nodelay(true).ok();
@@ -119,13 +129,29 @@ pub async fn serve(
     }
 }
 
-async fn reject(mut socket: TcpStream) {
-    let _ = socket
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Wraps an accepted socket in TLS when the listener speaks it.
+async fn accept(socket: TcpStream, tls: Option<&ListenerTls>) -> std::io::Result<Stream> {
+    match tls {
+        None => Ok(Stream::Tcp(socket)),
+        Some(tls) => tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(socket))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))?,
+    }
+}
+
+async fn reject(socket: TcpStream, tls: Option<ListenerTls>) {
+    let Ok(mut stream) = accept(socket, tls.as_ref()).await else {
+        return;
+    };
+    let _ = stream
         .write_all(&crate::error::reply_bytes(
             &crate::error::ProxyError::MaxClients,
         ))
         .await;
-    let _ = socket.shutdown().await;
+    let _ = stream.shutdown().await;
 }
 
 async fn run_client(
@@ -137,27 +163,34 @@ async fn run_client(
     use std::os::fd::AsRawFd;
     let local = socket.local_addr().unwrap_or(peer);
     let fd = socket.as_raw_fd();
-    let (rd, wr) = socket.into_split();
+    let stream = match accept(socket, ctx.tls.as_ref()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "client TLS handshake failed");
+            return;
+        }
+    };
+    let (rd, wr) = stream.into_split();
     let (out_tx, out_rx) = mpsc::channel(ctx.max_pending_replies);
-    let writer = tokio::spawn(writer::run(wr, out_rx, ctx.clone()));
+    // The writer runs in the session's task, not its own: handing it a reply wakes no other
+    // task (and no other thread), and a request read and answered at once costs one wake-up.
+    let writer = writer::run(wr, out_rx, ctx.clone());
     let mut s = session::Session::new(ctx, rd, out_tx, (peer, local, fd));
     tracing::debug!(client = s.client_id(), %peer, "client connected");
-    let stop = s.serve(&mut shutdown).await;
-    if !stop.graceful {
-        // Nobody is left to read what a pinned connection would still relay.
-        s.drop_pinned();
-    }
     let id = s.client_id();
-    // Dropping the session closes the reply queue; the writer delivers what is queued, then
-    // ends. The pinned connection (if any) lives until then so its replies get through.
-    let (pinned_holder, out_dropped) = s.into_parts();
-    drop(out_dropped);
-    if let Err(e) = writer.await {
-        if e.is_panic() {
-            // Counted as a session panic: the session task ends normally.
-            std::panic::resume_unwind(e.into_panic());
+    let reading = async move {
+        let stop = s.serve(&mut shutdown).await;
+        if !stop.graceful {
+            // Nobody is left to read what a pinned connection would still relay.
+            s.drop_pinned();
         }
-    }
+        // Closing the reply queue lets the writer deliver what is queued, then end. The pinned
+        // connection (if any) lives until then so its replies get through.
+        let (pinned_holder, out_dropped) = s.into_parts();
+        drop(out_dropped);
+        pinned_holder
+    };
+    let (pinned_holder, ()) = tokio::join!(reading, writer);
     drop(pinned_holder);
     tracing::debug!(client = id, "client disconnected");
 }

@@ -7,6 +7,8 @@
 //! in the order the client sent them.
 
 mod pinned;
+mod queue;
+mod run;
 
 use super::writer::{AfterReply, Out};
 use super::Ctx;
@@ -18,13 +20,14 @@ use crate::protocol::Request;
 use crate::router::clients::Registration;
 use crate::router::{ClientState, Decision, Invalidation};
 use crate::tier::redis::Pinned;
+use crate::transport::ReadHalf;
 use bytes::{Bytes, BytesMut};
+use run::{Dest, Run};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// How long a client must stay quiet during a drain before its connection is closed.
@@ -35,32 +38,10 @@ pub(super) struct Stop {
     pub graceful: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dest {
-    Shared,
-    Pinned,
-}
-
-/// A run of contiguous requests of the current chunk bound for one destination.
-struct Run {
-    dest: Dest,
-    span: Range<usize>,
-    count: u32,
-    /// Hot-tier work for when the run's replies arrive.
-    after: Option<Box<AfterReply>>,
-}
-
-/// Adds a write's invalidation to what a batch does when its replies arrive.
-fn merge(after: &mut Option<Box<AfterReply>>, inv: Option<Invalidation>) {
-    if let Some(inv) = inv {
-        after.get_or_insert_with(Box::default).writes.push(inv);
-    }
-}
-
 pub(super) struct Session {
     ctx: Arc<Ctx>,
     st: ClientState,
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
     out: mpsc::Sender<Out>,
     pinned: Option<Pinned>,
@@ -75,6 +56,8 @@ pub(super) struct Session {
     parsed: Vec<Parsed>,
     /// Replies of cacheside's own not yet queued (sent as one item).
     ready: BytesMut,
+    /// A hot-tier hit that must wait for the run before it (see `handle`).
+    hits: BytesMut,
     /// Cached keys written by commands queued in the open transaction.
     multi_writes: Vec<Invalidation>,
     /// Lease cleanup for mapped keys written by commands queued in the open transaction.
@@ -93,7 +76,7 @@ pub(super) struct Session {
 impl Session {
     pub(super) fn new(
         ctx: Arc<Ctx>,
-        rd: OwnedReadHalf,
+        rd: ReadHalf,
         out: mpsc::Sender<Out>,
         peer: (std::net::SocketAddr, std::net::SocketAddr, i32),
     ) -> Self {
@@ -119,6 +102,7 @@ impl Session {
             run: None,
             parsed: Vec::new(),
             ready: BytesMut::new(),
+            hits: BytesMut::new(),
             multi_writes: Vec::new(),
             multi_cleanup: Vec::new(),
             read_ahead: false,
@@ -286,10 +270,18 @@ impl Session {
         span: Option<Range<usize>>,
         req: Request,
     ) -> Result<(), Stop> {
+        // A hit goes straight into the gathered replies when nothing is queued before it;
+        // otherwise into `hits`, to follow the run ahead of it.
+        let direct = self.run.is_none() && !self.pinned_active;
+        let hits = if direct {
+            &mut self.ready
+        } else {
+            &mut self.hits
+        };
         let (decision, info) = self
             .ctx
             .router
-            .route(&mut self.st, &req, self.pinned_active)
+            .route(&mut self.st, &req, self.pinned_active, hits)
             .await;
         self.last_cmd = info.name;
         match decision {
@@ -333,10 +325,19 @@ impl Session {
                 let reply = store.execute(&req, self.st.proto).await;
                 self.reply(reply).await
             }
-            Decision::Cached(bytes) => {
+            Decision::Cached => {
                 self.ctx.metrics.command(info.family, Outcome::Cached);
+                if direct {
+                    return Ok(());
+                }
                 self.flush_run(chunk).await?;
-                self.reply(bytes).await
+                if self.pinned_active {
+                    let bytes = self.hits.split().freeze();
+                    return self.reply(bytes).await;
+                }
+                self.ready.extend_from_slice(&self.hits);
+                self.hits.clear();
+                Ok(())
             }
             Decision::Fill(plan) => {
                 self.ctx.metrics.command(info.family, Outcome::Forwarded);
@@ -430,179 +431,6 @@ impl Session {
                 match to_reply(&e) {
                     Disposition::Reply(bytes) => self.reply(bytes).await,
                     Disposition::Close(_) => Err(self.fail_and_close(e).await),
-                }
-            }
-        }
-    }
-
-    /// Adds a request to the current run, or starts a new one.
-    async fn push_run(
-        &mut self,
-        dest: Dest,
-        chunk: &Bytes,
-        span: Option<Range<usize>>,
-        req: &Request,
-        inv: Option<Invalidation>,
-    ) -> Result<(), Stop> {
-        match span {
-            Some(s) => {
-                if let Some(run) = &mut self.run {
-                    if run.dest == dest && run.span.end == s.start {
-                        run.span.end = s.end;
-                        run.count += 1;
-                        merge(&mut run.after, inv);
-                        return Ok(());
-                    }
-                }
-                self.flush_run(chunk).await?;
-                let mut after = None;
-                merge(&mut after, inv);
-                self.run = Some(Run {
-                    dest,
-                    span: s,
-                    count: 1,
-                    after,
-                });
-                Ok(())
-            }
-            // An inline command was re-encoded: it travels alone.
-            None => {
-                self.flush_run(chunk).await?;
-                let mut after = None;
-                merge(&mut after, inv);
-                self.send_to(dest, req.frame().clone(), 1, after).await
-            }
-        }
-    }
-
-    async fn flush_run(&mut self, chunk: &Bytes) -> Result<(), Stop> {
-        match self.run.take() {
-            Some(run) => {
-                self.send_to(run.dest, chunk.slice(run.span), run.count, run.after)
-                    .await
-            }
-            None => Ok(()),
-        }
-    }
-
-    async fn send_to(
-        &mut self,
-        dest: Dest,
-        bytes: Bytes,
-        count: u32,
-        mut after: Option<Box<AfterReply>>,
-    ) -> Result<(), Stop> {
-        match dest {
-            Dest::Shared => {
-                let upstream = self
-                    .ctx
-                    .upstream
-                    .as_ref()
-                    .expect("the router forwards only when an upstream is configured");
-                // Broadcast coherence: the invalidation message runs right after the writes, on
-                // the same connection, and the client's replies wait for it.
-                let mut bytes = bytes;
-                let mut sent = count;
-                if let Some(a) = after.as_mut() {
-                    let mut tail = std::mem::take(&mut a.appended);
-                    if let Some(hot) = self.ctx.router.hot() {
-                        let keys: Vec<Bytes> = a
-                            .writes
-                            .iter()
-                            .flat_map(|w| w.keys().iter().cloned())
-                            .collect();
-                        let flush = a.writes.iter().any(|w| w.flush());
-                        tail.extend(hot.broadcast_command(&keys, flush));
-                    }
-                    if !tail.is_empty() {
-                        let mut joined = bytes::BytesMut::with_capacity(
-                            bytes.len() + tail.iter().map(Bytes::len).sum::<usize>(),
-                        );
-                        joined.extend_from_slice(&bytes);
-                        for t in &tail {
-                            joined.extend_from_slice(t);
-                        }
-                        bytes = joined.freeze();
-                        a.extra = tail.len() as u32;
-                        sent += a.extra;
-                    }
-                }
-                let started = Instant::now();
-                let rx = upstream.send(self.st.proto, self.st.id, bytes, sent);
-                self.shared_dirty = true;
-                self.queue(Out::Upstream {
-                    rx,
-                    count,
-                    started,
-                    after,
-                    proto: self.st.proto,
-                })
-                .await
-            }
-            Dest::Pinned => {
-                let p = self
-                    .pinned
-                    .as_mut()
-                    .expect("pinned requests are sent only after enter_pinned");
-                if let Err(e) = p.send(&bytes).await {
-                    return Err(self.fail_and_close(ProxyError::PinnedLost(e)).await);
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// A reply of the proxy's own, in order with everything before it. Consecutive ones (hot
-    /// hits of a pipeline, say) are gathered into one queue item.
-    async fn reply(&mut self, bytes: Bytes) -> Result<(), Stop> {
-        if self.pinned_active {
-            if let Some(p) = &mut self.pinned {
-                return match p.emit(bytes) {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(self.fail_and_close(ProxyError::PinnedLost(e)).await),
-                };
-            }
-        }
-        self.ready.extend_from_slice(&bytes);
-        Ok(())
-    }
-
-    /// Queues the gathered replies, if any.
-    async fn flush_ready(&mut self) -> Result<(), Stop> {
-        if self.ready.is_empty() {
-            return Ok(());
-        }
-        let ready = self.ready.split().freeze();
-        self.out
-            .send(Out::Ready(ready))
-            .await
-            .map_err(|_| Stop { graceful: false })
-    }
-
-    /// Queues `item` after every reply gathered so far.
-    async fn queue(&mut self, item: Out) -> Result<(), Stop> {
-        self.flush_ready().await?;
-        self.out
-            .send(item)
-            .await
-            .map_err(|_| Stop { graceful: false })
-    }
-
-    /// Waits until every reply queued so far has been written, so everything sent before has
-    /// executed upstream. Reads ahead meanwhile, to notice a client that leaves.
-    async fn barrier(&mut self) -> Result<(), Stop> {
-        let (tx, mut rx) = oneshot::channel();
-        self.queue(Out::Barrier(tx)).await?;
-        self.shared_dirty = false;
-        self.release_pending = false;
-        loop {
-            tokio::select! {
-                r = &mut rx => return r.map_err(|_| Stop { graceful: false }),
-                r = self.rd.read_buf(&mut self.buf), if self.buf.len() <= self.ctx.max_query_buffer => {
-                    if matches!(r, Ok(0) | Err(_)) {
-                        return Err(Stop { graceful: false });
-                    }
-                    self.read_ahead = true;
                 }
             }
         }

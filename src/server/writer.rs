@@ -8,10 +8,10 @@ use crate::error::{reply_bytes, ProxyError};
 use crate::protocol::reply::{self, Proto};
 use crate::router::fill::{self, FillPlan};
 use crate::tier::redis::{BatchResult, ReplyRx};
+use crate::transport::WriteHalf;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -61,7 +61,7 @@ pub struct AfterReply {
 }
 
 /// Writes until the queue ends, a `Close` comes, or the client stops reading.
-pub async fn run(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Out>, ctx: Arc<Ctx>) {
+pub async fn run(mut wr: WriteHalf, mut rx: mpsc::Receiver<Out>, ctx: Arc<Ctx>) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // An item taken from the queue while gathering reads, to handle next.
     let mut carry = None;
@@ -149,7 +149,7 @@ async fn fills(
     first: FillItem,
     queue: &mut mpsc::Receiver<Out>,
     carry: &mut Option<Out>,
-    wr: &mut OwnedWriteHalf,
+    wr: &mut WriteHalf,
     buf: &mut BytesMut,
     ctx: &Ctx,
 ) -> Result<(), ()> {
@@ -236,7 +236,7 @@ async fn fills(
 /// records the batch's latency. `Err` means the client is gone.
 async fn wait(
     rx: &mut ReplyRx,
-    wr: &mut OwnedWriteHalf,
+    wr: &mut WriteHalf,
     buf: &mut BytesMut,
     ctx: &Ctx,
     started: Instant,
@@ -307,11 +307,15 @@ async fn after_reply(ctx: &Ctx, a: AfterReply, replies: Bytes, count: u32, proto
     replies
 }
 
-async fn flush(wr: &mut OwnedWriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
+async fn flush(wr: &mut WriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
     if buf.is_empty() {
         return Ok(());
     }
-    let r = wr.write_all(buf).await;
+    let mut r = wr.write_all(buf).await;
+    if r.is_ok() {
+        // TLS may hold back what the socket did not take; plain TCP flushes nothing.
+        r = wr.flush().await;
+    }
     buf.clear();
     r
 }

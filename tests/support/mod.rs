@@ -4,10 +4,12 @@
 //! A missing binary fails the test with the package to install; nothing is skipped.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod commands;
 pub mod fake;
 pub mod history;
 pub mod postgres;
+pub mod readthrough;
 
 use cacheside::config::Config;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -43,6 +45,8 @@ fn require_binary(name: &str, package: &str) {
 /// A real redis-server, killed when dropped.
 pub struct RedisServer {
     pub port: u16,
+    /// The TLS port, for servers started with `start_tls`.
+    pub tls_port: Option<u16>,
     child: Option<Child>,
     extra: Vec<String>,
 }
@@ -57,11 +61,33 @@ impl RedisServer {
         require_binary("redis-server", "redis-server");
         let mut s = Self {
             port: free_port(),
+            tls_port: None,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         s.spawn();
         s
+    }
+
+    /// Starts redis-server with a TLS port beside the plaintext one (which tests use to set
+    /// things up directly). `tls` holds the `--tls-*` options. Debian's redis-server is built
+    /// with TLS.
+    pub fn start_tls(tls: &[&str]) -> Self {
+        require_binary("redis-server", "redis-server");
+        let mut s = Self {
+            port: free_port(),
+            tls_port: Some(free_port()),
+            child: None,
+            extra: tls.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    /// `rediss://HOST:TLS_PORT`.
+    pub fn tls_url(&self, host: &str) -> String {
+        let port = self.tls_port.expect("a server started with start_tls");
+        format!("rediss://{host}:{port}")
     }
 
     fn spawn(&mut self) {
@@ -81,15 +107,20 @@ impl RedisServer {
         .args(&self.extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+        if let Some(tls_port) = self.tls_port {
+            cmd.args(["--tls-port", &tls_port.to_string()]);
+        }
         let child = cmd.spawn().expect("spawn redis-server");
         let pid = child.id();
         self.child = Some(child);
         wait_for_port(self.port, Duration::from_secs(10));
         // Free ports race with other listeners of the same test binary: make sure what answers
-        // is this server, or start again on another port.
+        // is this server, or start again on another port. (A server that cannot bind its TLS
+        // port does not start at all, so this covers that port too.)
         if redis_pid(self.port) != Some(pid) {
             self.kill();
             self.port = free_port();
+            self.tls_port = self.tls_port.map(|_| free_port());
             self.spawn();
         }
     }

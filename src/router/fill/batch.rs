@@ -2,7 +2,8 @@
 //! command): single-key loads of one mapping run as one query, mappings run concurrently, and
 //! MGETs and reads answered while Redis is down load as they would alone.
 
-use super::{finish, futures_join, load_error, render, tier_fill, LoadStep, StepKind};
+use super::load::{futures_join, load_error, render, tier_fill};
+use super::{finish, LoadStep, StepKind};
 use crate::loader::{Loader, Mapping};
 use crate::protocol::Proto;
 use crate::tier::hot::Fill;

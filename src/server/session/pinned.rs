@@ -2,7 +2,8 @@
 //! with what its state needs (transaction bookkeeping, broadcast PUBLISH, lease cleanup, the
 //! hot tier's completion before the reply), and leaving it.
 
-use super::{Dest, Session, Stop};
+use super::run::Dest;
+use super::{Session, Stop};
 use crate::error::{ProxyError, UpstreamError};
 use crate::metrics::Outcome;
 use crate::protocol::{CommandInfo, Request};

@@ -7,6 +7,15 @@
 //! - auto: tracking if the upstream accepts it, broadcast otherwise.
 //!
 //! While the connection is down the tier is emptied and bypassed: what was missed is unknown.
+//!
+//! Over TLS (`rediss://`) the session decrypts whole records: bytes can be off the kernel socket,
+//! where `HotTier::invalidations_pending` peeks, yet not applied, sitting in rustls as plaintext
+//! or as the first part of a record. Rather than teach the tier about TLS sessions, this task
+//! keeps the tier's `applying` flag raised whenever the session holds such bytes (see `next`):
+//! bytes leave the kernel only with the flag raised, and it is lowered only when neither the read
+//! buffer nor the session holds anything unapplied. So "socket not empty or flag raised" still
+//! means exactly "invalidations may be pending", as on plain TCP. The price is a hit going
+//! upstream while the tail of a record is on its way, as it does for the tail of a frame.
 
 use super::settings::Coherence;
 use super::{Broadcast, HotTier};
@@ -17,10 +26,10 @@ use crate::protocol::request::{self, encode_command, Limits, Step};
 use crate::protocol::scan::Value;
 use crate::tier::redis::conn::{self, Handshake};
 use crate::tier::redis::Settings;
+use crate::transport::Stream;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Why a coherence connection ended.
 enum End {
@@ -75,9 +84,10 @@ pub fn spawn(tier: Arc<HotTier>, settings: Arc<Settings>, mode: Coherence, chann
     });
 }
 
-/// Gives the tier a duplicate of the socket to peek at (see `HotTier::invalidations_pending`).
-fn watch(tier: &HotTier, stream: &TcpStream) {
-    let dup = socket2::SockRef::from(stream)
+/// Gives the tier a duplicate of the socket to peek at (see `HotTier::invalidations_pending`);
+/// under TLS, the TCP socket under the session.
+fn watch(tier: &HotTier, stream: &Stream) {
+    let dup = socket2::SockRef::from(stream.tcp())
         .try_clone()
         .ok()
         .map(std::net::TcpStream::from)
@@ -85,17 +95,20 @@ fn watch(tier: &HotTier, stream: &TcpStream) {
     tier.watch_socket(dup);
 }
 
-async fn open(settings: &Settings, proto: Proto) -> Result<TcpStream, End> {
+async fn open(settings: &Settings, proto: Proto) -> Result<Stream, End> {
     let addr: Arc<str> = settings.url.addr().into();
     let hs = Handshake {
-        url: &settings.url,
+        settings,
         proto,
-        db: settings.url.db,
         client_name: Some(b"cacheside-invalidation"),
     };
     match conn::open(&hs, &addr, settings.connect_timeout).await {
-        // An upstream without HELLO 3 cannot track for us.
-        Err(UpstreamError::Handshake { detail, .. }) if proto == Proto::Resp3 => {
+        // An upstream without HELLO 3 cannot track for us (a wrong password is no such sign).
+        Err(UpstreamError::Handshake { detail, .. })
+            if proto == Proto::Resp3
+                && !detail.starts_with("WRONGPASS")
+                && !detail.starts_with("NOAUTH") =>
+        {
             Err(End::Refused(detail.to_string()))
         }
         Err(e) => Err(End::Lost(e)),
@@ -127,13 +140,14 @@ fn prefixes(tier: &HotTier) -> Vec<Vec<u8>> {
 
 /// Sends one command and reads its reply frame.
 async fn call(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     cmd: &[u8],
     proto: Proto,
     addr: &Arc<str>,
 ) -> Result<(Bytes, bool), End> {
     stream.write_all(cmd).await.map_err(|e| lost(addr, e))?;
+    stream.flush().await.map_err(|e| lost(addr, e))?;
     loop {
         if let Some(f) = reply::frame(buf, proto).map_err(|e| End::Lost(protocol(addr, e)))? {
             let is_err = f.kind == reply::ReplyKind::Error;
@@ -190,10 +204,11 @@ async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
         Err(e) => return e,
     }
     watch(tier, &stream);
+    // Frames that came with the CLIENT TRACKING reply are applied first: the flag is raised
+    // before the tier turns coherent, so no hit is served before they are.
+    let mut applying = tier.applying();
     tier.set_coherent(true).await;
     tracing::info!(upstream = %addr, "hot tier coherent: CLIENT TRACKING (BCAST) on");
-    // Frames that came with the CLIENT TRACKING reply are applied first.
-    let mut applying = tier.applying().lock().await;
     loop {
         while let Some(f) = match reply::frame(&buf, Proto::Resp3) {
             Ok(f) => f,
@@ -211,42 +226,57 @@ async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
     }
 }
 
-/// Reads more after the complete frames in `buf` were applied. A partial frame left in `buf`
-/// is an invalidation already off the socket: the lock stays held (hits wait) until the rest
-/// of it arrives.
+/// Reads more after the complete frames in `buf` were applied. Bytes already off the socket
+/// and not applied yet (a partial frame in `buf`; over TLS, part of a record or decrypted
+/// plaintext inside the session) keep the flag raised (hits wait) until they are read and applied.
 async fn next<'t>(
-    applying: tokio::sync::MutexGuard<'t, ()>,
-    stream: &mut TcpStream,
+    applying: super::Applying<'t>,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     tier: &'t HotTier,
     addr: &Arc<str>,
-) -> Result<tokio::sync::MutexGuard<'t, ()>, End> {
-    if buf.is_empty() {
+) -> Result<super::Applying<'t>, End> {
+    if buf.is_empty() && !stream.holds_unread() {
         drop(applying);
         return take(stream, buf, tier, addr).await;
     }
-    match stream.read_buf(buf).await {
-        Ok(0) => Err(End::Lost(UpstreamError::Closed { addr: addr.clone() })),
-        Ok(_) => Ok(applying),
-        Err(e) => Err(lost(addr, e)),
-    }
-}
-
-/// Waits for the socket, then takes what it holds under the tier's `applying` lock, which is
-/// returned held: the caller applies what was taken before releasing it, so a checker never
-/// finds invalidations gone from the socket but not yet applied.
-async fn take<'t>(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    tier: &'t HotTier,
-    addr: &Arc<str>,
-) -> Result<tokio::sync::MutexGuard<'t, ()>, End> {
     loop {
         stream.readable().await.map_err(|e| lost(addr, e))?;
-        let applying = tier.applying().lock().await;
         match stream.try_read_buf(buf) {
             Ok(0) => return Err(End::Lost(UpstreamError::Closed { addr: addr.clone() })),
             Ok(_) => return Ok(applying),
+            // Over TLS the socket may have held the rest of a record that carried no data (a
+            // session ticket): nothing is left to wait for with the flag raised.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if buf.is_empty() && !stream.holds_unread() {
+                    return Ok(applying);
+                }
+            }
+            Err(e) => return Err(lost(addr, e)),
+        }
+    }
+}
+
+/// Waits for the socket, then takes what it holds with the tier's `applying` flag raised, which
+/// is returned raised: the caller applies what was taken before releasing it, so a checker never
+/// finds invalidations gone from the socket but not yet applied.
+async fn take<'t>(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    tier: &'t HotTier,
+    addr: &Arc<str>,
+) -> Result<super::Applying<'t>, End> {
+    loop {
+        stream.readable().await.map_err(|e| lost(addr, e))?;
+        let applying = tier.applying();
+        match stream.try_read_buf(buf) {
+            Ok(0) => return Err(End::Lost(UpstreamError::Closed { addr: addr.clone() })),
+            Ok(_) => return Ok(applying),
+            // The first part of a TLS record went into the session: it is held like a partial
+            // frame, with the flag raised, until the rest arrives.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && stream.holds_unread() => {
+                return Ok(applying)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(lost(addr, e)),
         }
@@ -302,9 +332,10 @@ async fn run_broadcast(tier: &HotTier, settings: &Settings, channel: &str, id: &
         id: id.clone(),
     });
     watch(tier, &stream);
+    // As for tracking: frames read with the SUBSCRIBE reply are applied before any hit.
+    let mut applying = tier.applying();
     tier.set_coherent(true).await;
     tracing::info!(upstream = %addr, channel, "hot tier coherent: broadcast invalidation");
-    let mut applying = tier.applying().lock().await;
     loop {
         while let Some(f) = match reply::frame(&buf, Proto::Resp2) {
             Ok(f) => f,

@@ -1,22 +1,23 @@
-//! Opening one upstream connection: TCP connect with a timeout, then the handshake
-//! (HELLO/AUTH, SELECT, CLIENT SETNAME) pipelined in one write.
+//! Opening one upstream connection: TCP connect with a timeout, TLS for `rediss://`, then the
+//! handshake (HELLO/AUTH, SELECT, CLIENT SETNAME) pipelined in one write. The password is read
+//! from `upstream.password_file` on every connect, so a rotated Secret is used on reconnect.
 
-use crate::config::UpstreamUrl;
+use super::Settings;
 use crate::error::UpstreamError;
 use crate::protocol::reply::{self, Proto, ReplyKind};
 use crate::protocol::request::encode_command;
 use crate::protocol::scan::Value;
+use crate::transport::Stream;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// What a new connection must be set up with.
+/// What a new connection must be set up with (the db is the URL's).
 pub struct Handshake<'a> {
-    pub url: &'a UpstreamUrl,
+    pub settings: &'a Settings,
     pub proto: Proto,
-    pub db: u32,
     pub client_name: Option<&'a [u8]>,
 }
 
@@ -25,7 +26,7 @@ pub async fn open(
     hs: &Handshake<'_>,
     addr: &Arc<str>,
     timeout: Duration,
-) -> Result<TcpStream, UpstreamError> {
+) -> Result<Stream, UpstreamError> {
     open_with_id(hs, addr, timeout, false).await.map(|(s, _)| s)
 }
 
@@ -36,7 +37,7 @@ pub async fn open_with_id(
     addr: &Arc<str>,
     timeout: Duration,
     ask_id: bool,
-) -> Result<(TcpStream, Option<i64>), UpstreamError> {
+) -> Result<(Stream, Option<i64>), UpstreamError> {
     match tokio::time::timeout(timeout, open_inner(hs, addr, ask_id)).await {
         Ok(r) => r,
         Err(_) => Err(UpstreamError::Unavailable {
@@ -50,18 +51,29 @@ async fn open_inner(
     hs: &Handshake<'_>,
     addr: &Arc<str>,
     ask_id: bool,
-) -> Result<(TcpStream, Option<i64>), UpstreamError> {
-    let mut stream =
-        TcpStream::connect(addr.as_ref())
-            .await
-            .map_err(|e| UpstreamError::Unavailable {
-                addr: addr.clone(),
-                detail: e.to_string().into(),
-            })?;
-    stream.set_nodelay(true).ok();
-    let mut commands = handshake_commands(hs);
+) -> Result<(Stream, Option<i64>), UpstreamError> {
+    let settings = hs.settings;
+    let io_err = |e: std::io::Error| io_failure(settings, addr, e);
+    let tcp = TcpStream::connect(addr.as_ref()).await.map_err(io_err)?;
+    tcp.set_nodelay(true).ok();
+    let mut stream = match &settings.tls {
+        None => Stream::Tcp(tcp),
+        Some(tls) => tls.connect(tcp).await.map_err(io_err)?,
+    };
+    let password = settings
+        .password()
+        .map_err(|detail| UpstreamError::Unavailable {
+            addr: addr.clone(),
+            detail: detail.into(),
+        })?;
+    let mut commands = handshake_commands(hs, password.as_deref());
     if ask_id {
         commands.push(encode_command(&["CLIENT", "ID"]));
+    }
+    if commands.is_empty() && stream.is_tls() {
+        // Under TLS 1.3 a server that refuses the client's certificate says so after the
+        // handshake: one round trip here makes that a failure to connect, with its cause.
+        commands.push(encode_command(&["PING"]));
     }
     if commands.is_empty() {
         return Ok((stream, None));
@@ -70,11 +82,8 @@ async fn open_inner(
     for c in &commands {
         out.extend_from_slice(c);
     }
-    let io_err = |e: std::io::Error| UpstreamError::Unavailable {
-        addr: addr.clone(),
-        detail: e.to_string().into(),
-    };
     stream.write_all(&out).await.map_err(io_err)?;
+    stream.flush().await.map_err(io_err)?;
     let mut buf = BytesMut::with_capacity(1024);
     let mut answered = 0;
     let mut last = None;
@@ -103,10 +112,24 @@ async fn open_inner(
     Ok((stream, last.filter(|_| ask_id)))
 }
 
-fn handshake_commands(hs: &Handshake<'_>) -> Vec<Bytes> {
+/// An I/O failure while connecting: a TLS one says what went wrong with the certificate or the
+/// handshake (unknown CA, hostname mismatch, client certificate required, ...).
+pub(crate) fn io_failure(settings: &Settings, addr: &Arc<str>, e: std::io::Error) -> UpstreamError {
+    match settings.tls.as_ref().and_then(|t| t.describe(&e)) {
+        Some(cause) => UpstreamError::Tls {
+            addr: addr.clone(),
+            detail: cause.into(),
+        },
+        None => UpstreamError::Unavailable {
+            addr: addr.clone(),
+            detail: e.to_string().into(),
+        },
+    }
+}
+
+fn handshake_commands(hs: &Handshake<'_>, password: Option<&str>) -> Vec<Bytes> {
     let mut cmds = Vec::new();
-    let url = hs.url;
-    let password = url.password.as_deref();
+    let url = &hs.settings.url;
     let user = url.username.as_deref().unwrap_or("default");
     match (hs.proto, password) {
         (Proto::Resp3, Some(p)) => cmds.push(encode_command(&["HELLO", "3", "AUTH", user, p])),
@@ -117,8 +140,8 @@ fn handshake_commands(hs: &Handshake<'_>) -> Vec<Bytes> {
         },
         (Proto::Resp2, None) => {}
     }
-    if hs.db != 0 {
-        cmds.push(encode_command(&["SELECT", &hs.db.to_string()]));
+    if url.db != 0 {
+        cmds.push(encode_command(&["SELECT", &url.db.to_string()]));
     }
     if let Some(name) = hs.client_name {
         cmds.push(encode_command(&[&b"CLIENT"[..], b"SETNAME", name]));

@@ -16,12 +16,12 @@ use super::Settings;
 use crate::error::UpstreamError;
 use crate::metrics::Metrics;
 use crate::protocol::reply::{self, Expect, Proto, PubSub, SubKind};
+use crate::transport::{ReadHalf, WriteHalf};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -59,7 +59,7 @@ enum Ctl {
 pub type BeforeReply = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 pub struct Pinned {
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     ctl: mpsc::UnboundedSender<Ctl>,
     task: JoinHandle<UpstreamError>,
     addr: Arc<str>,
@@ -80,9 +80,8 @@ impl Pinned {
     ) -> Result<Self, UpstreamError> {
         let addr: Arc<str> = settings.url.addr().into();
         let hs = Handshake {
-            url: &settings.url,
+            settings,
             proto,
-            db: settings.url.db,
             client_name,
         };
         let (stream, upstream_id) =
@@ -144,13 +143,15 @@ impl Pinned {
                 addr: self.addr.clone(),
             });
         }
-        self.wr
-            .write_all(bytes)
-            .await
-            .map_err(|e| UpstreamError::Unavailable {
-                addr: self.addr.clone(),
-                detail: e.to_string().into(),
-            })
+        let res = match self.wr.write_all(bytes).await {
+            // TLS may hold back what the socket did not take; plain TCP flushes nothing.
+            Ok(()) => self.wr.flush().await,
+            e => e,
+        };
+        res.map_err(|e| UpstreamError::Unavailable {
+            addr: self.addr.clone(),
+            detail: e.to_string().into(),
+        })
     }
 
     /// Runs `work` just before the reply to the last declared request is relayed.
@@ -409,7 +410,7 @@ impl Relay {
 /// Relays until the connection fails; then every request still owed a reply gets an error
 /// reply, in order, so the client's replies stay matched to its requests.
 async fn relay(
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     addr: Arc<str>,
     timeout: std::time::Duration,
@@ -434,7 +435,7 @@ async fn relay(
     err
 }
 
-async fn run(r: &mut Relay, mut rd: OwnedReadHalf, addr: Arc<str>) -> UpstreamError {
+async fn run(r: &mut Relay, mut rd: ReadHalf, addr: Arc<str>) -> UpstreamError {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
         r.settle().await;

@@ -12,6 +12,7 @@ use super::Settings;
 use crate::error::UpstreamError;
 use crate::metrics::Metrics;
 use crate::protocol::reply::{self, Proto, ReplyKind};
+use crate::transport::{ReadHalf, WriteHalf};
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use std::collections::VecDeque;
@@ -19,7 +20,6 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
@@ -149,9 +149,8 @@ impl Supervisor {
         loop {
             self.slot.state.store(CONNECTING, Ordering::Relaxed);
             let hs = Handshake {
-                url: &self.settings.url,
+                settings: &self.settings,
                 proto: self.proto,
-                db: self.settings.url.db,
                 client_name: None,
             };
             let err = match conn::open(&hs, &self.addr, self.settings.connect_timeout).await {
@@ -227,8 +226,8 @@ fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
 /// Runs one live connection until it fails (`Some(error)`) or the pool is dropped (`None`).
 /// Every waiter still pending when it ends gets the error.
 async fn serve(
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: ReadHalf,
+    wr: WriteHalf,
     rx: &mut mpsc::Receiver<Job>,
     settings: &Settings,
     addr: &Arc<str>,
@@ -255,7 +254,7 @@ async fn serve(
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     rx: &mut mpsc::Receiver<Job>,
     pending: &Mutex<VecDeque<Pending>>,
     wake: &Notify,
@@ -297,6 +296,11 @@ async fn write_loop(
             Some(b) => wr.write_all(b).await,
             None => wr.write_all(&buf).await,
         };
+        // TLS may hold back what the socket did not take; plain TCP flushes nothing.
+        let res = match res {
+            Ok(()) => wr.flush().await,
+            e => e,
+        };
         buf.clear();
         if let Err(e) = res {
             return Some(UpstreamError::Unavailable {
@@ -308,7 +312,7 @@ async fn write_loop(
 }
 
 async fn read_loop(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     pending: &Mutex<VecDeque<Pending>>,
     wake: &Notify,
     timeout: Duration,

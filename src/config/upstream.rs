@@ -1,0 +1,222 @@
+//! `[upstream]` checked: the URL, the credentials (an RBAC user, a password file re-read on
+//! every connect) and TLS for `rediss://`.
+
+use super::validate::positive;
+use super::{ConfigError, UpstreamConfig, UpstreamUrl};
+use crate::transport::{UpstreamTls, UpstreamTlsOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How to reach the upstream Redis.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Host, port, db and the credentials written in the URL (or `upstream.username`).
+    pub url: UpstreamUrl,
+    /// Read again on every connect, so a rotated Secret is used from the next reconnect on.
+    pub password_file: Option<PathBuf>,
+    /// Set for `rediss://`.
+    pub tls: Option<UpstreamTls>,
+    pub connections: usize,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl UpstreamSettings {
+    /// The password to authenticate with now: the file's current contents, else the URL's.
+    pub fn password(&self) -> Result<Option<String>, String> {
+        match &self.password_file {
+            Some(path) => secret_from_file(path)
+                .map(Some)
+                .map_err(|m| format!("upstream.password_file: {m}")),
+            None => Ok(self.url.password.clone()),
+        }
+    }
+}
+
+/// A one-line secret file (a mounted Kubernetes Secret): its contents without the trailing
+/// newline. Never empty.
+pub(super) fn secret_from_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let secret = text.trim_end_matches(['\r', '\n']).to_string();
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(secret)
+}
+
+pub(super) fn validate(u: &UpstreamConfig) -> Result<Option<UpstreamSettings>, ConfigError> {
+    let raw = match u.url.as_deref().map(str::trim) {
+        None | Some("") => return Ok(None),
+        Some(raw) => raw,
+    };
+    let mut url = UpstreamUrl::parse(raw).map_err(|m| ConfigError::invalid("upstream.url", m))?;
+    if let Some(user) = &u.username {
+        if user.is_empty() || user.contains(char::is_whitespace) {
+            return Err(ConfigError::invalid(
+                "upstream.username",
+                format!("{user:?} must be one word"),
+            ));
+        }
+        match &url.username {
+            Some(in_url) if in_url != user => {
+                return Err(ConfigError::invalid(
+                    "upstream.username",
+                    format!(
+                        "{user:?} differs from the user in upstream.url ({in_url:?}): set it in one place"
+                    ),
+                ))
+            }
+            _ => url.username = Some(user.clone()),
+        }
+    }
+    if let Some(f) = &u.password_file {
+        // Read now so a missing file fails at start; read again on every connect.
+        secret_from_file(f).map_err(|m| ConfigError::invalid("upstream.password_file", m))?;
+    }
+    if url.username.is_some() && url.password.is_none() && u.password_file.is_none() {
+        return Err(ConfigError::invalid(
+            "upstream.username",
+            "a user needs a password: in upstream.url (user:password@host) or upstream.password_file",
+        ));
+    }
+    if u.connections == 0 || u.connections > 64 {
+        return Err(ConfigError::invalid(
+            "upstream.connections",
+            format!("{} must be between 1 and 64", u.connections),
+        ));
+    }
+    let reconnect_min = positive("upstream.reconnect_min", u.reconnect_min.get())?;
+    let reconnect_max = positive("upstream.reconnect_max", u.reconnect_max.get())?;
+    if reconnect_max < reconnect_min {
+        return Err(ConfigError::invalid(
+            "upstream.reconnect_max",
+            format!(
+                "\"{}\" must be >= upstream.reconnect_min (\"{}\")",
+                u.reconnect_max, u.reconnect_min
+            ),
+        ));
+    }
+    let tls = validate_tls(u, &url)?;
+    Ok(Some(UpstreamSettings {
+        url,
+        password_file: u.password_file.clone(),
+        tls,
+        connections: u.connections,
+        connect_timeout: positive("upstream.connect_timeout", u.connect_timeout.get())?,
+        command_timeout: positive("upstream.command_timeout", u.command_timeout.get())?,
+        reconnect_min,
+        reconnect_max,
+    }))
+}
+
+fn validate_tls(u: &UpstreamConfig, url: &UpstreamUrl) -> Result<Option<UpstreamTls>, ConfigError> {
+    let set = [
+        ("upstream.tls_ca_file", u.tls_ca_file.is_some()),
+        ("upstream.tls_cert_file", u.tls_cert_file.is_some()),
+        ("upstream.tls_key_file", u.tls_key_file.is_some()),
+        (
+            "upstream.tls_insecure_skip_verify",
+            u.tls_insecure_skip_verify,
+        ),
+    ];
+    if !url.tls {
+        if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
+            return Err(ConfigError::invalid(
+                *key,
+                "is set but upstream.url is redis:// (plaintext): use rediss:// for TLS",
+            ));
+        }
+        return Ok(None);
+    }
+    let client_cert = match (&u.tls_cert_file, &u.tls_key_file) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                "upstream.tls_key_file",
+                "must be set with upstream.tls_cert_file",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "upstream.tls_cert_file",
+                "must be set with upstream.tls_key_file",
+            ))
+        }
+    };
+    if u.tls_insecure_skip_verify && u.tls_ca_file.is_some() {
+        return Err(ConfigError::invalid(
+            "upstream.tls_insecure_skip_verify",
+            "true verifies nothing, so upstream.tls_ca_file would be ignored: set one or the other",
+        ));
+    }
+    let options = UpstreamTlsOptions {
+        ca_file: u.tls_ca_file.as_deref(),
+        client_cert,
+        insecure_skip_verify: u.tls_insecure_skip_verify,
+    };
+    UpstreamTls::new(&url.host, options)
+        .map(Some)
+        .map_err(|e| ConfigError::invalid(format!("upstream.{}", e.key), e.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    fn err(toml: &str) -> String {
+        Config::from_toml(toml, "t")
+            .and_then(Config::validate)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn tls_keys_need_rediss_and_come_in_pairs() {
+        assert!(
+            err("[upstream]\nurl = \"redis://h\"\ntls_ca_file = \"/ca.pem\"\n")
+                .starts_with("upstream.tls_ca_file: is set but upstream.url is redis://")
+        );
+        assert!(
+            err("[upstream]\nurl = \"rediss://h\"\ntls_cert_file = \"/c.pem\"\n")
+                .starts_with("upstream.tls_key_file: must be set with")
+        );
+        assert!(
+            err("[upstream]\nurl = \"rediss://h\"\ntls_ca_file = \"/nonexistent.pem\"\n")
+                .starts_with("upstream.tls_ca_file: /nonexistent.pem")
+        );
+        let v = Config::from_toml("[upstream]\nurl = \"rediss://h\"\n", "t")
+            .and_then(Config::validate)
+            .unwrap();
+        assert!(v.upstream.unwrap().tls.is_some());
+    }
+
+    #[test]
+    fn users_need_a_password_and_one_name() {
+        assert!(err("[upstream]\nurl = \"redis://h\"\nusername = \"app\"\n")
+            .starts_with("upstream.username: a user needs a password"));
+        assert!(
+            err("[upstream]\nurl = \"redis://app:pw@h\"\nusername = \"other\"\n")
+                .starts_with("upstream.username: \"other\" differs")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let toml = format!(
+            "[upstream]\nurl = \"redis://h\"\nusername = \"app\"\npassword_file = {:?}\n",
+            file.display().to_string()
+        );
+        let u = Config::from_toml(&toml, "t")
+            .and_then(Config::validate)
+            .unwrap()
+            .upstream
+            .unwrap();
+        assert_eq!(u.url.username.as_deref(), Some("app"));
+        assert_eq!(u.password().unwrap().as_deref(), Some("s3cret"));
+        std::fs::write(&file, "rotated\n").unwrap();
+        assert_eq!(u.password().unwrap().as_deref(), Some("rotated"));
+        assert!(!format!("{u:?}").contains("rotated"));
+    }
+}

@@ -1,0 +1,151 @@
+//! Runs: contiguous requests for one upstream connection, sent as one slice with one reply waiter.
+
+use super::{Session, Stop};
+use crate::error::ProxyError;
+use crate::protocol::Request;
+use crate::router::Invalidation;
+use crate::server::writer::{AfterReply, Out};
+use bytes::Bytes;
+use std::ops::Range;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dest {
+    Shared,
+    Pinned,
+}
+
+/// A run of contiguous requests of the current chunk bound for one destination.
+pub(super) struct Run {
+    dest: Dest,
+    pub(super) span: Range<usize>,
+    count: u32,
+    /// Hot-tier work for when the run's replies arrive.
+    pub(super) after: Option<Box<AfterReply>>,
+}
+
+/// Adds a write's invalidation to what a batch does when its replies arrive.
+fn merge(after: &mut Option<Box<AfterReply>>, inv: Option<Invalidation>) {
+    if let Some(inv) = inv {
+        after.get_or_insert_with(Box::default).writes.push(inv);
+    }
+}
+
+impl Session {
+    /// Adds a request to the current run, or starts a new one.
+    pub(super) async fn push_run(
+        &mut self,
+        dest: Dest,
+        chunk: &Bytes,
+        span: Option<Range<usize>>,
+        req: &Request,
+        inv: Option<Invalidation>,
+    ) -> Result<(), Stop> {
+        match span {
+            Some(s) => {
+                if let Some(run) = &mut self.run {
+                    if run.dest == dest && run.span.end == s.start {
+                        run.span.end = s.end;
+                        run.count += 1;
+                        merge(&mut run.after, inv);
+                        return Ok(());
+                    }
+                }
+                self.flush_run(chunk).await?;
+                let mut after = None;
+                merge(&mut after, inv);
+                self.run = Some(Run {
+                    dest,
+                    span: s,
+                    count: 1,
+                    after,
+                });
+                Ok(())
+            }
+            // An inline command was re-encoded: it travels alone.
+            None => {
+                self.flush_run(chunk).await?;
+                let mut after = None;
+                merge(&mut after, inv);
+                self.send_to(dest, req.frame().clone(), 1, after).await
+            }
+        }
+    }
+
+    pub(super) async fn flush_run(&mut self, chunk: &Bytes) -> Result<(), Stop> {
+        match self.run.take() {
+            Some(run) => {
+                self.send_to(run.dest, chunk.slice(run.span), run.count, run.after)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub(super) async fn send_to(
+        &mut self,
+        dest: Dest,
+        bytes: Bytes,
+        count: u32,
+        mut after: Option<Box<AfterReply>>,
+    ) -> Result<(), Stop> {
+        match dest {
+            Dest::Shared => {
+                let upstream = self
+                    .ctx
+                    .upstream
+                    .as_ref()
+                    .expect("the router forwards only when an upstream is configured");
+                // Broadcast coherence: the invalidation message runs right after the writes, on
+                // the same connection, and the client's replies wait for it.
+                let mut bytes = bytes;
+                let mut sent = count;
+                if let Some(a) = after.as_mut() {
+                    let mut tail = std::mem::take(&mut a.appended);
+                    if let Some(hot) = self.ctx.router.hot() {
+                        let keys: Vec<Bytes> = a
+                            .writes
+                            .iter()
+                            .flat_map(|w| w.keys().iter().cloned())
+                            .collect();
+                        let flush = a.writes.iter().any(|w| w.flush());
+                        tail.extend(hot.broadcast_command(&keys, flush));
+                    }
+                    if !tail.is_empty() {
+                        let mut joined = bytes::BytesMut::with_capacity(
+                            bytes.len() + tail.iter().map(Bytes::len).sum::<usize>(),
+                        );
+                        joined.extend_from_slice(&bytes);
+                        for t in &tail {
+                            joined.extend_from_slice(t);
+                        }
+                        bytes = joined.freeze();
+                        a.extra = tail.len() as u32;
+                        sent += a.extra;
+                    }
+                }
+                let started = Instant::now();
+                let rx = upstream.send(self.st.proto, self.st.id, bytes, sent);
+                self.shared_dirty = true;
+                self.queue(Out::Upstream {
+                    rx,
+                    count,
+                    started,
+                    after,
+                    proto: self.st.proto,
+                })
+                .await
+            }
+            Dest::Pinned => {
+                let p = self
+                    .pinned
+                    .as_mut()
+                    .expect("pinned requests are sent only after enter_pinned");
+                if let Err(e) = p.send(&bytes).await {
+                    return Err(self.fail_and_close(ProxyError::PinnedLost(e)).await);
+                }
+                Ok(())
+            }
+        }
+    }
+}

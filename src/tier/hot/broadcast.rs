@@ -1,0 +1,71 @@
+//! Broadcast coherence, sending side: announcing the keys this sidecar's writes changed.
+
+use super::{HotTier, WriteGuard};
+use bytes::Bytes;
+
+/// Broadcast coherence: this sidecar's id and the channel it announces writes on.
+#[derive(Debug, Clone)]
+pub struct Broadcast {
+    pub channel: Bytes,
+    pub id: Bytes,
+}
+
+impl Broadcast {
+    /// The message announcing that `keys` (or everything, with `flush`) changed:
+    /// a RESP array `[id, "K", key...]` or `[id, "F"]`, binary safe.
+    pub fn message(&self, keys: &[Bytes], flush: bool) -> Bytes {
+        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 2);
+        args.push(&self.id);
+        args.push(if flush { b"F" } else { b"K" });
+        if !flush {
+            args.extend(keys.iter().map(|k| &k[..]));
+        }
+        crate::protocol::request::encode_command(&args)
+    }
+
+    /// `PUBLISH <channel> <message>`.
+    pub fn publish(&self, keys: &[Bytes], flush: bool) -> Bytes {
+        crate::protocol::request::encode_command(&[
+            &b"PUBLISH"[..],
+            &self.channel,
+            &self.message(keys, flush),
+        ])
+    }
+}
+
+impl HotTier {
+    /// Announces writes through `broadcast` from now on (coherence chose broadcast mode).
+    pub fn start_broadcast(&self, b: Broadcast) {
+        let _ = self.broadcast.set(b);
+    }
+
+    pub fn broadcast(&self) -> Option<&Broadcast> {
+        self.broadcast.get()
+    }
+
+    /// The PUBLISH to append to a batch of writes, in broadcast mode.
+    pub fn broadcast_command(&self, keys: &[Bytes], flush: bool) -> Option<Bytes> {
+        let b = self.broadcast.get()?;
+        (flush || !keys.is_empty()).then(|| b.publish(keys, flush))
+    }
+
+    /// How to send a PUBLISH without waiting for it.
+    pub fn set_publisher(&self, f: impl Fn(Bytes) + Send + Sync + 'static) {
+        let _ = self.publisher.set(Box::new(f));
+    }
+
+    /// Announces writes answered on a pinned connection, in broadcast mode, without waiting:
+    /// such writes are not ordered before their reply.
+    pub fn announce_pinned_writes(&self, writes: &[WriteGuard]) {
+        let keys: Vec<Bytes> = writes
+            .iter()
+            .flat_map(|w| w.keys().iter().cloned())
+            .collect();
+        let flush = writes.iter().any(|w| w.flush());
+        if let (Some(cmd), Some(publish)) =
+            (self.broadcast_command(&keys, flush), self.publisher.get())
+        {
+            publish(cmd);
+        }
+    }
+}

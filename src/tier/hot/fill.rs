@@ -1,0 +1,166 @@
+//! Fills: the stamp a read takes when sent upstream, and storing its value unless a write raced it.
+
+use super::{
+    front, Cached, Entry, HotTier, Rule, Slot, Slots, View, ENTRY_OVERHEAD, VIEW_OVERHEAD,
+};
+use bytes::{Bytes, BytesMut};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The epochs a fill must find unchanged for its value to stay.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    stripe: u64,
+    flush: u64,
+}
+
+/// What a fill learned upstream.
+#[derive(Debug)]
+pub struct Fill {
+    pub key: Bytes,
+    pub view: View,
+    pub value: Cached,
+    /// PTTL of the key upstream: ms left, -1 no expiry, -2 no key.
+    pub pttl: i64,
+    pub stamp: Stamp,
+    pub rule: Arc<Rule>,
+}
+
+impl HotTier {
+    /// Fails every fill of `key` stamped before now: its value was loaded but never became
+    /// Redis's, so no invalidation will follow a write that races it.
+    pub fn forget(&self, key: &[u8]) {
+        self.stripe(key).epoch.fetch_add(1, SeqCst);
+    }
+
+    /// Taken when a fill's read is sent upstream.
+    pub fn stamp(&self, key: &[u8]) -> Stamp {
+        Stamp {
+            stripe: self.stripe(key).epoch.load(SeqCst),
+            flush: self.flushes.load(SeqCst),
+        }
+    }
+
+    fn stamp_holds(&self, key: &[u8], s: Stamp) -> bool {
+        let hash = self.front.hash(key);
+        !self.write_in_flight(hash)
+            && self.stripe_at(hash).epoch.load(SeqCst) == s.stripe
+            && self.flushes.load(SeqCst) == s.flush
+    }
+
+    /// Stores what a fill read, unless a write invalidated the key meanwhile.
+    pub async fn fill(&self, f: Fill) {
+        let m = &self.metrics.cache;
+        match &f.value {
+            Cached::Value(_) => m.upstream_hits.inc(),
+            Cached::Nil => m.upstream_misses.inc(),
+        }
+        if !self.is_coherent() {
+            return;
+        }
+        if f.value.len() > f.rule.max_value_size {
+            m.fills_too_large.inc();
+            return;
+        }
+        let ttl = match f.pttl {
+            ms if ms > 0 => f.rule.ttl.min(Duration::from_millis(ms as u64)),
+            -1 => f.rule.ttl,
+            // No key upstream: only a null is consistent with that.
+            -2 if f.value == Cached::Nil || f.view == View::Exists => f.rule.ttl,
+            _ => {
+                m.fills_expired.inc();
+                return;
+            }
+        };
+        if !self.stamp_holds(&f.key, f.stamp) {
+            m.fills_raced.inc();
+            return;
+        }
+        let now = Instant::now();
+        // Stored bytes are copied out of the I/O buffers they arrived in: a slice would keep a
+        // whole read buffer alive while the byte bound counted only the slice. Key, field and
+        // value share one allocation, so a hit's key comparison brings its value into cache.
+        let field = match &f.view {
+            View::HGet(field) => &field[..],
+            _ => &[],
+        };
+        let value = match &f.value {
+            Cached::Value(b) => &b[..],
+            Cached::Nil => &[],
+        };
+        let mut one = BytesMut::with_capacity(f.key.len() + field.len() + value.len());
+        one.extend_from_slice(&f.key);
+        one.extend_from_slice(field);
+        one.extend_from_slice(value);
+        let mut one = one.freeze();
+        let key = one.split_to(f.key.len());
+        let field = one.split_to(field.len());
+        let view = match f.view {
+            View::HGet(_) => View::HGet(field),
+            v => v,
+        };
+        let value = match f.value {
+            Cached::Value(_) => Cached::Value(one),
+            Cached::Nil => Cached::Nil,
+        };
+        let slot = Slot {
+            view,
+            value,
+            deadline: now + ttl,
+        };
+        let hash = self.front.hash(&f.key);
+        let mut slots: Slots = self
+            .front
+            .with(&f.key, hash, |held| {
+                held.iter()
+                    .filter(|s| s.view != slot.view && s.deadline > now)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        slots.push(slot);
+        let deadline = slots.iter().map(|s| s.deadline).max().unwrap_or(now);
+        let weight = ENTRY_OVERHEAD
+            + key.len()
+            + slots
+                .iter()
+                .map(|s| VIEW_OVERHEAD + s.value.len() + view_len(&s.view))
+                .sum::<usize>();
+        let weight = u32::try_from(weight).unwrap_or(u32::MAX);
+        let id = self.ids.fetch_add(1, SeqCst) + 1;
+        // The front first: moka's listener may remove this entry as soon as moka has it.
+        self.front.put(
+            front::Held {
+                key: key.clone(),
+                id,
+                slots,
+            },
+            hash,
+        );
+        self.cache
+            .insert(
+                key,
+                Entry {
+                    id,
+                    weight,
+                    deadline,
+                },
+            )
+            .await;
+        if self.stamp_holds(&f.key, f.stamp) {
+            m.fills_stored.inc();
+        } else {
+            self.front.remove(&f.key, hash, u64::MAX);
+            self.cache.invalidate(&f.key).await;
+            m.fills_raced.inc();
+        }
+    }
+}
+
+fn view_len(v: &View) -> usize {
+    match v {
+        View::HGet(f) => f.len(),
+        _ => 0,
+    }
+}

@@ -1,0 +1,111 @@
+//! The hot tier's read path: a sharded map that mirrors moka's entries, so a hit is one hash,
+//! one shared lock and one probe, without moka's per-read bookkeeping (its access queue, deque
+//! moves and pending-task runs cost more than the lookup itself).
+//!
+//! moka stays the store and the eviction engine: every entry is put here before it is put in
+//! moka, and moka's removal listener takes it out again. Each put carries an id from one
+//! counter; a removal of id `n` takes out what is here only if its id is `<= n`, so a listener
+//! that runs late never removes a newer entry, and an entry moka no longer holds never stays:
+//! moka holds at most one entry per key, and removing it (evicted, expired, replaced,
+//! invalidated) notifies an id at least as new as whatever this map holds for the key. The map
+//! may lose an entry moka still holds (a put that lost a race); that costs one miss.
+//!
+//! moka still learns what is read: one hit in [`SAMPLE`] per thread is also a moka read, so its
+//! admission and eviction policy keeps the keys' relative popularity.
+
+use super::{Slot, Slots};
+use bytes::Bytes;
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+use std::sync::RwLock;
+
+/// Shards of the map: a power of two.
+const SHARDS: usize = 64;
+/// One hit in this many (per thread) is also recorded as a moka read.
+pub(super) const SAMPLE: u32 = 16;
+
+/// One key's views, as put in moka with the same id.
+#[derive(Debug, Clone)]
+pub(super) struct Held {
+    pub key: Bytes,
+    pub id: u64,
+    pub slots: Slots,
+}
+
+pub(super) struct Front {
+    shards: Box<[RwLock<HashTable<Held>>]>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Front {
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// The key's hash: picks its shard here and its stripe of invalidation epochs.
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard(&self, hash: u64) -> &RwLock<HashTable<Held>> {
+        // Middle bits: hashbrown takes a bucket from the low bits and a tag from the top seven,
+        // so a shard chosen by either would make every probe in it a key comparison.
+        &self.shards[(hash >> 40) as usize & (SHARDS - 1)]
+    }
+
+    /// Whether the key's views are held.
+    #[cfg(test)]
+    pub fn contains(&self, key: &[u8], hash: u64) -> bool {
+        self.with(key, hash, |_| ()).is_some()
+    }
+
+    /// Applies `f` to the key's views under the shard's read lock, if they are held.
+    pub fn with<R>(&self, key: &[u8], hash: u64, f: impl FnOnce(&[Slot]) -> R) -> Option<R> {
+        let shard = self.shard(hash).read().unwrap_or_else(|e| e.into_inner());
+        shard.find(hash, |h| h.key[..] == *key).map(|h| f(&h.slots))
+    }
+
+    /// Puts the key's views unless a newer put is already here.
+    pub fn put(&self, held: Held, hash: u64) {
+        let mut shard = self.shard(hash).write().unwrap_or_else(|e| e.into_inner());
+        match shard.find_mut(hash, |h| h.key == held.key) {
+            Some(h) if h.id > held.id => {}
+            Some(h) => *h = held,
+            None => {
+                shard.insert_unique(hash, held, |h| self.hasher.hash_one(&h.key[..]));
+            }
+        }
+    }
+
+    /// Takes out the key's views if they are no newer than `id` (`u64::MAX`: whatever is here).
+    pub fn remove(&self, key: &[u8], hash: u64, id: u64) {
+        let mut shard = self.shard(hash).write().unwrap_or_else(|e| e.into_inner());
+        if let Ok(entry) = shard.find_entry(hash, |h| h.key[..] == *key) {
+            if entry.get().id <= id {
+                entry.remove();
+            }
+        }
+    }
+
+    /// Empties the map.
+    pub fn clear(&self) {
+        for s in self.shards.iter() {
+            s.write().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+}
+
+/// Whether this hit is the one in [`SAMPLE`] that moka should see.
+pub(super) fn sampled() -> bool {
+    thread_local! {
+        static HITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    HITS.with(|c| {
+        let n = c.get().wrapping_add(1);
+        c.set(n);
+        n % SAMPLE == 0
+    })
+}

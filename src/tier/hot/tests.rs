@@ -1,0 +1,210 @@
+//! Unit tests of the hot tier: the fill/invalidate race, writes in flight, views, the byte bound.
+
+use super::*;
+
+fn tier(max: u64) -> Arc<HotTier> {
+    let settings = HotSettings {
+        max_bytes: max,
+        lru: false,
+        coherence: settings::Coherence::Ttl,
+        channel: "c".into(),
+        rules: vec![RuleSettings {
+            pattern: "p:*".into(),
+            ttl: Duration::from_secs(30),
+            max_value_size: 1024,
+        }],
+    };
+    HotTier::new(
+        &settings,
+        Arc::new(Metrics::new(prometheus::Registry::new())),
+    )
+}
+
+fn fill(t: &HotTier, key: &'static str, value: &'static [u8], stamp: Stamp) -> Fill {
+    Fill {
+        key: Bytes::from_static(key.as_bytes()),
+        view: View::Get,
+        value: Cached::Value(Bytes::from_static(value)),
+        pttl: -1,
+        stamp,
+        rule: t.rule(key.as_bytes()).unwrap().clone(),
+    }
+}
+
+#[tokio::test]
+async fn a_fill_that_raced_an_invalidation_is_not_stored() {
+    let t = tier(1 << 20);
+    t.set_coherent(true).await;
+    let stamp = t.stamp(b"p:1");
+    // The write's invalidation lands while the read is in flight.
+    t.invalidate(b"p:1", InvalidationSource::LocalWrite).await;
+    t.fill(fill(&t, "p:1", b"$3\r\nold\r\n", stamp)).await;
+    assert_eq!(t.get(b"p:1", &View::Get).await, None);
+    // A fill that started after the write is stored.
+    let stamp = t.stamp(b"p:1");
+    t.fill(fill(&t, "p:1", b"$3\r\nnew\r\n", stamp)).await;
+    assert_eq!(
+        t.get(b"p:1", &View::Get).await,
+        Some(Cached::Value(Bytes::from_static(b"$3\r\nnew\r\n")))
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_served_or_kept_while_a_write_to_the_key_is_in_flight() {
+    let t = tier(1 << 20);
+    t.set_coherent(true).await;
+    t.fill(fill(&t, "p:w", b"$3\r\nold\r\n", t.stamp(b"p:w")))
+        .await;
+    let guard = t.begin_write(vec![Bytes::from_static(b"p:w")], false);
+    t.evict(b"p:w").await;
+    // A fill that starts after the write was sent, but may read Redis before it runs.
+    let stamp = t.stamp(b"p:w");
+    t.fill(fill(&t, "p:w", b"$3\r\nold\r\n", stamp)).await;
+    assert_eq!(
+        t.get(b"p:w", &View::Get).await,
+        None,
+        "not kept while the write is in flight"
+    );
+    guard.complete().await;
+    assert_eq!(t.get(b"p:w", &View::Get).await, None);
+    let stamp = t.stamp(b"p:w");
+    t.fill(fill(&t, "p:w", b"$3\r\nnew\r\n", stamp)).await;
+    assert!(
+        t.get(b"p:w", &View::Get).await.is_some(),
+        "cached again once the write is answered"
+    );
+    // A guard dropped unanswered releases the key too.
+    drop(t.begin_write(vec![Bytes::from_static(b"p:w")], false));
+    let stamp = t.stamp(b"p:w");
+    t.fill(fill(&t, "p:w", b"$1\r\nx\r\n", stamp)).await;
+    assert!(t.get(b"p:w", &View::Get).await.is_some());
+}
+
+#[tokio::test]
+async fn exists_and_strlen_are_answered_from_a_cached_get() {
+    let t = tier(1 << 20);
+    t.set_coherent(true).await;
+    t.fill(fill(&t, "p:2", b"$5\r\nhello\r\n", t.stamp(b"p:2")))
+        .await;
+    assert_eq!(
+        t.get(b"p:2", &View::Exists).await,
+        Some(Cached::Value(Bytes::from_static(b":1\r\n")))
+    );
+    assert_eq!(t.strlen(b"p:2").await.as_deref(), Some(&b":5\r\n"[..]));
+}
+
+#[tokio::test]
+async fn the_upstream_ttl_caps_the_view() {
+    let t = tier(1 << 20);
+    t.set_coherent(true).await;
+    let mut f = fill(&t, "p:3", b"$1\r\nx\r\n", t.stamp(b"p:3"));
+    f.pttl = 40;
+    t.fill(f).await;
+    assert!(t.get(b"p:3", &View::Get).await.is_some());
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(t.get(b"p:3", &View::Get).await, None);
+}
+
+#[tokio::test]
+async fn nothing_is_served_or_stored_while_not_coherent() {
+    let t = tier(1 << 20);
+    t.fill(fill(&t, "p:4", b"$1\r\nx\r\n", t.stamp(b"p:4")))
+        .await;
+    assert_eq!(t.get(b"p:4", &View::Get).await, None);
+}
+
+#[tokio::test]
+async fn the_byte_bound_holds_under_a_workload_ten_times_larger() {
+    let t = tier(64 * 1024);
+    t.set_coherent(true).await;
+    let value = Bytes::from(vec![b'v'; 600]);
+    for i in 0..1000 {
+        let key = Bytes::from(format!("p:{i}"));
+        t.fill(Fill {
+            key: key.clone(),
+            view: View::Get,
+            value: Cached::Value(value.clone()),
+            pttl: -1,
+            stamp: t.stamp(&key),
+            rule: t.rule(&key).unwrap().clone(),
+        })
+        .await;
+    }
+    t.sync().await;
+    assert!(t.weighted_size() <= 64 * 1024, "{}", t.weighted_size());
+    assert!(t.entry_count() > 10);
+    // The read path holds nothing moka evicted: the bound covers what is served.
+    let mut served = 0;
+    for i in 0..1000 {
+        let key = format!("p:{i}");
+        if t.get(key.as_bytes(), &View::Get).await.is_some() {
+            served += 1;
+            assert!(
+                t.cache.contains_key(key.as_bytes()),
+                "{key} served, not held"
+            );
+        }
+    }
+    assert!(served > 10, "{served}");
+}
+
+#[tokio::test]
+async fn concurrent_fills_and_evictions_leave_the_read_path_within_moka() {
+    let t = tier(32 * 1024);
+    t.set_coherent(true).await;
+    let value = Bytes::from(vec![b'v'; 500]);
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (t, value) = (t.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..2000 {
+                // Overlapping keys: puts race each other and moka's listener.
+                let key = Bytes::from(format!("p:{}", (i * 7 + w) % 300));
+                t.fill(Fill {
+                    key: key.clone(),
+                    view: View::Get,
+                    value: Cached::Value(value.clone()),
+                    pttl: -1,
+                    stamp: t.stamp(&key),
+                    rule: t.rule(&key).unwrap().clone(),
+                })
+                .await;
+                if i % 5 == 0 {
+                    let _ = t.get(&key, &View::Get).await;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    t.sync().await;
+    for i in 0..300 {
+        let key = format!("p:{i}");
+        if t.get(key.as_bytes(), &View::Get).await.is_some() {
+            assert!(
+                t.cache.contains_key(key.as_bytes()),
+                "{key} served, not held"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_late_removal_keeps_a_newer_put() {
+    let f = front::Front::new();
+    let key = Bytes::from_static(b"k");
+    let h = f.hash(&key);
+    let held = |id| front::Held {
+        key: key.clone(),
+        id,
+        slots: Slots::new(),
+    };
+    f.put(held(2), h);
+    // An older put that lost the race is not kept over a newer one.
+    f.put(held(1), h);
+    f.remove(&key, h, 1);
+    assert!(f.contains(&key, h), "removing id 1 keeps id 2");
+    f.remove(&key, h, 2);
+    assert!(!f.contains(&key, h));
+}
