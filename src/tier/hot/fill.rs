@@ -129,15 +129,20 @@ impl HotTier {
                 .sum::<usize>();
         let weight = u32::try_from(weight).unwrap_or(u32::MAX);
         let id = self.ids.fetch_add(1, SeqCst) + 1;
-        // The front first: moka's listener may remove this entry as soon as moka has it.
-        self.front.put(
-            front::Held {
-                key: key.clone(),
-                id,
-                slots,
-            },
-            hash,
-        );
+        // The front first, with the stamp checked under its lock (see `Front::put`): moka's
+        // listener may remove this entry as soon as moka has it.
+        let held = front::Held {
+            key: key.clone(),
+            id,
+            slots,
+        };
+        if !self
+            .front
+            .put(held, hash, || self.stamp_holds(&f.key, f.stamp))
+        {
+            m.fills_raced.inc();
+            return;
+        }
         self.cache
             .insert(
                 key,
@@ -151,7 +156,9 @@ impl HotTier {
         if self.stamp_holds(&f.key, f.stamp) {
             m.fills_stored.inc();
         } else {
-            self.front.remove(&f.key, hash, u64::MAX);
+            // An invalidation came after the put: it took the put out of the front, but may
+            // have reached moka before this insert did. Drop what moka now holds for nothing.
+            self.front.remove(&f.key, hash, id);
             self.cache.invalidate(&f.key).await;
             m.fills_raced.inc();
         }

@@ -68,9 +68,19 @@ impl Front {
         shard.find(hash, |h| h.key[..] == *key).map(|h| f(&h.slots))
     }
 
-    /// Puts the key's views unless a newer put is already here.
-    pub fn put(&self, held: Held, hash: u64) {
+    /// Puts the key's views if `admit` holds under the shard's write lock, unless a newer put
+    /// is already here; returns whether `admit` held.
+    ///
+    /// `admit` is the fill's epoch check. Asked under the lock, it orders the put against every
+    /// invalidation: one that bumps the epoch after the check removes (under the same lock) what
+    /// the put left; one that bumped before fails the check. Checked outside the lock, a fill
+    /// whose check passed just before an invalidation could put its older value after the
+    /// invalidation's removal, and a reader that came after the invalidation would be served it.
+    pub fn put(&self, held: Held, hash: u64, admit: impl FnOnce() -> bool) -> bool {
         let mut shard = self.shard(hash).write().unwrap_or_else(|e| e.into_inner());
+        if !admit() {
+            return false;
+        }
         match shard.find_mut(hash, |h| h.key == held.key) {
             Some(h) if h.id > held.id => {}
             Some(h) => *h = held,
@@ -78,6 +88,7 @@ impl Front {
                 shard.insert_unique(hash, held, |h| self.hasher.hash_one(&h.key[..]));
             }
         }
+        true
     }
 
     /// Takes out the key's views if they are no newer than `id` (`u64::MAX`: whatever is here).

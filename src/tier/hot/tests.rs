@@ -200,11 +200,102 @@ fn a_late_removal_keeps_a_newer_put() {
         id,
         slots: Slots::new(),
     };
-    f.put(held(2), h);
+    assert!(f.put(held(2), h, || true));
     // An older put that lost the race is not kept over a newer one.
-    f.put(held(1), h);
+    f.put(held(1), h, || true);
     f.remove(&key, h, 1);
     assert!(f.contains(&key, h), "removing id 1 keeps id 2");
     f.remove(&key, h, 2);
     assert!(!f.contains(&key, h));
+}
+
+#[test]
+fn a_put_whose_admission_fails_leaves_nothing() {
+    let f = front::Front::new();
+    let key = Bytes::from_static(b"k");
+    let h = f.hash(&key);
+    let held = front::Held {
+        key: key.clone(),
+        id: 1,
+        slots: Slots::new(),
+    };
+    assert!(!f.put(held, h, || false));
+    assert!(!f.contains(&key, h));
+}
+
+/// A history checker at the tier's level: fillers read the current version and fill it, a
+/// writer moves the version on and invalidates, readers compare every hit with the version
+/// acknowledged before the read began. A fill whose stamp check passed just before an
+/// invalidation must not become visible after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_hit_is_older_than_an_acknowledged_invalidation() {
+    use std::sync::atomic::AtomicBool;
+    let t = tier(1 << 20);
+    t.set_coherent(true).await;
+    let version = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rule = t.rule(b"p:race").unwrap().clone();
+    let mut fillers = Vec::new();
+    for _ in 0..2 {
+        let (t, version, stop, rule) = (t.clone(), version.clone(), stop.clone(), rule.clone());
+        fillers.push(tokio::spawn(async move {
+            while !stop.load(SeqCst) {
+                let stamp = t.stamp(b"p:race");
+                let v = version.load(SeqCst);
+                t.fill(Fill {
+                    key: Bytes::from_static(b"p:race"),
+                    view: View::Get,
+                    value: Cached::Value(Bytes::from(v.to_string())),
+                    pttl: -1,
+                    stamp,
+                    rule: rule.clone(),
+                })
+                .await;
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let (t, acked, stop) = (t.clone(), acked.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let (mut hits, mut stale) = (0u64, 0u64);
+            while !stop.load(SeqCst) {
+                let floor = acked.load(SeqCst);
+                if let Some(Cached::Value(b)) = t.get(b"p:race", &View::Get).await {
+                    hits += 1;
+                    let seen: u64 = std::str::from_utf8(&b).unwrap().parse().unwrap();
+                    if seen < floor {
+                        stale += 1;
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+            (hits, stale)
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        let v = version.fetch_add(1, SeqCst) + 1;
+        t.invalidate(b"p:race", InvalidationSource::LocalWrite)
+            .await;
+        acked.store(v, SeqCst);
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, SeqCst);
+    let (mut hits, mut stale) = (0, 0);
+    for r in readers {
+        let (h, s) = r.await.unwrap();
+        hits += h;
+        stale += s;
+    }
+    for f in fillers {
+        f.await.unwrap();
+    }
+    assert!(hits > 100, "the readers were served hits ({hits})");
+    assert_eq!(
+        stale, 0,
+        "{stale} of {hits} hits were older than an acknowledged invalidation"
+    );
 }
