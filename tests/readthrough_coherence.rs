@@ -98,7 +98,7 @@ async fn check(coherence: &str) {
             (0u64, 0u64)
         }));
     }
-    for proxy in &readers {
+    for (n, proxy) in readers.iter().enumerate() {
         for id in 1..=ROWS {
             let (mut c, acked, stop) = (proxy.client().await, acked.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
@@ -114,7 +114,7 @@ async fn check(coherence: &str) {
                     let seen = version(&json);
                     if seen < floor {
                         stale += 1;
-                        eprintln!("stale item:{id}: saw v{seen} after v{floor} was committed and invalidated");
+                        eprintln!("stale item:{id} (sidecar {n}): saw v{seen} after v{floor} was committed and invalidated");
                     }
                 }
                 (reads, stale)
@@ -123,7 +123,7 @@ async fn check(coherence: &str) {
     }
     // A pipelined reader per sidecar: every key's GET in one write, so misses load together
     // (one query per mapping) while hits come from the tier.
-    for proxy in &readers {
+    for (n, proxy) in readers.iter().enumerate() {
         let (mut c, acked, stop) = (proxy.client().await, acked.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let (mut reads, mut stale) = (0u64, 0u64);
@@ -139,7 +139,7 @@ async fn check(coherence: &str) {
                     let seen = version(json);
                     if seen < floors[i] {
                         stale += 1;
-                        eprintln!("stale item:{} (pipelined): saw v{seen} after v{} was committed and invalidated", i + 1, floors[i]);
+                        eprintln!("stale item:{} (sidecar {n}, pipelined): saw v{seen} after v{} was committed and invalidated", i + 1, floors[i]);
                     }
                 }
             }

@@ -110,3 +110,42 @@ async fn a_transaction_writing_during_a_load_wins_too() {
         "the load did not overwrite the transaction's write"
     );
 }
+
+/// A read that misses while a load of its key is in flight shares that load only if the load
+/// read its value after the read began: here the load's query started before an UPDATE that was
+/// committed, and invalidated, before the second read was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_an_acknowledged_update_does_not_share_an_older_load() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let a = sidecar(&redis, &pg).await;
+    let b = sidecar(&redis, &pg).await;
+    let db = pg.client().await;
+    db.execute("UPDATE products SET name = 'before' WHERE id = 7", &[])
+        .await
+        .unwrap();
+    let mut first = a.client().await;
+    // The slow mapping's query takes 500 ms and reads the row as it was when it started.
+    let load = tokio::spawn(async move {
+        let v: String = first.get("slowproduct:7").await.unwrap();
+        v
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    db.execute("UPDATE products SET name = 'after' WHERE id = 7", &[])
+        .await
+        .unwrap();
+    let mut cb = b.client().await;
+    let _: i64 = cb.del("slowproduct:7").await.unwrap();
+    // Acknowledged: a read sent now must see the update.
+    let mut second = a.client().await;
+    let v: String = second.get("slowproduct:7").await.unwrap();
+    assert_eq!(
+        v, "after",
+        "the second read shared a load that began before the update"
+    );
+    assert_eq!(
+        load.await.unwrap(),
+        "before",
+        "the first read began before it"
+    );
+}

@@ -12,6 +12,7 @@
 //! Not found is remembered in `cacheside:neg:<key>` for `negative_ttl`; clients never see it.
 
 pub mod encode;
+mod flight;
 pub mod mapping;
 pub mod params;
 pub mod postgres;
@@ -28,10 +29,11 @@ use crate::protocol::request::encode_command;
 use crate::protocol::scan::{integer, Value};
 use crate::tier::redis::Upstream;
 use bytes::Bytes;
+use flight::Lead;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, OnceCell};
+use tokio::sync::OnceCell;
 use tokio_postgres::types::Type;
 
 const LEASE_PREFIX: &[u8] = b"cacheside:lease:";
@@ -106,13 +108,13 @@ pub enum LoadError {
     Encode { mapping: String, detail: String },
 }
 
-type Flight = watch::Receiver<Option<Result<Loaded, LoadError>>>;
-
 pub struct Loader {
     mappings: Vec<Arc<Mapping>>,
     db: Database,
     upstream: Option<Arc<Upstream>>,
-    inflight: Mutex<HashMap<Bytes, Flight>>,
+    inflight: Mutex<HashMap<Bytes, flight::Flight>>,
+    /// Orders reads against loads (see `flight`).
+    tickets: std::sync::atomic::AtomicU64,
     lease: Duration,
     /// Called with keys whose loaded value Redis did not take (see `on_unfilled`).
     unfilled: std::sync::OnceLock<UnfilledHook>,
@@ -173,6 +175,7 @@ impl Loader {
             db,
             upstream,
             inflight: Mutex::new(HashMap::new()),
+            tickets: std::sync::atomic::AtomicU64::new(0),
             lease,
             unfilled: std::sync::OnceLock::new(),
         }
@@ -261,15 +264,17 @@ impl Loader {
     /// Loads several keys of one mapping (an MGET's misses): leases taken in one pipeline, one
     /// query for the keys whose lease this sidecar got, their fills in one pipeline; keys leased
     /// by another sidecar wait for its fill as single loads do. Results are in `items` order.
+    /// `begun` is the latest ticket of the reads the keys are loaded for (see `flight`).
     pub async fn load_many(
         &self,
         m: &Arc<Mapping>,
         items: &[(Bytes, Vec<Bytes>)],
         upstream_down: bool,
+        begun: u64,
     ) -> Vec<Result<Loaded, LoadError>> {
         let upstream = match &self.upstream {
             Some(u) if items.len() >= 2 && !upstream_down && self.batch_usable(m).await => u,
-            _ => return self.load_each(m, items, upstream_down).await,
+            _ => return self.load_each(m, items, upstream_down, begun).await,
         };
         // Convert every capture first: a bad one fails only its own key.
         let mut results: Vec<Option<Result<Loaded, LoadError>>> =
@@ -291,7 +296,7 @@ impl Loader {
         }
         let Ok(replies) = call(upstream, Bytes::from(acquire), 2 * params.len() as u32).await
         else {
-            return self.load_each(m, items, true).await;
+            return self.load_each(m, items, true, begun).await;
         };
         let mut mine = Vec::new();
         let mut theirs = Vec::new();
@@ -377,7 +382,7 @@ impl Loader {
         }
         for ((i, _), _) in theirs {
             let (k, caps) = &items[i];
-            results[i] = Some(self.load(m, k, caps, upstream_down).await);
+            results[i] = Some(self.load(m, k, caps, upstream_down, begun).await);
         }
         results
             .into_iter()
@@ -390,10 +395,11 @@ impl Loader {
         m: &Arc<Mapping>,
         items: &[(Bytes, Vec<Bytes>)],
         upstream_down: bool,
+        begun: u64,
     ) -> Vec<Result<Loaded, LoadError>> {
         let mut out = Vec::with_capacity(items.len());
         for (k, c) in items {
-            out.push(self.load(m, k, c, upstream_down).await);
+            out.push(self.load(m, k, c, upstream_down, begun).await);
         }
         out
     }
@@ -431,7 +437,7 @@ impl Loader {
         let total = items.len();
         let mut done = 0;
         for chunk in items.chunks(100) {
-            let results = self.load_many(&m, chunk, false).await;
+            let results = self.load_many(&m, chunk, false, self.ticket()).await;
             if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
                 return Err(e);
             }
@@ -452,82 +458,30 @@ impl Loader {
         ]))
     }
 
-    /// Loads `key`: one query per key at a time in this sidecar, and across sidecars one per
-    /// lease. `upstream_down` skips Redis entirely (answered from Postgres, counted degraded).
-    pub async fn load(
-        &self,
-        m: &Arc<Mapping>,
-        key: &Bytes,
-        captures: &[Bytes],
-        upstream_down: bool,
-    ) -> Result<Loaded, LoadError> {
-        // Decide under the lock, act outside it: the guard must not live across an await.
-        let (leader, flight) = {
-            let mut flights = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            match flights.get(key) {
-                Some(rx) => (None, rx.clone()),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    flights.insert(key.clone(), rx.clone());
-                    (Some(tx), rx)
-                }
-            }
-        };
-        if let Some(tx) = leader {
-            let (result, kept) = {
-                // Removes the flight even if this future is dropped mid-load (its client left).
-                let _flight = FlightGuard { loader: self, key };
-                let (result, kept) = split_kept(self.lead(m, key, captures, upstream_down).await);
-                let _ = tx.send(Some(result.clone()));
-                (result, kept)
-            };
-            // After the flight is gone, so every read that shares this value took its stamp
-            // before: none of them can keep it.
-            if !kept {
-                self.forget(key);
-            }
-            return result;
-        }
-        m.metrics.coalesced.inc();
-        let mut rx = flight;
-        loop {
-            if let Some(r) = rx.borrow().clone() {
-                return r;
-            }
-            if rx.changed().await.is_err() {
-                // The leader was dropped mid-load (its client left): load ourselves.
-                let (result, kept) = split_kept(self.lead(m, key, captures, upstream_down).await);
-                if !kept {
-                    self.forget(key);
-                }
-                return result;
-            }
-        }
-    }
-
     /// Loads as the leader; with the value, whether it is Redis's (found there, or filled by
-    /// us under our lease).
+    /// us under our lease), and the ticket taken just before the read that produced it.
     async fn lead(
         &self,
         m: &Arc<Mapping>,
         key: &Bytes,
         captures: &[Bytes],
         upstream_down: bool,
-    ) -> Result<(Loaded, bool), LoadError> {
+    ) -> Result<Lead, LoadError> {
         let params = self.params(m, captures).await?;
         let Some(upstream) = self.upstream.as_ref().filter(|_| !upstream_down) else {
             m.metrics.degraded.inc();
-            return Ok((self.query(m, &params).await?, false));
+            return self.query_unkept(m, &params).await;
         };
         let token = new_token();
         // The key is read again right after the lease is taken: holding a free lease means any
         // earlier holder has already filled (or given up), and its fill is visible to that read.
         let mut acquire = self.take_lease(m, key, &token);
         acquire.extend_from_slice(&encode_command(&[&b"EXISTS"[..], &negative_key(key)]));
+        let read_at = self.ticket();
         match call(upstream, Bytes::from(acquire), 3).await {
             Err(_) => {
                 m.metrics.degraded.inc();
-                Ok((self.query(m, &params).await?, false))
+                self.query_unkept(m, &params).await
             }
             Ok(r) if r[0].starts_with(b"+OK") => {
                 let filled = from_reply(&r[1])
@@ -538,22 +492,45 @@ impl Loader {
                     if found == Loaded::NotFound {
                         m.metrics.negative_hits.inc();
                     }
-                    return Ok((found, true));
+                    return Ok(Lead {
+                        loaded: found,
+                        kept: true,
+                        read_at,
+                    });
                 }
+                let read_at = self.ticket();
                 let loaded = self.query(m, &params).await?;
                 let kept = self.fill(upstream, m, key, &token, &loaded).await;
-                Ok((loaded, kept))
+                Ok(Lead {
+                    loaded,
+                    kept,
+                    read_at,
+                })
             }
             Ok(_) => {
                 m.metrics.lease_waits.inc();
                 match self.await_fill(upstream, m, key).await {
-                    Some(found) => Ok((found, true)),
+                    Some((loaded, read_at)) => Ok(Lead {
+                        loaded,
+                        kept: true,
+                        read_at,
+                    }),
                     // The holder did not fill in time (or a write removed its lease): query,
                     // without filling, since the lease is not ours.
-                    None => Ok((self.query(m, &params).await?, false)),
+                    None => self.query_unkept(m, &params).await,
                 }
             }
         }
+    }
+
+    /// Queries without filling Redis: the value is not Redis's.
+    async fn query_unkept(&self, m: &Mapping, params: &[params::Param]) -> Result<Lead, LoadError> {
+        let read_at = self.ticket();
+        Ok(Lead {
+            loaded: self.query(m, params).await?,
+            kept: false,
+            read_at,
+        })
     }
 
     async fn params(
@@ -670,8 +647,14 @@ impl Loader {
         out
     }
 
-    /// Polls Redis for another sidecar's fill while its lease lasts.
-    async fn await_fill(&self, upstream: &Upstream, m: &Mapping, key: &Bytes) -> Option<Loaded> {
+    /// Polls Redis for another sidecar's fill while its lease lasts; with the fill, the ticket
+    /// taken before the poll that found it.
+    async fn await_fill(
+        &self,
+        upstream: &Upstream,
+        m: &Mapping,
+        key: &Bytes,
+    ) -> Option<(Loaded, u64)> {
         let read = read_command(m);
         // The lease is asked about first: the fill script deletes it and writes the value in one
         // step, so once the lease is seen gone, the reads after it see the fill (or its absence).
@@ -682,15 +665,16 @@ impl Loader {
         let deadline = Instant::now() + self.lease;
         while Instant::now() < deadline {
             tokio::time::sleep(LEASE_POLL).await;
+            let read_at = self.ticket();
             let Ok(r) = call(upstream, probe.clone(), 3).await else {
                 return None;
             };
             if let Some(found) = from_reply(&r[1]) {
-                return Some(found);
+                return Some((found, read_at));
             }
             if r[2].starts_with(b":1") {
                 m.metrics.negative_hits.inc();
-                return Some(Loaded::NotFound);
+                return Some((Loaded::NotFound, read_at));
             }
             if r[0].starts_with(b":0") {
                 return None;
@@ -713,14 +697,6 @@ fn counted_fill(m: &Mapping, answer: Option<i64>) -> bool {
     answer == Some(1)
 }
 
-/// A load's result and whether its value is Redis's (errors have no value to keep).
-fn split_kept(r: Result<(Loaded, bool), LoadError>) -> (Result<Loaded, LoadError>, bool) {
-    match r {
-        Ok((loaded, kept)) => (Ok(loaded), kept),
-        Err(e) => (Err(e), true),
-    }
-}
-
 /// A fresh lease token.
 fn new_token() -> Bytes {
     format!("{:016x}", rand::random::<u64>()).into()
@@ -740,21 +716,6 @@ fn single_error(m: &Mapping, detail: &str) -> Result<Loaded, LoadError> {
         mapping: m.name.clone(),
         detail: detail.into(),
     })
-}
-
-struct FlightGuard<'a> {
-    loader: &'a Loader,
-    key: &'a Bytes,
-}
-
-impl Drop for FlightGuard<'_> {
-    fn drop(&mut self) {
-        self.loader
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(self.key);
-    }
 }
 
 /// Sends `n` commands on a shared RESP2 connection and splits the replies.

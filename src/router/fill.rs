@@ -37,6 +37,9 @@ pub struct Pending {
     pub view: View,
     hot: Option<(Stamp, Arc<Rule>)>,
     load: Option<(Arc<Mapping>, Vec<Bytes>)>,
+    /// The loader's ticket, taken before the upstream read is sent: a load that shares another
+    /// read's value needs it (see `loader::flight`).
+    begun: u64,
     /// Index of the key's PTTL reply (hot tier) and of its EXISTS on the "not found" marker.
     pttl_at: Option<usize>,
     negative_at: Option<usize>,
@@ -146,6 +149,7 @@ pub async fn read(
         key: req.arg_bytes(1),
         view,
         hot,
+        begun: ticket(loader, &load),
         load,
         pttl_at: None,
         negative_at: None,
@@ -156,6 +160,14 @@ pub async fn read(
         upstream_replies: replies as u32,
         kind: FillKind::One(p),
     }))
+}
+
+/// A loader ticket for a read that may load.
+fn ticket(loader: Option<&Loader>, load: &Option<(Arc<Mapping>, Vec<Bytes>)>) -> u64 {
+    match (loader, load) {
+        (Some(l), Some(_)) => l.ticket(),
+        _ => 0,
+    }
 }
 
 /// Appends a pending key's PTTL (for the tier) and "not found" probe (for a mapping).
@@ -229,8 +241,10 @@ async fn mget(
             let hot = tier
                 .filter(|t| t.is_coherent())
                 .and_then(|t| t.rule(&key).cloned().map(|r| (t.stamp(&key), r)));
+            let load = loader.and_then(|l| l.resolve(&key));
             let mut p = Pending {
-                load: loader.and_then(|l| l.resolve(&key)),
+                begun: ticket(loader, &load),
+                load,
                 key,
                 view: View::Get,
                 hot,

@@ -21,6 +21,15 @@ pub async fn finish_all(waiting: Vec<Waiting>, loader: &Loader) -> Vec<(Bytes, V
     let mut out: Vec<Option<(Bytes, Vec<Fill>)>> = (0..waiting.len()).map(|_| None).collect();
     // Per mapping, the distinct keys to load: a key asked for twice is loaded once.
     let mut groups: Vec<Group> = Vec::new();
+    // Every load serves reads begun by this ticket (see `loader::flight`).
+    let begun = waiting
+        .iter()
+        .map(|(step, _, _)| match &step.kind {
+            StepKind::One(p) => p.begun,
+            StepKind::Mget { loads, .. } => loads.iter().map(|(_, p)| p.begun).max().unwrap_or(0),
+        })
+        .max()
+        .unwrap_or(0);
     let mut singles = Vec::new();
     let mut others = Vec::new();
     for (i, (step, down, proto)) in waiting.into_iter().enumerate() {
@@ -62,7 +71,7 @@ pub async fn finish_all(waiting: Vec<Waiting>, loader: &Loader) -> Vec<(Bytes, V
     let loaded = futures_join(
         groups
             .iter()
-            .map(|(m, items)| loader.load_many(m, items, false)),
+            .map(|(m, items)| loader.load_many(m, items, false, begun)),
     )
     .await;
     let rest =

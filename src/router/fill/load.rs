@@ -66,7 +66,7 @@ pub async fn finish(
                     fills,
                 );
             };
-            match loader.load(m, &p.key, caps, upstream_down).await {
+            match loader.load(m, &p.key, caps, upstream_down, p.begun).await {
                 Ok(loaded) => {
                     let reply = render(&p.view, &loaded, proto, false);
                     tier_fill(&p, &reply, &loaded, &mut fills);
@@ -82,6 +82,8 @@ pub async fn finish(
             // Keys of one mapping load together (one query); mappings run concurrently.
             // A key asked for twice is loaded once (`same` maps each load to its first copy).
             let mut groups: Vec<(Arc<Mapping>, Vec<usize>)> = Vec::new();
+            // Every load of the MGET serves reads begun by this ticket (see `loader::flight`).
+            let begun = loads.iter().map(|(_, p)| p.begun).max().unwrap_or(0);
             let mut same: Vec<usize> = Vec::with_capacity(loads.len());
             for (i, (_, p)) in loads.iter().enumerate() {
                 if let Some(first) = loads[..i].iter().position(|(_, q)| q.key == p.key) {
@@ -106,7 +108,7 @@ pub async fn finish(
                         )
                     })
                     .collect();
-                async move { loader.load_many(m, &items, upstream_down).await }
+                async move { loader.load_many(m, &items, upstream_down, begun).await }
             }))
             .await;
             let mut results: Vec<Option<Result<Loaded, LoadError>>> =

@@ -28,10 +28,18 @@ pub struct Fill {
 }
 
 impl HotTier {
-    /// Fails every fill of `key` stamped before now: its value was loaded but never became
-    /// Redis's, so no invalidation will follow a write that races it.
+    /// Fails every fill of `key` stamped before now, and takes out what such a fill already
+    /// stored: its value was loaded but never became Redis's, so no invalidation will follow a
+    /// write that races it. (A read that shared the load may have stored the value before the
+    /// loader learned it was not kept: the bump alone would leave that entry in place, with
+    /// nothing left to remove it.)
     pub fn forget(&self, key: &[u8]) {
         self.stripe(key).epoch.fetch_add(1, SeqCst);
+        self.front_remove(key);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (cache, key) = (self.cache.clone(), Bytes::copy_from_slice(key));
+            rt.spawn(async move { cache.invalidate(&key).await });
+        }
     }
 
     /// Taken when a fill's read is sent upstream.

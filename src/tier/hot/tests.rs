@@ -299,3 +299,16 @@ async fn no_hit_is_older_than_an_acknowledged_invalidation() {
         "{stale} of {hits} hits were older than an acknowledged invalidation"
     );
 }
+
+#[tokio::test]
+async fn forgetting_a_key_takes_out_a_fill_that_shared_its_load() {
+    let t = tier(1 << 20);
+    t.set_coherent(true).await;
+    // A read that shared a load stored the value before the loader learned Redis did not
+    // take it: forgetting the key must take the value out, as no invalidation will.
+    t.fill(fill(&t, "p:f", b"$3\r\nold\r\n", t.stamp(b"p:f")))
+        .await;
+    assert!(t.get(b"p:f", &View::Get).await.is_some());
+    t.forget(b"p:f");
+    assert_eq!(t.get(b"p:f", &View::Get).await, None);
+}
