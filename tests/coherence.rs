@@ -148,21 +148,9 @@ async fn check(coherence: &str) {
             }));
         }
     }
-    let history::Outcome {
-        reads,
-        stale,
-        hot_hits,
-    } = history::finish(RUN, &stop, tasks, &readers).await;
-    eprintln!("{coherence}: {reads} reads, {hot_hits} hot hits, {stale} stale");
-    assert!(reads > 1000, "the checker ran ({reads} reads)");
-    assert!(
-        hot_hits > 0.0,
-        "the hot tier served some reads, so it was exercised"
-    );
-    assert_eq!(
-        stale, 0,
-        "{coherence}: {stale} of {reads} reads were older than an acknowledged write"
-    );
+    history::finish(RUN, &stop, tasks, &readers)
+        .await
+        .assert_clean(coherence, 1000, "were older than an acknowledged write");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ pub async fn wait_coherent(proxy: &Proxy) {
 }
 
 /// What one run of a checker saw.
+#[derive(Debug, Clone, Copy)]
 pub struct Outcome {
     pub reads: u64,
     pub stale: u64,
@@ -54,5 +55,24 @@ pub async fn finish(
         reads,
         stale,
         hot_hits,
+    }
+}
+
+impl Outcome {
+    /// Prints the run's figures and fails the test unless it ran (at least `min_reads`), the hot
+    /// tier served some of the reads, and none was stale (`what` names a stale read).
+    pub fn assert_clean(&self, mode: &str, min_reads: u64, what: &str) {
+        let Outcome {
+            reads,
+            stale,
+            hot_hits,
+        } = *self;
+        eprintln!("{mode}: {reads} reads, {hot_hits} hot hits, {stale} stale");
+        assert!(reads > min_reads, "the checker ran ({reads} reads)");
+        assert!(
+            hot_hits > 0.0,
+            "the hot tier served some reads, so it was exercised"
+        );
+        assert_eq!(stale, 0, "{mode}: {stale} of {reads} reads {what}");
     }
 }
