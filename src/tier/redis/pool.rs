@@ -262,39 +262,38 @@ async fn write_loop(
     addr: &Arc<str>,
 ) -> Option<UpstreamError> {
     let mut jobs = Vec::with_capacity(WRITE_BATCH);
+    let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
         if rx.recv_many(&mut jobs, WRITE_BATCH).await == 0 {
             return None;
         }
         let deadline = Instant::now() + timeout;
-        let single = if jobs.len() == 1 {
-            Some(jobs[0].bytes.clone())
-        } else {
-            None
-        };
-        let was_empty;
-        {
-            let mut p = pending.lock().expect("pending lock is never poisoned");
-            was_empty = p.is_empty();
-            for job in jobs.drain(..) {
-                if single.is_none() {
-                    buf.extend_from_slice(&job.bytes);
+        // Taken jobs go to `pending` at once, before any await: if the connection ends while
+        // this loop waits, they fail with its error like every other pending job.
+        stage(&mut jobs, &mut batch, pending, wake, deadline);
+        if batch.len() < WRITE_BATCH {
+            // Sessions that are ready to run send their requests first, so many clients'
+            // requests share one write: the runtime runs a task woken by a send right after the
+            // sender, which would otherwise make every request its own write syscall.
+            tokio::task::yield_now().await;
+            while batch.len() + jobs.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
                 }
-                p.push_back(Pending {
-                    count: job.count,
-                    tx: job.tx,
-                    deadline,
-                });
             }
+            stage(&mut jobs, &mut batch, pending, wake, deadline);
         }
-        if was_empty {
-            wake.notify_one();
-        }
-        let res = match &single {
+        let res = match batch.as_slice() {
             // One batch: write its bytes as they are, without copying them.
-            Some(b) => wr.write_all(b).await,
-            None => wr.write_all(&buf).await,
+            [one] => wr.write_all(one).await,
+            all => {
+                for b in all {
+                    buf.extend_from_slice(b);
+                }
+                wr.write_all(&buf).await
+            }
         };
         // TLS may hold back what the socket did not take; plain TCP flushes nothing.
         let res = match res {
@@ -302,12 +301,43 @@ async fn write_loop(
             e => e,
         };
         buf.clear();
+        batch.clear();
         if let Err(e) = res {
             return Some(UpstreamError::Unavailable {
                 addr: addr.clone(),
                 detail: e.to_string().into(),
             });
         }
+    }
+}
+
+/// Moves taken jobs into `pending` (their replies' waiters, in order) and their bytes into
+/// `batch`; wakes the reader if it had nothing to wait for.
+fn stage(
+    jobs: &mut Vec<Job>,
+    batch: &mut Vec<Bytes>,
+    pending: &Mutex<VecDeque<Pending>>,
+    wake: &Notify,
+    deadline: Instant,
+) {
+    if jobs.is_empty() {
+        return;
+    }
+    let was_empty = {
+        let mut p = pending.lock().expect("pending lock is never poisoned");
+        let was_empty = p.is_empty();
+        for job in jobs.drain(..) {
+            batch.push(job.bytes);
+            p.push_back(Pending {
+                count: job.count,
+                tx: job.tx,
+                deadline,
+            });
+        }
+        was_empty
+    };
+    if was_empty {
+        wake.notify_one();
     }
 }
 
