@@ -19,7 +19,8 @@
 //!   ([`router::fill`]), on a shared upstream connection, or on the client's pinned connection.
 //! - [`tier::hot`]: the in-process tier (a sharded read map in front of moka) and its coherence;
 //!   [`tier::store`]: standalone mode.
-//! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects.
+//! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects,
+//!   ElastiCache IAM tokens and re-authentication ([`tier::redis::iam`]).
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys.
 //! - [`error`]: typed errors and the one function that maps them to replies.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the /livez /readyz /metrics listener.

@@ -223,6 +223,19 @@ pub struct UpstreamConfig {
     pub command_timeout: Human,
     pub reconnect_min: Human,
     pub reconnect_max: Human,
+    /// `[upstream.iam]`: ElastiCache IAM authentication instead of a password.
+    pub iam: Option<IamConfig>,
+}
+
+/// `[upstream.iam]`: mint an ElastiCache IAM token per connection as the AUTH password.
+/// Unset fields are empty here so that `validate` can name the missing key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IamConfig {
+    pub region: String,
+    pub cache_name: String,
+    pub user_id: String,
+    pub serverless: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -235,6 +248,7 @@ impl Default for UpstreamConfig {
             command_timeout: Human::secs(2),
             reconnect_min: Human::millis(50),
             reconnect_max: Human::secs(5),
+            iam: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Opening one upstream connection: TCP connect with a timeout, then the handshake
 //! (HELLO/AUTH, SELECT, CLIENT SETNAME) pipelined in one write.
 
+use super::iam::{self, IamAuth, Token};
 use crate::config::UpstreamUrl;
 use crate::error::UpstreamError;
 use crate::protocol::reply::{self, Proto, ReplyKind};
@@ -18,6 +19,8 @@ pub struct Handshake<'a> {
     pub proto: Proto,
     pub db: u32,
     pub client_name: Option<&'a [u8]>,
+    /// ElastiCache IAM: a fresh token is the password (the URL then has none).
+    pub iam: Option<&'a IamAuth>,
 }
 
 /// Connects and runs the handshake, all within `timeout`.
@@ -37,7 +40,10 @@ pub async fn open_with_id(
     timeout: Duration,
     ask_id: bool,
 ) -> Result<(TcpStream, Option<i64>), UpstreamError> {
-    match tokio::time::timeout(timeout, open_inner(hs, addr, ask_id)).await {
+    // Minted before the connect timeout starts: a first fetch of AWS credentials (STS, the Pod
+    // Identity agent) has timeouts of its own.
+    let token = iam::handshake_token(hs.iam, addr).await?;
+    match tokio::time::timeout(timeout, open_inner(hs, addr, ask_id, token.as_ref())).await {
         Ok(r) => r,
         Err(_) => Err(UpstreamError::Unavailable {
             addr: addr.clone(),
@@ -50,6 +56,7 @@ async fn open_inner(
     hs: &Handshake<'_>,
     addr: &Arc<str>,
     ask_id: bool,
+    token: Option<&Token>,
 ) -> Result<(TcpStream, Option<i64>), UpstreamError> {
     let mut stream =
         TcpStream::connect(addr.as_ref())
@@ -59,7 +66,7 @@ async fn open_inner(
                 detail: e.to_string().into(),
             })?;
     stream.set_nodelay(true).ok();
-    let mut commands = handshake_commands(hs);
+    let mut commands = handshake_commands(hs, token);
     if ask_id {
         commands.push(encode_command(&["CLIENT", "ID"]));
     }
@@ -103,16 +110,19 @@ async fn open_inner(
     Ok((stream, last.filter(|_| ask_id)))
 }
 
-fn handshake_commands(hs: &Handshake<'_>) -> Vec<Bytes> {
+fn handshake_commands(hs: &Handshake<'_>, token: Option<&Token>) -> Vec<Bytes> {
     let mut cmds = Vec::new();
     let url = hs.url;
-    let password = url.password.as_deref();
-    let user = url.username.as_deref().unwrap_or("default");
+    let (username, password) = match token {
+        Some(t) => (Some(t.user()), Some(t.secret())),
+        None => (url.username.as_deref(), url.password.as_deref()),
+    };
+    let user = username.unwrap_or("default");
     match (hs.proto, password) {
         (Proto::Resp3, Some(p)) => cmds.push(encode_command(&["HELLO", "3", "AUTH", user, p])),
         (Proto::Resp3, None) => cmds.push(encode_command(&["HELLO", "3"])),
-        (Proto::Resp2, Some(p)) => match &url.username {
-            Some(u) => cmds.push(encode_command(&["AUTH", u.as_str(), p])),
+        (Proto::Resp2, Some(p)) => match username {
+            Some(u) => cmds.push(encode_command(&["AUTH", u, p])),
             None => cmds.push(encode_command(&["AUTH", p])),
         },
         (Proto::Resp2, None) => {}
