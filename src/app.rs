@@ -92,7 +92,7 @@ pub async fn serve(
         .map(|s| Arc::new(Upstream::start(s, metrics.clone())));
     match &upstream {
         Some(u) => {
-            tracing::info!(upstream = %u.settings().url, connections = u.settings().connections, "upstream configured");
+            tracing::info!(upstream = %u.settings().url, connections = u.settings().connections, iam_user = u.settings().iam.as_ref().map(|i| i.settings().user_id.as_str()), "upstream configured");
             if let Some(tls) = &u.settings().tls {
                 match tls.roots() {
                     Roots::Unverified => tracing::warn!(

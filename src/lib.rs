@@ -24,7 +24,8 @@
 //!   invalidations, `broadcast.rs`); [`tier::store`]: standalone mode (`strings.rs`,
 //!   `expire.rs`, `info.rs` by command family).
 //! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects, the
-//!   handshake (AUTH with a password re-read from its file on every connect).
+//!   handshake (AUTH with a password re-read from its file on every connect), ElastiCache IAM
+//!   tokens and re-authentication ([`tier::redis::iam`]).
 //! - [`transport`]: plain TCP or TLS behind one stream type, for the upstream (`rediss://`) and
 //!   for the client listener.
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys.

@@ -12,17 +12,18 @@ fn shipped() -> String {
         .expect("proxy.toml at the crate root")
 }
 
-/// `section.key` for every key written in proxy.toml, set or commented out (`# key = ...`).
+/// `section.key` for every key written in proxy.toml, set or commented out (`# key = ...`); a
+/// commented-out table (`# [upstream.iam]`) is a section of its own.
 fn documented_keys(text: &str) -> BTreeSet<String> {
     let mut section = String::new();
     let mut keys = BTreeSet::new();
     for line in text.lines() {
         let l = line.trim();
-        if let Some(s) = l.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+        let body = l.strip_prefix("# ").unwrap_or(l);
+        if let Some(s) = body.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
             section = s.trim_matches(['[', ']']).to_string();
             continue;
         }
-        let body = l.strip_prefix("# ").unwrap_or(l);
         if let Some((k, _)) = body.split_once(" = ") {
             if !k.contains(' ') && !section.is_empty() {
                 keys.insert(format!("{section}.{k}"));
@@ -166,6 +167,62 @@ fn bad_config_exits_64_naming_the_key_before_binding() {
     );
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("upstream.connections"), "{err}");
+}
+
+#[test]
+fn iam_settings_come_from_env_and_bad_ones_exit_64_naming_the_key() {
+    let iam = [
+        ("CACHESIDE_UPSTREAM_URL", "redis://cache:6379"),
+        ("CACHESIDE_UPSTREAM_IAM_REGION", "eu-west-1"),
+        ("CACHESIDE_UPSTREAM_IAM_CACHE_NAME", "orders-cache"),
+        ("CACHESIDE_UPSTREAM_IAM_USER_ID", "cacheside"),
+        ("CACHESIDE_UPSTREAM_IAM_SERVERLESS", "true"),
+        // What the credential chain would read: never echoed.
+        ("AWS_ACCESS_KEY_ID", "AKIDCHECKCONFIG"),
+        ("AWS_SECRET_ACCESS_KEY", "secret-key-never-printed"),
+        ("AWS_SESSION_TOKEN", "session-token-never-printed"),
+    ];
+    let (code, out, err) = run_binary(&["check-config"], &iam);
+    assert_eq!(code, 0, "{err}");
+    let printed = Config::from_toml(&out, "stdout").expect("check-config prints valid TOML");
+    let i = printed.upstream.iam.expect("[upstream.iam] printed");
+    assert_eq!(
+        (
+            i.region.as_str(),
+            i.cache_name.as_str(),
+            i.user_id.as_str(),
+            i.serverless
+        ),
+        ("eu-west-1", "orders-cache", "cacheside", true)
+    );
+    for secret in [
+        "secret-key-never-printed",
+        "session-token-never-printed",
+        "X-Amz-Signature",
+    ] {
+        assert!(!out.contains(secret) && !err.contains(secret), "{out}{err}");
+    }
+
+    let without_region: Vec<_> = iam
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "CACHESIDE_UPSTREAM_IAM_REGION")
+        .collect();
+    let (code, _, err) = run_binary(&["check-config"], &without_region);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("upstream.iam.region: must be set"), "{err}");
+
+    let (code, _, err) = run_binary(
+        &[
+            "check-config",
+            "--upstream",
+            "redis://cacheside:hunter2@cache:6379",
+        ],
+        &iam,
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("upstream.url: has a password"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
 }
 
 #[test]

@@ -59,6 +59,10 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("upstream.tls_cert_file", Kind::Str),
     ("upstream.tls_key_file", Kind::Str),
     ("upstream.tls_insecure_skip_verify", Kind::Bool),
+    ("upstream.iam.region", Kind::Str),
+    ("upstream.iam.cache_name", Kind::Str),
+    ("upstream.iam.user_id", Kind::Str),
+    ("upstream.iam.serverless", Kind::Bool),
     ("admin.listen", Kind::Str),
     ("log.level", Kind::Str),
     ("log.format", Kind::Str),
@@ -121,16 +125,25 @@ pub(super) fn apply(config: Config, vars: &dyn Vars) -> Result<Config, ConfigErr
         var: "CACHESIDE_*".into(),
         message: e.to_string(),
     })?;
-    for (key, _, value) in &overrides {
-        let (section, field) = key
-            .split_once('.')
+    for (key, var, value) in &overrides {
+        // `section.key` or `section.table.key`: tables on the way are made when absent.
+        let (path, field) = key
+            .rsplit_once('.')
             .expect("ENV_KEYS entries are section.key");
-        let entry = table
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        if let toml::Value::Table(t) = entry {
-            t.insert(field.to_string(), value.clone());
+        let mut t = &mut table;
+        for part in path.split('.') {
+            let entry = t
+                .entry(part)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(inner) = entry else {
+                return Err(ConfigError::Env {
+                    var: var.clone(),
+                    message: format!("{part} is not a table"),
+                });
+            };
+            t = inner;
         }
+        t.insert(field.to_string(), value.clone());
     }
     toml::Value::Table(table)
         .try_into()
@@ -165,6 +178,22 @@ mod tests {
             .unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:7001");
         assert_eq!(c.upstream.connections, 4);
+    }
+
+    #[test]
+    fn env_sets_keys_of_nested_tables() {
+        let c = Config::default()
+            .with_env(&vars(&[
+                ("CACHESIDE_UPSTREAM_IAM_REGION", "eu-west-1"),
+                ("CACHESIDE_UPSTREAM_IAM_SERVERLESS", "true"),
+            ]))
+            .unwrap();
+        let iam = c.upstream.iam.expect("upstream.iam made by the env");
+        assert_eq!((iam.region.as_str(), iam.serverless), ("eu-west-1", true));
+        assert_eq!(
+            iam.cache_name, "",
+            "unset keys stay empty for validate to name"
+        );
     }
 
     #[test]

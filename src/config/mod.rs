@@ -5,6 +5,7 @@
 //! anything binds a port.
 
 mod env;
+mod iam;
 pub mod units;
 mod upstream;
 mod url;
@@ -238,6 +239,19 @@ pub struct UpstreamConfig {
     pub tls_key_file: Option<PathBuf>,
     /// Accept any certificate (tests only; logged as a warning).
     pub tls_insecure_skip_verify: bool,
+    /// `[upstream.iam]`: ElastiCache IAM authentication instead of a password.
+    pub iam: Option<IamConfig>,
+}
+
+/// `[upstream.iam]`: mint an ElastiCache IAM token per connection as the AUTH password.
+/// Unset fields are empty here so that `validate` can name the missing key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IamConfig {
+    pub region: String,
+    pub cache_name: String,
+    pub user_id: String,
+    pub serverless: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -255,6 +269,7 @@ impl Default for UpstreamConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_insecure_skip_verify: false,
+            iam: None,
         }
     }
 }

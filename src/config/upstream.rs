@@ -21,6 +21,8 @@ pub struct UpstreamSettings {
     pub command_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// `upstream.iam`: ElastiCache IAM tokens instead of a password.
+    pub iam: Option<crate::tier::redis::iam::IamAuth>,
 }
 
 impl UpstreamSettings {
@@ -75,7 +77,11 @@ pub(super) fn validate(u: &UpstreamConfig) -> Result<Option<UpstreamSettings>, C
         // Read now so a missing file fails at start; read again on every connect.
         secret_from_file(f).map_err(|m| ConfigError::invalid("upstream.password_file", m))?;
     }
-    if url.username.is_some() && url.password.is_none() && u.password_file.is_none() {
+    if url.username.is_some()
+        && url.password.is_none()
+        && u.password_file.is_none()
+        && u.iam.is_none()
+    {
         return Err(ConfigError::invalid(
             "upstream.username",
             "a user needs a password: in upstream.url (user:password@host) or upstream.password_file",
@@ -99,7 +105,9 @@ pub(super) fn validate(u: &UpstreamConfig) -> Result<Option<UpstreamSettings>, C
         ));
     }
     let tls = validate_tls(u, &url)?;
+    let iam = super::iam::validate(u, &url)?;
     Ok(Some(UpstreamSettings {
+        iam,
         url,
         password_file: u.password_file.clone(),
         tls,

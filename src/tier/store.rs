@@ -262,7 +262,7 @@ impl Store {
                 bulk_or_null(o, old, proto);
             }
             "mset" => {
-                if req.argc() % 2 == 0 {
+                if req.argc().is_multiple_of(2) {
                     arity_error(o, name);
                 } else {
                     for i in (1..req.argc()).step_by(2) {

@@ -17,7 +17,8 @@ pub enum Answer {
     Close,
 }
 
-type Script = dyn Fn(usize, &[Vec<u8>]) -> Answer + Send + Sync;
+/// (connection number, request number over all connections, arguments) -> answer.
+type Script = dyn Fn(usize, usize, &[Vec<u8>]) -> Answer + Send + Sync;
 
 pub struct FakeUpstream {
     pub addr: SocketAddr,
@@ -29,6 +30,14 @@ impl FakeUpstream {
     pub async fn start(
         script: impl Fn(usize, &[Vec<u8>]) -> Answer + Send + Sync + 'static,
     ) -> Self {
+        Self::start_per_connection(move |_, n, args| script(n, args)).await
+    }
+
+    /// Like `start`, and the script also learns which connection (numbered from 0 in the
+    /// order they were accepted) the request came on.
+    pub async fn start_per_connection(
+        script: impl Fn(usize, usize, &[Vec<u8>]) -> Answer + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind fake upstream");
@@ -36,8 +45,11 @@ impl FakeUpstream {
         let script: Arc<Script> = Arc::new(script);
         let seen = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(async move {
+            let mut conns = 0;
             while let Ok((mut s, _)) = listener.accept().await {
                 let (script, seen) = (script.clone(), seen.clone());
+                let conn = conns;
+                conns += 1;
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -72,7 +84,7 @@ impl FakeUpstream {
                                 continue;
                             }
                             let n = seen.fetch_add(1, Ordering::Relaxed);
-                            match script(n, &args) {
+                            match script(conn, n, &args) {
                                 Answer::Bytes(b) => {
                                     if s.write_all(&b).await.is_err() {
                                         return;

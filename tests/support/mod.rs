@@ -248,8 +248,12 @@ impl Proxy {
     }
 
     pub async fn start_config(config: Config) -> Self {
+        Self::start_validated(config.validate().expect("test config is valid")).await
+    }
+
+    /// Starts cacheside with settings the test built or adjusted after validation.
+    pub async fn start_validated(validated: cacheside::config::Validated) -> Self {
         watch_panics();
-        let validated = config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let addr = listener.local_addr().expect("proxy addr");

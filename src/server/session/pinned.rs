@@ -142,7 +142,13 @@ impl Session {
                 addr: "client".into(),
             })?;
         }
-        if self.pinned.is_some() && self.pinned_proto != self.st.proto {
+        // A kept connection of the other protocol, or one near IAM's 12-hour limit (it holds no
+        // state between pinned phases), is replaced.
+        if self
+            .pinned
+            .as_ref()
+            .is_some_and(|p| self.pinned_proto != self.st.proto || p.reauth_due())
+        {
             if self.release_pending {
                 let _ = self.barrier().await;
             }

@@ -36,6 +36,8 @@ enum End {
     /// The upstream refused CLIENT TRACKING (or RESP3): try broadcast instead.
     Refused(String),
     Lost(UpstreamError),
+    /// ElastiCache IAM: the connection is near its 12-hour limit and is replaced.
+    Reauth,
 }
 
 /// Starts keeping `tier` coherent in `mode`. In `ttl` mode nothing listens and the tier is
@@ -51,10 +53,19 @@ pub fn spawn(tier: Arc<HotTier>, settings: Arc<Settings>, mode: Coherence, chann
         let id: Bytes = format!("{:016x}", rand::random::<u64>()).into();
         let mut attempt: u32 = 0;
         loop {
-            let end = if tracking {
-                run_tracking(&tier, &settings).await
-            } else {
-                run_broadcast(&tier, &settings, &channel, &id).await
+            let run = async {
+                if tracking {
+                    run_tracking(&tier, &settings).await
+                } else {
+                    run_broadcast(&tier, &settings, &channel, &id).await
+                }
+            };
+            // A subscribed RESP2 connection cannot AUTH again, so under IAM this connection is
+            // replaced before ElastiCache's limit instead; the tier is flushed meanwhile, as
+            // after any reconnect (once every 10 to 11 hours).
+            let end = tokio::select! {
+                end = run => end,
+                _ = reauth_deadline(&settings) => End::Reauth,
             };
             if tier.is_coherent() {
                 attempt = 0;
@@ -73,6 +84,13 @@ pub fn spawn(tier: Arc<HotTier>, settings: Arc<Settings>, mode: Coherence, chann
                 End::Lost(e) => {
                     tracing::warn!(error = %e, "hot tier invalidation connection lost; tier flushed and bypassed until it is back")
                 }
+                End::Reauth => {
+                    tracing::info!(
+                        "hot tier invalidation connection replaced to authenticate again (IAM)"
+                    );
+                    attempt = 0;
+                    continue;
+                }
             }
             let delay = settings
                 .reconnect_min
@@ -82,6 +100,14 @@ pub fn spawn(tier: Arc<HotTier>, settings: Arc<Settings>, mode: Coherence, chann
             tokio::time::sleep(delay).await;
         }
     });
+}
+
+/// Resolves when an IAM-authenticated connection opened now should be replaced; never without IAM.
+async fn reauth_deadline(settings: &Settings) {
+    match &settings.iam {
+        Some(iam) => tokio::time::sleep(iam.reauth_delay()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Gives the tier a duplicate of the socket to peek at (see `HotTier::invalidations_pending`);

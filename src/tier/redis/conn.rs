@@ -2,6 +2,7 @@
 //! handshake (HELLO/AUTH, SELECT, CLIENT SETNAME) pipelined in one write. The password is read
 //! from `upstream.password_file` on every connect, so a rotated Secret is used on reconnect.
 
+use super::iam::{self, Token};
 use super::Settings;
 use crate::error::UpstreamError;
 use crate::protocol::reply::{self, Proto, ReplyKind};
@@ -38,7 +39,10 @@ pub async fn open_with_id(
     timeout: Duration,
     ask_id: bool,
 ) -> Result<(Stream, Option<i64>), UpstreamError> {
-    match tokio::time::timeout(timeout, open_inner(hs, addr, ask_id)).await {
+    // Minted before the connect timeout starts: a first fetch of AWS credentials (STS, the Pod
+    // Identity agent) has timeouts of its own.
+    let token = iam::handshake_token(hs.settings.iam.as_ref(), addr).await?;
+    match tokio::time::timeout(timeout, open_inner(hs, addr, ask_id, token.as_ref())).await {
         Ok(r) => r,
         Err(_) => Err(UpstreamError::Unavailable {
             addr: addr.clone(),
@@ -51,6 +55,7 @@ async fn open_inner(
     hs: &Handshake<'_>,
     addr: &Arc<str>,
     ask_id: bool,
+    token: Option<&Token>,
 ) -> Result<(Stream, Option<i64>), UpstreamError> {
     let settings = hs.settings;
     let io_err = |e: std::io::Error| io_failure(settings, addr, e);
@@ -66,7 +71,7 @@ async fn open_inner(
             addr: addr.clone(),
             detail: detail.into(),
         })?;
-    let mut commands = handshake_commands(hs, password.as_deref());
+    let mut commands = handshake_commands(hs, password.as_deref(), token);
     if ask_id {
         commands.push(encode_command(&["CLIENT", "ID"]));
     }
@@ -127,15 +132,24 @@ pub(crate) fn io_failure(settings: &Settings, addr: &Arc<str>, e: std::io::Error
     }
 }
 
-fn handshake_commands(hs: &Handshake<'_>, password: Option<&str>) -> Vec<Bytes> {
+/// The handshake: HELLO/AUTH with an IAM token if there is one, else the configured password.
+fn handshake_commands(
+    hs: &Handshake<'_>,
+    password: Option<&str>,
+    token: Option<&Token>,
+) -> Vec<Bytes> {
     let mut cmds = Vec::new();
     let url = &hs.settings.url;
-    let user = url.username.as_deref().unwrap_or("default");
+    let (username, password) = match token {
+        Some(t) => (Some(t.user()), Some(t.secret())),
+        None => (url.username.as_deref(), password),
+    };
+    let user = username.unwrap_or("default");
     match (hs.proto, password) {
         (Proto::Resp3, Some(p)) => cmds.push(encode_command(&["HELLO", "3", "AUTH", user, p])),
         (Proto::Resp3, None) => cmds.push(encode_command(&["HELLO", "3"])),
-        (Proto::Resp2, Some(p)) => match &url.username {
-            Some(u) => cmds.push(encode_command(&["AUTH", u.as_str(), p])),
+        (Proto::Resp2, Some(p)) => match username {
+            Some(u) => cmds.push(encode_command(&["AUTH", u, p])),
             None => cmds.push(encode_command(&["AUTH", p])),
         },
         (Proto::Resp2, None) => {}

@@ -2,6 +2,7 @@
 //! connections. Cluster mode will add per-node pools chosen by hash slot behind the same `send`.
 
 pub(crate) mod conn;
+pub mod iam;
 mod pinned;
 mod pool;
 

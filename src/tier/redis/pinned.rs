@@ -69,6 +69,8 @@ pub struct Pinned {
     upstream_id: Option<i64>,
     /// The relay has ended: nothing sent now could be answered.
     dead: bool,
+    /// ElastiCache IAM: when this connection should authenticate again (see `reauth_due`).
+    reauth_at: Option<tokio::time::Instant>,
 }
 
 impl Pinned {
@@ -99,7 +101,20 @@ impl Pinned {
             metrics,
             upstream_id,
             dead: false,
+            reauth_at: settings
+                .iam
+                .as_ref()
+                .map(|iam| tokio::time::Instant::now() + iam.reauth_delay()),
         })
+    }
+
+    /// Whether an IAM-authenticated connection is near ElastiCache's 12-hour limit. A pinned
+    /// connection carries its client's state, so it is not re-authenticated in band; the
+    /// session replaces it with a new one when it next enters the pinned phase with this true,
+    /// when the connection holds no state worth keeping.
+    pub fn reauth_due(&self) -> bool {
+        self.reauth_at
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
     }
 
     /// This connection's id upstream (`CLIENT ID` as the upstream answers it).

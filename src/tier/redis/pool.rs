@@ -8,10 +8,12 @@
 //! fails every waiter it holds, so no reply can ever reach the wrong client.
 
 use super::conn::{self, Handshake};
+use super::iam::{self, IamAuth};
 use super::Settings;
 use crate::error::UpstreamError;
 use crate::metrics::Metrics;
 use crate::protocol::reply::{self, Proto, ReplyKind};
+use crate::protocol::request::encode_command;
 use crate::transport::{ReadHalf, WriteHalf};
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
@@ -161,16 +163,7 @@ impl Supervisor {
                     self.metrics.upstream_connections.inc();
                     tracing::debug!(upstream = %self.addr, proto = self.proto.number(), "upstream connection up");
                     let (rd, wr) = stream.into_split();
-                    let err = serve(
-                        rd,
-                        wr,
-                        &mut rx,
-                        &self.settings,
-                        &self.addr,
-                        &self.metrics,
-                        self.proto,
-                    )
-                    .await;
+                    let err = self.serve(rd, wr, &mut rx).await;
                     self.up.fetch_sub(1, Ordering::Relaxed);
                     self.metrics.upstream_connections.dec();
                     match err {
@@ -223,34 +216,81 @@ fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
     Duration::from_micros(rand::rng().random_range(lo..hi))
 }
 
-/// Runs one live connection until it fails (`Some(error)`) or the pool is dropped (`None`).
-/// Every waiter still pending when it ends gets the error.
-async fn serve(
-    rd: ReadHalf,
-    wr: WriteHalf,
-    rx: &mut mpsc::Receiver<Job>,
-    settings: &Settings,
-    addr: &Arc<str>,
-    metrics: &Metrics,
-    proto: Proto,
-) -> Option<UpstreamError> {
-    let pending = Mutex::new(VecDeque::<Pending>::new());
-    let wake = Notify::new();
-    let result = tokio::select! {
-        r = write_loop(wr, rx, &pending, &wake, settings.command_timeout, addr) => r,
-        r = read_loop(rd, &pending, &wake, settings.command_timeout, addr, metrics, proto) => Some(r),
-    };
-    let err = result
-        .clone()
-        .unwrap_or_else(|| UpstreamError::Closed { addr: addr.clone() });
-    for p in pending
-        .lock()
-        .expect("pending lock is never poisoned")
-        .drain(..)
-    {
-        let _ = p.tx.send(Err(err.clone()));
+impl Supervisor {
+    /// Runs one live connection until it fails (`Some(error)`) or the pool is dropped (`None`).
+    /// Every waiter still pending when it ends gets the error.
+    async fn serve(
+        &self,
+        rd: ReadHalf,
+        wr: WriteHalf,
+        rx: &mut mpsc::Receiver<Job>,
+    ) -> Option<UpstreamError> {
+        let (settings, addr) = (&*self.settings, &self.addr);
+        let timeout = settings.command_timeout;
+        let pending = Mutex::new(VecDeque::<Pending>::new());
+        let wake = Notify::new();
+        let result = tokio::select! {
+            r = write_loop(wr, rx, &pending, &wake, timeout, addr) => r,
+            r = read_loop(rd, &pending, &wake, timeout, addr, &self.metrics, self.proto) => Some(r),
+            r = reauth(settings.iam.as_ref(), self.slot.tx.downgrade(), addr) => Some(r),
+        };
+        let err = result
+            .clone()
+            .unwrap_or_else(|| UpstreamError::Closed { addr: addr.clone() });
+        for p in pending
+            .lock()
+            .expect("pending lock is never poisoned")
+            .drain(..)
+        {
+            let _ = p.tx.send(Err(err.clone()));
+        }
+        result
     }
-    result
+}
+
+/// ElastiCache IAM: authenticates the connection again before the 12-hour limit, in band. The
+/// AUTH is queued on this connection like any batch, so it lands between whole batches (shared
+/// connections never hold a transaction or a subscription), and its reply comes back here, not
+/// to a client. A refused AUTH closes the connection; the reconnect handshakes afresh.
+async fn reauth(
+    iam: Option<&IamAuth>,
+    queue: mpsc::WeakSender<Job>,
+    addr: &Arc<str>,
+) -> UpstreamError {
+    let Some(iam) = iam else {
+        return std::future::pending().await;
+    };
+    iam::reauthenticate(iam, addr, |token| {
+        let queue = queue.clone();
+        async move {
+            // Only a dropped pool has no sender left; the writer then ends this connection.
+            let Some(tx) = queue.upgrade() else {
+                return std::future::pending().await;
+            };
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let job = Job {
+                bytes: encode_command(&["AUTH", token.user(), token.secret()]),
+                count: 1,
+                tx: reply_tx,
+            };
+            let closed = || UpstreamError::Closed { addr: addr.clone() };
+            tx.send(job).await.map_err(|_| closed())?;
+            drop(tx);
+            let reply = reply_rx.await.map_err(|_| closed())??;
+            if matches!(reply.first(), Some(b'-' | b'!')) {
+                return Err(UpstreamError::Handshake {
+                    addr: addr.clone(),
+                    detail: format!(
+                        "re-authentication refused: {}",
+                        String::from_utf8_lossy(&reply).trim()
+                    )
+                    .into(),
+                });
+            }
+            Ok(())
+        }
+    })
+    .await
 }
 
 async fn write_loop(

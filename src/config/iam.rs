@@ -1,0 +1,83 @@
+//! `[upstream.iam]` checked: the settings that sign ElastiCache IAM tokens.
+
+use super::{ConfigError, UpstreamUrl};
+
+/// `[upstream.iam]`: the settings that sign ElastiCache IAM tokens. A token is the password, so
+/// a password from the URL or `password_file` as well is an error, and so is a URL user other
+/// than the IAM user.
+pub(super) fn validate(
+    c: &super::UpstreamConfig,
+    url: &UpstreamUrl,
+) -> Result<Option<crate::tier::redis::iam::IamAuth>, ConfigError> {
+    use crate::tier::redis::iam::{IamAuth, IamSettings};
+    let Some(i) = &c.iam else {
+        return Ok(None);
+    };
+    let key = |k: &str| format!("upstream.iam.{k}");
+    let word = |k: &str, v: &str, example: &str| {
+        if v.is_empty() {
+            return Err(ConfigError::invalid(
+                key(k),
+                format!("must be set, e.g. {example:?}"),
+            ));
+        }
+        if !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::invalid(
+                key(k),
+                format!("{v:?} must be letters, digits, - or _, e.g. {example:?}"),
+            ));
+        }
+        Ok(())
+    };
+    word("region", &i.region, "us-east-1")?;
+    if i.cache_name.contains('.') {
+        return Err(ConfigError::invalid(
+            key("cache_name"),
+            format!(
+                "{:?} must be the replication group id or serverless cache name, not an endpoint",
+                i.cache_name
+            ),
+        ));
+    }
+    word("cache_name", &i.cache_name, "my-cache")?;
+    if i.user_id.is_empty() || i.user_id.contains(char::is_whitespace) {
+        return Err(ConfigError::invalid(
+            key("user_id"),
+            format!(
+                "{:?} must be the ElastiCache user id (one word, equal to its user name)",
+                i.user_id
+            ),
+        ));
+    }
+    if url.password.as_deref().is_some_and(|p| !p.is_empty()) || c.password_file.is_some() {
+        let from = if c.password_file.is_some() {
+            "upstream.password_file"
+        } else {
+            "upstream.url"
+        };
+        return Err(ConfigError::invalid(
+            from,
+            "sets a password, and upstream.iam makes the password an IAM token: use one of them",
+        ));
+    }
+    if let Some(user) = url.username.as_deref().filter(|u| *u != i.user_id) {
+        return Err(ConfigError::invalid(
+            "upstream.url",
+            format!(
+                "user {user:?} differs from upstream.iam.user_id {:?} (leave it out of the URL)",
+                i.user_id
+            ),
+        ));
+    }
+    Ok(Some(IamAuth::new(IamSettings {
+        region: i.region.clone(),
+        // ElastiCache names are lowercase, and the token signs the name as its host.
+        cache_name: i.cache_name.to_ascii_lowercase(),
+        user_id: i.user_id.clone(),
+        serverless: i.serverless,
+    })))
+}
+
