@@ -60,7 +60,7 @@ pub(super) fn validate(
         };
         return Err(ConfigError::invalid(
             from,
-            "sets a password, and upstream.iam makes the password an IAM token: use one of them",
+            "has a password, and upstream.iam makes the password an IAM token: use one of them",
         ));
     }
     if let Some(user) = url.username.as_deref().filter(|u| *u != i.user_id) {
@@ -80,4 +80,3 @@ pub(super) fn validate(
         serverless: i.serverless,
     })))
 }
-

@@ -29,9 +29,7 @@ fn token_is_the_presigned_url_without_scheme() {
     assert!(s.contains("&X-Amz-Expires=900&"), "{s}");
     assert!(s.contains("&X-Amz-SignedHeaders=host&"), "{s}");
     assert!(
-        s.contains(
-            "&X-Amz-Credential=AKID%2F20231114%2Fus-east-1%2Felasticache%2Faws4_request&"
-        ),
+        s.contains("&X-Amz-Credential=AKID%2F20231114%2Fus-east-1%2Felasticache%2Faws4_request&"),
         "{s}"
     );
     assert!(s.contains("&X-Amz-Security-Token=session&X-Amz-Signature="));
@@ -78,8 +76,8 @@ fn counting(ttl: Option<Duration>) -> (IamAuth, Counting) {
         ttl,
     };
     let now = p.now.clone();
-    let auth = IamAuth::with_provider(settings(false), p.clone())
-        .with_clock(move || *now.lock().unwrap());
+    let auth =
+        IamAuth::with_provider(settings(false), p.clone()).with_clock(move || *now.lock().unwrap());
     (auth, p)
 }
 
