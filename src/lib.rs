@@ -28,7 +28,9 @@
 //!   tokens and re-authentication ([`tier::redis::iam`]).
 //! - [`transport`]: plain TCP or TLS behind one stream type, for the upstream (`rediss://`) and
 //!   for the client listener.
-//! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys.
+//! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys (`flight.rs`: one load per
+//!   key in a sidecar, shared only with reads that began before it read; `lease.rs`: fill leases
+//!   across sidecars; `batch.rs`: several keys in one query).
 //! - [`error`]: typed errors and the one function that maps them to replies.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the /livez /readyz /metrics listener.
 //! - [`app`], [`shutdown`]: wiring, and the drain on SIGTERM.
