@@ -108,10 +108,11 @@ pub async fn serve(
         Some(u) if !cfg.hot.rules.is_empty() => {
             let tier = HotTier::new(&cfg.hot, metrics.clone());
             let publisher = u.clone();
-            tier.set_publisher(move |cmd| {
-                // Fire and forget: the reply is not awaited (see HotTier::announce_pinned_writes).
-                drop(publisher.send(Proto::Resp2, rand::random::<u32>() as u64, cmd, 1));
-            });
+            tier.set_publisher(Box::new(move |cmd| {
+                // Queued now; the future only awaits the reply.
+                let rx = publisher.send(Proto::Resp2, rand::random::<u32>() as u64, cmd, 1);
+                Box::pin(async move { matches!(rx.await, Ok(Ok(r)) if !r.starts_with(b"-")) })
+            }));
             coherence::spawn(
                 tier.clone(),
                 u.settings_arc(),

@@ -71,6 +71,10 @@ pub enum ProxyError {
     /// The upstream answered a read of cacheside's own with a reply of the wrong shape.
     #[error("malformed upstream reply to a cached read")]
     UpstreamReply,
+    /// Broadcast mode: a write ran, but the PUBLISH that tells the other sidecars failed, so
+    /// they may still serve the old value; the client is not told the write succeeded.
+    #[error("the write was applied but its invalidation could not be announced to other sidecars")]
+    Announce,
     /// A state that well-behaved parts never produce, answered instead of panicking.
     #[error("{0}")]
     Internal(&'static str),
@@ -117,7 +121,10 @@ pub fn to_reply(err: &ProxyError) -> Disposition {
         ProxyError::MaxClients => {
             Disposition::Close(Some(reply::error_bytes(&format!("ERR {err}"))))
         }
-        ProxyError::Load(_) | ProxyError::UpstreamReply | ProxyError::Internal(_) => {
+        ProxyError::Load(_)
+        | ProxyError::UpstreamReply
+        | ProxyError::Announce
+        | ProxyError::Internal(_) => {
             Disposition::Reply(reply::error_bytes(&format!("ERR cacheside: {err}")))
         }
     }

@@ -124,6 +124,9 @@ pub struct CacheMetrics {
     pub size_bytes: IntGauge,
     pub entries: IntGauge,
     pub coherent: IntGauge,
+    /// Broadcast mode: PUBLISHes sent by the announcer, and the keys they carried.
+    pub announcements: IntCounter,
+    pub announced_keys: IntCounter,
     invalidations: Vec<IntCounter>,
 }
 
@@ -301,6 +304,14 @@ impl Metrics {
             coherent: gauge(
                 "cacheside_cache_coherent",
                 "1 while the hot tier receives invalidations (or needs none); 0 while it is bypassed.",
+            ),
+            announcements: counter(
+                "cacheside_broadcast_announcements_total",
+                "Broadcast mode: batched invalidation PUBLISHes sent (writes that carried their own are not counted).",
+            ),
+            announced_keys: counter(
+                "cacheside_broadcast_announced_keys_total",
+                "Broadcast mode: keys named by batched invalidation PUBLISHes.",
             ),
             invalidations: InvalidationSource::ALL
                 .iter()

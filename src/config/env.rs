@@ -71,6 +71,7 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("hot.policy", Kind::Str),
     ("hot.coherence", Kind::Str),
     ("hot.channel", Kind::Str),
+    ("hot.broadcast_batching", Kind::Bool),
     ("postgres.url", Kind::Str),
     ("postgres.password_file", Kind::Str),
     ("postgres.pool_size", Kind::Int),

@@ -145,6 +145,8 @@ pub struct HotConfig {
     pub policy: String,
     pub coherence: String,
     pub channel: String,
+    /// Broadcast mode: writes answered while an announcement is in flight share the next one.
+    pub broadcast_batching: bool,
 }
 
 impl Default for HotConfig {
@@ -154,6 +156,7 @@ impl Default for HotConfig {
             policy: "tinylfu".into(),
             coherence: "auto".into(),
             channel: "cacheside:invalidate".into(),
+            broadcast_batching: true,
         }
     }
 }

@@ -136,6 +136,7 @@ fn validate_hot(c: &Config) -> Result<HotSettings, ConfigError> {
         lru,
         coherence,
         channel: h.channel.clone(),
+        broadcast_batching: h.broadcast_batching,
         rules,
     })
 }

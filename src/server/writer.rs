@@ -56,6 +56,11 @@ pub struct AfterReply {
     pub appended: Vec<Bytes>,
     /// Replies at the end of the batch that are cacheside's own.
     pub extra: u32,
+    /// Broadcast mode: the batch carries its own PUBLISH (held until its reply is handled).
+    pub inline: Option<crate::tier::hot::Inline>,
+    /// Broadcast mode: keys (or a flush) to announce in the next batched PUBLISH once the
+    /// replies are in, before the client sees them.
+    pub announce: Option<(Vec<Bytes>, bool)>,
     /// The batch is INFO: append cacheside's section.
     pub info: bool,
 }
@@ -293,6 +298,18 @@ async fn after_reply(ctx: &Ctx, a: AfterReply, replies: Bytes, count: u32, proto
     let hot = ctx.router.hot();
     for w in a.writes {
         w.complete().await;
+    }
+    drop(a.inline);
+    if let (Some((keys, flush)), Some(hot)) = (a.announce, hot) {
+        // The writes ran; other sidecars must hear of them before the client does.
+        if !hot.announce(keys, flush).await {
+            let err = reply_bytes(&ProxyError::Announce);
+            let mut out = BytesMut::with_capacity(err.len() * count as usize);
+            for _ in 0..count {
+                out.extend_from_slice(&err);
+            }
+            return out.freeze();
+        }
     }
     let mut replies = replies;
     if a.extra > 0 {

@@ -14,6 +14,7 @@ async fn tier() -> Arc<HotTier> {
             lru: false,
             coherence: Coherence::Ttl,
             channel: "c".into(),
+            broadcast_batching: true,
             rules: vec![RuleSettings {
                 pattern: "p:*".into(),
                 ttl: Duration::from_secs(30),

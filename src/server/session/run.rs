@@ -109,7 +109,17 @@ impl Session {
                             .flat_map(|w| w.keys().iter().cloned())
                             .collect();
                         let flush = a.writes.iter().any(|w| w.flush());
-                        tail.extend(hot.broadcast_command(&keys, flush));
+                        if hot.broadcast().is_some() && (flush || !keys.is_empty()) {
+                            // Nothing announcing: this batch carries its PUBLISH; otherwise its
+                            // keys join the next batched one (see `tier::hot::announce`).
+                            match hot.announce_inline() {
+                                Some(inline) => {
+                                    tail.extend(hot.broadcast_command(&keys, flush));
+                                    a.inline = Some(inline);
+                                }
+                                None => a.announce = Some((keys, flush)),
+                            }
+                        }
                     }
                     if !tail.is_empty() {
                         let mut joined = bytes::BytesMut::with_capacity(

@@ -1,7 +1,8 @@
 //! Broadcast coherence, sending side: announcing the keys this sidecar's writes changed.
 
-use super::{HotTier, WriteGuard};
+use super::{HotTier, Publish, WriteGuard};
 use bytes::Bytes;
+use std::sync::Arc;
 
 /// Broadcast coherence: this sidecar's id and the channel it announces writes on.
 #[derive(Debug, Clone)]
@@ -49,9 +50,15 @@ impl HotTier {
         (flush || !keys.is_empty()).then(|| b.publish(keys, flush))
     }
 
-    /// How to send a PUBLISH without waiting for it.
-    pub fn set_publisher(&self, f: impl Fn(Bytes) + Send + Sync + 'static) {
-        let _ = self.publisher.set(Box::new(f));
+    /// How to send a PUBLISH. The function must queue it at once (the future only awaits the
+    /// reply). Starts the announcer that batches broadcast announcements (see `announce`).
+    pub fn set_publisher(self: &Arc<Self>, f: Publish) {
+        let publish = Arc::new(f);
+        if self.publisher.set(publish.clone()).is_ok() {
+            let tier = self.clone();
+            // The announcer lives as long as the process's tier.
+            tokio::spawn(async move { tier.run_announcer(&publish).await });
+        }
     }
 
     /// Announces writes answered on a pinned connection, in broadcast mode, without waiting:
@@ -65,7 +72,8 @@ impl HotTier {
         if let (Some(cmd), Some(publish)) =
             (self.broadcast_command(&keys, flush), self.publisher.get())
         {
-            publish(cmd);
+            // Queued at once; the reply is not awaited.
+            drop(publish(cmd));
         }
     }
 }

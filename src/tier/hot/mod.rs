@@ -18,6 +18,7 @@
 //! sent but before Redis ran it could be stored and served to the writer's own next read.
 //! Unrelated keys that share a stripe only cost a miss or a skipped fill.
 
+mod announce;
 mod broadcast;
 pub mod coherence;
 mod fence;
@@ -30,6 +31,7 @@ pub mod settings;
 mod tests;
 mod write;
 
+pub use announce::{Inline, Publish};
 pub use broadcast::Broadcast;
 pub(crate) use fence::Applying;
 pub use fill::{Fill, Stamp};
@@ -183,8 +185,12 @@ pub struct HotTier {
     coherent: AtomicBool,
     /// Set when coherence runs in broadcast mode: where writes are announced.
     broadcast: std::sync::OnceLock<Broadcast>,
-    /// Sends a PUBLISH without waiting (for writes on pinned connections).
-    publisher: std::sync::OnceLock<Box<dyn Fn(Bytes) + Send + Sync>>,
+    /// Sends a PUBLISH (for batched announcements, and for writes on pinned connections).
+    publisher: std::sync::OnceLock<Arc<Publish>>,
+    /// Batches broadcast announcements (see `announce`).
+    announcer: announce::Announcer,
+    /// `hot.broadcast_batching`.
+    batching: bool,
     /// A duplicate of the invalidation connection's socket, to peek for unread invalidations.
     watch: std::sync::RwLock<Option<std::net::TcpStream>>,
     /// Raised by the coherence task from before it reads its socket until what it read is
@@ -232,6 +238,8 @@ impl HotTier {
             coherent: AtomicBool::new(false),
             broadcast: std::sync::OnceLock::new(),
             publisher: std::sync::OnceLock::new(),
+            announcer: announce::Announcer::default(),
+            batching: settings.broadcast_batching,
             watch: std::sync::RwLock::new(None),
             applying: AtomicBool::new(false),
             metrics: metrics.clone(),

@@ -30,6 +30,8 @@ pub struct HotSettings {
     pub lru: bool,
     pub coherence: Coherence,
     pub channel: String,
+    /// Broadcast mode: writes answered while an announcement is in flight share the next one.
+    pub broadcast_batching: bool,
     /// Enabled rules, in file order: the first match wins.
     pub rules: Vec<RuleSettings>,
 }

@@ -8,6 +8,7 @@ fn tier(max: u64) -> Arc<HotTier> {
         lru: false,
         coherence: settings::Coherence::Ttl,
         channel: "c".into(),
+        broadcast_batching: true,
         rules: vec![RuleSettings {
             pattern: "p:*".into(),
             ttl: Duration::from_secs(30),
@@ -311,4 +312,70 @@ async fn forgetting_a_key_takes_out_a_fill_that_shared_its_load() {
     assert!(t.get(b"p:f", &View::Get).await.is_some());
     t.forget(b"p:f");
     assert_eq!(t.get(b"p:f", &View::Get).await, None);
+}
+
+/// A publisher that counts its PUBLISHes and the keys in them, answers after `delay`, and
+/// reports `ok`.
+fn counting_publisher(
+    sent: Arc<AtomicU64>,
+    keys: Arc<AtomicU64>,
+    delay: Duration,
+    ok: bool,
+) -> Publish {
+    Box::new(move |cmd: Bytes| {
+        sent.fetch_add(1, SeqCst);
+        let n = cmd.windows(4).filter(|w| w == b"\r\np:").count();
+        keys.fetch_add(n as u64, SeqCst);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            ok
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_overlap_an_announcement_share_the_next_publish() {
+    let t = tier(1 << 20);
+    t.start_broadcast(Broadcast {
+        channel: Bytes::from_static(b"c"),
+        id: Bytes::from_static(b"me"),
+    });
+    let (sent, keys) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    t.set_publisher(counting_publisher(
+        sent.clone(),
+        keys.clone(),
+        Duration::from_millis(20),
+        true,
+    ));
+    let mut waits = Vec::new();
+    for i in 0..50 {
+        let t = t.clone();
+        waits.push(tokio::spawn(async move {
+            t.announce(vec![Bytes::from(format!("p:{i}"))], false).await
+        }));
+    }
+    for w in waits {
+        assert!(w.await.unwrap(), "every announcement was answered");
+    }
+    let sent = sent.load(SeqCst);
+    assert!(sent <= 5, "50 announcements went in {sent} PUBLISHes");
+    assert_eq!(keys.load(SeqCst), 50, "every key was announced once");
+    // The first write with nothing in flight carries its own PUBLISH; while it is out, the next
+    // one is batched.
+    let first = t.announce_inline().expect("nothing is announcing");
+    assert!(t.announce_inline().is_none());
+    drop(first);
+    assert!(t.announce_inline().is_some());
+}
+
+#[tokio::test]
+async fn a_failed_publish_fails_the_writes_it_announced() {
+    let t = tier(1 << 20);
+    t.start_broadcast(Broadcast {
+        channel: Bytes::from_static(b"c"),
+        id: Bytes::from_static(b"me"),
+    });
+    let (sent, keys) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    t.set_publisher(counting_publisher(sent, keys, Duration::ZERO, false));
+    assert!(!t.announce(vec![Bytes::from_static(b"p:1")], false).await);
 }
