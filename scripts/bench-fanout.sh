@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# What broadcast coherence costs Redis at fleet scale: one cacheside in broadcast mode takes a
+# sustained write load (redis-benchmark SET of cached keys, 50 clients) while N other
+# subscribers (examples/fanout_subscribers.rs, standing in for the rest of the fleet) listen on
+# the invalidation channel. Reports Redis's CPU per written key (utime+stime of redis-server over
+# the run, divided by the writes), with hot.broadcast_batching on and off, for each N.
+#
+# Usage (from the repo root): scripts/bench-fanout.sh [--subscribers "10 100 1000"] [--requests N]
+#
+# Needs: cargo, redis-server, redis-cli and redis-benchmark (Debian redis-server, redis-tools),
+# curl. Nothing is installed by this script. Run it on a quiet machine: every process shares it.
+#
+# The subscribers' output buffers are unlimited for the run (CONFIG SET client-output-buffer-limit
+# "pubsub 0 0 0"): a stand-in that reads slower than Redis writes must not be disconnected, which
+# would make Redis's work per write smaller than a real fleet's.
+
+set -euo pipefail
+
+SUBSCRIBERS="10 100 1000"
+REQUESTS=100000
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --subscribers) SUBSCRIBERS=$2; shift 2 ;;
+        --requests) REQUESTS=$2; shift 2 ;;
+        -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench-fanout.sh: unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+for bin in redis-server redis-cli redis-benchmark curl cargo; do
+    command -v "$bin" >/dev/null || { echo "bench-fanout.sh: $bin not found" >&2; exit 1; }
+done
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/cacheside-fanout.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+ticks() { # utime+stime of PID, in clock ticks
+    local s f
+    s=$(<"/proc/$1/stat")
+    read -r -a f <<<"${s##*) }"
+    echo $((f[11] + f[12]))
+}
+metric() { # metric ADMIN_PORT NAME
+    curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'
+}
+
+echo "== building (cargo build --release --bin cacheside --example fanout_subscribers)" >&2
+cargo build --release --bin cacheside --example fanout_subscribers >&2
+CACHESIDE=target/release/cacheside
+SUBS=target/release/examples/fanout_subscribers
+HZ=$(getconf CLK_TCK)
+
+rows=()
+for n in $SUBSCRIBERS; do
+    for batching in true false; do
+        rp=$(free_port); cp=$(free_port); ap=$(free_port)
+        redis-server --bind 127.0.0.1 --port "$rp" --save "" --appendonly no \
+            --logfile "$TMP/redis.log" --dir "$TMP" &
+        rpid=$!; PIDS+=("$rpid")
+        for _ in $(seq 50); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.1; done
+        redis-cli -p "$rp" config set client-output-buffer-limit "pubsub 0 0 0" >/dev/null
+        "$SUBS" --redis "127.0.0.1:$rp" --count "$n" >"$TMP/subs.log" 2>&1 &
+        spid=$!; PIDS+=("$spid")
+        for _ in $(seq 300); do grep -q subscribed "$TMP/subs.log" && break; sleep 0.1; done
+        cat >"$TMP/cs.toml" <<EOF
+[hot]
+coherence = "broadcast"
+broadcast_batching = $batching
+[[cache]]
+keys = "key:*"
+ttl = "60s"
+EOF
+        "$CACHESIDE" --config "$TMP/cs.toml" --upstream "redis://127.0.0.1:$rp" \
+            --listen "127.0.0.1:$cp" --admin-listen "127.0.0.1:$ap" --log-level warn \
+            >"$TMP/cs.log" 2>&1 &
+        cpid=$!; PIDS+=("$cpid")
+        for _ in $(seq 100); do
+            redis-cli -p "$cp" info 2>/dev/null | grep -q "hot_state:broadcast" && break
+            sleep 0.1
+        done
+        c0=$(ticks "$rpid")
+        out=$(redis-benchmark -p "$cp" -c 50 -n "$REQUESTS" -d 100 -r 100000 -t set --csv \
+            | tr -d '"' | awk -F, '$1 == "SET"')
+        c1=$(ticks "$rpid")
+        rps=$(echo "$out" | cut -d, -f2)
+        sent=$(metric "$ap" cacheside_broadcast_announcements_total)
+        keys=$(metric "$ap" cacheside_broadcast_announced_keys_total)
+        cpu=$(python3 -c "print(f'{($c1-$c0)*1e6/$HZ/$REQUESTS:.1f}')")
+        per=$(python3 -c "s=float('${sent:-0}'); print(f'{float(\"${keys:-0}\")/s:.1f}' if s else '-')")
+        rows+=("| $n | $batching | $rps | $cpu | ${sent:-0} | $per |")
+        echo "== $n subscribers, batching $batching: $rps writes/s, Redis $cpu µs CPU per written key" >&2
+        kill "$cpid" "$spid" "$rpid" 2>/dev/null || true
+        wait "$cpid" "$spid" "$rpid" 2>/dev/null || true
+        PIDS=()
+    done
+done
+
+echo
+echo "redis-benchmark SET through one cacheside (broadcast mode, 50 clients, -P 1, $REQUESTS writes, 100-byte values)"
+echo
+echo "| subscribers | batching | writes/s | Redis CPU µs per written key | batched PUBLISHes | keys per batched PUBLISH |"
+echo "|---:|---|---:|---:|---:|---:|"
+printf '%s\n' "${rows[@]}"
