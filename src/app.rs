@@ -8,6 +8,7 @@ use crate::metrics::Metrics;
 use crate::protocol::Proto;
 use crate::router::Router;
 use crate::server::{self, Ctx};
+use crate::tier::hot::settings::Coherence;
 use crate::tier::hot::{coherence, HotTier};
 use crate::tier::redis::Upstream;
 use crate::tier::store::{Policy, Store};
@@ -86,10 +87,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
-    let upstream = cfg
-        .upstream
-        .clone()
-        .map(|s| Arc::new(Upstream::start(s, metrics.clone())));
+    let upstream = match cfg.upstream.clone() {
+        Some(s) => Some(Upstream::start(s, metrics.clone()).await),
+        None => None,
+    };
     match &upstream {
         Some(u) => {
             tracing::info!(upstream = %u.settings().url, connections = u.settings().connections, "upstream configured");
@@ -112,10 +113,21 @@ pub async fn serve(
                 // Fire and forget: the reply is not awaited (see HotTier::announce_pinned_writes).
                 drop(publisher.send(Proto::Resp2, rand::random::<u32>() as u64, cmd, 1));
             });
+            // CLIENT TRACKING on one node would hear of writes to that node's slots only: a
+            // cluster's sidecars tell each other (PUBLISH reaches every node's subscribers).
+            let mode = match cfg.hot.coherence {
+                Coherence::Auto | Coherence::Tracking if u.cluster().is_some() => {
+                    if cfg.hot.coherence == Coherence::Tracking {
+                        tracing::warn!("hot.coherence = \"tracking\" cannot see a cluster's other nodes: broadcast is used");
+                    }
+                    Coherence::Broadcast
+                }
+                m => m,
+            };
             coherence::spawn(
                 tier.clone(),
                 u.settings_arc(),
-                cfg.hot.coherence,
+                mode,
                 cfg.hot.channel.clone(),
             );
             tracing::info!(
@@ -129,6 +141,9 @@ pub async fn serve(
         _ => None,
     };
     let mut router = Router::new(cfg.client_auth.clone(), upstream.is_some(), hot);
+    if let Some(u) = &upstream {
+        router = router.with_cluster_flag(u.cluster_flag());
+    }
     if let Some(db) = cfg.postgres.clone() {
         match Database::new(db) {
             Ok(db) => {

@@ -59,6 +59,7 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("upstream.tls_cert_file", Kind::Str),
     ("upstream.tls_key_file", Kind::Str),
     ("upstream.tls_insecure_skip_verify", Kind::Bool),
+    ("upstream.mode", Kind::Str),
     ("admin.listen", Kind::Str),
     ("log.level", Kind::Str),
     ("log.format", Kind::Str),

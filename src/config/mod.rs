@@ -238,6 +238,8 @@ pub struct UpstreamConfig {
     pub tls_key_file: Option<PathBuf>,
     /// Accept any certificate (tests only; logged as a warning).
     pub tls_insecure_skip_verify: bool,
+    /// `auto` (detect from the seed node), `standalone` or `cluster`.
+    pub mode: String,
 }
 
 impl Default for UpstreamConfig {
@@ -255,6 +257,7 @@ impl Default for UpstreamConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_insecure_skip_verify: false,
+            mode: "auto".into(),
         }
     }
 }

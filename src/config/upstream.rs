@@ -21,6 +21,16 @@ pub struct UpstreamSettings {
     pub command_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    pub mode: Mode,
+}
+
+/// Whether the upstream is one Redis or a Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Asks the seed node (`INFO cluster`) at start.
+    Auto,
+    Standalone,
+    Cluster,
 }
 
 impl UpstreamSettings {
@@ -99,6 +109,26 @@ pub(super) fn validate(u: &UpstreamConfig) -> Result<Option<UpstreamSettings>, C
         ));
     }
     let tls = validate_tls(u, &url)?;
+    let mode = match u.mode.as_str() {
+        "auto" => Mode::Auto,
+        "standalone" => Mode::Standalone,
+        "cluster" => Mode::Cluster,
+        other => {
+            return Err(ConfigError::invalid(
+                "upstream.mode",
+                format!("{other:?} must be \"auto\", \"standalone\" or \"cluster\""),
+            ))
+        }
+    };
+    if mode == Mode::Cluster && url.db != 0 {
+        return Err(ConfigError::invalid(
+            "upstream.url",
+            format!(
+                "database {} in the URL: a Redis Cluster has only database 0",
+                url.db
+            ),
+        ));
+    }
     Ok(Some(UpstreamSettings {
         url,
         password_file: u.password_file.clone(),
@@ -108,6 +138,7 @@ pub(super) fn validate(u: &UpstreamConfig) -> Result<Option<UpstreamSettings>, C
         command_timeout: positive("upstream.command_timeout", u.command_timeout.get())?,
         reconnect_min,
         reconnect_max,
+        mode,
     }))
 }
 
@@ -191,6 +222,31 @@ mod tests {
             .and_then(Config::validate)
             .unwrap();
         assert!(v.upstream.unwrap().tls.is_some());
+    }
+
+    #[test]
+    fn mode_is_one_of_three_words() {
+        assert!(err("[upstream]\nurl = \"redis://h\"\nmode = \"sharded\"\n")
+            .starts_with("upstream.mode: \"sharded\" must be \"auto\""));
+        assert!(
+            err("[upstream]\nurl = \"redis://h/2\"\nmode = \"cluster\"\n")
+                .starts_with("upstream.url: database 2")
+        );
+        for (word, mode) in [
+            ("auto", super::Mode::Auto),
+            ("standalone", super::Mode::Standalone),
+            ("cluster", super::Mode::Cluster),
+        ] {
+            let toml = format!("[upstream]\nurl = \"redis://h\"\nmode = \"{word}\"\n");
+            let v = Config::from_toml(&toml, "t")
+                .and_then(Config::validate)
+                .unwrap();
+            assert_eq!(v.upstream.unwrap().mode, mode);
+        }
+        let v = Config::from_toml("[upstream]\nurl = \"redis://h\"\n", "t")
+            .and_then(Config::validate)
+            .unwrap();
+        assert_eq!(v.upstream.unwrap().mode, super::Mode::Auto);
     }
 
     #[test]

@@ -74,11 +74,11 @@ pub struct Pinned {
 impl Pinned {
     pub(super) async fn open(
         settings: &Settings,
+        addr: Arc<str>,
         proto: Proto,
         client_name: Option<&[u8]>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, UpstreamError> {
-        let addr: Arc<str> = settings.url.addr().into();
         let hs = Handshake {
             settings,
             proto,
@@ -100,6 +100,11 @@ impl Pinned {
             upstream_id,
             dead: false,
         })
+    }
+
+    /// The node this connection goes to.
+    pub fn addr(&self) -> &Arc<str> {
+        &self.addr
     }
 
     /// This connection's id upstream (`CLIENT ID` as the upstream answers it).
