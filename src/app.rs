@@ -8,7 +8,6 @@ use crate::metrics::Metrics;
 use crate::protocol::Proto;
 use crate::router::Router;
 use crate::server::{self, Ctx};
-use crate::tier::hot::settings::Coherence;
 use crate::tier::hot::{coherence, HotTier};
 use crate::tier::redis::Upstream;
 use crate::tier::store::{Policy, Store};
@@ -105,29 +104,27 @@ pub async fn serve(
         }
         None => tracing::info!("no upstream configured (upstream.url): standalone mode"),
     }
+    // A cluster found by `upstream.mode = "auto"` (config validation refuses "cluster" with
+    // these): neither the hot tier nor read-through is coherent on a cluster yet.
+    let cluster = upstream.as_ref().is_some_and(|u| u.cluster().is_some());
+    if cluster && !cfg.hot.rules.is_empty() {
+        tracing::error!("the upstream is a Redis Cluster: the hot tier ([[cache]]) is not supported there yet and is off");
+    }
+    if cluster && !cfg.mappings.is_empty() {
+        tracing::error!("the upstream is a Redis Cluster: read-through ([[mapping]]) is not supported there yet and is off");
+    }
     let hot = match &upstream {
-        Some(u) if !cfg.hot.rules.is_empty() => {
+        Some(u) if !cfg.hot.rules.is_empty() && !cluster => {
             let tier = HotTier::new(&cfg.hot, metrics.clone());
             let publisher = u.clone();
             tier.set_publisher(move |cmd| {
                 // Fire and forget: the reply is not awaited (see HotTier::announce_pinned_writes).
                 drop(publisher.send(Proto::Resp2, rand::random::<u32>() as u64, cmd, 1));
             });
-            // CLIENT TRACKING on one node would hear of writes to that node's slots only: a
-            // cluster's sidecars tell each other (PUBLISH reaches every node's subscribers).
-            let mode = match cfg.hot.coherence {
-                Coherence::Auto | Coherence::Tracking if u.cluster().is_some() => {
-                    if cfg.hot.coherence == Coherence::Tracking {
-                        tracing::warn!("hot.coherence = \"tracking\" cannot see a cluster's other nodes: broadcast is used");
-                    }
-                    Coherence::Broadcast
-                }
-                m => m,
-            };
             coherence::spawn(
                 tier.clone(),
                 u.settings_arc(),
-                mode,
+                cfg.hot.coherence,
                 cfg.hot.channel.clone(),
             );
             tracing::info!(
@@ -144,7 +141,7 @@ pub async fn serve(
     if let Some(u) = &upstream {
         router = router.with_cluster_flag(u.cluster_flag());
     }
-    if let Some(db) = cfg.postgres.clone() {
+    if let Some(db) = cfg.postgres.clone().filter(|_| !cluster) {
         match Database::new(db) {
             Ok(db) => {
                 let loader = Loader::new(

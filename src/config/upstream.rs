@@ -247,6 +247,8 @@ mod tests {
             .and_then(Config::validate)
             .unwrap();
         assert_eq!(v.upstream.unwrap().mode, super::Mode::Auto);
+        let cached = "[upstream]\nurl = \"redis://h\"\nmode = \"cluster\"\n[[cache]]\nkeys = \"a:*\"\nttl = \"1s\"\n";
+        assert!(err(cached).starts_with("upstream.mode: \"cluster\" does not support the hot tier"));
     }
 
     #[test]
