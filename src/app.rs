@@ -86,10 +86,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
-    let upstream = cfg
-        .upstream
-        .clone()
-        .map(|s| Arc::new(Upstream::start(s, metrics.clone())));
+    let upstream = match cfg.upstream.clone() {
+        Some(s) => Some(Upstream::start(s, metrics.clone()).await),
+        None => None,
+    };
     match &upstream {
         Some(u) => {
             tracing::info!(upstream = %u.settings().url, connections = u.settings().connections, iam_user = u.settings().iam.as_ref().map(|i| i.settings().user_id.as_str()), "upstream configured");
@@ -104,8 +104,17 @@ pub async fn serve(
         }
         None => tracing::info!("no upstream configured (upstream.url): standalone mode"),
     }
+    // A cluster found by `upstream.mode = "auto"` (config validation refuses "cluster" with
+    // these): neither the hot tier nor read-through is coherent on a cluster yet.
+    let cluster = upstream.as_ref().is_some_and(|u| u.cluster().is_some());
+    if cluster && !cfg.hot.rules.is_empty() {
+        tracing::error!("the upstream is a Redis Cluster: the hot tier ([[cache]]) is not supported there yet and is off");
+    }
+    if cluster && !cfg.mappings.is_empty() {
+        tracing::error!("the upstream is a Redis Cluster: read-through ([[mapping]]) is not supported there yet and is off");
+    }
     let hot = match &upstream {
-        Some(u) if !cfg.hot.rules.is_empty() => {
+        Some(u) if !cfg.hot.rules.is_empty() && !cluster => {
             let tier = HotTier::new(&cfg.hot, metrics.clone());
             let publisher = u.clone();
             tier.set_publisher(Box::new(move |cmd| {
@@ -130,7 +139,10 @@ pub async fn serve(
         _ => None,
     };
     let mut router = Router::new(cfg.client_auth.clone(), upstream.is_some(), hot);
-    if let Some(db) = cfg.postgres.clone() {
+    if let Some(u) = &upstream {
+        router = router.with_cluster_flag(u.cluster_flag());
+    }
+    if let Some(db) = cfg.postgres.clone().filter(|_| !cluster) {
         match Database::new(db) {
             Ok(db) => {
                 let loader = Loader::new(

@@ -63,6 +63,7 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("upstream.iam.cache_name", Kind::Str),
     ("upstream.iam.user_id", Kind::Str),
     ("upstream.iam.serverless", Kind::Bool),
+    ("upstream.mode", Kind::Str),
     ("admin.listen", Kind::Str),
     ("log.level", Kind::Str),
     ("log.format", Kind::Str),

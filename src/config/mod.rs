@@ -244,6 +244,8 @@ pub struct UpstreamConfig {
     pub tls_insecure_skip_verify: bool,
     /// `[upstream.iam]`: ElastiCache IAM authentication instead of a password.
     pub iam: Option<IamConfig>,
+    /// `auto` (detect from the seed node), `standalone` or `cluster`.
+    pub mode: String,
 }
 
 /// `[upstream.iam]`: mint an ElastiCache IAM token per connection as the AUTH password.
@@ -273,6 +275,7 @@ impl Default for UpstreamConfig {
             tls_key_file: None,
             tls_insecure_skip_verify: false,
             iam: None,
+            mode: "auto".into(),
         }
     }
 }

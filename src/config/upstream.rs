@@ -23,6 +23,16 @@ pub struct UpstreamSettings {
     pub reconnect_max: Duration,
     /// `upstream.iam`: ElastiCache IAM tokens instead of a password.
     pub iam: Option<crate::tier::redis::iam::IamAuth>,
+    pub mode: Mode,
+}
+
+/// Whether the upstream is one Redis or a Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Asks the seed node (`INFO cluster`) at start.
+    Auto,
+    Standalone,
+    Cluster,
 }
 
 impl UpstreamSettings {
@@ -106,6 +116,26 @@ pub(super) fn validate(u: &UpstreamConfig) -> Result<Option<UpstreamSettings>, C
     }
     let tls = validate_tls(u, &url)?;
     let iam = super::iam::validate(u, &url)?;
+    let mode = match u.mode.as_str() {
+        "auto" => Mode::Auto,
+        "standalone" => Mode::Standalone,
+        "cluster" => Mode::Cluster,
+        other => {
+            return Err(ConfigError::invalid(
+                "upstream.mode",
+                format!("{other:?} must be \"auto\", \"standalone\" or \"cluster\""),
+            ))
+        }
+    };
+    if mode == Mode::Cluster && url.db != 0 {
+        return Err(ConfigError::invalid(
+            "upstream.url",
+            format!(
+                "database {} in the URL: a Redis Cluster has only database 0",
+                url.db
+            ),
+        ));
+    }
     Ok(Some(UpstreamSettings {
         iam,
         url,
@@ -116,6 +146,7 @@ pub(super) fn validate(u: &UpstreamConfig) -> Result<Option<UpstreamSettings>, C
         command_timeout: positive("upstream.command_timeout", u.command_timeout.get())?,
         reconnect_min,
         reconnect_max,
+        mode,
     }))
 }
 
@@ -199,6 +230,33 @@ mod tests {
             .and_then(Config::validate)
             .unwrap();
         assert!(v.upstream.unwrap().tls.is_some());
+    }
+
+    #[test]
+    fn mode_is_one_of_three_words() {
+        assert!(err("[upstream]\nurl = \"redis://h\"\nmode = \"sharded\"\n")
+            .starts_with("upstream.mode: \"sharded\" must be \"auto\""));
+        assert!(
+            err("[upstream]\nurl = \"redis://h/2\"\nmode = \"cluster\"\n")
+                .starts_with("upstream.url: database 2")
+        );
+        for (word, mode) in [
+            ("auto", super::Mode::Auto),
+            ("standalone", super::Mode::Standalone),
+            ("cluster", super::Mode::Cluster),
+        ] {
+            let toml = format!("[upstream]\nurl = \"redis://h\"\nmode = \"{word}\"\n");
+            let v = Config::from_toml(&toml, "t")
+                .and_then(Config::validate)
+                .unwrap();
+            assert_eq!(v.upstream.unwrap().mode, mode);
+        }
+        let v = Config::from_toml("[upstream]\nurl = \"redis://h\"\n", "t")
+            .and_then(Config::validate)
+            .unwrap();
+        assert_eq!(v.upstream.unwrap().mode, super::Mode::Auto);
+        let cached = "[upstream]\nurl = \"redis://h\"\nmode = \"cluster\"\n[[cache]]\nkeys = \"a:*\"\nttl = \"1s\"\n";
+        assert!(err(cached).starts_with("upstream.mode: \"cluster\" does not support the hot tier"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ impl std::fmt::Debug for ClientAuth {
     }
 }
 
-pub use super::upstream::UpstreamSettings;
+pub use super::upstream::{Mode as UpstreamMode, UpstreamSettings};
 
 pub use crate::tier::hot::settings::{Coherence, HotSettings, RuleSettings};
 
@@ -358,6 +358,18 @@ impl Config {
         }
         let hot = validate_hot(&self)?;
         let (postgres, mappings) = validate_loader(&self)?;
+        if upstream
+            .as_ref()
+            .is_some_and(|u| u.mode == UpstreamMode::Cluster)
+            && (!hot.rules.is_empty() || !mappings.is_empty())
+        {
+            // Invalidations cross a cluster's bus after the write is acknowledged, and fills
+            // use scripts over keys of several slots: neither is coherent there yet.
+            return Err(ConfigError::invalid(
+                "upstream.mode",
+                "\"cluster\" does not support the hot tier ([[cache]]) or read-through ([[mapping]]) yet",
+            ));
+        }
         let mut warm = Vec::new();
         for (i, w) in self.warm.iter().enumerate() {
             if !mappings.iter().any(|m| m.name == w.mapping) {

@@ -18,6 +18,7 @@ use crate::protocol::{Proto, Request};
 use crate::tier::hot::{HotTier, WriteGuard};
 use crate::tier::store::Store;
 use bytes::{Bytes, BytesMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// What cacheside knows about one client connection.
@@ -225,6 +226,8 @@ pub struct Router {
     loader: Option<Arc<Loader>>,
     /// The connected clients, for CLIENT LIST/INFO/KILL.
     clients: Arc<clients::Registry>,
+    /// Set once the upstream runs as a Redis Cluster (which has only database 0).
+    cluster: Arc<AtomicBool>,
 }
 
 impl Router {
@@ -236,7 +239,14 @@ impl Router {
             store: None,
             loader: None,
             clients: Arc::default(),
+            cluster: Arc::default(),
         }
+    }
+
+    /// The upstream's flag that says it is a Redis Cluster.
+    pub fn with_cluster_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cluster = flag;
+        self
     }
 
     /// The connected clients.
@@ -379,6 +389,17 @@ impl Router {
             }
             Route::Local(Local::Client) if pinned && !st.in_multi && introspection(req) => {
                 self.introspect(st, req)
+            }
+            // What Redis Cluster answers: it has database 0 only.
+            Route::Local(Local::Select)
+                if !st.in_multi
+                    && self.cluster.load(Ordering::Acquire)
+                    && parse_db(req.arg(1)).is_some_and(|db| db != 0)
+                    && req.argc() == 2 =>
+            {
+                Decision::Fail(ProxyError::Command(
+                    "ERR SELECT is not allowed in cluster mode".into(),
+                ))
             }
             _ if pinned => match info.route {
                 Route::Local(Local::Select)

@@ -71,6 +71,8 @@ pub(super) struct Session {
     last_cmd: &'static str,
     /// A read that missed was queued since the last `ReadEnd`.
     fills_queued: bool,
+    /// Cluster mode: the open transaction is on the node of its first key (see `rehome`).
+    multi_homed: bool,
 }
 
 impl Session {
@@ -109,6 +111,7 @@ impl Session {
             me,
             last_cmd: "",
             fills_queued: false,
+            multi_homed: false,
         }
     }
 

@@ -22,9 +22,18 @@ impl Session {
         info: &'static CommandInfo,
         decision: Decision,
     ) -> Result<(), Stop> {
+        let key = info.key_indices(&req).first().map(|&i| req.arg_bytes(i));
+        if info.name == "MULTI" {
+            self.multi_homed = false;
+        } else if let (true, Some(k)) = (self.st.in_multi && !self.multi_homed, &key) {
+            self.multi_homed = true;
+            if self.pinned_active && !self.st.watching {
+                self.rehome(chunk, k).await?;
+            }
+        }
         if !self.pinned_active {
             self.flush_run(chunk).await?;
-            if let Err(e) = self.enter_pinned().await {
+            if let Err(e) = self.enter_pinned(key.as_deref()).await {
                 self.ctx.metrics.command(info.family, Outcome::Rejected);
                 return self
                     .reply(crate::error::reply_bytes(&ProxyError::Upstream(e)))
@@ -136,19 +145,24 @@ impl Session {
 
     /// Opens (or reuses) the pinned connection and starts relaying its frames to the client,
     /// after every shared command sent before has executed.
-    async fn enter_pinned(&mut self) -> Result<(), UpstreamError> {
+    /// In cluster mode the connection goes to the primary of `key`'s slot.
+    async fn enter_pinned(&mut self, key: Option<&[u8]>) -> Result<(), UpstreamError> {
         if self.shared_dirty {
             self.barrier().await.map_err(|_| UpstreamError::Closed {
                 addr: "client".into(),
             })?;
         }
-        // A kept connection of the other protocol, or one near IAM's 12-hour limit (it holds no
-        // state between pinned phases), is replaced.
-        if self
-            .pinned
-            .as_ref()
-            .is_some_and(|p| self.pinned_proto != self.st.proto || p.reauth_due())
-        {
+        // A kept connection of the other protocol, on another primary than the key's (cluster
+        // mode), or near IAM's 12-hour limit (it holds no state between pinned phases), is
+        // replaced.
+        let want = key.and_then(|k| {
+            let c = self.ctx.upstream.as_ref()?.cluster()?;
+            c.addr_for(Some(k)).ok()
+        });
+        let elsewhere = matches!((&self.pinned, &want), (Some(p), Some(w)) if p.addr() != w);
+        if self.pinned.as_ref().is_some_and(|p| {
+            self.pinned_proto != self.st.proto || elsewhere || p.reauth_due()
+        }) {
             if self.release_pending {
                 let _ = self.barrier().await;
             }
@@ -163,7 +177,11 @@ impl Session {
                         addr: "none".into(),
                         detail: "no upstream configured".into(),
                     })?;
-            self.pinned = Some(upstream.pin(self.st.proto, self.st.name.as_deref()).await?);
+            self.pinned = Some(
+                upstream
+                    .pin(self.st.proto, self.st.name.as_deref(), key)
+                    .await?,
+            );
             self.pinned_proto = self.st.proto;
             let upstream_id = self.pinned.as_ref().and_then(|p| p.upstream_id());
             self.me.client.set_upstream_id(upstream_id);
@@ -181,6 +199,35 @@ impl Session {
         self.pinned_active = true;
         self.release_pending = false;
         Ok(())
+    }
+
+    /// Cluster mode: a transaction's first key decides its node. MULTI went to any primary;
+    /// if the key lives on another, the open transaction is left (its connection closed, which
+    /// discards it) and begun again, unseen by the client, on the key's primary.
+    async fn rehome(&mut self, chunk: &Bytes, key: &[u8]) -> Result<(), Stop> {
+        let cluster = self.ctx.upstream.as_ref().and_then(|u| u.cluster());
+        let Some(want) = cluster.and_then(|c| c.addr_for(Some(key)).ok()) else {
+            return Ok(());
+        };
+        if self.pinned.as_ref().is_none_or(|p| *p.addr() == want) {
+            return Ok(());
+        }
+        self.flush_run(chunk).await?;
+        if let Some(p) = &mut self.pinned {
+            p.release();
+        }
+        self.pinned_active = false;
+        self.release_pending = true;
+        self.barrier().await?;
+        self.pinned = None;
+        if let Err(e) = self.enter_pinned(Some(key)).await {
+            return Err(self.fail_and_close(ProxyError::PinnedLost(e)).await);
+        }
+        if let Some(p) = &mut self.pinned {
+            p.expect(crate::protocol::reply::Expect::Hidden);
+        }
+        let multi = crate::protocol::request::encode_command(&["MULTI"]);
+        self.send_to(Dest::Pinned, multi, 1, None).await
     }
 
     /// Sends the current (pinned) run with a command of cacheside's own after it, in one write.

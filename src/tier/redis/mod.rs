@@ -1,11 +1,13 @@
 //! The upstream Redis tier: shared pipelined pools (one per protocol version) and pinned
-//! connections. Cluster mode will add per-node pools chosen by hash slot behind the same `send`.
+//! connections, to one Redis or, in cluster mode, to the primary of each command's hash slot.
 
+pub mod cluster;
 pub(crate) mod conn;
 pub mod iam;
 mod pinned;
 mod pool;
 
+pub use crate::config::validate::UpstreamMode as Mode;
 pub use crate::config::validate::UpstreamSettings as Settings;
 pub use pinned::{BeforeReply, Pinned};
 pub use pool::{BatchResult, Pool, ReplyRx};
@@ -14,63 +16,166 @@ use crate::error::UpstreamError;
 use crate::metrics::Metrics;
 use crate::protocol::Proto;
 use bytes::Bytes;
+use cluster::Cluster;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 pub struct Upstream {
     settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    /// One Redis: the URL's node.
+    standalone: OnceLock<Standalone>,
+    /// A Redis Cluster seeded by the URL's node. Once set, every command goes to it.
+    cluster: OnceLock<Arc<Cluster>>,
+    /// Set with `cluster`, for the router (which answers SELECT as a cluster does).
+    cluster_flag: Arc<AtomicBool>,
+}
+
+struct Standalone {
     resp2: Pool,
     /// Created when the first client switches to RESP3, so an upstream without HELLO is never
     /// asked for it unless a client wants it.
     resp3: OnceLock<Pool>,
-    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Self {
-        let settings = Arc::new(settings);
-        let resp2 = Pool::start(settings.clone(), Proto::Resp2, metrics.clone());
-        Self {
-            settings,
-            resp2,
-            resp3: OnceLock::new(),
+    /// Starts the upstream in its configured mode. `auto` asks the URL's node first
+    /// (`INFO cluster`); a node that cannot be asked now is taken for one Redis, and asked
+    /// again in the background until it answers (a cluster then takes over).
+    pub async fn start(settings: Settings, metrics: Arc<Metrics>) -> Arc<Self> {
+        let up = Arc::new(Self {
+            settings: Arc::new(settings),
             metrics,
+            standalone: OnceLock::new(),
+            cluster: OnceLock::new(),
+            cluster_flag: Arc::default(),
+        });
+        let seed: Arc<str> = up.settings.url.addr().into();
+        match up.settings.mode {
+            Mode::Standalone => up.start_standalone(),
+            Mode::Cluster => up.start_cluster().await,
+            Mode::Auto => match cluster::topology::cluster_enabled(&up.settings, &seed).await {
+                Ok(true) => up.start_cluster().await,
+                Ok(false) => up.start_standalone(),
+                Err(e) => {
+                    tracing::warn!(upstream = %seed, error = %e, "upstream.mode = auto: cannot ask the upstream whether it is a cluster yet; one Redis until it answers");
+                    up.start_standalone();
+                    tokio::spawn(detect_later(Arc::downgrade(&up), seed));
+                }
+            },
         }
+        up
+    }
+
+    fn start_standalone(&self) {
+        self.standalone.get_or_init(|| Standalone {
+            resp2: Pool::start(self.settings.clone(), Proto::Resp2, self.metrics.clone()),
+            resp3: OnceLock::new(),
+        });
+    }
+
+    /// Cluster mode: reads the slot map once before returning (bounded by the timeouts), so
+    /// the first clients find it; it is retried in the background when that fails.
+    async fn start_cluster(&self) {
+        let c = self
+            .cluster
+            .get_or_init(|| Cluster::start(self.settings.clone(), self.metrics.clone()));
+        self.cluster_flag.store(true, Ordering::Release);
+        if c.topology().is_none() {
+            let _ = c.refresh().await;
+        }
+        tracing::info!(seed = %self.settings.url.addr(), "upstream is a Redis Cluster");
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
 
-    /// Whether the upstream answers now (at least one shared connection is up).
-    pub fn is_up(&self) -> bool {
-        self.resp2.up_count() > 0
+    /// True once the upstream runs as a cluster (shared with the router).
+    pub fn cluster_flag(&self) -> Arc<AtomicBool> {
+        self.cluster_flag.clone()
     }
 
-    fn pool(&self, proto: Proto) -> &Pool {
-        match proto {
-            Proto::Resp2 => &self.resp2,
-            Proto::Resp3 => self.resp3.get_or_init(|| {
-                Pool::start(self.settings.clone(), Proto::Resp3, self.metrics.clone())
-            }),
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Whether the upstream answers now (at least one shared connection is up; in cluster
+    /// mode, one to every primary).
+    pub fn is_up(&self) -> bool {
+        match (self.cluster.get(), self.standalone.get()) {
+            (Some(c), _) => c.is_up(),
+            (None, Some(s)) => s.resp2.up_count() > 0,
+            (None, None) => false,
         }
     }
 
     /// Sends `count` complete requests on a shared connection speaking `proto`; `affinity` (the
     /// client id) keeps one client's commands on one connection, in order.
     pub fn send(&self, proto: Proto, affinity: u64, bytes: Bytes, count: u32) -> ReplyRx {
-        self.pool(proto).send(affinity as usize, bytes, count)
+        if let Some(c) = self.cluster.get() {
+            return c.send(proto, affinity, bytes, count);
+        }
+        match self.standalone.get() {
+            Some(s) => {
+                let pool = match proto {
+                    Proto::Resp2 => &s.resp2,
+                    Proto::Resp3 => s.resp3.get_or_init(|| {
+                        Pool::start(self.settings.clone(), Proto::Resp3, self.metrics.clone())
+                    }),
+                };
+                pool.send(affinity as usize, bytes, count)
+            }
+            None => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = tx.send(Err(UpstreamError::Unavailable {
+                    addr: self.settings.url.addr().into(),
+                    detail: "not started".into(),
+                }));
+                rx
+            }
+        }
     }
 
-    /// Opens a connection of one client's own.
+    /// Opens a connection of one client's own; in cluster mode to the primary of `key`'s slot
+    /// (any primary for no key).
     pub async fn pin(
         &self,
         proto: Proto,
         client_name: Option<&[u8]>,
+        key: Option<&[u8]>,
     ) -> Result<Pinned, UpstreamError> {
-        Pinned::open(&self.settings, proto, client_name, self.metrics.clone()).await
+        let addr: Arc<str> = match self.cluster.get() {
+            Some(c) => c.addr_for(key)?,
+            None => self.settings.url.addr().into(),
+        };
+        Pinned::open(
+            &self.settings,
+            addr,
+            proto,
+            client_name,
+            self.metrics.clone(),
+        )
+        .await
     }
 
     pub fn settings_arc(&self) -> Arc<Settings> {
         self.settings.clone()
+    }
+}
+
+/// `auto` mode after the first question went unanswered: asks again, with backoff, until the
+/// node answers; a cluster then takes over from the standalone pools.
+async fn detect_later(up: std::sync::Weak<Upstream>, seed: Arc<str>) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(u) = up.upgrade() else { return };
+        match cluster::topology::cluster_enabled(&u.settings, &seed).await {
+            Ok(true) => return u.start_cluster().await,
+            Ok(false) => return,
+            Err(_) => wait = (wait * 2).min(u.settings.reconnect_max),
+        }
     }
 }

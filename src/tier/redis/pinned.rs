@@ -76,11 +76,11 @@ pub struct Pinned {
 impl Pinned {
     pub(super) async fn open(
         settings: &Settings,
+        addr: Arc<str>,
         proto: Proto,
         client_name: Option<&[u8]>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, UpstreamError> {
-        let addr: Arc<str> = settings.url.addr().into();
         let hs = Handshake {
             settings,
             proto,
@@ -115,6 +115,11 @@ impl Pinned {
     pub fn reauth_due(&self) -> bool {
         self.reauth_at
             .is_some_and(|at| tokio::time::Instant::now() >= at)
+    }
+
+    /// The node this connection goes to.
+    pub fn addr(&self) -> &Arc<str> {
+        &self.addr
     }
 
     /// This connection's id upstream (`CLIENT ID` as the upstream answers it).

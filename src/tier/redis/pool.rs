@@ -67,6 +67,16 @@ impl Pool {
     /// Starts `settings.connections` supervisors; they connect in the background.
     pub fn start(settings: Arc<Settings>, proto: Proto, metrics: Arc<Metrics>) -> Self {
         let addr: Arc<str> = settings.url.addr().into();
+        Self::start_at(settings, addr, proto, metrics)
+    }
+
+    /// Like `start`, to the node at `addr` (a cluster node) with the URL's credentials and TLS.
+    pub fn start_at(
+        settings: Arc<Settings>,
+        addr: Arc<str>,
+        proto: Proto,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let up = Arc::new(AtomicUsize::new(0));
         let slots = (0..settings.connections)
             .map(|_| {

@@ -1,0 +1,415 @@
+//! Redis Cluster upstream: the slot map, one pipelined pool per primary, and each client batch
+//! routed by hash slot, split and merged where a command spans slots, with MOVED and ASK
+//! followed (bounded) so the client sees one non-cluster Redis.
+//!
+//! A batch is planned and queued on the nodes' pools in the caller, so one client's commands
+//! reach each node in the order it sent them; a task per batch then gathers the replies,
+//! follows redirections and merges, and hands the batch's replies back in request order.
+
+mod batch;
+pub mod slot;
+mod split;
+pub mod topology;
+
+use super::{Pool, ReplyRx, Settings};
+use crate::error::{reply_bytes, ProxyError, UpstreamError};
+use crate::metrics::Metrics;
+use crate::protocol::reply::{self, Proto};
+use crate::protocol::request::{self, Limits, Step};
+use crate::protocol::Request;
+use batch::{Batch, Sent};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+pub use topology::Topology;
+
+/// Redirections followed for one command before its last error goes to the client.
+const MAX_REDIRECTS: usize = 5;
+/// Slot map refreshes are at least this far apart, however many MOVED replies arrive, so a
+/// fleet of sidecars cannot storm the cluster with CLUSTER SHARDS.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(500);
+/// The slot map is re-read this often even when nothing points at a change (failovers).
+const REFRESH_PERIOD: Duration = Duration::from_secs(10);
+
+/// One primary's shared connections, one pool per protocol version.
+struct Node {
+    addr: Arc<str>,
+    resp2: Pool,
+    resp3: OnceLock<Pool>,
+}
+
+pub struct Cluster {
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    seed: Arc<str>,
+    topology: RwLock<Option<Arc<Topology>>>,
+    /// Every node ever routed to (primaries, and targets of MOVED/ASK), by address.
+    nodes: Mutex<HashMap<Arc<str>, Arc<Node>>>,
+    refreshing: AtomicBool,
+    last_refresh: Mutex<Option<Instant>>,
+}
+
+impl Cluster {
+    /// Starts with no slot map; it is read from the seed (the URL's node) in the background and
+    /// every `REFRESH_PERIOD` after.
+    pub fn start(settings: Arc<Settings>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let seed: Arc<str> = settings.url.addr().into();
+        let c = Arc::new(Self {
+            settings,
+            metrics,
+            seed,
+            topology: RwLock::new(None),
+            nodes: Mutex::new(HashMap::new()),
+            refreshing: AtomicBool::new(false),
+            last_refresh: Mutex::new(None),
+        });
+        tokio::spawn(periodic(Arc::downgrade(&c)));
+        c
+    }
+
+    pub fn topology(&self) -> Option<Arc<Topology>> {
+        self.topology
+            .read()
+            .expect("topology lock is never poisoned")
+            .clone()
+    }
+
+    /// Whether the slot map is known and every primary has a connection up.
+    pub fn is_up(&self) -> bool {
+        self.topology().is_some_and(|t| {
+            t.primaries
+                .iter()
+                .all(|a| self.node(a).resp2.up_count() > 0)
+        })
+    }
+
+    fn node(&self, addr: &Arc<str>) -> Arc<Node> {
+        let mut nodes = self.nodes.lock().expect("nodes lock is never poisoned");
+        nodes
+            .entry(addr.clone())
+            .or_insert_with(|| {
+                Arc::new(Node {
+                    addr: addr.clone(),
+                    resp2: Pool::start_at(
+                        self.settings.clone(),
+                        addr.clone(),
+                        Proto::Resp2,
+                        self.metrics.clone(),
+                    ),
+                    resp3: OnceLock::new(),
+                })
+            })
+            .clone()
+    }
+
+    fn pool<'a>(&self, node: &'a Node, proto: Proto) -> &'a Pool {
+        match proto {
+            Proto::Resp2 => &node.resp2,
+            Proto::Resp3 => node.resp3.get_or_init(|| {
+                Pool::start_at(
+                    self.settings.clone(),
+                    node.addr.clone(),
+                    Proto::Resp3,
+                    self.metrics.clone(),
+                )
+            }),
+        }
+    }
+
+    /// The address of the primary serving `key`'s slot (any primary for no key): where a
+    /// client's pinned connection goes.
+    pub fn addr_for(&self, key: Option<&[u8]>) -> Result<Arc<str>, UpstreamError> {
+        let t = self.topology().ok_or_else(|| self.not_mapped())?;
+        let node = match key {
+            Some(k) => t.node_of(slot::of(k)),
+            None => Some(0),
+        };
+        node.and_then(|n| t.primaries.get(n).cloned())
+            .ok_or_else(|| UpstreamError::Unavailable {
+                addr: self.seed.clone(),
+                detail: "no primary serves the key's slot".into(),
+            })
+    }
+
+    fn not_mapped(&self) -> UpstreamError {
+        UpstreamError::Unavailable {
+            addr: self.seed.clone(),
+            detail: "the cluster's slot map is not known yet".into(),
+        }
+    }
+
+    /// Reads the slot map now from a known primary or the seed; starts pools for new primaries.
+    pub async fn refresh(&self) -> Result<(), UpstreamError> {
+        *self
+            .last_refresh
+            .lock()
+            .expect("refresh lock is never poisoned") = Some(Instant::now());
+        let mut candidates: Vec<Arc<str>> = self
+            .topology()
+            .map(|t| t.primaries.clone())
+            .unwrap_or_default();
+        candidates.push(self.seed.clone());
+        let mut last = None;
+        for addr in candidates {
+            match topology::fetch(&self.settings, &addr).await {
+                Ok(t) => {
+                    for a in &t.primaries {
+                        self.node(a);
+                    }
+                    let mut cur = self
+                        .topology
+                        .write()
+                        .expect("topology lock is never poisoned");
+                    if cur.as_deref() != Some(&t) {
+                        tracing::info!(primaries = ?t.primaries, "cluster slot map read");
+                        *cur = Some(Arc::new(t));
+                    }
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let err = last.unwrap_or_else(|| self.not_mapped());
+        tracing::warn!(error = %err, "cluster slot map refresh failed");
+        Err(err)
+    }
+
+    /// Refreshes the slot map in the background unless one ran within `MIN_REFRESH_INTERVAL`
+    /// or one is running.
+    fn refresh_soon(self: &Arc<Self>) {
+        let recent = self
+            .last_refresh
+            .lock()
+            .expect("refresh lock is never poisoned")
+            .is_some_and(|t| t.elapsed() < MIN_REFRESH_INTERVAL);
+        if recent || self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _ = me.refresh().await;
+            me.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Sends `count` complete requests of one client; the replies come back on the receiver in
+    /// request order, one frame per request.
+    pub fn send(
+        self: &Arc<Self>,
+        proto: Proto,
+        affinity: u64,
+        bytes: Bytes,
+        count: u32,
+    ) -> ReplyRx {
+        let (tx, rx) = oneshot::channel();
+        let Some(topo) = self.topology() else {
+            self.refresh_soon();
+            let _ = tx.send(Err(self.not_mapped()));
+            return rx;
+        };
+        let Some(reqs) = parse_batch(&bytes, count) else {
+            let _ = tx.send(Ok(repeat(
+                &reply_bytes(&ProxyError::Internal("unparsable batch")),
+                count,
+            )));
+            return rx;
+        };
+        let mut batch = Batch::new(proto, affinity);
+        for req in &reqs {
+            batch.add(split::plan(req, &topo));
+        }
+        let sends = batch.dispatch(self, &topo, bytes);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let out = me.gather(batch, sends).await;
+            let _ = tx.send(Ok(out));
+        });
+        rx
+    }
+
+    /// Awaits every node's replies, follows redirections, merges each request's parts.
+    async fn gather(self: Arc<Self>, mut batch: Batch, sends: Vec<Sent>) -> Bytes {
+        for sent in sends {
+            let replies = match sent.rx.await {
+                Ok(Ok(bytes)) => reply::split(&bytes, sent.places.len(), batch.proto)
+                    .map(|v| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>())
+                    .ok_or(ProxyError::UpstreamReply),
+                Ok(Err(e)) => {
+                    self.refresh_soon();
+                    Err(ProxyError::Upstream(e))
+                }
+                Err(_) => Err(ProxyError::Internal("upstream pool dropped a batch")),
+            };
+            match replies {
+                Ok(replies) => {
+                    for (place, r) in sent.places.iter().zip(replies) {
+                        batch.replies[place.0][place.1] = Some(r);
+                    }
+                }
+                Err(e) => {
+                    let err = reply_bytes(&e);
+                    for place in &sent.places {
+                        batch.replies[place.0][place.1] = Some(err.clone());
+                    }
+                }
+            }
+        }
+        let mut out = BytesMut::new();
+        for (r, req) in batch.reqs.iter().enumerate() {
+            let Some((parts, how)) = req else {
+                continue;
+            };
+            let mut replies = Vec::with_capacity(parts.len());
+            for (p, part) in parts.iter().enumerate() {
+                let got = batch.replies[r][p]
+                    .take()
+                    .unwrap_or_else(|| reply_bytes(&ProxyError::Internal("part not answered")));
+                replies.push(
+                    self.follow(batch.proto, batch.affinity, &part.frame, got)
+                        .await,
+                );
+            }
+            out.extend_from_slice(&split::merge(how, &replies, batch.proto));
+        }
+        out.freeze()
+    }
+
+    /// Follows `-MOVED` (refreshing the slot map) and `-ASK` (with ASKING) replies to `frame`,
+    /// at most `MAX_REDIRECTS` times; the last reply is the client's.
+    async fn follow(
+        self: &Arc<Self>,
+        proto: Proto,
+        affinity: u64,
+        frame: &Bytes,
+        mut got: Bytes,
+    ) -> Bytes {
+        for _ in 0..MAX_REDIRECTS {
+            let Some((ask, addr)) = redirection(&got) else {
+                return got;
+            };
+            let node = self.node(&addr);
+            let pool = self.pool(&node, proto);
+            let sent = if ask {
+                let mut b = BytesMut::with_capacity(frame.len() + 20);
+                b.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
+                b.extend_from_slice(frame);
+                pool.send(affinity as usize, b.freeze(), 2).await
+            } else {
+                self.refresh_soon();
+                pool.send(affinity as usize, frame.clone(), 1).await
+            };
+            got = match sent {
+                Ok(Ok(bytes)) => {
+                    let n = if ask { 2 } else { 1 };
+                    match reply::split(&bytes, n, proto).and_then(|mut v| v.pop()) {
+                        Some((last, _)) => last,
+                        None => reply_bytes(&ProxyError::UpstreamReply),
+                    }
+                }
+                Ok(Err(e)) => reply_bytes(&ProxyError::Upstream(e)),
+                Err(_) => reply_bytes(&ProxyError::Internal("upstream pool dropped a batch")),
+            };
+        }
+        got
+    }
+}
+
+/// Re-reads the slot map until the first read succeeds, then every `REFRESH_PERIOD`, while the
+/// cluster is in use.
+async fn periodic(me: Weak<Cluster>) {
+    let mut attempt = 0u32;
+    loop {
+        let ok = match me.upgrade() {
+            Some(c) => c.refresh().await.is_ok(),
+            None => return,
+        };
+        let wait = if ok {
+            attempt = 0;
+            REFRESH_PERIOD
+        } else {
+            attempt = attempt.saturating_add(1);
+            (MIN_REFRESH_INTERVAL * attempt.min(10)).min(REFRESH_PERIOD)
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// `Some((is_ask, address))` for a `-MOVED slot addr` or `-ASK slot addr` reply.
+fn redirection(frame: &[u8]) -> Option<(bool, Arc<str>)> {
+    let (ask, rest) = if let Some(r) = frame.strip_prefix(b"-MOVED ") {
+        (false, r)
+    } else {
+        (true, frame.strip_prefix(b"-ASK ")?)
+    };
+    let line = rest.strip_suffix(b"\r\n")?;
+    let addr = line.split(|&b| b == b' ').nth(1)?;
+    let addr = std::str::from_utf8(addr).ok()?;
+    // A node without an endpoint to announce says `:port`: the node that answered is meant,
+    // which cacheside cannot tell apart here, so it is not followed.
+    (!addr.starts_with(':')).then(|| (ask, Arc::from(addr)))
+}
+
+fn repeat(frame: &Bytes, count: u32) -> Bytes {
+    let mut out = BytesMut::with_capacity(frame.len() * count as usize);
+    for _ in 0..count {
+        out.extend_from_slice(frame);
+    }
+    out.freeze()
+}
+
+/// The `count` requests of a batch (bytes the session already parsed and checked).
+fn parse_batch(bytes: &Bytes, count: u32) -> Option<Vec<Request>> {
+    // Far above any configured limit (the session applied those), and within i64.
+    let limits = Limits {
+        max_bulk_len: 1 << 40,
+        max_multibulk_len: 1 << 40,
+        max_inline_len: 1 << 40,
+    };
+    let mut reqs = Vec::with_capacity(count as usize);
+    let mut pos = 0;
+    while reqs.len() < count as usize {
+        match request::parse(&bytes[pos..], pos, &limits).ok()? {
+            Step::Request(p) => {
+                pos = p.span.end;
+                reqs.push(Request::from_parsed(bytes, p));
+            }
+            Step::Skip(n) => pos += n,
+            Step::Incomplete { .. } => return None,
+        }
+    }
+    Some(reqs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirections_are_read_from_moved_and_ask_errors() {
+        assert_eq!(
+            redirection(b"-MOVED 3999 127.0.0.1:6381\r\n"),
+            Some((false, "127.0.0.1:6381".into()))
+        );
+        assert_eq!(
+            redirection(b"-ASK 3999 10.0.0.1:7000\r\n"),
+            Some((true, "10.0.0.1:7000".into()))
+        );
+        assert_eq!(redirection(b"-ERR MOVED\r\n"), None);
+        assert_eq!(redirection(b"-MOVED 1 :7000\r\n"), None);
+        assert_eq!(redirection(b"-MOVED\r\n"), None);
+        assert_eq!(redirection(b"+OK\r\n"), None);
+    }
+
+    #[test]
+    fn batches_are_split_back_into_their_requests() {
+        let b = Bytes::from_static(b"*1\r\n$4\r\nPING\r\nGET k\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        let reqs = parse_batch(&b, 3).unwrap();
+        assert_eq!(reqs.len(), 3);
+        assert!(reqs[2].arg_is(0, "GET"));
+        assert!(parse_batch(&b, 4).is_none());
+    }
+}

@@ -1,0 +1,176 @@
+//! Clients of other kinds through cacheside on a Redis Cluster: RESP3, scripts, pub/sub, and a
+//! cluster named in the config and seeded by a replica.
+
+mod support;
+
+use cacheside::tier::redis::cluster::slot;
+use support::cluster::RedisCluster;
+use support::Proxy;
+
+async fn q<T: redis::FromRedisValue>(
+    c: &mut redis::aio::MultiplexedConnection,
+    args: &[&str],
+) -> T {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(c)
+        .await
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_seeded_by_a_replica_routes_to_the_primaries() {
+    let cluster = RedisCluster::start();
+    let primaries: Vec<u16> = cluster.primaries().into_iter().map(|(p, _)| p).collect();
+    let replica = *cluster
+        .ports
+        .iter()
+        .find(|p| !primaries.contains(p))
+        .unwrap();
+    let proxy = Proxy::start_with(&format!("redis://127.0.0.1:{replica}"), |c| {
+        c.upstream.mode = "cluster".into();
+    })
+    .await;
+    let mut c = proxy.client().await;
+    for i in 0..100 {
+        let _: () = q(&mut c, &["SET", &format!("r:{i}"), &i.to_string()]).await;
+    }
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]).await, 100);
+    assert_eq!(q::<String>(&mut c, &["GET", "r:42"]).await, "42");
+    let (status, _) = proxy.admin_get("/healthz/upstream").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_clients_get_split_replies_in_resp3() {
+    let cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let mut raw = proxy.raw().await;
+    raw.send(b"HELLO 3\r\n").await;
+    let mut hello = Vec::new();
+    while !String::from_utf8_lossy(&hello).contains("modules") {
+        hello.extend(raw.read_exact_len(1).await);
+    }
+    // The rest of HELLO's map: the empty modules array.
+    raw.expect(b"\r\n*0\r\n").await;
+    raw.send(b"MSET foo 1 bar 2\r\nMGET foo nope bar\r\nEXISTS foo bar nope\r\n")
+        .await;
+    raw.expect(b"+OK\r\n*3\r\n$1\r\n1\r\n_\r\n$1\r\n2\r\n:2\r\n")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_route_by_their_declared_keys() {
+    let cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let mut c = proxy.client().await;
+    let script = "return redis.call('SET', KEYS[1], ARGV[1])";
+    // Three keys on three primaries: each script runs where its key lives.
+    let keys: Vec<String> = (0..40)
+        .map(|i| format!("lua:{i}"))
+        .fold(Vec::new(), |mut acc, k| {
+            let p = cluster.primary_of(slot::of(k.as_bytes()));
+            if !acc
+                .iter()
+                .any(|a: &String| cluster.primary_of(slot::of(a.as_bytes())) == p)
+            {
+                acc.push(k);
+            }
+            acc
+        });
+    assert_eq!(keys.len(), 3);
+    for k in &keys {
+        let _: () = q(&mut c, &["EVAL", script, "1", k, "v"]).await;
+        let mut node = cluster
+            .node(cluster.primary_of(slot::of(k.as_bytes())))
+            .await;
+        assert_eq!(q::<String>(&mut node, &["GET", k]).await, "v");
+    }
+    // SCRIPT LOAD reaches every primary, so EVALSHA works on any key.
+    let sha: String = q(
+        &mut c,
+        &["SCRIPT", "LOAD", "return redis.call('GET', KEYS[1])"],
+    )
+    .await;
+    for k in &keys {
+        assert_eq!(q::<String>(&mut c, &["EVALSHA", &sha, "1", k]).await, "v");
+    }
+    let err = redis::cmd("EVAL")
+        .arg(script)
+        .arg(2)
+        .arg(&keys[0])
+        .arg(&keys[1])
+        .arg("v")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("CROSSSLOT"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_hear_what_is_published_through_any_node() {
+    let cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let mut sub = proxy.raw().await;
+    sub.send(b"SUBSCRIBE news\r\n").await;
+    sub.expect(b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n")
+        .await;
+    let mut c = proxy.client().await;
+    // PUBLISH reaches subscribers on every node of a cluster (its count is of the node that
+    // took it, as on a cluster).
+    let _: i64 = q(&mut c, &["PUBLISH", "news", "hello"]).await;
+    sub.expect(b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_tier_is_off_on_a_cluster_so_no_sidecar_reads_another_ones_write_stale() {
+    use cacheside::config::units::{Human, Size};
+    use cacheside::config::CacheRule;
+    let cluster = RedisCluster::start();
+    // An invalidation PUBLISHed on one node reaches subscribers on the others over the
+    // cluster bus, after the write was acknowledged: a cached read could be stale then.
+    let url = cluster.url();
+    let sidecar = || {
+        Proxy::start_with(&url, |c| {
+            c.cache = vec![CacheRule {
+                keys: "hot:*".into(),
+                ttl: Human::secs(60),
+                max_value_size: Size::mib(1),
+                enabled: true,
+            }];
+        })
+    };
+    let (a, b) = (sidecar().await, sidecar().await);
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let keys: Vec<String> = (0..30).map(|i| format!("hot:{i}")).collect();
+    for k in &keys {
+        let _: () = q(&mut cb, &["SET", k, "1"]).await;
+        assert_eq!(q::<String>(&mut ca, &["GET", k]).await, "1");
+        assert_eq!(q::<String>(&mut ca, &["GET", k]).await, "1");
+    }
+    let hits = |p: &Proxy| {
+        let p = p.admin;
+        async move {
+            let text = support::http_get(p, "/metrics").await.1;
+            support::metric(
+                &text,
+                "cacheside_cache_gets_total{result=\"hit\",tier=\"hot\"}",
+            )
+            .unwrap_or(0.0)
+        }
+    };
+    assert_eq!(hits(&a).await, 0.0, "the hot tier is off");
+    // Writes through the other sidecar (keys on every primary, one MSET split over them).
+    let mut mset = vec!["MSET"];
+    for k in &keys {
+        mset.push(k);
+        mset.push("2");
+    }
+    let _: () = q(&mut cb, &mset).await;
+    for k in &keys {
+        assert_eq!(q::<String>(&mut ca, &["GET", k]).await, "2", "{k} stale");
+    }
+}
