@@ -160,9 +160,11 @@ impl Session {
             c.addr_for(Some(k)).ok()
         });
         let elsewhere = matches!((&self.pinned, &want), (Some(p), Some(w)) if p.addr() != w);
-        if self.pinned.as_ref().is_some_and(|p| {
-            self.pinned_proto != self.st.proto || elsewhere || p.reauth_due()
-        }) {
+        if self
+            .pinned
+            .as_ref()
+            .is_some_and(|p| self.pinned_proto != self.st.proto || elsewhere || p.reauth_due())
+        {
             if self.release_pending {
                 let _ = self.barrier().await;
             }
