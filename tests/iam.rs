@@ -182,8 +182,29 @@ fn with_test_credentials(
     v
 }
 
-/// The commands each connection received, by connection number.
+/// The commands each connection received, by connection number, without the one that asks
+/// the upstream whether it is a cluster at start (`upstream.mode = "auto"`; see `probes`).
 fn by_connection(log: &Log) -> Vec<Vec<Vec<String>>> {
+    all_connections(log)
+        .into_iter()
+        .filter(|c| !is_probe(c))
+        .collect()
+}
+
+/// The start-up connections that asked `INFO cluster`.
+fn probes(log: &Log) -> Vec<Vec<Vec<String>>> {
+    all_connections(log)
+        .into_iter()
+        .filter(|c| is_probe(c))
+        .collect()
+}
+
+fn is_probe(c: &[Vec<String>]) -> bool {
+    c.iter()
+        .any(|a| a.len() == 2 && a[0] == "INFO" && a[1] == "cluster")
+}
+
+fn all_connections(log: &Log) -> Vec<Vec<Vec<String>>> {
     let log = log.lock().unwrap();
     let n = log.iter().map(|(c, _)| c + 1).max().unwrap_or(0);
     let mut conns = vec![Vec::new(); n];
@@ -278,6 +299,10 @@ async fn every_connection_kind_authenticates_with_the_iam_user_and_a_fresh_token
         ["coherence", "pinned", "shared resp2", "shared resp3"],
         "{conns:?}"
     );
+    // The start-up question "is this a cluster?" authenticates like every other connection.
+    let probes = probes(&log);
+    assert_eq!(probes.len(), 1, "{probes:?}");
+    assert!(is_auth(&probes[0][0]), "{probes:?}");
     for c in &conns {
         assert!(
             is_auth(&c[0]),
@@ -364,7 +389,8 @@ async fn shared_connections_reauthenticate_in_band_and_clients_never_see_the_rep
 async fn a_refused_reauthentication_closes_the_connection_and_it_reconnects() {
     // The second AUTH on the first connection is refused (the IAM policy was revoked, say).
     let (fake, log) = upstream(|conn, nth| conn == 0 && nth == 2).await;
-    let config = iam_config(&fake, |_| {});
+    // Standalone: no start-up probe, so connection 0 is the shared one.
+    let config = iam_config(&fake, |c| c.upstream.mode = "standalone".into());
     let proxy = Proxy::start_validated(with_test_credentials(
         config,
         credentials(),
