@@ -80,3 +80,90 @@ pub(super) fn validate(
         serverless: i.serverless,
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn err(toml: &str) -> String {
+        Config::from_toml(toml, "t")
+            .and_then(Config::validate)
+            .unwrap_err()
+            .to_string()
+    }
+
+    const IAM: &str = "[upstream]\nurl = \"redis://cache:6379\"\n[upstream.iam]\n";
+
+    #[test]
+    fn iam_errors_name_the_missing_or_bad_key() {
+        let full = "region = \"us-east-1\"\ncache_name = \"my-cache\"\nuser_id = \"app\"\n";
+        let without = |k: &str| {
+            let body: String = full
+                .lines()
+                .filter(|l| !l.starts_with(k))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            err(&format!("{IAM}{body}"))
+        };
+        assert_eq!(
+            without("region"),
+            "upstream.iam.region: must be set, e.g. \"us-east-1\""
+        );
+        assert_eq!(
+            without("cache_name"),
+            "upstream.iam.cache_name: must be set, e.g. \"my-cache\""
+        );
+        assert!(without("user_id").starts_with("upstream.iam.user_id: \"\" must be"));
+        let e = err(&format!(
+            "{IAM}region = \"us-east-1\"\ncache_name = \"my-cache.xxxxxx.use1.cache.amazonaws.com\"\nuser_id = \"app\"\n"
+        ));
+        assert!(
+            e.starts_with("upstream.iam.cache_name:") && e.contains("not an endpoint"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{IAM}region = \"US East\"\ncache_name = \"c\"\nuser_id = \"app\"\n"
+        ));
+        assert!(e.starts_with("upstream.iam.region: \"US East\""), "{e}");
+        let e = err(&format!("{IAM}{full}regoin = \"x\"\n"));
+        assert!(e.contains("unknown field") && e.contains("regoin"), "{e}");
+    }
+
+    #[test]
+    fn iam_and_a_password_exclude_each_other() {
+        let body =
+            "[upstream.iam]\nregion = \"us-east-1\"\ncache_name = \"c\"\nuser_id = \"app\"\n";
+        let e = err(&format!(
+            "[upstream]\nurl = \"redis://app:hunter2@cache\"\n{body}"
+        ));
+        assert!(e.starts_with("upstream.url: has a password"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = err(&format!(
+            "[upstream]\nurl = \"redis://other:@cache\"\n{body}"
+        ));
+        assert!(e.starts_with("upstream.url: user \"other\" differs"), "{e}");
+        let ok = Config::from_toml(
+            &format!("[upstream]\nurl = \"redis://app:@cache\"\n{body}"),
+            "t",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let iam = ok.upstream.unwrap().iam.expect("iam settings");
+        assert_eq!(iam.settings().user_id, "app");
+    }
+
+    #[test]
+    fn iam_cache_names_are_lowercased() {
+        let v = Config::from_toml(
+            &format!("{IAM}region = \"us-east-1\"\ncache_name = \"My-Cache\"\nuser_id = \"app\"\nserverless = true\n"),
+            "t",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let iam = v.upstream.unwrap().iam.unwrap();
+        assert_eq!(iam.settings().cache_name, "my-cache");
+        assert!(iam.settings().serverless);
+    }
+}

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod commands;
 pub mod fake;
 pub mod history;
+pub mod iam;
 pub mod postgres;
 pub mod readthrough;
 
