@@ -148,6 +148,7 @@ impl Cluster {
             .last_refresh
             .lock()
             .expect("refresh lock is never poisoned") = Some(Instant::now());
+        self.metrics.cluster_refreshes.inc();
         let mut candidates: Vec<Arc<str>> = self
             .topology()
             .map(|t| t.primaries.clone())
@@ -157,6 +158,12 @@ impl Cluster {
         for addr in candidates {
             match topology::fetch(&self.settings, &addr).await {
                 Ok(t) => {
+                    // Pools of nodes that serve nothing now end (their supervisors stop when
+                    // the last batch holding them is done); new primaries get theirs now.
+                    self.nodes
+                        .lock()
+                        .expect("nodes lock is never poisoned")
+                        .retain(|a, _| t.primaries.contains(a));
                     for a in &t.primaries {
                         self.node(a);
                     }
@@ -294,11 +301,13 @@ impl Cluster {
             let node = self.node(&addr);
             let pool = self.pool(&node, proto);
             let sent = if ask {
+                self.metrics.cluster_ask.inc();
                 let mut b = BytesMut::with_capacity(frame.len() + 20);
                 b.extend_from_slice(b"*1\r\n$6\r\nASKING\r\n");
                 b.extend_from_slice(frame);
                 pool.send(affinity as usize, b.freeze(), 2).await
             } else {
+                self.metrics.cluster_moved.inc();
                 self.refresh_soon();
                 pool.send(affinity as usize, frame.clone(), 1).await
             };
