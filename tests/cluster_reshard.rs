@@ -1,6 +1,5 @@
-//! Resharding under traffic: `redis-cli --cluster reshard` moves slots (and their keys) between
-//! primaries while a client writes and reads through cacheside: no error reaches the client,
-//! and no write is lost.
+//! The cluster changing under cacheside: `redis-cli --cluster reshard` moving slots while a
+//! client writes and reads (no error reaches it, no write is lost), and a manual failover.
 
 mod support;
 
@@ -84,4 +83,61 @@ async fn slots_moved_under_traffic_give_no_errors_and_lose_no_writes() {
         let got = cli(port, &["GET", k]);
         assert_eq!(got.trim(), v.to_string(), "{k} on {port}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_is_followed_without_an_error() {
+    let cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let mut c = proxy.client().await;
+    let keys: Vec<String> = (0..50).map(|i| format!("fo:{i}")).collect();
+    for k in &keys {
+        let () = redis::cmd("SET")
+            .arg(k)
+            .arg(1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    // A replica of the primary serving fo:0 takes over (CLUSTER FAILOVER waits for it to have
+    // every write of its primary).
+    let old = cluster.primary_of(cacheside::tier::redis::cluster::slot::of(b"fo:0"));
+    let old_id = cli(old, &["CLUSTER", "MYID"]);
+    let replica = *cluster
+        .ports
+        .iter()
+        .find(|&&p| {
+            cli(p, &["CLUSTER", "NODES"])
+                .lines()
+                .any(|l| l.contains("myself,slave") && l.contains(old_id.trim()))
+        })
+        .expect("the primary has a replica");
+    let start = std::time::Instant::now();
+    while !cli(replica, &["INFO", "replication"]).contains("master_link_status:up") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "replica never synced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(cli(replica, &["CLUSTER", "FAILOVER"]).trim(), "OK");
+    while !cli(replica, &["ROLE"]).starts_with("master") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "no failover"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The old primary, now a replica, answers MOVED: cacheside follows it to the new one.
+    for k in &keys {
+        let () = redis::cmd("SET")
+            .arg(k)
+            .arg(2)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let v: u64 = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
+        assert_eq!(v, 2, "{k}");
+    }
+    assert_eq!(cli(replica, &["GET", "fo:0"]).trim(), "2");
 }
