@@ -1,5 +1,6 @@
 //! The cluster changing under cacheside: `redis-cli --cluster reshard` moving slots while a
-//! client writes and reads (no error reaches it, no write is lost), and a manual failover.
+//! client writes and reads (no error reaches it, no write is lost), a manual failover, and a
+//! primary killed.
 
 mod support;
 
@@ -140,4 +141,64 @@ async fn a_manual_failover_is_followed_without_an_error() {
         assert_eq!(v, 2, "{k}");
     }
     assert_eq!(cli(replica, &["GET", "fo:0"]).trim(), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_gives_errors_only_until_its_replica_takes_over() {
+    let mut cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let mut c = proxy.client().await;
+    let slot_of = |k: &str| cacheside::tier::redis::cluster::slot::of(k.as_bytes());
+    let old = cluster.primary_of(slot_of("kill:0"));
+    let () = redis::cmd("SET")
+        .arg("kill:0")
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !cluster.ports.iter().any(|&p| {
+        p != old
+            && cli(p, &["INFO", "replication"]).contains("master_link_status:up")
+            && cli(p, &["ROLE"]).starts_with("slave")
+            && cli(p, &["INFO", "replication"]).contains(&format!("master_port:{old}"))
+    }) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "replica never synced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    cluster.kill(old);
+    let start = std::time::Instant::now();
+    let mut errors = 0;
+    loop {
+        let r: redis::RedisResult<()> = redis::cmd("SET")
+            .arg("kill:0")
+            .arg(2)
+            .query_async(&mut c)
+            .await;
+        match r {
+            Ok(()) => break,
+            Err(_) => errors += 1,
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "never recovered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(errors > 0, "the switch took no time at all");
+    // (Meanwhile the whole cluster answers CLUSTERDOWN, as it does with its default
+    // cluster-require-full-coverage.) Recovered without restarting cacheside: every later
+    // command succeeds.
+    for _ in 0..20 {
+        let v: u64 = redis::cmd("GET")
+            .arg("kill:0")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(v, 2);
+    }
+    assert_eq!(proxy.admin_get("/readyz").await.0, 200);
 }
