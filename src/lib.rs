@@ -26,8 +26,9 @@
 //! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects, the
 //!   handshake (AUTH with a password re-read from its file on every connect), ElastiCache IAM
 //!   tokens and re-authentication ([`tier::redis::iam`]); in cluster mode
-//!   ([`tier::redis::cluster`]) the slot map (`topology.rs`), hash slots (`slot.rs`) and each
-//!   batch routed, split and merged (`split.rs`) behind the same `send`.
+//!   ([`tier::redis::cluster`]) the slot map (`topology.rs`), hash slots (`slot.rs`), each
+//!   request planned and merged (`split.rs`) and each batch queued per node (`batch.rs`), behind
+//!   the same `send`.
 //! - [`transport`]: plain TCP or TLS behind one stream type, for the upstream (`rediss://`) and
 //!   for the client listener.
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys (`flight.rs`: one load per

@@ -194,6 +194,10 @@ pub struct Metrics {
     pub pinned_connections: IntGauge,
     upstream_failures: Vec<IntCounter>,
     pub upstream_error_replies: IntCounter,
+    /// Cluster mode: redirections followed, by kind (moved, ask); slot map reads.
+    pub cluster_moved: IntCounter,
+    pub cluster_ask: IntCounter,
+    pub cluster_refreshes: IntCounter,
     pub request_duration: Histogram,
 }
 
@@ -281,6 +285,11 @@ impl Metrics {
             "cacheside_cache_fills_total",
             "Hot-tier fills by result (stored; raced: a write invalidated the key while the read was in flight; too_large; expired).",
             "result",
+        );
+        let redirects = vec2(
+            "cacheside_cluster_redirects_total",
+            "Cluster mode: MOVED and ASK replies followed to another node.",
+            "kind",
         );
         let invalidations_vec = vec2(
             "cacheside_invalidations_total",
@@ -413,6 +422,12 @@ impl Metrics {
             upstream_error_replies: counter(
                 "cacheside_upstream_error_replies_total",
                 "Error replies received from the upstream and passed to clients.",
+            ),
+            cluster_moved: redirects.with_label_values(&["moved"]),
+            cluster_ask: redirects.with_label_values(&["ask"]),
+            cluster_refreshes: counter(
+                "cacheside_cluster_slot_map_reads_total",
+                "Cluster mode: reads of the slot map (CLUSTER SHARDS), periodic or after MOVED.",
             ),
             request_duration,
             registry,

@@ -268,6 +268,58 @@ async fn a_slot_half_migrated_is_followed_with_asking() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_key_command_on_a_slot_split_by_a_migration_is_retried_until_it_moves() {
+    let (cluster, proxy) = start().await;
+    let mut c = proxy.client().await;
+    let _: () = q(&mut c, &["MSET", "{try}a", "1", "{try}b", "2"]).await;
+    let s = slot::of(b"try");
+    let from = cluster.primary_of(s);
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .map(|(p, _)| p)
+        .find(|&p| p != from)
+        .unwrap();
+    cluster.migrate(s, to, Some(&["{try}a"]));
+    // The source has one key of two: it answers TRYAGAIN until the slot has moved.
+    let mut direct = cluster.node(from).await;
+    let err = redis::cmd("MGET")
+        .arg("{try}a")
+        .arg("{try}b")
+        .query_async::<()>(&mut direct)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+    let finish = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let port = to.to_string();
+        cli(
+            from,
+            &[
+                "MIGRATE",
+                "127.0.0.1",
+                &port,
+                "",
+                "0",
+                "5000",
+                "KEYS",
+                "{try}b",
+            ],
+        );
+        let to_id = cli(to, &["CLUSTER", "MYID"]);
+        for p in [to, from] {
+            cli(
+                p,
+                &["CLUSTER", "SETSLOT", &s.to_string(), "NODE", to_id.trim()],
+            );
+        }
+    });
+    let got: Vec<String> = q(&mut c, &["MGET", "{try}a", "{try}b"]).await;
+    assert_eq!(got, ["1", "2"]);
+    finish.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_mixed_commands_keep_their_order() {
     let (_cluster, proxy) = start().await;
     let mut raw = proxy.raw().await;

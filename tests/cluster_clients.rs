@@ -1,5 +1,5 @@
-//! Clients of other kinds through cacheside on a Redis Cluster: RESP3, scripts, pub/sub, and a
-//! cluster named in the config and seeded by a replica.
+//! Clients of other kinds through cacheside on a Redis Cluster: RESP3, scripts, pub/sub, the
+//! hot tier (off), transactions that begin keyless, and a cluster seeded by a replica.
 
 mod support;
 
@@ -172,5 +172,40 @@ async fn hot_tier_is_off_on_a_cluster_so_no_sidecar_reads_another_ones_write_sta
     let _: () = q(&mut cb, &mset).await;
     for k in &keys {
         assert_eq!(q::<String>(&mut ca, &["GET", k]).await, "2", "{k} stale");
+    }
+}
+
+/// One reply line (status, error, integer or array header).
+async fn line(raw: &mut support::Raw) -> String {
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n") {
+        got.extend(raw.read_exact_len(1).await);
+    }
+    String::from_utf8_lossy(&got).trim_end().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_with_a_keyless_command_first_stays_where_it_began() {
+    let cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let mut raw = proxy.raw().await;
+    // Moving the transaction after PING was queued would lose PING's result. Some of these
+    // tags live on another primary than the one MULTI met: there SET is refused (-MOVED at
+    // queue time, then EXECABORT), as a cluster node refuses it; EXEC never drops a result.
+    for tag in ["a", "b", "c", "d", "e", "f"] {
+        let cmds = format!("MULTI\r\nPING\r\nSET {{{tag}}}k 1\r\nEXEC\r\n");
+        raw.send(cmds.as_bytes()).await;
+        assert_eq!(line(&mut raw).await, "+OK");
+        assert_eq!(line(&mut raw).await, "+QUEUED");
+        let set = line(&mut raw).await;
+        let exec = line(&mut raw).await;
+        if set == "+QUEUED" {
+            assert_eq!(exec, "*2", "{tag}: EXEC after two queued commands");
+            assert_eq!(line(&mut raw).await, "+PONG");
+            assert_eq!(line(&mut raw).await, "+OK");
+        } else {
+            assert!(set.starts_with("-MOVED"), "{tag}: {set}");
+            assert!(exec.starts_with("-EXECABORT"), "{tag}: {exec}");
+        }
     }
 }

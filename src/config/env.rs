@@ -176,10 +176,12 @@ mod tests {
             .with_env(&vars(&[
                 ("CACHESIDE_SERVER_LISTEN", "127.0.0.1:7001"),
                 ("CACHESIDE_UPSTREAM_CONNECTIONS", "4"),
+                ("CACHESIDE_UPSTREAM_MODE", "cluster"),
             ]))
             .unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:7001");
         assert_eq!(c.upstream.connections, 4);
+        assert_eq!(c.upstream.mode, "cluster");
     }
 
     #[test]

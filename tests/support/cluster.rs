@@ -196,6 +196,14 @@ impl RedisCluster {
         self.wait_ok();
     }
 
+    /// Kills the node at `port` (as a crash would).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(i) = self.ports.iter().position(|&p| p == port) {
+            let _ = self.children[i].kill();
+            let _ = self.children[i].wait();
+        }
+    }
+
     /// A direct connection to one node.
     pub async fn node(&self, port: u16) -> redis::aio::MultiplexedConnection {
         redis::Client::open(format!("redis://127.0.0.1:{port}"))

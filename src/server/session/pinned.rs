@@ -25,9 +25,11 @@ impl Session {
         let key = info.key_indices(&req).first().map(|&i| req.arg_bytes(i));
         if info.name == "MULTI" {
             self.multi_homed = false;
-        } else if let (true, Some(k)) = (self.st.in_multi && !self.multi_homed, &key) {
+        } else if self.st.in_multi && !self.multi_homed {
+            // Only the first queued command may move the transaction: one queued before it
+            // would be lost with the connection it was queued on.
             self.multi_homed = true;
-            if self.pinned_active && !self.st.watching {
+            if let (true, Some(k)) = (self.pinned_active && !self.st.watching, &key) {
                 self.rehome(chunk, k).await?;
             }
         }

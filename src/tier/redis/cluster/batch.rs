@@ -11,6 +11,8 @@ use bytes::{Bytes, BytesMut};
 pub(super) struct Sent {
     pub(super) rx: ReplyRx,
     pub(super) places: Vec<(usize, usize)>,
+    /// The node they went to.
+    pub(super) addr: std::sync::Arc<str>,
 }
 
 /// A batch being planned, then gathered.
@@ -106,7 +108,11 @@ impl Batch {
                     frames,
                     places.len() as u32,
                 );
-                Some(Sent { rx, places })
+                Some(Sent {
+                    rx,
+                    places,
+                    addr: addr.clone(),
+                })
             })
             .collect()
     }

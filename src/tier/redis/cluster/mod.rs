@@ -29,6 +29,8 @@ pub use topology::Topology;
 
 /// Redirections followed for one command before its last error goes to the client.
 const MAX_REDIRECTS: usize = 5;
+/// The first pause before a `-TRYAGAIN` is retried; the next ones grow by as much.
+const TRYAGAIN_PAUSE: Duration = Duration::from_millis(20);
 /// Slot map refreshes are at least this far apart, however many MOVED replies arrive, so a
 /// fleet of sidecars cannot storm the cluster with CLUSTER SHARDS.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(500);
@@ -148,6 +150,7 @@ impl Cluster {
             .last_refresh
             .lock()
             .expect("refresh lock is never poisoned") = Some(Instant::now());
+        self.metrics.cluster_refreshes.inc();
         let mut candidates: Vec<Arc<str>> = self
             .topology()
             .map(|t| t.primaries.clone())
@@ -157,6 +160,12 @@ impl Cluster {
         for addr in candidates {
             match topology::fetch(&self.settings, &addr).await {
                 Ok(t) => {
+                    // Pools of nodes that serve nothing now end (their supervisors stop when
+                    // the last batch holding them is done); new primaries get theirs now.
+                    self.nodes
+                        .lock()
+                        .expect("nodes lock is never poisoned")
+                        .retain(|a, _| t.primaries.contains(a));
                     for a in &t.primaries {
                         self.node(a);
                     }
@@ -233,7 +242,13 @@ impl Cluster {
 
     /// Awaits every node's replies, follows redirections, merges each request's parts.
     async fn gather(self: Arc<Self>, mut batch: Batch, sends: Vec<Sent>) -> Bytes {
+        // Where each part went: a `-TRYAGAIN` is retried there.
+        let mut sent_to: Vec<Vec<Option<Arc<str>>>> =
+            batch.replies.iter().map(|r| vec![None; r.len()]).collect();
         for sent in sends {
+            for place in &sent.places {
+                sent_to[place.0][place.1] = Some(sent.addr.clone());
+            }
             let replies = match sent.rx.await {
                 Ok(Ok(bytes)) => reply::split(&bytes, sent.places.len(), batch.proto)
                     .map(|v| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>())
@@ -268,8 +283,9 @@ impl Cluster {
                 let got = batch.replies[r][p]
                     .take()
                     .unwrap_or_else(|| reply_bytes(&ProxyError::Internal("part not answered")));
+                let at = sent_to[r][p].take();
                 replies.push(
-                    self.follow(batch.proto, batch.affinity, &part.frame, got)
+                    self.follow(batch.proto, batch.affinity, &part.frame, got, at)
                         .await,
                 );
             }
@@ -279,17 +295,36 @@ impl Cluster {
     }
 
     /// Follows `-MOVED` (refreshing the slot map) and `-ASK` (with ASKING) replies to `frame`,
-    /// at most `MAX_REDIRECTS` times; the last reply is the client's.
+    /// and retries `-TRYAGAIN` (a multi-key command on a slot half migrated) after a pause on
+    /// the node that said it (`at`); at most `MAX_REDIRECTS` times, then the last reply is the
+    /// client's.
     async fn follow(
         self: &Arc<Self>,
         proto: Proto,
         affinity: u64,
         frame: &Bytes,
         mut got: Bytes,
+        mut at: Option<Arc<str>>,
     ) -> Bytes {
-        for _ in 0..MAX_REDIRECTS {
-            let Some((ask, addr)) = redirection(&got) else {
-                return got;
+        for attempt in 1..=MAX_REDIRECTS as u32 {
+            let (ask, addr) = match redirection(&got) {
+                Some(Redirect::Moved(addr)) => {
+                    self.metrics.cluster_moved.inc();
+                    self.refresh_soon();
+                    (false, addr)
+                }
+                Some(Redirect::Ask(addr)) => {
+                    self.metrics.cluster_ask.inc();
+                    (true, addr)
+                }
+                Some(Redirect::TryAgain) => match &at {
+                    Some(addr) => {
+                        tokio::time::sleep(TRYAGAIN_PAUSE * attempt).await;
+                        (false, addr.clone())
+                    }
+                    None => return got,
+                },
+                None => return got,
             };
             let node = self.node(&addr);
             let pool = self.pool(&node, proto);
@@ -299,9 +334,9 @@ impl Cluster {
                 b.extend_from_slice(frame);
                 pool.send(affinity as usize, b.freeze(), 2).await
             } else {
-                self.refresh_soon();
                 pool.send(affinity as usize, frame.clone(), 1).await
             };
+            at = Some(addr);
             got = match sent {
                 Ok(Ok(bytes)) => {
                     let n = if ask { 2 } else { 1 };
@@ -338,8 +373,21 @@ async fn periodic(me: Weak<Cluster>) {
     }
 }
 
-/// `Some((is_ask, address))` for a `-MOVED slot addr` or `-ASK slot addr` reply.
-fn redirection(frame: &[u8]) -> Option<(bool, Arc<str>)> {
+/// What a node's error reply asks of the client.
+#[derive(Debug, PartialEq, Eq)]
+enum Redirect {
+    /// `-MOVED slot addr`: the slot lives there now.
+    Moved(Arc<str>),
+    /// `-ASK slot addr`: this once, there, after ASKING.
+    Ask(Arc<str>),
+    /// `-TRYAGAIN ...`: the keys are split between the two nodes of a migration.
+    TryAgain,
+}
+
+fn redirection(frame: &[u8]) -> Option<Redirect> {
+    if frame.starts_with(b"-TRYAGAIN") {
+        return Some(Redirect::TryAgain);
+    }
     let (ask, rest) = if let Some(r) = frame.strip_prefix(b"-MOVED ") {
         (false, r)
     } else {
@@ -349,8 +397,16 @@ fn redirection(frame: &[u8]) -> Option<(bool, Arc<str>)> {
     let addr = line.split(|&b| b == b' ').nth(1)?;
     let addr = std::str::from_utf8(addr).ok()?;
     // A node without an endpoint to announce says `:port`: the node that answered is meant,
-    // which cacheside cannot tell apart here, so it is not followed.
-    (!addr.starts_with(':')).then(|| (ask, Arc::from(addr)))
+    // which is not followed (it is passed to the client as it is).
+    if addr.starts_with(':') {
+        return None;
+    }
+    let addr = Arc::from(addr);
+    Some(if ask {
+        Redirect::Ask(addr)
+    } else {
+        Redirect::Moved(addr)
+    })
 }
 
 fn repeat(frame: &Bytes, count: u32) -> Bytes {
@@ -392,11 +448,15 @@ mod tests {
     fn redirections_are_read_from_moved_and_ask_errors() {
         assert_eq!(
             redirection(b"-MOVED 3999 127.0.0.1:6381\r\n"),
-            Some((false, "127.0.0.1:6381".into()))
+            Some(Redirect::Moved("127.0.0.1:6381".into()))
         );
         assert_eq!(
             redirection(b"-ASK 3999 10.0.0.1:7000\r\n"),
-            Some((true, "10.0.0.1:7000".into()))
+            Some(Redirect::Ask("10.0.0.1:7000".into()))
+        );
+        assert_eq!(
+            redirection(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n"),
+            Some(Redirect::TryAgain)
         );
         assert_eq!(redirection(b"-ERR MOVED\r\n"), None);
         assert_eq!(redirection(b"-MOVED 1 :7000\r\n"), None);

@@ -13,6 +13,7 @@ use crate::protocol::request::{encode_array_header, encode_bulk};
 use crate::protocol::scan::Value;
 use crate::protocol::Request;
 use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
 
 /// Primaries a SCAN cursor can address.
 pub const SCAN_NODES: u64 = 1024;
@@ -97,16 +98,15 @@ fn part(target: Target, frame: Bytes) -> Part {
 /// the client's order.
 fn split(req: &Request, width: usize, merge: Merge) -> Plan {
     let mut slots: Vec<(u16, Vec<usize>)> = Vec::new();
+    // Slot -> its part: a lookup, so a request of many keys over many slots stays linear.
+    let mut index: HashMap<u16, usize> = HashMap::new();
     let mut places = Vec::new();
     for i in (1..req.argc()).step_by(width) {
         let s = slot::of(req.arg(i));
-        let at = match slots.iter().position(|(t, _)| *t == s) {
-            Some(p) => p,
-            None => {
-                slots.push((s, Vec::new()));
-                slots.len() - 1
-            }
-        };
+        let at = *index.entry(s).or_insert_with(|| {
+            slots.push((s, Vec::new()));
+            slots.len() - 1
+        });
         places.push((at as u32, slots[at].1.len() as u32));
         slots[at].1.push(i);
     }

@@ -168,3 +168,23 @@ fn garbage_replies_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_huge_mget_over_every_slot_splits_in_linear_time() {
+    let keys: Vec<String> = (0..200_000).map(|i| format!("k{i}")).collect();
+    let mut args = vec!["MGET"];
+    args.extend(keys.iter().map(String::as_str));
+    let started = std::time::Instant::now();
+    let (p, m) = parts(plan(&req(&args), &topo()));
+    assert_eq!(p.len(), 16384);
+    let Merge::Array(places) = m else {
+        panic!("{m:?}")
+    };
+    assert_eq!(places.len(), 200_000);
+    // Quadratic work here took tens of seconds.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

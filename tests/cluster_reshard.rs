@@ -1,0 +1,204 @@
+//! The cluster changing under cacheside: `redis-cli --cluster reshard` moving slots while a
+//! client writes and reads (no error reaches it, no write is lost), a manual failover, and a
+//! primary killed.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use support::cluster::{cli, RedisCluster};
+use support::Proxy;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_moved_under_traffic_give_no_errors_and_lose_no_writes() {
+    let cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let primaries: Vec<u16> = cluster.primaries().into_iter().map(|(p, _)| p).collect();
+    let id = |p: u16| cli(p, &["CLUSTER", "MYID"]).trim().to_string();
+    let (from, to) = (id(primaries[0]), id(primaries[1]));
+    let seed = format!("127.0.0.1:{}", cluster.ports[0]);
+
+    let done = Arc::new(AtomicBool::new(false));
+    let keys: Vec<String> = (0..300).map(|i| format!("rs:{i}")).collect();
+    let writer = {
+        let (done, keys) = (done.clone(), keys.clone());
+        let mut c = proxy.client().await;
+        tokio::spawn(async move {
+            let mut last = vec![0u64; keys.len()];
+            let mut round = 0u64;
+            while !done.load(Ordering::Relaxed) || round < 3 {
+                round += 1;
+                for (i, k) in keys.iter().enumerate() {
+                    let v = round * 1000 + i as u64;
+                    let () = redis::cmd("SET")
+                        .arg(k)
+                        .arg(v)
+                        .query_async(&mut c)
+                        .await
+                        .unwrap_or_else(|e| panic!("SET {k} in round {round}: {e}"));
+                    last[i] = v;
+                    let got: u64 = redis::cmd("GET")
+                        .arg(k)
+                        .query_async(&mut c)
+                        .await
+                        .unwrap_or_else(|e| panic!("GET {k} in round {round}: {e}"));
+                    assert_eq!(got, v, "{k} read back");
+                }
+                let got: Vec<u64> = redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("MGET in round {round}: {e}"));
+                assert_eq!(got, last, "MGET after round {round}");
+            }
+            (round, last)
+        })
+    };
+    let reshard = tokio::task::spawn_blocking(move || {
+        Command::new("redis-cli")
+            .args(["--cluster", "reshard", &seed])
+            .args(["--cluster-from", &from, "--cluster-to", &to])
+            .args(["--cluster-slots", "1500", "--cluster-yes"])
+            .args(["--cluster-pipeline", "5"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("run redis-cli --cluster reshard")
+    })
+    .await
+    .unwrap();
+    assert!(reshard.success(), "reshard failed");
+    done.store(true, Ordering::Relaxed);
+    let (rounds, last) = writer.await.unwrap();
+    assert!(rounds >= 3);
+    // The traffic met the moving slots: cacheside followed redirections.
+    let text = proxy.admin_get("/metrics").await.1;
+    let moved = support::metric(&text, "cacheside_cluster_redirects_total{kind=\"moved\"}");
+    assert!(moved.unwrap_or(0.0) >= 1.0, "{text}");
+    let ask = support::metric(&text, "cacheside_cluster_redirects_total{kind=\"ask\"}");
+    eprintln!("redirects followed: moved {moved:?}, ask {ask:?}; rounds {rounds}");
+    // Every last write is where the cluster now keeps its key.
+    for (k, v) in keys.iter().zip(last) {
+        let port = cluster.primary_of(cacheside::tier::redis::cluster::slot::of(k.as_bytes()));
+        let got = cli(port, &["GET", k]);
+        assert_eq!(got.trim(), v.to_string(), "{k} on {port}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_is_followed_without_an_error() {
+    let cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let mut c = proxy.client().await;
+    let keys: Vec<String> = (0..50).map(|i| format!("fo:{i}")).collect();
+    for k in &keys {
+        let () = redis::cmd("SET")
+            .arg(k)
+            .arg(1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    // A replica of the primary serving fo:0 takes over (CLUSTER FAILOVER waits for it to have
+    // every write of its primary).
+    let old = cluster.primary_of(cacheside::tier::redis::cluster::slot::of(b"fo:0"));
+    let old_id = cli(old, &["CLUSTER", "MYID"]);
+    let replica = *cluster
+        .ports
+        .iter()
+        .find(|&&p| {
+            cli(p, &["CLUSTER", "NODES"])
+                .lines()
+                .any(|l| l.contains("myself,slave") && l.contains(old_id.trim()))
+        })
+        .expect("the primary has a replica");
+    let start = std::time::Instant::now();
+    while !cli(replica, &["INFO", "replication"]).contains("master_link_status:up") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "replica never synced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(cli(replica, &["CLUSTER", "FAILOVER"]).trim(), "OK");
+    while !cli(replica, &["ROLE"]).starts_with("master") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "no failover"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The old primary, now a replica, answers MOVED: cacheside follows it to the new one.
+    for k in &keys {
+        let () = redis::cmd("SET")
+            .arg(k)
+            .arg(2)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let v: u64 = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
+        assert_eq!(v, 2, "{k}");
+    }
+    assert_eq!(cli(replica, &["GET", "fo:0"]).trim(), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_gives_errors_only_until_its_replica_takes_over() {
+    let mut cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let mut c = proxy.client().await;
+    let slot_of = |k: &str| cacheside::tier::redis::cluster::slot::of(k.as_bytes());
+    let old = cluster.primary_of(slot_of("kill:0"));
+    let () = redis::cmd("SET")
+        .arg("kill:0")
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !cluster.ports.iter().any(|&p| {
+        p != old
+            && cli(p, &["INFO", "replication"]).contains("master_link_status:up")
+            && cli(p, &["ROLE"]).starts_with("slave")
+            && cli(p, &["INFO", "replication"]).contains(&format!("master_port:{old}"))
+    }) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "replica never synced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    cluster.kill(old);
+    let start = std::time::Instant::now();
+    let mut errors = 0;
+    loop {
+        let r: redis::RedisResult<()> = redis::cmd("SET")
+            .arg("kill:0")
+            .arg(2)
+            .query_async(&mut c)
+            .await;
+        match r {
+            Ok(()) => break,
+            Err(_) => errors += 1,
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "never recovered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(errors > 0, "the switch took no time at all");
+    // (Meanwhile the whole cluster answers CLUSTERDOWN, as it does with its default
+    // cluster-require-full-coverage.) Recovered without restarting cacheside: every later
+    // command succeeds.
+    for _ in 0..20 {
+        let v: u64 = redis::cmd("GET")
+            .arg("kill:0")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(v, 2);
+    }
+    assert_eq!(proxy.admin_get("/readyz").await.0, 200);
+}
