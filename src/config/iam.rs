@@ -83,14 +83,8 @@ pub(super) fn validate(
 
 #[cfg(test)]
 mod tests {
+    use crate::config::validation_error as err;
     use crate::config::Config;
-
-    fn err(toml: &str) -> String {
-        Config::from_toml(toml, "t")
-            .and_then(Config::validate)
-            .unwrap_err()
-            .to_string()
-    }
 
     const IAM: &str = "[upstream]\nurl = \"redis://cache:6379\"\n[upstream.iam]\n";
 

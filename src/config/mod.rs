@@ -371,3 +371,12 @@ impl Config {
         toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
+
+/// The message validating `toml` fails with (tests of each section's checks).
+#[cfg(test)]
+pub(crate) fn validation_error(toml: &str) -> String {
+    Config::from_toml(toml, "t")
+        .and_then(Config::validate)
+        .unwrap_err()
+        .to_string()
+}

@@ -204,13 +204,7 @@ fn validate_tls(u: &UpstreamConfig, url: &UpstreamUrl) -> Result<Option<Upstream
 #[cfg(test)]
 mod tests {
     use super::super::Config;
-
-    fn err(toml: &str) -> String {
-        Config::from_toml(toml, "t")
-            .and_then(Config::validate)
-            .unwrap_err()
-            .to_string()
-    }
+    use crate::config::validation_error as err;
 
     #[test]
     fn tls_keys_need_rediss_and_come_in_pairs() {

@@ -414,13 +414,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn err(toml: &str) -> String {
-        Config::from_toml(toml, "t")
-            .and_then(Config::validate)
-            .unwrap_err()
-            .to_string()
-    }
+    use crate::config::validation_error as err;
 
     #[test]
     fn errors_name_the_key_and_value() {
