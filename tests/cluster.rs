@@ -7,20 +7,8 @@ mod support;
 use cacheside::tier::redis::cluster::slot;
 use std::collections::{HashMap, HashSet};
 use support::cluster::{cli, RedisCluster};
+use support::query as q;
 use support::Proxy;
-
-async fn q<T: redis::FromRedisValue>(
-    c: &mut redis::aio::MultiplexedConnection,
-    args: &[&str],
-) -> T {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query_async(c)
-        .await
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
 
 async fn start() -> (RedisCluster, Proxy) {
     let cluster = RedisCluster::start();

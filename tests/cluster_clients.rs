@@ -5,20 +5,8 @@ mod support;
 
 use cacheside::tier::redis::cluster::slot;
 use support::cluster::RedisCluster;
+use support::query as q;
 use support::Proxy;
-
-async fn q<T: redis::FromRedisValue>(
-    c: &mut redis::aio::MultiplexedConnection,
-    args: &[&str],
-) -> T {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query_async(c)
-        .await
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_mode_seeded_by_a_replica_routes_to_the_primaries() {
