@@ -1,0 +1,230 @@
+//! An upstream connection of one client's own, for state that must not leak onto shared
+//! connections: transactions, WATCH, pub/sub, MONITOR, blocking commands, a non-default db.
+//!
+//! The session writes the client's requests to it directly; a relay task forwards every frame the
+//! upstream sends, in arrival order, into a stream that the client's writer drains.
+//!
+//! The relay accounts for replies per request: each request comes with an [`Expect`] (usually one
+//! frame; one per channel for SUBSCRIBE; none under CLIENT REPLY OFF; for a bare UNSUBSCRIBE, one
+//! per subscription the relay knows of when it runs). Pub/sub messages, tracking invalidations
+//! and MONITOR output are recognised and never counted. Replies the proxy answers itself while
+//! pinned (`emit`) and the end of the pinned phase (`release`) take effect once every request
+//! written before them is fully answered, and before any reply to a later one.
+
+mod relay;
+
+use super::conn::{self, Handshake};
+use super::Settings;
+use crate::error::UpstreamError;
+use crate::metrics::Metrics;
+use crate::protocol::reply::{Expect, Proto};
+use crate::transport::WriteHalf;
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Frames buffered between the relay task and the client's writer.
+const STREAM_CAPACITY: usize = 256;
+
+enum Ctl {
+    Begin(mpsc::Sender<Bytes>),
+    /// The replies the next request written will produce, and whether it may block (no
+    /// deadline for its reply).
+    Expect(Expect, bool),
+    /// Relay `bytes` once `after` requests are fully answered.
+    Emit {
+        after: u64,
+        bytes: Bytes,
+    },
+    /// End the stream once `after` requests are fully answered.
+    Release {
+        after: u64,
+    },
+    /// Work that must finish before the reply to request number `at` is relayed.
+    BeforeReply {
+        at: u64,
+        work: BeforeReply,
+    },
+    /// The reply to request number `at` (EXEC) ends with an element of cacheside's own.
+    Trim {
+        at: u64,
+    },
+}
+
+/// Work tied to a request's reply, done before the client sees it (the hot tier completing a
+/// write: its keys evicted again, fills that raced it failed). The connection knows nothing of
+/// what it does; dropped undone if the connection dies.
+pub type BeforeReply = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+pub struct Pinned {
+    wr: WriteHalf,
+    ctl: mpsc::UnboundedSender<Ctl>,
+    task: JoinHandle<UpstreamError>,
+    addr: Arc<str>,
+    /// Requests written so far.
+    sent: u64,
+    metrics: Arc<Metrics>,
+    upstream_id: Option<i64>,
+    /// The relay has ended: nothing sent now could be answered.
+    dead: bool,
+    /// ElastiCache IAM: when this connection should authenticate again (see `reauth_due`).
+    reauth_at: Option<tokio::time::Instant>,
+}
+
+impl Pinned {
+    pub(super) async fn open(
+        settings: &Settings,
+        addr: Arc<str>,
+        proto: Proto,
+        client_name: Option<&[u8]>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, UpstreamError> {
+        let hs = Handshake {
+            settings,
+            proto,
+            client_name,
+        };
+        let (stream, upstream_id) =
+            conn::open_with_id(&hs, &addr, settings.connect_timeout, true).await?;
+        let (rd, wr) = stream.into_split();
+        let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(relay::relay(
+            rd,
+            ctl_rx,
+            addr.clone(),
+            settings.command_timeout,
+        ));
+        metrics.pinned_connections.inc();
+        Ok(Self {
+            wr,
+            ctl,
+            task,
+            addr,
+            sent: 0,
+            metrics,
+            upstream_id,
+            dead: false,
+            reauth_at: settings
+                .iam
+                .as_ref()
+                .map(|iam| tokio::time::Instant::now() + iam.reauth_delay()),
+        })
+    }
+
+    /// Whether an IAM-authenticated connection is near ElastiCache's 12-hour limit. A pinned
+    /// connection carries its client's state, so it is not re-authenticated in band; the
+    /// session replaces it with a new one when it next enters the pinned phase with this true,
+    /// when the connection holds no state worth keeping.
+    pub fn reauth_due(&self) -> bool {
+        self.reauth_at
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+    }
+
+    /// The node this connection goes to.
+    pub fn addr(&self) -> &Arc<str> {
+        &self.addr
+    }
+
+    /// This connection's id upstream (`CLIENT ID` as the upstream answers it).
+    pub fn upstream_id(&self) -> Option<i64> {
+        self.upstream_id
+    }
+
+    /// Opens a stream of upstream frames for the client's writer; it ends at `release`.
+    pub fn begin(&mut self) -> mpsc::Receiver<Bytes> {
+        let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
+        self.ctl(Ctl::Begin(tx));
+        rx
+    }
+
+    /// Hands the relay a control message; a relay that has ended takes none, and the
+    /// connection is then dead for everything after.
+    fn ctl(&mut self, c: Ctl) {
+        if self.ctl.send(c).is_err() {
+            self.dead = true;
+        }
+    }
+
+    /// Declares the replies of the next request; call once per request, before `send` writes it.
+    /// Its reply must come within the command timeout, as on shared connections.
+    pub fn expect(&mut self, e: Expect) {
+        self.sent += 1;
+        self.ctl(Ctl::Expect(e, false));
+    }
+
+    /// Like `expect`, for a request that may block (BLPOP, XREAD BLOCK, WAIT): no deadline.
+    pub fn expect_blocking(&mut self, e: Expect) {
+        self.sent += 1;
+        self.ctl(Ctl::Expect(e, true));
+    }
+
+    /// Writes requests, each already declared with `expect`.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+        if self.dead || self.task.is_finished() {
+            // Its relay has ended (and answered what it owed): these would get no reply.
+            return Err(UpstreamError::Closed {
+                addr: self.addr.clone(),
+            });
+        }
+        let res = match self.wr.write_all(bytes).await {
+            // TLS may hold back what the socket did not take; plain TCP flushes nothing.
+            Ok(()) => self.wr.flush().await,
+            e => e,
+        };
+        res.map_err(|e| UpstreamError::Unavailable {
+            addr: self.addr.clone(),
+            detail: e.to_string().into(),
+        })
+    }
+
+    /// Runs `work` just before the reply to the last declared request is relayed.
+    pub fn before_reply(&mut self, work: BeforeReply) {
+        let at = self.sent;
+        self.ctl(Ctl::BeforeReply { at, work });
+    }
+
+    /// The reply to the last declared request (an EXEC) is relayed without its last element,
+    /// the reply to a command of cacheside's own queued in the transaction.
+    pub fn trim_last(&mut self) {
+        let at = self.sent;
+        self.ctl(Ctl::Trim { at });
+    }
+
+    /// Queues a reply of the proxy's own, after the replies to everything sent so far; an
+    /// error if the connection is dead (the reply could not be placed in order).
+    pub fn emit(&mut self, bytes: Bytes) -> Result<(), UpstreamError> {
+        let after = self.sent;
+        self.ctl(Ctl::Emit { after, bytes });
+        if self.dead {
+            return Err(UpstreamError::Closed {
+                addr: self.addr.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends the current stream once every reply to what was sent has been relayed.
+    pub fn release(&mut self) {
+        let after = self.sent;
+        self.ctl(Ctl::Release { after });
+    }
+
+    /// Resolves when the connection is lost, with the reason.
+    pub async fn lost(&mut self) -> UpstreamError {
+        match (&mut self.task).await {
+            Ok(e) => e,
+            Err(_) => UpstreamError::Closed {
+                addr: self.addr.clone(),
+            },
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.metrics.pinned_connections.dec();
+    }
+}
