@@ -26,6 +26,9 @@ pub enum UpstreamError {
     Tls { addr: Arc<str>, detail: Arc<str> },
     #[error("upstream {addr} queue is full ({limit} batches waiting)")]
     Overloaded { addr: Arc<str>, limit: usize },
+    /// The node answered `-READONLY`: a failover made it a replica.
+    #[error("upstream {addr} is a read-only replica now (failover)")]
+    ReadOnly { addr: Arc<str> },
 }
 
 impl UpstreamError {
@@ -39,6 +42,7 @@ impl UpstreamError {
             UpstreamError::Protocol { .. } => UpstreamFailure::Protocol,
             UpstreamError::Handshake { .. } => UpstreamFailure::Handshake,
             UpstreamError::Tls { .. } => UpstreamFailure::Tls,
+            UpstreamError::ReadOnly { .. } => UpstreamFailure::ReadOnly,
         }
     }
 }

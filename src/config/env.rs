@@ -64,6 +64,8 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("upstream.iam.user_id", Kind::Str),
     ("upstream.iam.serverless", Kind::Bool),
     ("upstream.mode", Kind::Str),
+    ("upstream.read_from", Kind::Str),
+    ("upstream.reader_url", Kind::Str),
     ("admin.listen", Kind::Str),
     ("log.level", Kind::Str),
     ("log.format", Kind::Str),

@@ -246,6 +246,10 @@ pub struct UpstreamConfig {
     pub iam: Option<IamConfig>,
     /// `auto` (detect from the seed node), `standalone` or `cluster`.
     pub mode: String,
+    /// Where read-only commands go: `primary`, `replica` or `prefer_replica`.
+    pub read_from: String,
+    /// A replication group's reader endpoint (same scheme and credentials as `url`).
+    pub reader_url: Option<String>,
 }
 
 /// `[upstream.iam]`: mint an ElastiCache IAM token per connection as the AUTH password.
@@ -276,6 +280,8 @@ impl Default for UpstreamConfig {
             tls_insecure_skip_verify: false,
             iam: None,
             mode: "auto".into(),
+            read_from: "primary".into(),
+            reader_url: None,
         }
     }
 }

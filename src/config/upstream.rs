@@ -24,6 +24,20 @@ pub struct UpstreamSettings {
     /// `upstream.iam`: ElastiCache IAM tokens instead of a password.
     pub iam: Option<crate::tier::redis::iam::IamAuth>,
     pub mode: Mode,
+    /// Where read-only commands go (writes always go to the primary).
+    pub read_from: ReadFrom,
+    /// `upstream.reader_url`: the replicas' endpoint, with the URL's credentials and TLS options.
+    pub reader: Option<Box<UpstreamSettings>>,
+}
+
+/// `upstream.read_from`: where plain read-only commands are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    Primary,
+    /// Always a replica; its errors are the client's.
+    Replica,
+    /// A replica while one is connected, else the primary.
+    PreferReplica,
 }
 
 /// Whether the upstream is one Redis or a Redis Cluster.
@@ -136,7 +150,18 @@ pub(super) fn validate(u: &UpstreamConfig) -> Result<Option<UpstreamSettings>, C
             ),
         ));
     }
-    Ok(Some(UpstreamSettings {
+    let read_from = match u.read_from.as_str() {
+        "primary" => ReadFrom::Primary,
+        "replica" => ReadFrom::Replica,
+        "prefer_replica" => ReadFrom::PreferReplica,
+        other => {
+            return Err(ConfigError::invalid(
+                "upstream.read_from",
+                format!("{other:?} must be \"primary\", \"replica\" or \"prefer_replica\""),
+            ))
+        }
+    };
+    let mut settings = UpstreamSettings {
         iam,
         url,
         password_file: u.password_file.clone(),
@@ -147,7 +172,87 @@ pub(super) fn validate(u: &UpstreamConfig) -> Result<Option<UpstreamSettings>, C
         reconnect_min,
         reconnect_max,
         mode,
-    }))
+        read_from,
+        reader: None,
+    };
+    settings.reader = reader(u, &settings)?;
+    Ok(Some(settings))
+}
+
+/// `upstream.reader_url`: the same settings, to the reader endpoint's host and port. Its
+/// scheme must match the URL's; credentials and database not written in it are the URL's.
+fn reader(
+    u: &UpstreamConfig,
+    primary: &UpstreamSettings,
+) -> Result<Option<Box<UpstreamSettings>>, ConfigError> {
+    let raw = match u.reader_url.as_deref().map(str::trim) {
+        None | Some("")
+            if primary.mode == Mode::Cluster && primary.read_from != ReadFrom::Primary =>
+        {
+            return Err(ConfigError::invalid(
+                "upstream.read_from",
+                "replica reads are not supported in cluster mode yet: use \"primary\"",
+            ));
+        }
+        None | Some("") => {
+            if primary.read_from != ReadFrom::Primary {
+                return Err(ConfigError::invalid(
+                    "upstream.read_from",
+                    "replicas need upstream.reader_url (the replication group's reader endpoint)",
+                ));
+            }
+            return Ok(None);
+        }
+        Some(raw) => raw,
+    };
+    if primary.mode == Mode::Cluster {
+        if primary.read_from != ReadFrom::Primary {
+            return Err(ConfigError::invalid(
+                "upstream.read_from",
+                "replica reads are not supported in cluster mode yet: use \"primary\"",
+            ));
+        }
+        return Err(ConfigError::invalid(
+            "upstream.reader_url",
+            "is for a replication group; a Redis Cluster's replicas come from its slot map",
+        ));
+    }
+    if primary.read_from == ReadFrom::Primary {
+        return Err(ConfigError::invalid(
+            "upstream.reader_url",
+            "is set but upstream.read_from = \"primary\" never uses it: set read_from to \"replica\" or \"prefer_replica\"",
+        ));
+    }
+    let mut url =
+        UpstreamUrl::parse(raw).map_err(|m| ConfigError::invalid("upstream.reader_url", m))?;
+    if url.tls != primary.url.tls {
+        return Err(ConfigError::invalid(
+            "upstream.reader_url",
+            "must use the same scheme as upstream.url (both redis:// or both rediss://)",
+        ));
+    }
+    if url.username.is_none() && url.password.is_none() {
+        url.username = primary.url.username.clone();
+        url.password = primary.url.password.clone();
+    }
+    if raw.trim_end_matches('/').matches('/').count() <= 2 {
+        url.db = primary.url.db;
+    } else if url.db != primary.url.db {
+        return Err(ConfigError::invalid(
+            "upstream.reader_url",
+            format!(
+                "database {} differs from upstream.url's ({})",
+                url.db, primary.url.db
+            ),
+        ));
+    }
+    let tls = validate_tls(u, &url)?;
+    Ok(Some(Box::new(UpstreamSettings {
+        url,
+        tls,
+        reader: None,
+        ..primary.clone()
+    })))
 }
 
 fn validate_tls(u: &UpstreamConfig, url: &UpstreamUrl) -> Result<Option<UpstreamTls>, ConfigError> {
@@ -278,5 +383,37 @@ mod tests {
         std::fs::write(&file, "rotated\n").unwrap();
         assert_eq!(u.password().unwrap().as_deref(), Some("rotated"));
         assert!(!format!("{u:?}").contains("rotated"));
+    }
+
+    #[test]
+    fn replicas_need_a_reader_endpoint_of_the_same_kind() {
+        assert!(
+            err("[upstream]\nurl = \"redis://h\"\nread_from = \"nearest\"\n")
+                .starts_with("upstream.read_from: \"nearest\" must be")
+        );
+        assert!(err(
+            "[upstream]\nurl = \"redis://h\"\nmode = \"standalone\"\nread_from = \"replica\"\n"
+        )
+        .starts_with("upstream.read_from: replicas need upstream.reader_url"));
+        assert!(
+            err("[upstream]\nurl = \"redis://h\"\nreader_url = \"redis://r\"\n")
+                .starts_with("upstream.reader_url: is set but upstream.read_from = \"primary\"")
+        );
+        assert!(err("[upstream]\nurl = \"rediss://h\"\nread_from = \"replica\"\nreader_url = \"redis://r\"\n")
+            .starts_with("upstream.reader_url: must use the same scheme"));
+        assert!(err("[upstream]\nurl = \"redis://h/2\"\nread_from = \"replica\"\nreader_url = \"redis://r/3\"\n")
+            .starts_with("upstream.reader_url: database 3 differs"));
+        let toml = "[upstream]\nurl = \"rediss://app:pw@master.example:6379/2\"\nread_from = \"prefer_replica\"\nreader_url = \"rediss://replica.example:6380\"\n";
+        let u = Config::from_toml(toml, "t")
+            .and_then(Config::validate)
+            .unwrap()
+            .upstream
+            .unwrap();
+        assert_eq!(u.read_from, super::ReadFrom::PreferReplica);
+        let r = u.reader.as_ref().unwrap();
+        assert_eq!(r.url.addr(), "replica.example:6380");
+        assert_eq!((r.url.db, r.url.username.as_deref()), (2, Some("app")));
+        assert_eq!(r.url.password.as_deref(), Some("pw"));
+        assert!(r.tls.is_some());
     }
 }

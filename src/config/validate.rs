@@ -20,7 +20,7 @@ impl std::fmt::Debug for ClientAuth {
     }
 }
 
-pub use super::upstream::{Mode as UpstreamMode, UpstreamSettings};
+pub use super::upstream::{Mode as UpstreamMode, ReadFrom, UpstreamSettings};
 
 pub use crate::tier::hot::settings::{Coherence, HotSettings, RuleSettings};
 

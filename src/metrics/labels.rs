@@ -43,16 +43,19 @@ pub enum UpstreamFailure {
     Timeout,
     Closed,
     Protocol,
+    /// A `-READONLY` reply: the node was demoted by a failover.
+    ReadOnly,
 }
 
 impl UpstreamFailure {
-    pub(super) const ALL: [UpstreamFailure; 6] = [
+    pub(super) const ALL: [UpstreamFailure; 7] = [
         UpstreamFailure::Connect,
         UpstreamFailure::Handshake,
         UpstreamFailure::Tls,
         UpstreamFailure::Timeout,
         UpstreamFailure::Closed,
         UpstreamFailure::Protocol,
+        UpstreamFailure::ReadOnly,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -62,6 +65,7 @@ impl UpstreamFailure {
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::Closed => "closed",
             UpstreamFailure::Protocol => "protocol",
+            UpstreamFailure::ReadOnly => "readonly",
         }
     }
 }

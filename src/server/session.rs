@@ -69,6 +69,8 @@ pub(super) struct Session {
     me: Registration,
     /// The last command handled, for CLIENT LIST's `cmd`.
     last_cmd: &'static str,
+    /// Read-only commands go to replicas (`upstream.read_from` with a reader endpoint).
+    replica_reads: bool,
     /// A read that missed was queued since the last `ReadEnd`.
     fills_queued: bool,
     /// Cluster mode: the open transaction is on the node of its first key (see `rehome`).
@@ -84,6 +86,7 @@ impl Session {
     ) -> Self {
         let id = ctx.next_client_id();
         let default_db = ctx.upstream.as_ref().map_or(0, |u| u.settings().url.db);
+        let replica_reads = ctx.upstream.as_ref().is_some_and(|u| u.reads_replicas());
         let st = ClientState::new(id, default_db, ctx.router.needs_auth());
         let (addr, laddr, fd) = peer;
         let me = ctx
@@ -110,6 +113,7 @@ impl Session {
             read_ahead: false,
             me,
             last_cmd: "",
+            replica_reads,
             fills_queued: false,
             multi_homed: false,
         }
@@ -296,7 +300,12 @@ impl Session {
                     self.flush_run(chunk).await?;
                     self.barrier().await?;
                 }
-                self.push_run(Dest::Shared, chunk, span, &req, inv).await?;
+                let dest = if info.is_read() && !info.is_write() && self.replica_reads {
+                    Dest::Replica
+                } else {
+                    Dest::Shared
+                };
+                self.push_run(dest, chunk, span, &req, inv).await?;
                 if !cleanup.is_empty() {
                     match &mut self.run {
                         Some(run) => run

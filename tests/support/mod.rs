@@ -12,6 +12,7 @@ pub mod history;
 pub mod iam;
 pub mod postgres;
 pub mod readthrough;
+pub mod relay;
 
 use cacheside::config::Config;
 use std::net::{SocketAddr, TcpListener as StdListener};

@@ -12,6 +12,8 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dest {
     Shared,
+    /// A read-only command, to a replica (`upstream.read_from`).
+    Replica,
     Pinned,
 }
 
@@ -90,7 +92,7 @@ impl Session {
         mut after: Option<Box<AfterReply>>,
     ) -> Result<(), Stop> {
         match dest {
-            Dest::Shared => {
+            Dest::Shared | Dest::Replica => {
                 let upstream = self
                     .ctx
                     .upstream
@@ -135,7 +137,11 @@ impl Session {
                     }
                 }
                 let started = Instant::now();
-                let rx = upstream.send(self.st.proto, self.st.id, bytes, sent);
+                let rx = if dest == Dest::Replica {
+                    upstream.send_read(self.st.proto, self.st.id, bytes, sent)
+                } else {
+                    upstream.send(self.st.proto, self.st.id, bytes, sent)
+                };
                 self.shared_dirty = true;
                 self.queue(Out::Upstream {
                     rx,

@@ -7,6 +7,7 @@ pub mod iam;
 mod pinned;
 mod pool;
 
+pub use crate::config::validate::ReadFrom;
 pub use crate::config::validate::UpstreamMode as Mode;
 pub use crate::config::validate::UpstreamSettings as Settings;
 pub use pinned::{BeforeReply, Pinned};
@@ -33,10 +34,37 @@ pub struct Upstream {
 }
 
 struct Standalone {
+    primary: Pools,
+    /// `upstream.reader_url`: the replicas, for read-only commands (`upstream.read_from`).
+    reader: Option<Pools>,
+}
+
+/// The shared pools to one endpoint, one per protocol version.
+struct Pools {
+    settings: Arc<Settings>,
     resp2: Pool,
     /// Created when the first client switches to RESP3, so an upstream without HELLO is never
     /// asked for it unless a client wants it.
     resp3: OnceLock<Pool>,
+}
+
+impl Pools {
+    fn start(settings: Arc<Settings>, metrics: &Arc<Metrics>) -> Self {
+        Self {
+            resp2: Pool::start(settings.clone(), Proto::Resp2, metrics.clone()),
+            resp3: OnceLock::new(),
+            settings,
+        }
+    }
+
+    fn get(&self, proto: Proto, metrics: &Arc<Metrics>) -> &Pool {
+        match proto {
+            Proto::Resp2 => &self.resp2,
+            Proto::Resp3 => self
+                .resp3
+                .get_or_init(|| Pool::start(self.settings.clone(), Proto::Resp3, metrics.clone())),
+        }
+    }
 }
 
 impl Upstream {
@@ -70,8 +98,13 @@ impl Upstream {
 
     fn start_standalone(&self) {
         self.standalone.get_or_init(|| Standalone {
-            resp2: Pool::start(self.settings.clone(), Proto::Resp2, self.metrics.clone()),
-            resp3: OnceLock::new(),
+            primary: Pools::start(self.settings.clone(), &self.metrics),
+            reader: self
+                .settings
+                .reader
+                .as_ref()
+                .filter(|_| self.settings.read_from != ReadFrom::Primary)
+                .map(|r| Pools::start(Arc::new((**r).clone()), &self.metrics)),
         });
     }
 
@@ -86,6 +119,9 @@ impl Upstream {
             let _ = c.refresh().await;
         }
         tracing::info!(seed = %self.settings.url.addr(), "upstream is a Redis Cluster");
+        if self.settings.reader.is_some() {
+            tracing::error!("upstream.reader_url and read_from are ignored: the upstream is a Redis Cluster, where replica reads are not supported yet; every command goes to its slot's primary");
+        }
     }
 
     pub fn settings(&self) -> &Settings {
@@ -106,7 +142,7 @@ impl Upstream {
     pub fn is_up(&self) -> bool {
         match (self.cluster.get(), self.standalone.get()) {
             (Some(c), _) => c.is_up(),
-            (None, Some(s)) => s.resp2.up_count() > 0,
+            (None, Some(s)) => s.primary.resp2.up_count() > 0,
             (None, None) => false,
         }
     }
@@ -118,15 +154,10 @@ impl Upstream {
             return c.send(proto, affinity, bytes, count);
         }
         match self.standalone.get() {
-            Some(s) => {
-                let pool = match proto {
-                    Proto::Resp2 => &s.resp2,
-                    Proto::Resp3 => s.resp3.get_or_init(|| {
-                        Pool::start(self.settings.clone(), Proto::Resp3, self.metrics.clone())
-                    }),
-                };
-                pool.send(affinity as usize, bytes, count)
-            }
+            Some(s) => s
+                .primary
+                .get(proto, &self.metrics)
+                .send(affinity as usize, bytes, count),
             None => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let _ = tx.send(Err(UpstreamError::Unavailable {
@@ -136,6 +167,26 @@ impl Upstream {
                 rx
             }
         }
+    }
+
+    /// Whether read-only commands may go to replicas (`upstream.read_from` with a reader
+    /// endpoint); the session then sends them with [`Upstream::send_read`].
+    pub fn reads_replicas(&self) -> bool {
+        self.cluster.get().is_none() && self.standalone.get().is_some_and(|s| s.reader.is_some())
+    }
+
+    /// Sends read-only requests to a replica as `upstream.read_from` says: `replica` always,
+    /// `prefer_replica` while a replica connection is up (else the primary).
+    pub fn send_read(&self, proto: Proto, affinity: u64, bytes: Bytes, count: u32) -> ReplyRx {
+        if self.cluster.get().is_none() {
+            if let Some(reader) = self.standalone.get().and_then(|s| s.reader.as_ref()) {
+                let pool = reader.get(proto, &self.metrics);
+                if self.settings.read_from == ReadFrom::Replica || pool.up_count() > 0 {
+                    return pool.send(affinity as usize, bytes, count);
+                }
+            }
+        }
+        self.send(proto, affinity, bytes, count)
     }
 
     /// Opens a connection of one client's own; in cluster mode to the primary of `key`'s slot

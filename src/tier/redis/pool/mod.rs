@@ -39,12 +39,17 @@ struct Job {
     bytes: Bytes,
     count: u32,
     tx: oneshot::Sender<BatchResult>,
+    /// Sent again after a `-READONLY` reply (see `Supervisor::serve`): never a second time.
+    retried: bool,
 }
 
 struct Pending {
+    /// Kept (a reference count, not a copy) so the batch can be sent again after `-READONLY`.
+    bytes: Bytes,
     count: u32,
     tx: oneshot::Sender<BatchResult>,
     deadline: Instant,
+    retried: bool,
 }
 
 const CONNECTING: u8 = 0;
@@ -134,7 +139,12 @@ impl Pool {
             let _ = tx.send(Err(err));
             return rx;
         };
-        if let Err(e) = slot.tx.try_send(Job { bytes, count, tx }) {
+        if let Err(e) = slot.tx.try_send(Job {
+            bytes,
+            count,
+            tx,
+            retried: false,
+        }) {
             let job = match e {
                 mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
             };
@@ -159,6 +169,8 @@ struct Supervisor {
 impl Supervisor {
     async fn run(self, mut rx: mpsc::Receiver<Job>) {
         let mut attempt: u32 = 0;
+        // Batches answered `-READONLY` by a demoted primary, sent first on the next connection.
+        let mut retry: Vec<Job> = Vec::new();
         loop {
             self.slot.state.store(CONNECTING, Ordering::Relaxed);
             let hs = Handshake {
@@ -174,7 +186,7 @@ impl Supervisor {
                     self.metrics.upstream_connections.inc();
                     tracing::debug!(upstream = %self.addr, proto = self.proto.number(), "upstream connection up");
                     let (rd, wr) = stream.into_split();
-                    let err = self.serve(rd, wr, &mut rx).await;
+                    let err = self.serve(rd, wr, &mut rx, &mut retry).await;
                     self.up.fetch_sub(1, Ordering::Relaxed);
                     self.metrics.upstream_connections.dec();
                     match err {
@@ -182,9 +194,22 @@ impl Supervisor {
                         None => return, // the pool was dropped
                     }
                 }
-                Err(e) => e,
+                Err(e) => {
+                    for job in retry.drain(..) {
+                        let _ = job.tx.send(Err(e.clone()));
+                    }
+                    e
+                }
             };
             self.metrics.upstream_failure(err.failure());
+            if matches!(err, UpstreamError::ReadOnly { .. }) {
+                tracing::warn!(upstream = %self.addr, "upstream answered READONLY (a failover made it a replica): reconnecting; the refused batches are sent once more");
+                // Not down: batches queued meanwhile wait for the next connection, which is
+                // expected to reach the new primary once the endpoint's name moves to it.
+                self.slot.state.store(CONNECTING, Ordering::Relaxed);
+                tokio::time::sleep(self.settings.reconnect_min).await;
+                continue;
+            }
             if attempt == 0 {
                 tracing::warn!(upstream = %self.addr, error = %err, "upstream connection failed");
             } else {
@@ -235,25 +260,39 @@ impl Supervisor {
         rd: ReadHalf,
         wr: WriteHalf,
         rx: &mut mpsc::Receiver<Job>,
+        retry: &mut Vec<Job>,
     ) -> Option<UpstreamError> {
         let (settings, addr) = (&*self.settings, &self.addr);
+        let first = std::mem::take(retry);
         let timeout = settings.command_timeout;
         let pending = Mutex::new(VecDeque::<Pending>::new());
         let wake = Notify::new();
         let result = tokio::select! {
-            r = wire::write_loop(wr, rx, &pending, &wake, timeout, addr) => r,
+            r = wire::write_loop(wr, rx, first, &pending, &wake, timeout, addr) => r,
             r = wire::read_loop(rd, &pending, &wake, timeout, addr, &self.metrics, self.proto) => Some(r),
             r = reauth(settings.iam.as_ref(), self.slot.tx.downgrade(), addr) => Some(r),
         };
         let err = result
             .clone()
             .unwrap_or_else(|| UpstreamError::Closed { addr: addr.clone() });
+        let demoted = matches!(err, UpstreamError::ReadOnly { .. });
         for p in pending
             .lock()
             .expect("pending lock is never poisoned")
             .drain(..)
         {
-            let _ = p.tx.send(Err(err.clone()));
+            // A failover demoted the node: what it held (its writes refused, its reads without
+            // effect) runs once more on the new connection, which finds the new primary.
+            if demoted && !p.retried {
+                retry.push(Job {
+                    bytes: p.bytes,
+                    count: p.count,
+                    tx: p.tx,
+                    retried: true,
+                });
+            } else {
+                let _ = p.tx.send(Err(err.clone()));
+            }
         }
         result
     }
@@ -283,6 +322,7 @@ async fn reauth(
                 bytes: encode_command(&["AUTH", token.user(), token.secret()]),
                 count: 1,
                 tx: reply_tx,
+                retried: false,
             };
             let closed = || UpstreamError::Closed { addr: addr.clone() };
             tx.send(job).await.map_err(|_| closed())?;

@@ -17,16 +17,18 @@ use tokio::time::Instant;
 pub(super) async fn write_loop(
     mut wr: WriteHalf,
     rx: &mut mpsc::Receiver<Job>,
+    first: Vec<Job>,
     pending: &Mutex<VecDeque<Pending>>,
     wake: &Notify,
     timeout: Duration,
     addr: &Arc<str>,
 ) -> Option<UpstreamError> {
-    let mut jobs = Vec::with_capacity(WRITE_BATCH);
+    let mut jobs = first;
+    jobs.reserve(WRITE_BATCH);
     let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
-        if rx.recv_many(&mut jobs, WRITE_BATCH).await == 0 {
+        if jobs.is_empty() && rx.recv_many(&mut jobs, WRITE_BATCH).await == 0 {
             return None;
         }
         let deadline = Instant::now() + timeout;
@@ -88,11 +90,13 @@ fn stage(
         let mut p = pending.lock().expect("pending lock is never poisoned");
         let was_empty = p.is_empty();
         for job in jobs.drain(..) {
-            batch.push(job.bytes);
+            batch.push(job.bytes.clone());
             p.push_back(Pending {
+                bytes: job.bytes,
                 count: job.count,
                 tx: job.tx,
                 deadline,
+                retried: job.retried,
             });
         }
         was_empty
@@ -114,6 +118,8 @@ pub(super) async fn read_loop(
     let mut buf = BytesMut::with_capacity(64 * 1024);
     // Progress through the oldest waiter's replies: frames seen, bytes they span.
     let (mut frames, mut scanned) = (0u32, 0usize);
+    // The oldest waiter's replies hold a `-READONLY` error: the node is a replica now.
+    let mut readonly = false;
     loop {
         // Complete every waiter whose replies are all in the buffer.
         loop {
@@ -132,6 +138,7 @@ pub(super) async fn read_loop(
                         // a RESP3 push included, answers a request.
                         if f.kind == ReplyKind::Error {
                             metrics.upstream_error_replies.inc();
+                            readonly |= buf[scanned..].starts_with(b"-READONLY ");
                         }
                         scanned += f.len;
                         frames += 1;
@@ -147,6 +154,15 @@ pub(super) async fn read_loop(
             }
             if frames < want {
                 break;
+            }
+            if std::mem::take(&mut readonly)
+                && pending
+                    .lock()
+                    .expect("pending lock is never poisoned")
+                    .front()
+                    .is_some_and(|p| !p.retried)
+            {
+                return UpstreamError::ReadOnly { addr: addr.clone() };
             }
             let replies = buf.split_to(scanned).freeze();
             (frames, scanned) = (0, 0);
