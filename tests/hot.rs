@@ -92,6 +92,15 @@ async fn repeated_reads_are_served_from_the_hot_tier() {
         hits >= 14.0,
         "10 GETs + EXISTS + STRLEN + HGET + HGETALL from the tier, got {hits}"
     );
+    let timed = scrape(
+        &proxy,
+        "cacheside_request_duration_seconds_count{source=\"hot\"}",
+    )
+    .await;
+    assert!(
+        timed >= hits,
+        "every hit is timed as source=hot: {timed} < {hits}"
+    );
     // Keys without a rule are never cached.
     let _: () = direct.set("other:1", "x").await.unwrap();
     let before = hot_hits(&proxy).await;

@@ -151,7 +151,14 @@ async fn admin_endpoints_report_liveness_readiness_and_metrics() {
     );
     assert!(metric(&text, "cacheside_client_connections").unwrap() >= 1.0);
     assert!(metric(&text, "cacheside_upstream_connections").unwrap() >= 1.0);
-    assert!(metric(&text, "cacheside_request_duration_seconds_count").unwrap() >= 10.0);
+    assert!(
+        metric(
+            &text,
+            "cacheside_request_duration_seconds_count{source=\"upstream\"}"
+        )
+        .unwrap()
+            >= 10.0
+    );
     assert_eq!(proxy.admin_get("/nope").await.0, 404);
 
     assert_eq!(proxy.admin_get("/healthz/upstream").await.0, 200);

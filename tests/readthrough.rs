@@ -184,6 +184,16 @@ async fn redis_down_reads_come_from_postgres_and_postgres_down_fails_fast() {
         metrics.contains("cacheside_origin_degraded_total{mapping=\"product\"}"),
         "{metrics}"
     );
+    // Both reads were answered by a load: timed as source="origin".
+    assert!(
+        support::metric(
+            &metrics,
+            "cacheside_request_duration_seconds_count{source=\"origin\"}"
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
+        "{metrics}"
+    );
 
     redis.restart();
     // Redis restarted empty. Until cacheside has reconnected, reads stay degraded (answered

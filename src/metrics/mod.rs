@@ -4,7 +4,10 @@
 //! plain atomic and never hashes a label set.
 
 use crate::protocol::Family;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 mod labels;
 pub use labels::{InvalidationSource, Outcome, UpstreamFailure, LATENCY_BUCKETS};
@@ -99,7 +102,16 @@ pub struct Metrics {
     pub cluster_moved: IntCounter,
     pub cluster_ask: IntCounter,
     pub cluster_refreshes: IntCounter,
-    pub request_duration: Histogram,
+    /// `cacheside_request_duration_seconds` by where the answer came from.
+    pub latency: Latency,
+}
+
+/// Request latency by `source`: `hot` (a hot-tier hit, per request), `upstream` (per pipelined
+/// batch sent to Redis), `origin` (a read answered by a PostgreSQL load, per request).
+pub struct Latency {
+    pub hot: Histogram,
+    pub upstream: Histogram,
+    pub origin: Histogram,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -149,17 +161,40 @@ impl Metrics {
             .iter()
             .map(|k| failures_vec.with_label_values(&[k.as_str()]))
             .collect();
-        let request_duration = register(
+        let durations = register(
             r,
-            Histogram::with_opts(
+            HistogramVec::new(
                 HistogramOpts::new(
                     "cacheside_request_duration_seconds",
-                    "Time from dispatch to reply ready: per locally answered command, and per pipelined batch sent upstream.",
+                    "Time from dispatch to reply ready, by source: hot (per hit), upstream (per pipelined batch), origin (per read loaded from PostgreSQL).",
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
+                &["source"],
             )
             .expect("valid metric"),
         );
+        let latency = Latency {
+            hot: durations.with_label_values(&["hot"]),
+            upstream: durations.with_label_values(&["upstream"]),
+            origin: durations.with_label_values(&["origin"]),
+        };
+        let build_info = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "cacheside_build_info",
+                    "Always 1; labels: the version and the git commit built.",
+                ),
+                &["version", "commit"],
+            )
+            .expect("valid metric"),
+        );
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("CACHESIDE_GIT_COMMIT").unwrap_or("unknown"),
+            ])
+            .set(1);
         let vec2 = |name: &str, help: &str, label: &str| {
             register(
                 r,
@@ -330,7 +365,7 @@ impl Metrics {
                 "cacheside_cluster_slot_map_reads_total",
                 "Cluster mode: reads of the slot map (CLUSTER SHARDS), periodic or after MOVED.",
             ),
-            request_duration,
+            latency,
             registry,
         }
     }
@@ -410,6 +445,8 @@ mod tests {
         assert!(
             text.contains("cacheside_commands_total{family=\"sorted_set\",outcome=\"pinned\"} 1")
         );
-        assert!(text.contains("cacheside_request_duration_seconds_bucket{le=\"0.000025\"}"));
+        assert!(text
+            .contains("cacheside_request_duration_seconds_bucket{source=\"hot\",le=\"0.000025\"}"));
+        assert!(text.contains("cacheside_build_info{commit="));
     }
 }

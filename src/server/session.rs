@@ -285,6 +285,7 @@ impl Session {
         } else {
             &mut self.hits
         };
+        let routed = Instant::now();
         let (decision, info) = self
             .ctx
             .router
@@ -339,6 +340,11 @@ impl Session {
             }
             Decision::Cached => {
                 self.ctx.metrics.command(info.family, Outcome::Cached);
+                self.ctx
+                    .metrics
+                    .latency
+                    .hot
+                    .observe(routed.elapsed().as_secs_f64());
                 if direct {
                     return Ok(());
                 }

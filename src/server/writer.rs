@@ -178,7 +178,7 @@ async fn fills(
         };
         match step {
             Ok((step, down)) => {
-                at.push(done.len());
+                at.push((done.len(), started));
                 done.push(None);
                 waiting.push((step, down, proto));
             }
@@ -219,7 +219,11 @@ async fn fills(
             None => Vec::new(),
         }
         .into_iter();
-        for i in at {
+        for (i, started) in at {
+            ctx.metrics
+                .latency
+                .origin
+                .observe(started.elapsed().as_secs_f64());
             done[i] =
                 Some(loaded.next().unwrap_or_else(|| {
                     (reply_bytes(&ProxyError::Internal("no loader")), Vec::new())
@@ -255,7 +259,8 @@ async fn wait(
         Err(oneshot::error::TryRecvError::Closed) => None,
     };
     ctx.metrics
-        .request_duration
+        .latency
+        .upstream
         .observe(started.elapsed().as_secs_f64());
     Ok(res)
 }
