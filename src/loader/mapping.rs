@@ -9,6 +9,19 @@ enum Part {
     Cap(String),
 }
 
+impl std::fmt::Display for KeyPattern {
+    /// The pattern as written: `product:{id}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.parts {
+            match p {
+                Part::Lit(l) => f.write_str(&String::from_utf8_lossy(l))?,
+                Part::Cap(n) => write!(f, "{{{n}}}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A key pattern: literals and `{name}` captures; captures bind `$1..$n` in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPattern {

@@ -170,6 +170,11 @@ impl Loader {
         }
     }
 
+    /// Every configured mapping, in config order.
+    pub fn mappings(&self) -> &[Arc<Mapping>] {
+        &self.mappings
+    }
+
     /// The mapping that declares `key` (first match), with the key's captures.
     /// The first mapping (in config order) whose pattern matches `key` with captures that
     /// convert to its query's parameter types (once those are known): a key whose capture is

@@ -87,14 +87,17 @@ pub enum InvalidationSource {
     Broadcast,
     /// The whole tier was emptied (FLUSHDB/FLUSHALL/SWAPDB, or the coherence connection dropped).
     Flush,
+    /// `CACHESIDE EVICT` or `CACHESIDE FLUSH HOT`.
+    Operator,
 }
 
 impl InvalidationSource {
-    pub(super) const ALL: [InvalidationSource; 4] = [
+    pub(super) const ALL: [InvalidationSource; 5] = [
         InvalidationSource::LocalWrite,
         InvalidationSource::Tracking,
         InvalidationSource::Broadcast,
         InvalidationSource::Flush,
+        InvalidationSource::Operator,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -102,6 +105,7 @@ impl InvalidationSource {
             InvalidationSource::Tracking => "tracking",
             InvalidationSource::Broadcast => "broadcast",
             InvalidationSource::Flush => "flush",
+            InvalidationSource::Operator => "operator",
         }
     }
 }

@@ -151,7 +151,7 @@ impl Metrics {
             IntCounterVec::new(
                 Opts::new(
                     "cacheside_upstream_errors_total",
-                    "Upstream connection failures by kind (connect, handshake, timeout, closed, protocol).",
+                    "Upstream connection failures by kind (connect, handshake, tls, timeout, closed, protocol, readonly).",
                 ),
                 &["kind"],
             )
@@ -229,7 +229,7 @@ impl Metrics {
         );
         let invalidations_vec = vec2(
             "cacheside_invalidations_total",
-            "Hot-tier invalidations by source (local_write, tracking, broadcast, flush).",
+            "Hot-tier invalidations by source (local_write, tracking, broadcast, flush, operator).",
             "source",
         );
         let cache = CacheMetrics {

@@ -123,6 +123,8 @@ pub enum Local {
     Select,
     Client,
     Reset,
+    /// `CACHESIDE ...`: the operator's commands.
+    Cacheside,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -153,6 +153,11 @@ impl Registry {
         }
     }
 
+    /// Clients connected now.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
     fn all(&self) -> Vec<Arc<Client>> {
         self.lock().values().cloned().collect()
     }

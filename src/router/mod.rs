@@ -5,6 +5,7 @@
 pub mod clients;
 pub mod fill;
 mod local;
+mod operator;
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +40,8 @@ pub struct ClientState {
     /// Has subscribed (CLIENT LIST shows it as a pub/sub client).
     pub subscribed: bool,
     pub reply_mode: ReplyMode,
+    /// Connected from a loopback address (may run CACHESIDE commands without a password).
+    pub loopback: bool,
     /// The pending-invalidation check for the current read from the client.
     pub fence: fill::Fence,
 }
@@ -64,6 +67,7 @@ impl ClientState {
             sticky: false,
             subscribed: false,
             reply_mode: ReplyMode::On,
+            loopback: false,
             fence: fill::Fence::default(),
         }
     }
@@ -78,6 +82,7 @@ impl ClientState {
         *self = Self {
             id: self.id,
             authenticated: self.authenticated,
+            loopback: self.loopback,
             ..Self::new(self.id, self.default_db, false)
         };
     }
@@ -337,6 +342,11 @@ impl Router {
         hits: &mut BytesMut,
     ) -> (Decision, &'static CommandInfo) {
         let info = command::lookup(req.arg(0));
+        // Answered now, in request order; in a transaction it is queued upstream like any
+        // command Redis does not know (and EXEC then fails, as it would there).
+        if info.route == Route::Local(Local::Cacheside) && st.authenticated && !st.in_multi {
+            return (operator::run(self, st, req).await, info);
+        }
         let mut decision = self.decide(st, info, req, pinned);
         if matches!(decision, Decision::Forward) && (self.hot.is_some() || self.loader.is_some()) {
             if info.is_read() {
@@ -420,6 +430,9 @@ impl Router {
                 local::unsubscribe(st, info.name, req)
             }
             Route::Local(Local::Ping) => local::ping(st, req),
+            Route::Local(Local::Cacheside) => Decision::Fail(ProxyError::Command(
+                "ERR CACHESIDE is answered by cacheside itself, outside transactions".into(),
+            )),
             Route::Local(Local::Echo) => local::echo(req),
             Route::Local(Local::Select) => match local::select(st, req) {
                 Some(d) => d,

@@ -173,3 +173,52 @@ fn without_an_upstream_forwarded_commands_fail_clearly() {
         other => panic!("{other:?}"),
     }
 }
+
+fn reply_text(d: Decision) -> String {
+    match d {
+        Decision::Reply(b) => String::from_utf8_lossy(&b).into_owned(),
+        _ => panic!("expected a reply"),
+    }
+}
+
+#[test]
+fn cacheside_commands_need_loopback_or_a_password() {
+    let open = Router::new(None, true, None);
+    let mut remote = ClientState::new(1, 0, false);
+    let refused = reply_text(route(&open, &mut remote, &["CACHESIDE", "STATS"], false));
+    assert!(refused.starts_with("-NOPERM "), "{refused}");
+    let mut local = ClientState::new(2, 0, false);
+    local.loopback = true;
+    let stats = reply_text(route(&open, &mut local, &["cacheside", "stats"], false));
+    assert!(
+        stats.contains("# cacheside\r\n") && stats.contains("hot_state:off"),
+        "{stats}"
+    );
+    // With server.requirepass, an authenticated remote client may; before AUTH, NOAUTH.
+    let guarded = Router::new(
+        Some(ClientAuth {
+            username: "default".into(),
+            password: "pw".into(),
+        }),
+        true,
+        None,
+    );
+    let mut st = ClientState::new(3, 0, true);
+    assert!(matches!(
+        route(&guarded, &mut st, &["CACHESIDE", "STATS"], false),
+        Decision::Fail(ProxyError::NoAuth)
+    ));
+    let _ = route(&guarded, &mut st, &["AUTH", "pw"], false);
+    let stats = reply_text(route(&guarded, &mut st, &["CACHESIDE", "STATS"], false));
+    assert!(stats.contains("version:"), "{stats}");
+    let unknown = reply_text(route(&guarded, &mut st, &["CACHESIDE", "NOPE"], false));
+    assert_eq!(
+        unknown,
+        "-ERR unknown subcommand 'NOPE'. Try CACHESIDE HELP.\r\n"
+    );
+    let arity = reply_text(route(&guarded, &mut st, &["CACHESIDE", "EVICT"], false));
+    assert!(
+        arity.starts_with("-ERR wrong number of arguments for 'cacheside|evict'"),
+        "{arity}"
+    );
+}

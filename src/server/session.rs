@@ -87,7 +87,9 @@ impl Session {
         let id = ctx.next_client_id();
         let default_db = ctx.upstream.as_ref().map_or(0, |u| u.settings().url.db);
         let replica_reads = ctx.upstream.as_ref().is_some_and(|u| u.reads_replicas());
-        let st = ClientState::new(id, default_db, ctx.router.needs_auth());
+
+        let mut st = ClientState::new(id, default_db, ctx.router.needs_auth());
+        st.loopback = peer.0.ip().is_loopback();
         let (addr, laddr, fd) = peer;
         let me = ctx
             .router

@@ -88,6 +88,7 @@ pub(super) static TABLE: &[CommandInfo] = &[
     ),
     c("BZPOPMAX", F::SortedSet, W, KBLOCK, P(Pin::Blocking)),
     c("BZPOPMIN", F::SortedSet, W, KBLOCK, P(Pin::Blocking)),
+    c("CACHESIDE", F::Server, 0, NONE, L(Local::Cacheside)),
     c("CLIENT", F::Connection, 0, NONE, L(Local::Client)),
     c("CLUSTER", F::Cluster, 0, NONE, FW),
     c("COMMAND", F::Server, 0, NONE, FW),

@@ -401,6 +401,17 @@ impl HotTier {
         self.metrics.cache.invalidation(source);
     }
 
+    /// Whether `key` is held now (fresh or not); counts nothing.
+    pub fn holds(&self, key: &[u8]) -> bool {
+        self.cache.contains_key(key)
+    }
+
+    /// Hot-tier hits and misses so far.
+    pub fn hit_counts(&self) -> (u64, u64) {
+        let m = &self.metrics.cache;
+        (m.hot_hits.get(), m.hot_misses.get())
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
     }
