@@ -85,8 +85,7 @@ fn stats(router: &Router) -> String {
     );
     match router.hot() {
         Some(hot) => {
-            let m = &hot_metrics(hot);
-            let (hits, misses) = (m.0, m.1);
+            let (hits, misses) = hot.hit_counts();
             let ratio = if hits + misses == 0 {
                 0.0
             } else {
@@ -116,10 +115,6 @@ fn stats(router: &Router) -> String {
         }
     }
     s
-}
-
-fn hot_metrics(hot: &crate::tier::hot::HotTier) -> (u64, u64) {
-    hot.hit_counts()
 }
 
 fn mappings(router: &Router) -> Decision {
