@@ -143,6 +143,7 @@ pub async fn serve(
         router = router.with_cluster_flag(u.cluster_flag());
     }
     if let Some(db) = cfg.postgres.clone().filter(|_| !cluster) {
+        let notify = db.notify.clone();
         match Database::new(db) {
             Ok(db) => {
                 let loader = Loader::new(
@@ -164,7 +165,19 @@ pub async fn serve(
                 if let Some(tier) = router.hot().cloned() {
                     loader.on_unfilled(move |key| tier.forget(key));
                 }
-                router = router.with_loader(Arc::new(loader));
+                let loader = Arc::new(loader);
+                if let Some(channel) = notify {
+                    // Bypassed until the LISTEN connection is up: changes before it are unknown.
+                    if let Some(tier) = router.hot() {
+                        tier.set_db_listening(false).await;
+                    }
+                    tokio::spawn(crate::loader::notify::listen(
+                        loader.clone(),
+                        router.hot().cloned(),
+                        channel,
+                    ));
+                }
+                router = router.with_loader(loader);
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the PostgreSQL pool; mappings are disabled")
@@ -242,4 +255,38 @@ pub async fn serve(
         t.abort();
     }
     tracing::info!("stopped");
+}
+
+/// `cacheside db install-notify`: the SQL of the row-change triggers for the configured
+/// mappings; run in `postgres.url`'s database unless `print_only`.
+pub async fn install_notify(v: &Validated, print_only: bool) -> Result<String, String> {
+    let tables: Vec<(String, Vec<String>)> = v
+        .mappings
+        .iter()
+        .map(|m| {
+            let caps = m.pattern.captures().into_iter().map(String::from).collect();
+            (m.table.clone(), caps)
+        })
+        .collect();
+    if tables.iter().all(|(t, _)| t.is_empty()) {
+        return Err("no [[mapping]] names a table: nothing to install".into());
+    }
+    let channel = v
+        .postgres
+        .as_ref()
+        .and_then(|p| p.notify.clone())
+        .unwrap_or_else(|| "cacheside".into());
+    let sql = crate::loader::notify::install_sql(&tables, &channel);
+    if print_only {
+        return Ok(sql);
+    }
+    let db = v
+        .postgres
+        .clone()
+        .ok_or("postgres.url is not set: use --print to see the SQL")?;
+    let db = Database::new(db)?;
+    db.batch_execute(&sql)
+        .await
+        .map_err(|e| format!("installing the triggers: {e}"))?;
+    Ok(sql)
 }

@@ -47,6 +47,22 @@ struct Args {
 enum Cmd {
     /// Validate the configuration, print the effective config (secrets masked) and exit.
     CheckConfig,
+    /// PostgreSQL helpers.
+    Db {
+        #[command(subcommand)]
+        action: DbCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DbCmd {
+    /// Install the triggers that NOTIFY row changes of the tables the mappings read
+    /// (postgres.notify), in the database of postgres.url.
+    InstallNotify {
+        /// Print the SQL instead of running it.
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 fn load(args: &Args) -> Result<Validated, ConfigError> {
@@ -115,10 +131,31 @@ fn main() -> ExitCode {
         eprintln!("cacheside: config error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    if let Some(Cmd::CheckConfig) = args.command {
-        print!("{}", validated.config.redacted_toml());
-        eprintln!("cacheside: config OK");
-        return ExitCode::SUCCESS;
+    match args.command {
+        Some(Cmd::CheckConfig) => {
+            print!("{}", validated.config.redacted_toml());
+            eprintln!("cacheside: config OK");
+            return ExitCode::SUCCESS;
+        }
+        Some(Cmd::Db {
+            action: DbCmd::InstallNotify { print },
+        }) => {
+            return match runtime.block_on(cacheside::app::install_notify(&validated, print)) {
+                Ok(sql) if print => {
+                    print!("{sql}");
+                    ExitCode::SUCCESS
+                }
+                Ok(_) => {
+                    eprintln!("cacheside: row-change triggers installed");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cacheside: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     match runtime.block_on(cacheside::app::run(
         validated,

@@ -88,6 +88,8 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("postgres.wait_for_warm", Kind::Bool),
     ("postgres.tls", Kind::Str),
     ("postgres.ca_file", Kind::Str),
+    ("postgres.notify", Kind::Bool),
+    ("postgres.notify_channel", Kind::Str),
 ];
 
 /// `server.max_clients` -> `CACHESIDE_SERVER_MAX_CLIENTS`.

@@ -87,6 +87,10 @@ pub struct PostgresConfig {
     pub wait_for_warm: bool,
     pub tls: String,
     pub ca_file: Option<PathBuf>,
+    /// LISTEN for row changes sent by the triggers `cacheside db install-notify` installs.
+    pub notify: bool,
+    /// The NOTIFY channel those triggers use.
+    pub notify_channel: String,
 }
 
 impl Default for PostgresConfig {
@@ -105,6 +109,8 @@ impl Default for PostgresConfig {
             wait_for_warm: false,
             tls: "prefer".into(),
             ca_file: None,
+            notify: false,
+            notify_channel: "cacheside".into(),
         }
     }
 }
@@ -126,6 +132,10 @@ pub struct MappingConfig {
     /// The query for several keys at once ($1 an array); derived from `query` when unset.
     #[serde(default)]
     pub batch_query: Option<String>,
+    /// The table whose row changes invalidate this mapping's keys (`postgres.notify`); its
+    /// columns named like the key's captures identify the key. Unset: the query's first FROM.
+    #[serde(default)]
+    pub table: Option<String>,
 }
 
 impl MappingConfig {

@@ -176,6 +176,22 @@ fn validate_loader(
                     "0 must be >= 1",
                 ));
             }
+            if p.notify
+                && (p.notify_channel.is_empty()
+                    || p.notify_channel.len() > 63
+                    || !p
+                        .notify_channel
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            {
+                return Err(ConfigError::invalid(
+                    "postgres.notify_channel",
+                    format!(
+                        "{:?} must be 1 to 63 letters, digits or _",
+                        p.notify_channel
+                    ),
+                ));
+            }
             Some(crate::loader::DbSettings {
                 config: cfg,
                 pool_size: p.pool_size,
@@ -190,6 +206,7 @@ fn validate_loader(
                 breaker_cooldown: positive("postgres.breaker_cooldown", p.breaker_cooldown.get())?,
                 tls: crate::loader::tls::PgTls::parse(&p.tls, p.ca_file.clone())
                     .map_err(|e| ConfigError::invalid("postgres.tls", e))?,
+                notify: p.notify.then(|| p.notify_channel.clone()),
             })
         }
     };
@@ -224,7 +241,24 @@ fn validate_loader(
         let jitter = Jitter::parse(m.jitter.as_deref())
             .map_err(|e| ConfigError::invalid(key("jitter"), e))?;
         let negative_ttl = positive(&key("negative_ttl"), m.negative_ttl.get())?;
+        let table = match m.table.as_deref().map(str::trim) {
+            Some(t) if crate::loader::notify::is_table_name(t) => Some(t.to_string()),
+            Some(t) => {
+                return Err(ConfigError::invalid(
+                    key("table"),
+                    format!("{t:?} must be a table name (schema.table allowed, unquoted)"),
+                ))
+            }
+            None => crate::loader::notify::table_of(&m.query),
+        };
+        if c.postgres.notify && table.is_none() {
+            return Err(ConfigError::invalid(
+                key("table"),
+                "postgres.notify needs the table this mapping reads: its query has no plain FROM <table>; set table",
+            ));
+        }
         mappings.push(MappingSettings {
+            table: table.unwrap_or_default(),
             name: m.name.clone(),
             batch_query: m.batch_query.clone(),
             pattern,

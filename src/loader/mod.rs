@@ -16,6 +16,7 @@ pub mod encode;
 mod flight;
 mod lease;
 pub mod mapping;
+pub mod notify;
 pub mod params;
 pub mod postgres;
 pub mod tls;
@@ -45,6 +46,8 @@ pub struct Mapping {
     pub ttl: Duration,
     pub jitter: Jitter,
     pub negative_ttl: Duration,
+    /// Row changes of this table invalidate the mapping's keys (`postgres.notify`).
+    pub table: String,
     types: OnceCell<Vec<Type>>,
     /// The batch wrapper (several keys in one query), if the mapping has one capture and a
     /// batch query that Postgres accepts; decided when the mapping is prepared.
@@ -70,6 +73,8 @@ pub struct MappingSettings {
     pub jitter: Jitter,
     pub negative_ttl: Duration,
     pub batch_query: Option<String>,
+    /// The table whose row changes invalidate the mapping's keys (`postgres.notify`).
+    pub table: String,
 }
 
 /// Why a mapped read could not be answered. The text goes to the client after `-ERR cacheside: `.
@@ -97,6 +102,7 @@ pub struct Loader {
     lease: Duration,
     /// Called with keys whose loaded value Redis did not take (see `on_unfilled`).
     unfilled: std::sync::OnceLock<UnfilledHook>,
+    notify_metrics: crate::metrics::NotifyMetrics,
 }
 
 fn prefixed(prefix: &[u8], key: &[u8]) -> Bytes {
@@ -141,6 +147,7 @@ impl Loader {
                     ttl: s.ttl,
                     jitter: s.jitter,
                     negative_ttl: s.negative_ttl,
+                    table: s.table,
                     types: OnceCell::new(),
                 })
             })
@@ -153,6 +160,7 @@ impl Loader {
             tickets: std::sync::atomic::AtomicU64::new(0),
             lease,
             unfilled: std::sync::OnceLock::new(),
+            notify_metrics: metrics.notify.clone(),
         }
     }
 

@@ -50,6 +50,8 @@ pub struct DbSettings {
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
     pub tls: super::tls::PgTls,
+    /// `postgres.notify`: the channel to LISTEN on.
+    pub notify: Option<String>,
 }
 
 /// Opens after `threshold` consecutive failures; after `cooldown` lets one query try again.
@@ -135,6 +137,52 @@ impl Database {
             settings,
             breaker,
         })
+    }
+
+    /// Opens a connection of its own (not from the pool), LISTENs on `channel`, and forwards
+    /// every notification's payload to `tx` until the connection ends (`tx` is then dropped).
+    /// The returned client keeps the connection open while the caller holds it.
+    pub async fn listen(
+        &self,
+        channel: &str,
+        tx: tokio::sync::mpsc::Sender<String>,
+    ) -> Result<tokio_postgres::Client, DbError> {
+        let mut config = self.settings.config.clone();
+        config.connect_timeout(self.settings.connect_timeout);
+        config.ssl_mode(self.settings.tls.ssl_mode());
+        let down = |e: tokio_postgres::Error| DbError::Unavailable(e.to_string());
+        let client = match self
+            .settings
+            .tls
+            .connector()
+            .map_err(DbError::Unavailable)?
+        {
+            Some(tls) => {
+                let (client, conn) = config.connect(tls).await.map_err(down)?;
+                tokio::spawn(forward(conn, tx));
+                client
+            }
+            None => {
+                let (client, conn) = config.connect(NoTls).await.map_err(down)?;
+                tokio::spawn(forward(conn, tx));
+                client
+            }
+        };
+        // The channel name is checked to be letters, digits and _ (config validation).
+        client
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await
+            .map_err(down)?;
+        Ok(client)
+    }
+
+    /// Runs statements without parameters (installing triggers).
+    pub async fn batch_execute(&self, sql: &str) -> Result<(), DbError> {
+        self.client()
+            .await?
+            .batch_execute(sql)
+            .await
+            .map_err(|e| DbError::Query(e.to_string()))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
@@ -284,5 +332,38 @@ fn classify(e: &tokio_postgres::Error) -> DbError {
         Some(db) => DbError::Query(db.message().to_string()),
         None if e.is_closed() => DbError::Unavailable("connection closed".into()),
         None => DbError::Unavailable(e.to_string()),
+    }
+}
+
+/// Drives a LISTEN connection, sending each notification's payload on; ends with it.
+async fn forward<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::Sender<String>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                // Full: changes arrive faster than they are applied. Ending the connection
+                // makes the listener empty the hot tier and listen afresh, rather than queue
+                // without a bound.
+                if let Err(e) = tx.try_send(n.payload().to_string()) {
+                    if matches!(e, tokio::sync::mpsc::error::TrySendError::Full(_)) {
+                        tracing::warn!(
+                            "row changes arrive faster than they are applied: listening afresh"
+                        );
+                    }
+                    return;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "LISTEN connection ended");
+                return;
+            }
+            None => return,
+        }
     }
 }

@@ -89,15 +89,18 @@ pub enum InvalidationSource {
     Flush,
     /// `CACHESIDE EVICT` or `CACHESIDE FLUSH HOT`.
     Operator,
+    /// A row change heard from PostgreSQL (`postgres.notify`).
+    DbNotify,
 }
 
 impl InvalidationSource {
-    pub(super) const ALL: [InvalidationSource; 5] = [
+    pub(super) const ALL: [InvalidationSource; 6] = [
         InvalidationSource::LocalWrite,
         InvalidationSource::Tracking,
         InvalidationSource::Broadcast,
         InvalidationSource::Flush,
         InvalidationSource::Operator,
+        InvalidationSource::DbNotify,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -106,6 +109,7 @@ impl InvalidationSource {
             InvalidationSource::Broadcast => "broadcast",
             InvalidationSource::Flush => "flush",
             InvalidationSource::Operator => "operator",
+            InvalidationSource::DbNotify => "db_notify",
         }
     }
 }

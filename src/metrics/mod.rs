@@ -83,9 +83,19 @@ struct OriginFamilies {
 
 type ScrapeHook = Box<dyn Fn() + Send + Sync>;
 
+/// `postgres.notify`: row changes heard and applied.
+#[derive(Clone)]
+pub struct NotifyMetrics {
+    pub notifications: IntCounter,
+    pub keys: IntCounter,
+    pub failed: IntCounter,
+    pub listening: IntGauge,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub cache: CacheMetrics,
+    pub notify: NotifyMetrics,
     origin: OriginFamilies,
     scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
     pub client_connections: IntGauge,
@@ -324,9 +334,28 @@ impl Metrics {
                 .expect("valid metric"),
             ),
         };
+        let notify = NotifyMetrics {
+            notifications: counter(
+                "cacheside_db_notifications_total",
+                "postgres.notify: row-change notifications heard.",
+            ),
+            keys: counter(
+                "cacheside_db_notify_keys_total",
+                "postgres.notify: keys invalidated because their rows changed.",
+            ),
+            failed: counter(
+                "cacheside_db_notify_failures_total",
+                "postgres.notify: row changes whose upstream DEL failed (the keys stay until their TTL).",
+            ),
+            listening: gauge(
+                "cacheside_db_notify_listening",
+                "postgres.notify: 1 while the LISTEN connection is up.",
+            ),
+        };
         Self {
             origin,
             cache,
+            notify,
             scrape_hooks: std::sync::Mutex::new(Vec::new()),
             client_connections: gauge("cacheside_client_connections", "Open client connections."),
             client_connections_total: counter(

@@ -180,9 +180,12 @@ pub struct HotTier {
     front: Arc<front::Front>,
     /// Ids of puts into the front map and moka.
     ids: AtomicU64,
-    /// False while invalidations may be missed (coherence connection down): reads and fills
-    /// bypass the tier until it is back.
+    /// False while invalidations may be missed (the coherence connection, or with
+    /// `postgres.notify` the database's LISTEN connection, is down): reads and fills bypass the
+    /// tier until it is back. `upstream_ok && db_ok`.
     coherent: AtomicBool,
+    upstream_ok: AtomicBool,
+    db_ok: AtomicBool,
     /// Set when coherence runs in broadcast mode: where writes are announced.
     broadcast: std::sync::OnceLock<Broadcast>,
     /// Sends a PUBLISH (for batched announcements, and for writes on pinned connections).
@@ -236,6 +239,8 @@ impl HotTier {
             front,
             ids: AtomicU64::new(0),
             coherent: AtomicBool::new(false),
+            upstream_ok: AtomicBool::new(false),
+            db_ok: AtomicBool::new(true),
             broadcast: std::sync::OnceLock::new(),
             publisher: std::sync::OnceLock::new(),
             announcer: announce::Announcer::default(),
@@ -274,6 +279,20 @@ impl HotTier {
     /// what was missed while nothing listened is unknown.
     pub async fn set_coherent(&self, on: bool) {
         self.invalidate_all(InvalidationSource::Flush).await;
+        self.upstream_ok.store(on, SeqCst);
+        self.update_coherent();
+    }
+
+    /// `postgres.notify`: whether row changes are being heard (the LISTEN connection is up).
+    /// Like `set_coherent`, the tier is emptied first and bypassed while they are not.
+    pub async fn set_db_listening(&self, on: bool) {
+        self.invalidate_all(InvalidationSource::Flush).await;
+        self.db_ok.store(on, SeqCst);
+        self.update_coherent();
+    }
+
+    fn update_coherent(&self) {
+        let on = self.upstream_ok.load(SeqCst) && self.db_ok.load(SeqCst);
         self.coherent.store(on, SeqCst);
         self.metrics.cache.coherent.set(i64::from(on));
     }

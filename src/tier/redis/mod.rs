@@ -11,6 +11,7 @@ pub use crate::config::validate::ReadFrom;
 pub use crate::config::validate::UpstreamMode as Mode;
 pub use crate::config::validate::UpstreamSettings as Settings;
 pub use pinned::{BeforeReply, Pinned};
+pub(crate) use pool::backoff;
 pub use pool::{BatchResult, Pool, ReplyRx};
 
 use crate::error::UpstreamError;

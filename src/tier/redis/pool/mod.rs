@@ -244,7 +244,7 @@ impl Supervisor {
 }
 
 /// Exponential backoff with full jitter between `min` and `max`.
-fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
+pub(crate) fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
     let exp = min.saturating_mul(1u32 << attempt.min(16));
     let cap = exp.min(max);
     let lo = min.as_micros() as u64;
