@@ -312,17 +312,21 @@ impl Default for LogConfig {
     }
 }
 
-/// `[shutdown]`
+/// `[shutdown]`: the drain on SIGTERM, SIGINT or `POST /quitquitquit`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
+    /// Whole drain, from the signal to exit (min_drain included).
     pub grace_period: Human,
+    /// Not ready but still accepting, so endpoints and load balancers stop sending first.
+    pub min_drain: Human,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             grace_period: Human::secs(25),
+            min_drain: Human::secs(5),
         }
     }
 }
