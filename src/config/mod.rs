@@ -280,7 +280,7 @@ impl Default for UpstreamConfig {
     }
 }
 
-/// `[admin]`: the HTTP listener for /livez, /readyz and /metrics.
+/// `[admin]`: the HTTP listener for the health endpoints, /metrics and POST /quitquitquit.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
