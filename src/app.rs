@@ -1,13 +1,15 @@
 //! Wiring: builds every component from validated config, runs the listeners, and runs the
-//! shutdown sequence (not ready -> stop accepting -> deliver in-flight replies -> exit).
+//! shutdown sequence (not ready -> keep accepting for min_drain -> stop accepting -> deliver
+//! in-flight replies -> exit).
 
-use crate::admin::{self, Readiness};
+use crate::admin::{self, Admin, Readiness};
 use crate::config::Validated;
 use crate::loader::{Database, DbError, Loader};
 use crate::metrics::Metrics;
 use crate::protocol::Proto;
 use crate::router::Router;
 use crate::server::{self, Ctx};
+use crate::shutdown::Trigger;
 use crate::tier::hot::{coherence, HotTier};
 use crate::tier::redis::Upstream;
 use crate::tier::store::{Policy, Store};
@@ -77,8 +79,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Serves on listeners the caller bound (tests bind `127.0.0.1:0`) until `shutdown` resolves,
-/// then drains within the configured grace period.
+/// Serves on listeners the caller bound (tests bind `127.0.0.1:0`) until `shutdown` resolves or
+/// `POST /quitquitquit` arrives, then drains within the configured grace period.
 pub async fn serve(
     listener: TcpListener,
     admin: Option<TcpListener>,
@@ -230,29 +232,47 @@ pub async fn serve(
         });
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let quit = Arc::new(Trigger::default());
 
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, auth = cfg.client_auth.is_some(), tls = cfg.listen_tls.is_some(), "listening for Redis clients");
     }
+    // min_drain is spent inside the grace period (validation keeps it shorter).
+    let drain = cfg.grace_period.saturating_sub(cfg.min_drain);
+    let server_task = tokio::spawn(server::serve(listener, ctx, stop_rx, drain));
+    // Before the admin server answers its first probe: the socket is bound and the accept loop
+    // spawned, so a client that connects now is served.
+    ready.set_listening();
     let admin_task = admin.map(|l| {
         if let Ok(addr) = l.local_addr() {
-            tracing::info!(%addr, "admin listening (/livez /readyz /metrics)");
+            tracing::info!(%addr, "admin listening (/startupz /livez /readyz /metrics)");
         }
-        tokio::spawn(admin::serve(
-            l,
-            ready.clone(),
-            metrics.clone(),
-            stop_rx.clone(),
-        ))
+        let admin = Admin {
+            ready: ready.clone(),
+            metrics: metrics.clone(),
+            quit: quit.clone(),
+        };
+        tokio::spawn(admin::serve(l, Arc::new(admin), admin_stop_rx))
     });
-    let server_task = tokio::spawn(server::serve(listener, ctx, stop_rx, cfg.grace_period));
 
-    shutdown.await;
+    tokio::select! {
+        () = shutdown => {}
+        () = quit.fired() => {}
+    }
+    // Not ready at once, but still accepting: endpoints and load balancers take a moment to
+    // stop sending, and a client that connects meanwhile is served rather than refused.
     ready.start_drain();
+    if !cfg.min_drain.is_zero() {
+        tracing::info!(min_drain = ?cfg.min_drain, "not ready; still accepting clients for shutdown.min_drain");
+        tokio::time::sleep(cfg.min_drain).await;
+    }
     let _ = stop_tx.send(true);
     let _ = server_task.await;
+    // The admin server outlives the drain, so /livez and /metrics answer until the end.
+    let _ = admin_stop_tx.send(true);
     if let Some(t) = admin_task {
-        t.abort();
+        let _ = t.await;
     }
     tracing::info!("stopped");
 }

@@ -35,7 +35,8 @@
 //!   key in a sidecar, shared only with reads that began before it read; `lease.rs`: fill leases
 //!   across sidecars; `batch.rs`: several keys in one query).
 //! - [`error`]: typed errors and the one function that maps them to replies.
-//! - [`metrics`], [`admin`]: Prometheus metrics and the /livez /readyz /metrics listener.
+//! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener (/startupz /livez /readyz
+//!   /metrics, POST /quitquitquit).
 //! - [`app`], [`shutdown`]: wiring, and the drain on SIGTERM.
 
 #![forbid(unsafe_code)]

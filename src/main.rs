@@ -27,7 +27,7 @@ struct Args {
     /// Upstream Redis URL, redis://[user:pass@]host:port[/db] or rediss:// for TLS (upstream.url).
     #[arg(long, env = "CACHESIDE_UPSTREAM_URL", global = true)]
     upstream: Option<String>,
-    /// Address of the /livez /readyz /metrics listener; "" disables it (admin.listen).
+    /// Address of the /startupz /livez /readyz /metrics listener; "" disables it (admin.listen).
     #[arg(long, env = "CACHESIDE_ADMIN_LISTEN", global = true)]
     admin_listen: Option<String>,
     /// Log filter, e.g. "info" or "cacheside=debug" (log.level).

@@ -1,4 +1,4 @@
-//! SIGTERM/SIGINT: the future that starts the drain.
+//! What starts the drain: SIGTERM/SIGINT, or a [`Trigger`] fired by `POST /quitquitquit`.
 
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
 pub async fn signal() {
@@ -21,5 +21,23 @@ pub async fn signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A drain started from inside the process (`POST /quitquitquit`, for Jobs whose app is done):
+/// fired once, awaited beside the signal, and followed by the same sequence.
+#[derive(Default)]
+pub struct Trigger(tokio::sync::Notify);
+
+impl Trigger {
+    /// Starts the drain; firing again before it is awaited changes nothing.
+    pub fn fire(&self) {
+        // notify_one keeps a permit when nobody waits yet, so an early POST is not lost.
+        self.0.notify_one();
+    }
+
+    /// Resolves once `fire` has been called.
+    pub async fn fired(&self) {
+        self.0.notified().await;
     }
 }

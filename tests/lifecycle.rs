@@ -6,20 +6,8 @@ mod support;
 use redis::AsyncCommands;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{metric, wait_for_port, Proxy, RedisServer};
+use support::{eventually, metric, wait_for_port, Proxy, RedisServer};
 use tokio::io::AsyncReadExt;
-
-/// Runs `f` until it returns true, at most `limit` (polling, never a fixed sleep).
-async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_outage_gives_prompt_errors_then_recovers_by_itself() {

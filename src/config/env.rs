@@ -70,6 +70,7 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("log.level", Kind::Str),
     ("log.format", Kind::Str),
     ("shutdown.grace_period", Kind::Str),
+    ("shutdown.min_drain", Kind::Str),
     ("hot.max_size", Kind::Str),
     ("hot.policy", Kind::Str),
     ("hot.coherence", Kind::Str),

@@ -296,7 +296,7 @@ impl Default for UpstreamConfig {
     }
 }
 
-/// `[admin]`: the HTTP listener for /livez, /readyz and /metrics.
+/// `[admin]`: the HTTP listener for the health endpoints, /metrics and POST /quitquitquit.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -328,17 +328,21 @@ impl Default for LogConfig {
     }
 }
 
-/// `[shutdown]`
+/// `[shutdown]`: the drain on SIGTERM, SIGINT or `POST /quitquitquit`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
+    /// Whole drain, from the signal to exit (min_drain included).
     pub grace_period: Human,
+    /// Not ready but still accepting, so endpoints and load balancers stop sending first.
+    pub min_drain: Human,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             grace_period: Human::secs(25),
+            min_drain: Human::secs(5),
         }
     }
 }

@@ -40,7 +40,10 @@ pub struct Validated {
     pub upstream: Option<UpstreamSettings>,
     pub log_level: String,
     pub log_json: bool,
+    /// From the signal to exit: min_drain, then the drain of open connections.
     pub grace_period: Duration,
+    /// After the signal: not ready, still accepting new clients.
+    pub min_drain: Duration,
     pub hot: HotSettings,
     /// `[postgres]`, when a database is configured.
     pub postgres: Option<crate::loader::DbSettings>,
@@ -278,6 +281,18 @@ fn validate_loader(
     Ok((db, mappings))
 }
 
+/// `[shutdown]`: min_drain is spent inside grace_period, so it must leave time for the drain.
+fn validate_shutdown(c: &Config) -> Result<(Duration, Duration), ConfigError> {
+    let (grace, min) = (&c.shutdown.grace_period, &c.shutdown.min_drain);
+    if min.get() >= grace.get() && !min.get().is_zero() {
+        return Err(ConfigError::invalid(
+            "shutdown.min_drain",
+            format!("\"{min}\" must be shorter than shutdown.grace_period (\"{grace}\")"),
+        ));
+    }
+    Ok((grace.get(), min.get()))
+}
+
 impl Config {
     pub fn validate(self) -> Result<Validated, ConfigError> {
         let s = &self.server;
@@ -286,6 +301,7 @@ impl Config {
             "" => None,
             a => Some(addr("admin.listen", a)?),
         };
+        let (grace_period, min_drain) = validate_shutdown(&self)?;
         if s.max_clients == 0 {
             return Err(ConfigError::invalid("server.max_clients", "0 must be >= 1"));
         }
@@ -439,7 +455,8 @@ impl Config {
             upstream,
             log_level: self.log.level.clone(),
             log_json,
-            grace_period: self.shutdown.grace_period.get(),
+            grace_period,
+            min_drain,
             config: self,
         })
     }
@@ -459,6 +476,10 @@ mod tests {
         assert!(err("[server]\nlisten = \"nowhere\"\n").starts_with("server.listen: \"nowhere\""));
         assert!(err("[log]\nformat = \"xml\"\n").starts_with("log.format: \"xml\""));
         assert!(err("[upstream]\nurl = \"http://h\"\n").starts_with("upstream.url:"));
+        assert_eq!(
+            err("[shutdown]\ngrace_period = \"10s\"\nmin_drain = \"10s\"\n"),
+            "shutdown.min_drain: \"10s\" must be shorter than shutdown.grace_period (\"10s\")"
+        );
     }
 
     #[test]

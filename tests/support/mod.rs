@@ -11,6 +11,7 @@ pub mod fake;
 pub mod history;
 pub mod iam;
 pub mod postgres;
+pub mod process;
 pub mod readthrough;
 pub mod relay;
 
@@ -183,6 +184,18 @@ fn redis_pid(port: u16) -> Option<u32> {
         .and_then(|p| p.trim().parse().ok())
 }
 
+/// Runs `f` until it returns true, at most `limit` (polling, never a fixed sleep).
+pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
 /// Waits until something accepts connections on `port` (polling, bounded).
 pub fn wait_for_port(port: u16, limit: Duration) {
     let start = Instant::now();
@@ -254,9 +267,12 @@ impl Proxy {
         Self::start_validated(config.validate().expect("test config is valid")).await
     }
 
-    /// Starts cacheside with settings the test built or adjusted after validation.
-    pub async fn start_validated(validated: cacheside::config::Validated) -> Self {
+    /// Starts cacheside with settings the test built or adjusted after validation. An
+    /// in-process drain starts at once (no `shutdown.min_drain`): tests of min_drain run the
+    /// real binary (tests/lifecycle.rs).
+    pub async fn start_validated(mut validated: cacheside::config::Validated) -> Self {
         watch_panics();
+        validated.min_drain = Duration::ZERO;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let addr = listener.local_addr().expect("proxy addr");
@@ -342,8 +358,15 @@ impl Drop for Proxy {
 
 /// A minimal HTTP/1.1 GET, enough for the admin endpoints.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path).await
+}
+
+/// A minimal HTTP/1.1 request with no body: (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect admin");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.expect("write http");
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
