@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub struct RedisCluster {
     /// Every node's port (the first three were created as primaries).
     pub ports: Vec<u16>,
+    /// With `start_tls`: every node's TLS port, in the order of `ports`.
+    pub tls_ports: Vec<u16>,
     children: Vec<Child>,
     _dir: tempfile::TempDir,
 }
@@ -25,19 +27,62 @@ fn free_cluster_port(taken: &[u16]) -> u16 {
     }
 }
 
+/// TLS for every node of a cluster: clients and the cluster bus (`tls-cluster yes`, so the
+/// nodes announce their TLS ports), client certificates not required (as on ElastiCache). Each
+/// node keeps a plaintext port for the tests' own setup.
+pub struct ClusterTls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+}
+
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_inner(None)
+    }
+
+    pub fn start_tls(tls: &ClusterTls) -> Self {
+        Self::start_inner(Some(tls))
+    }
+
+    fn start_inner(tls: Option<&ClusterTls>) -> Self {
         require_binary("redis-server", "redis-server");
         require_binary("redis-cli", "redis-tools");
         let dir = tempfile::tempdir().expect("temp dir for cluster config");
         let mut c = Self {
             ports: Vec::new(),
+            tls_ports: Vec::new(),
             children: Vec::new(),
             _dir: dir,
         };
         while c.ports.len() < 6 {
             let port = free_cluster_port(&c.ports);
+            let mut taken = c.ports.clone();
+            taken.extend(&c.tls_ports);
+            taken.push(port);
+            let tls_port = tls.map(|_| free_cluster_port(&taken));
+            let mut tls_args: Vec<String> = Vec::new();
+            if let (Some(t), Some(tp)) = (tls, tls_port) {
+                let path = |p: &std::path::PathBuf| p.display().to_string();
+                tls_args = vec![
+                    "--tls-port".into(),
+                    tp.to_string(),
+                    "--tls-cert-file".into(),
+                    path(&t.cert),
+                    "--tls-key-file".into(),
+                    path(&t.key),
+                    "--tls-ca-cert-file".into(),
+                    path(&t.ca),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                    "--tls-cluster".into(),
+                    "yes".into(),
+                    "--tls-replication".into(),
+                    "yes".into(),
+                ];
+            }
             let child = Command::new("redis-server")
+                .args(&tls_args)
                 .args([
                     "--port",
                     &port.to_string(),
@@ -67,6 +112,7 @@ impl RedisCluster {
             wait_for_port(port, Duration::from_secs(10));
             if redis_pid(port) == Some(pid) {
                 c.ports.push(port);
+                c.tls_ports.extend(tls_port);
             } else if let Some(mut lost) = c.children.pop() {
                 // Another listener took the port first: try another.
                 let _ = lost.kill();
