@@ -6,6 +6,7 @@
 
 mod env;
 mod iam;
+mod strategy;
 pub mod units;
 mod upstream;
 mod url;
@@ -126,9 +127,48 @@ pub struct MappingConfig {
     /// The query for several keys at once ($1 an array); derived from `query` when unset.
     #[serde(default)]
     pub batch_query: Option<String>,
+    /// Writes to the mapping's keys: "none" (Redis only) or "through" (Postgres first).
+    #[serde(default = "MappingConfig::default_write")]
+    pub write: String,
+    /// write = "through": the statement a SET (HSET) runs; $1.. captures, last the value.
+    #[serde(default)]
+    pub write_query: Option<String>,
+    /// write = "through": the statement a DEL runs; $1.. captures.
+    #[serde(default)]
+    pub delete_query: Option<String>,
+    /// "statement" (run delete_query) or "invalidate"; by default "statement" with a
+    /// delete_query.
+    #[serde(default)]
+    pub on_delete: Option<String>,
+    /// Key templates invalidated with each write of a key (captures from the key and the rows).
+    #[serde(default)]
+    pub invalidates: Vec<String>,
+}
+
+impl Default for MappingConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            key: String::new(),
+            query: String::new(),
+            shape: Self::default_shape(),
+            ttl: Human::secs(3600),
+            jitter: None,
+            negative_ttl: Self::default_negative_ttl(),
+            batch_query: None,
+            write: Self::default_write(),
+            write_query: None,
+            delete_query: None,
+            on_delete: None,
+            invalidates: Vec::new(),
+        }
+    }
 }
 
 impl MappingConfig {
+    fn default_write() -> String {
+        "none".into()
+    }
     fn default_shape() -> String {
         "json".into()
     }

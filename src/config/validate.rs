@@ -224,7 +224,9 @@ fn validate_loader(
         let jitter = Jitter::parse(m.jitter.as_deref())
             .map_err(|e| ConfigError::invalid(key("jitter"), e))?;
         let negative_ttl = positive(&key("negative_ttl"), m.negative_ttl.get())?;
+        let write = super::strategy::write_settings(i, m)?;
         mappings.push(MappingSettings {
+            write,
             name: m.name.clone(),
             batch_query: m.batch_query.clone(),
             pattern,

@@ -19,6 +19,7 @@ pub mod mapping;
 pub mod params;
 pub mod postgres;
 pub mod tls;
+pub mod write;
 
 pub use encode::Loaded;
 pub use mapping::{Jitter, KeyPattern, Shape};
@@ -51,6 +52,9 @@ pub struct Mapping {
     batch_sql: Option<String>,
     batch_ok: OnceCell<bool>,
     pub metrics: OriginMetrics,
+    /// How writes to the mapping's keys are handled (see `crate::strategy`).
+    pub write: write::WriteSettings,
+    pub strategy_metrics: crate::metrics::StrategyMetrics,
 }
 
 impl std::fmt::Debug for Mapping {
@@ -70,6 +74,7 @@ pub struct MappingSettings {
     pub jitter: Jitter,
     pub negative_ttl: Duration,
     pub batch_query: Option<String>,
+    pub write: write::WriteSettings,
 }
 
 /// Why a mapped read could not be answered. The text goes to the client after `-ERR cacheside: `.
@@ -132,6 +137,8 @@ impl Loader {
                 };
                 Arc::new(Mapping {
                     metrics: metrics.origin(&s.name),
+                    strategy_metrics: metrics.strategy(&s.name),
+                    write: s.write,
                     batch_sql,
                     batch_ok: OnceCell::new(),
                     sql: encode::wrap(&s.query),
@@ -212,6 +219,9 @@ impl Loader {
                 ));
             }
             let _ = m.types.set(types);
+            self.prepare_writes(m)
+                .await
+                .map_err(|e| (m.name.clone(), e))?;
             self.batch_usable(m).await;
         }
         Ok(())

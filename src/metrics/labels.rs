@@ -83,14 +83,20 @@ pub enum InvalidationSource {
     Broadcast,
     /// The whole tier was emptied (FLUSHDB/FLUSHALL/SWAPDB, or the coherence connection dropped).
     Flush,
+    /// A write-through SET/DEL of a mapped key through this sidecar.
+    WriteThrough,
+    /// A key named by a mapping's `invalidates` template, on a write of one of its keys.
+    Related,
 }
 
 impl InvalidationSource {
-    pub(super) const ALL: [InvalidationSource; 4] = [
+    pub(super) const ALL: [InvalidationSource; 6] = [
         InvalidationSource::LocalWrite,
         InvalidationSource::Tracking,
         InvalidationSource::Broadcast,
         InvalidationSource::Flush,
+        InvalidationSource::WriteThrough,
+        InvalidationSource::Related,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -98,6 +104,8 @@ impl InvalidationSource {
             InvalidationSource::Tracking => "tracking",
             InvalidationSource::Broadcast => "broadcast",
             InvalidationSource::Flush => "flush",
+            InvalidationSource::WriteThrough => "write_through",
+            InvalidationSource::Related => "related",
         }
     }
 }

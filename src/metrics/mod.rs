@@ -7,7 +7,9 @@ use crate::protocol::Family;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 mod labels;
+mod strategy;
 pub use labels::{InvalidationSource, Outcome, UpstreamFailure, LATENCY_BUCKETS};
+pub use strategy::StrategyMetrics;
 
 /// The hot tier's counters, resolved once.
 pub struct CacheMetrics {
@@ -84,6 +86,7 @@ pub struct Metrics {
     registry: Registry,
     pub cache: CacheMetrics,
     origin: OriginFamilies,
+    strategy: strategy::Families,
     scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
     pub client_connections: IntGauge,
     pub client_connections_total: IntCounter,
@@ -194,7 +197,7 @@ impl Metrics {
         );
         let invalidations_vec = vec2(
             "cacheside_invalidations_total",
-            "Hot-tier invalidations by source (local_write, tracking, broadcast, flush).",
+            "Hot-tier invalidations by source (local_write, tracking, broadcast, flush, write_through, related).",
             "source",
         );
         let cache = CacheMetrics {
@@ -291,6 +294,7 @@ impl Metrics {
         };
         Self {
             origin,
+            strategy: strategy::Families::new(r),
             cache,
             scrape_hooks: std::sync::Mutex::new(Vec::new()),
             client_connections: gauge("cacheside_client_connections", "Open client connections."),
@@ -352,6 +356,11 @@ impl Metrics {
             errors: o.errors.clone(),
             name: mapping.to_string(),
         }
+    }
+
+    /// The write and freshness strategy counters of one mapping.
+    pub fn strategy(&self, mapping: &str) -> StrategyMetrics {
+        self.strategy.of(mapping)
     }
 
     pub fn registry(&self) -> &Registry {

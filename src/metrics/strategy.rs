@@ -1,0 +1,38 @@
+//! The write and freshness strategies' counters, by mapping: write-through outcomes.
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+
+/// One mapping's strategy counters, resolved once.
+pub struct StrategyMetrics {
+    pub write_through_ok: IntCounter,
+    pub write_through_error: IntCounter,
+}
+
+pub(super) struct Families {
+    write_through: IntCounterVec,
+}
+
+impl Families {
+    pub(super) fn new(r: &Registry) -> Self {
+        Self {
+            write_through: super::register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cacheside_write_through_total",
+                        "Writes of write-through mappings' keys, by mapping and outcome (ok: the database committed and Redis was updated; error: answered with an error, caches untouched).",
+                    ),
+                    &["mapping", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+
+    pub(super) fn of(&self, mapping: &str) -> StrategyMetrics {
+        StrategyMetrics {
+            write_through_ok: self.write_through.with_label_values(&[mapping, "ok"]),
+            write_through_error: self.write_through.with_label_values(&[mapping, "error"]),
+        }
+    }
+}
