@@ -164,7 +164,9 @@ pub async fn serve(
                 if let Some(tier) = router.hot().cloned() {
                     loader.on_unfilled(move |key| tier.forget(key));
                 }
-                router = router.with_loader(Arc::new(loader));
+                let loader = Arc::new(loader);
+                loader.start_refresher();
+                router = router.with_loader(loader);
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the PostgreSQL pool; mappings are disabled")

@@ -143,6 +143,9 @@ pub struct MappingConfig {
     /// Key templates invalidated with each write of a key (captures from the key and the rows).
     #[serde(default)]
     pub invalidates: Vec<String>,
+    /// A read in this last share of the TTL ("10%") reloads the key in the background.
+    #[serde(default)]
+    pub refresh_ahead: Option<String>,
 }
 
 impl Default for MappingConfig {
@@ -161,6 +164,7 @@ impl Default for MappingConfig {
             delete_query: None,
             on_delete: None,
             invalidates: Vec::new(),
+            refresh_ahead: None,
         }
     }
 }

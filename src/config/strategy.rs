@@ -91,6 +91,24 @@ pub(super) fn write_settings(i: usize, m: &MappingConfig) -> Result<WriteSetting
     })
 }
 
+/// Checks mapping `i`'s `refresh_ahead`: the share of the TTL, as a fraction.
+pub(super) fn refresh_ahead(i: usize, m: &MappingConfig) -> Result<Option<f64>, ConfigError> {
+    let Some(text) = m.refresh_ahead.as_deref().map(str::trim) else {
+        return Ok(None);
+    };
+    let share = text
+        .strip_suffix('%')
+        .and_then(|p| p.trim().parse::<f64>().ok())
+        .filter(|p| *p > 0.0 && *p < 100.0);
+    match share {
+        Some(p) => Ok(Some(p / 100.0)),
+        None => Err(ConfigError::invalid(
+            format!("mapping[{i}].refresh_ahead"),
+            format!("{text:?} must be a percentage of the ttl between 0% and 100%, like \"10%\""),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +161,20 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("mapping[0].on_delete"), "{e}");
+    }
+
+    #[test]
+    fn refresh_ahead_is_a_share_of_the_ttl() {
+        let m = |v: &str| MappingConfig {
+            refresh_ahead: Some(v.into()),
+            ..MappingConfig::default()
+        };
+        assert_eq!(refresh_ahead(0, &m("10%")).unwrap(), Some(0.1));
+        for bad in ["0%", "100%", "10", "ten%"] {
+            let e = refresh_ahead(0, &m(bad)).unwrap_err().to_string();
+            assert!(e.contains("mapping[0].refresh_ahead"), "{e}");
+        }
+        assert_eq!(refresh_ahead(0, &MappingConfig::default()).unwrap(), None);
     }
 
     #[test]

@@ -225,8 +225,10 @@ fn validate_loader(
             .map_err(|e| ConfigError::invalid(key("jitter"), e))?;
         let negative_ttl = positive(&key("negative_ttl"), m.negative_ttl.get())?;
         let write = super::strategy::write_settings(i, m)?;
+        let refresh_ahead = super::strategy::refresh_ahead(i, m)?;
         mappings.push(MappingSettings {
             write,
+            refresh_ahead,
             name: m.name.clone(),
             batch_query: m.batch_query.clone(),
             pattern,

@@ -18,6 +18,7 @@ mod lease;
 pub mod mapping;
 pub mod params;
 pub mod postgres;
+mod refresh;
 pub mod tls;
 pub mod write;
 
@@ -55,6 +56,10 @@ pub struct Mapping {
     /// How writes to the mapping's keys are handled (see `crate::strategy`).
     pub write: write::WriteSettings,
     pub strategy_metrics: crate::metrics::StrategyMetrics,
+    /// `refresh_ahead`, as a fraction of `ttl`.
+    pub refresh_ahead: Option<f64>,
+    /// Where reads ask for background refreshes (shared by the loader's mappings).
+    refresher: Arc<refresh::Queue>,
 }
 
 impl std::fmt::Debug for Mapping {
@@ -75,6 +80,8 @@ pub struct MappingSettings {
     pub negative_ttl: Duration,
     pub batch_query: Option<String>,
     pub write: write::WriteSettings,
+    /// `refresh_ahead`: the last share of the TTL in which a read reloads the key.
+    pub refresh_ahead: Option<f64>,
 }
 
 /// Why a mapped read could not be answered. The text goes to the client after `-ERR cacheside: `.
@@ -102,6 +109,8 @@ pub struct Loader {
     lease: Duration,
     /// Called with keys whose loaded value Redis did not take (see `on_unfilled`).
     unfilled: std::sync::OnceLock<UnfilledHook>,
+    /// Keys waiting for a refresh-ahead reload.
+    refresher: Arc<refresh::Queue>,
 }
 
 fn prefixed(prefix: &[u8], key: &[u8]) -> Bytes {
@@ -124,6 +133,7 @@ impl Loader {
         lease: Duration,
         metrics: &crate::metrics::Metrics,
     ) -> Self {
+        let refresher = Arc::new(refresh::Queue::default());
         let mappings = settings
             .into_iter()
             .map(|s| {
@@ -139,6 +149,8 @@ impl Loader {
                     metrics: metrics.origin(&s.name),
                     strategy_metrics: metrics.strategy(&s.name),
                     write: s.write,
+                    refresh_ahead: s.refresh_ahead,
+                    refresher: refresher.clone(),
                     batch_sql,
                     batch_ok: OnceCell::new(),
                     sql: encode::wrap(&s.query),
@@ -160,6 +172,7 @@ impl Loader {
             tickets: std::sync::atomic::AtomicU64::new(0),
             lease,
             unfilled: std::sync::OnceLock::new(),
+            refresher,
         }
     }
 

@@ -1,4 +1,5 @@
-//! The write and freshness strategies' counters, by mapping: write-through outcomes.
+//! The write and freshness strategies' counters, by mapping: write-through outcomes and
+//! refresh-ahead reloads.
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
@@ -6,10 +7,12 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 pub struct StrategyMetrics {
     pub write_through_ok: IntCounter,
     pub write_through_error: IntCounter,
+    pub refreshes: IntCounter,
 }
 
 pub(super) struct Families {
     write_through: IntCounterVec,
+    refreshes: IntCounterVec,
 }
 
 impl Families {
@@ -26,6 +29,17 @@ impl Families {
                 )
                 .expect("valid metric"),
             ),
+            refreshes: super::register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cacheside_refreshes_total",
+                        "Refresh-ahead reloads run by this sidecar (it held the key's lease and queried), by mapping.",
+                    ),
+                    &["mapping"],
+                )
+                .expect("valid metric"),
+            ),
         }
     }
 
@@ -33,6 +47,7 @@ impl Families {
         StrategyMetrics {
             write_through_ok: self.write_through.with_label_values(&[mapping, "ok"]),
             write_through_error: self.write_through.with_label_values(&[mapping, "error"]),
+            refreshes: self.refreshes.with_label_values(&[mapping]),
         }
     }
 }
