@@ -34,7 +34,7 @@
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys (`flight.rs`: one load per
 //!   key in a sidecar, shared only with reads that began before it read; `lease.rs`: fill leases
 //!   across sidecars; `batch.rs`: several keys in one query; `write.rs`: write-through
-//!   statements; `refresh.rs`: refresh-ahead reloads).
+//!   statements; `refresh.rs`: refresh-ahead reloads; `stale.rs`: stale-if-error copies).
 //! - [`strategy`]: writes of mapped keys that cacheside runs itself (`through.rs`: write-through
 //!   SET/HSET/DEL, database first; `related.rs`: the keys a mapping's `invalidates` templates
 //!   name), awaited by the session before the client's next request.

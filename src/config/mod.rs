@@ -146,6 +146,9 @@ pub struct MappingConfig {
     /// A read in this last share of the TTL ("10%") reloads the key in the background.
     #[serde(default)]
     pub refresh_ahead: Option<String>,
+    /// How long past its TTL a loaded value is still answered while PostgreSQL fails.
+    #[serde(default)]
+    pub stale_if_error: Option<Human>,
 }
 
 impl Default for MappingConfig {
@@ -165,6 +168,7 @@ impl Default for MappingConfig {
             on_delete: None,
             invalidates: Vec::new(),
             refresh_ahead: None,
+            stale_if_error: None,
         }
     }
 }

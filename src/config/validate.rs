@@ -226,9 +226,14 @@ fn validate_loader(
         let negative_ttl = positive(&key("negative_ttl"), m.negative_ttl.get())?;
         let write = super::strategy::write_settings(i, m)?;
         let refresh_ahead = super::strategy::refresh_ahead(i, m)?;
+        let stale_if_error = match m.stale_if_error {
+            Some(d) => Some(positive(&key("stale_if_error"), d.get())?),
+            None => None,
+        };
         mappings.push(MappingSettings {
             write,
             refresh_ahead,
+            stale_if_error,
             name: m.name.clone(),
             batch_query: m.batch_query.clone(),
             pattern,

@@ -19,6 +19,7 @@ pub mod mapping;
 pub mod params;
 pub mod postgres;
 mod refresh;
+mod stale;
 pub mod tls;
 pub mod write;
 
@@ -60,6 +61,9 @@ pub struct Mapping {
     pub refresh_ahead: Option<f64>,
     /// Where reads ask for background refreshes (shared by the loader's mappings).
     refresher: Arc<refresh::Queue>,
+    /// `stale_if_error`, and when a stale answer was last logged.
+    pub stale_if_error: Option<Duration>,
+    stale_logged: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Mapping {
@@ -82,6 +86,8 @@ pub struct MappingSettings {
     pub write: write::WriteSettings,
     /// `refresh_ahead`: the last share of the TTL in which a read reloads the key.
     pub refresh_ahead: Option<f64>,
+    /// `stale_if_error`: how long a copy of each loaded value outlives its TTL.
+    pub stale_if_error: Option<Duration>,
 }
 
 /// Why a mapped read could not be answered. The text goes to the client after `-ERR cacheside: `.
@@ -150,6 +156,8 @@ impl Loader {
                     strategy_metrics: metrics.strategy(&s.name),
                     write: s.write,
                     refresh_ahead: s.refresh_ahead,
+                    stale_if_error: s.stale_if_error,
+                    stale_logged: std::sync::atomic::AtomicU64::new(0),
                     refresher: refresher.clone(),
                     batch_sql,
                     batch_ok: OnceCell::new(),

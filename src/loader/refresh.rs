@@ -4,7 +4,7 @@
 //! under it that no other sidecar has refreshed the key already, then queries and fills with
 //! the fill script (so a write that deletes the lease meanwhile wins, as against any load).
 
-use super::lease::{call, counted_fill, lease_key, new_token};
+use super::lease::{call, counted_fill, lease_key, new_token, release_command};
 use super::{Loaded, Loader, Mapping};
 use crate::protocol::request::encode_command;
 use crate::protocol::scan::integer;
@@ -15,10 +15,6 @@ use tokio::sync::Notify;
 
 /// Keys waiting for a refresh, at most this many (more are dropped: they expire and load).
 const QUEUE_LIMIT: usize = 1024;
-
-/// Releases a lease only while it still holds our token.
-const RELEASE_SCRIPT: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1";
 
 #[derive(Default)]
 pub(super) struct Queue {
@@ -117,14 +113,7 @@ impl Loader {
             return;
         }
         let release = || async {
-            let cmd = encode_command(&[
-                &b"EVAL"[..],
-                RELEASE_SCRIPT.as_bytes(),
-                b"1",
-                &lease_key(key),
-                &token,
-            ]);
-            let _ = call(upstream, cmd, 1).await;
+            let _ = call(upstream, release_command(key, &token), 1).await;
         };
         // Under the lease: a refresh by another sidecar has filled already (or a write
         // deleted the key, and the next read loads it as usual).

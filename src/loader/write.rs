@@ -196,11 +196,15 @@ impl Loader {
 }
 
 impl Loader {
-    /// The lease and "not found" marker of a mapped key, deleted with every write of it (so a
+    /// The lease, "not found" marker and stale copy of a mapped key, deleted with every write of it (so a
     /// load in flight gives way); `None` for keys no mapping declares.
-    pub fn guard_keys(&self, key: &[u8]) -> Option<[bytes::Bytes; 2]> {
-        self.resolve(key)?;
-        Some([super::lease::lease_key(key), super::negative_key(key)])
+    pub fn guard_keys(&self, key: &[u8]) -> Option<Vec<bytes::Bytes>> {
+        let (m, _) = self.resolve(key)?;
+        let mut keys = vec![super::lease::lease_key(key), super::negative_key(key)];
+        if m.stale_if_error.is_some() {
+            keys.push(super::stale::stale_key(key));
+        }
+        Some(keys)
     }
 
     /// Deletes rows of several keys in one transaction (each key's `delete_query`), reading

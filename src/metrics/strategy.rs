@@ -1,5 +1,5 @@
-//! The write and freshness strategies' counters, by mapping: write-through outcomes and
-//! refresh-ahead reloads.
+//! The write and freshness strategies' counters, by mapping: write-through outcomes,
+//! refresh-ahead reloads and stale answers.
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
@@ -8,11 +8,13 @@ pub struct StrategyMetrics {
     pub write_through_ok: IntCounter,
     pub write_through_error: IntCounter,
     pub refreshes: IntCounter,
+    pub stale_answers: IntCounter,
 }
 
 pub(super) struct Families {
     write_through: IntCounterVec,
     refreshes: IntCounterVec,
+    stale_answers: IntCounterVec,
 }
 
 impl Families {
@@ -40,6 +42,17 @@ impl Families {
                 )
                 .expect("valid metric"),
             ),
+            stale_answers: super::register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cacheside_stale_answers_total",
+                        "Reads answered with a value past its TTL because PostgreSQL failed (stale_if_error), by mapping.",
+                    ),
+                    &["mapping"],
+                )
+                .expect("valid metric"),
+            ),
         }
     }
 
@@ -48,6 +61,7 @@ impl Families {
             write_through_ok: self.write_through.with_label_values(&[mapping, "ok"]),
             write_through_error: self.write_through.with_label_values(&[mapping, "error"]),
             refreshes: self.refreshes.with_label_values(&[mapping]),
+            stale_answers: self.stale_answers.with_label_values(&[mapping]),
         }
     }
 }
