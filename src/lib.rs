@@ -36,8 +36,9 @@
 //!   across sidecars; `batch.rs`: several keys in one query; `write.rs`: write-through
 //!   statements; `refresh.rs`: refresh-ahead reloads; `stale.rs`: stale-if-error copies).
 //! - [`strategy`]: writes of mapped keys that cacheside runs itself (`through.rs`: write-through
-//!   SET/HSET/DEL, database first; `related.rs`: the keys a mapping's `invalidates` templates
-//!   name), awaited by the session before the client's next request.
+//!   SET/HSET, database first; `delete.rs`: DEL/UNLINK with delete statements and related keys;
+//!   `related.rs`: the keys a mapping's `invalidates` templates name; `set_args.rs`: the SET
+//!   options accepted), awaited by the session before the client's next request.
 //! - [`error`]: typed errors and the one function that maps them to replies.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the /livez /readyz /metrics listener.
 //! - [`app`], [`shutdown`]: wiring, and the drain on SIGTERM.

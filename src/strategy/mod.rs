@@ -9,6 +9,7 @@
 //! other sidecars; then the reply. The session awaits it before the client's next request, so a
 //! client reads its own writes even in a pipeline.
 
+mod delete;
 mod related;
 mod set_args;
 mod through;

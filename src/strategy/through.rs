@@ -1,5 +1,6 @@
-//! Write-through and related-key invalidation: planning a write of mapped keys, and running it
-//! (database first, then Redis, the hot tier and the other sidecars, then the reply).
+//! Write-through and related-key invalidation: planning a write of mapped keys, and running
+//! SET/HSET (database first, then Redis, the hot tier and the other sidecars, then the reply).
+//! DEL/UNLINK: `delete.rs`.
 
 use super::{related, set_args, Pending};
 use crate::error::{reply_bytes, ProxyError};
@@ -39,19 +40,12 @@ if #ARGV > 1 then
 end
 return 1";
 
-/// Deletes the client's keys (DEL or UNLINK: ARGV[1]) and answers their count, then the rest.
-/// KEYS: the client's keys (ARGV[2] of them), deletes...
-const DEL_SCRIPT: &str = "local n = tonumber(ARGV[2])
-local gone = redis.call(ARGV[1], unpack(KEYS, 1, n))
-if #KEYS > n then redis.call('DEL', unpack(KEYS, n + 1)) end
-return gone";
-
 /// What a write needs to run: where it goes and who sent it.
 #[derive(Clone)]
-struct Env {
-    loader: Arc<Loader>,
+pub(super) struct Env {
+    pub(super) loader: Arc<Loader>,
     hot: Option<Arc<HotTier>>,
-    client: u64,
+    pub(super) client: u64,
     proto: Proto,
 }
 
@@ -98,7 +92,7 @@ pub fn plan(
     let Some(m) = through else {
         // Related keys only: DEL/UNLINK outside a transaction invalidates them.
         return match info.name {
-            "DEL" | "UNLINK" if !pinned => run(delete(
+            "DEL" | "UNLINK" if !pinned => run(super::delete::delete(
                 env,
                 info.name,
                 req.args().skip(1).map(Bytes::copy_from_slice).collect(),
@@ -163,7 +157,7 @@ pub fn plan(
                 info.name == "HMSET",
             ))
         }
-        ("DEL" | "UNLINK", _) => run(delete(
+        ("DEL" | "UNLINK", _) => run(super::delete::delete(
             env,
             info.name,
             req.args().skip(1).map(Bytes::copy_from_slice).collect(),
@@ -179,7 +173,7 @@ pub fn plan(
 
 /// Whether a failed statement may still have committed (the connection broke or the timeout
 /// fired after it was sent): then the cached key is invalidated rather than kept.
-fn ambiguous(e: &LoadError) -> bool {
+pub(super) fn ambiguous(e: &LoadError) -> bool {
     matches!(
         e,
         LoadError::Db {
@@ -189,7 +183,7 @@ fn ambiguous(e: &LoadError) -> bool {
     )
 }
 
-fn error(e: &LoadError) -> Bytes {
+pub(super) fn error(e: &LoadError) -> Bytes {
     reply_bytes(&ProxyError::Load(e.to_string()))
 }
 
@@ -211,7 +205,7 @@ fn rows(rows: &[Option<String>]) -> Vec<Option<serde_json::Map<String, serde_jso
         .collect()
 }
 
-fn related_keys(m: &Mapping, caps: &[Bytes], found: &[Option<String>]) -> Vec<Bytes> {
+pub(super) fn related_keys(m: &Mapping, caps: &[Bytes], found: &[Option<String>]) -> Vec<Bytes> {
     if m.write.invalidates.is_empty() {
         return Vec::new();
     }
@@ -226,7 +220,7 @@ impl Env {
     /// Runs one script upstream on the client's connection with the hot tier held for
     /// `written` (the client's keys) and `related`, then completes the hot tier and, in
     /// broadcast mode, tells the other sidecars; the script's reply, or an error reply.
-    async fn apply(&self, script: Bytes, written: &[Bytes], related: &[Bytes]) -> Bytes {
+    pub(super) async fn apply(&self, script: Bytes, written: &[Bytes], related: &[Bytes]) -> Bytes {
         let Some(upstream) = self.loader.upstream() else {
             return reply_bytes(&ProxyError::Internal("write-through needs an upstream"));
         };
@@ -266,15 +260,19 @@ impl Env {
 
     /// After a statement that may have committed: the key and its lease go, so the next read
     /// loads whatever the database holds.
-    async fn drop_key(&self, key: &Bytes) {
+    pub(super) async fn drop_key(&self, key: &Bytes) {
         let mut keys = vec![key.clone()];
         keys.extend(deletes(&self.loader, key, &[]));
-        let script = eval(DEL_SCRIPT, &keys, &[Bytes::from_static(b"DEL"), "1".into()]);
+        let script = eval(
+            super::delete::DEL_SCRIPT,
+            &keys,
+            &[Bytes::from_static(b"DEL"), "1".into()],
+        );
         let _ = self.apply(script, std::slice::from_ref(key), &[]).await;
     }
 }
 
-fn eval(script: &str, keys: &[Bytes], argv: &[Bytes]) -> Bytes {
+pub(super) fn eval(script: &str, keys: &[Bytes], argv: &[Bytes]) -> Bytes {
     let mut args: Vec<Bytes> = Vec::with_capacity(3 + keys.len() + argv.len());
     args.push(Bytes::from_static(b"EVAL"));
     args.push(Bytes::copy_from_slice(script.as_bytes()));
@@ -284,7 +282,7 @@ fn eval(script: &str, keys: &[Bytes], argv: &[Bytes]) -> Bytes {
     encode_command(&args)
 }
 
-fn failed(m: &Mapping, e: &LoadError) -> Bytes {
+pub(super) fn failed(m: &Mapping, e: &LoadError) -> Bytes {
     m.strategy_metrics.write_through_error.inc();
     tracing::debug!(mapping = %m.name, error = %e, "write-through refused by the database");
     error(e)
@@ -388,110 +386,5 @@ async fn hset(
         Bytes::from_static(b"+OK\r\n")
     } else {
         Bytes::from(format!(":{added}\r\n"))
-    }
-}
-
-/// DEL/UNLINK of keys among which some are mapped: write-through keys with a delete statement
-/// have their rows deleted first (all in one transaction); related keys are found from the
-/// key, the row before (from the transaction, or for keys that only invalidate, from Redis's
-/// copy) and the row now; then one script deletes everything and answers Redis's count.
-async fn delete(env: Env, command: &'static str, keys: Vec<Bytes>) -> Bytes {
-    let resolved: Vec<Option<(Arc<Mapping>, Vec<Bytes>)>> =
-        keys.iter().map(|k| env.loader.resolve(k)).collect();
-    let statements: Vec<(Arc<Mapping>, Vec<Bytes>)> = resolved
-        .iter()
-        .flatten()
-        .filter(|(m, _)| m.write.deletes_rows())
-        .cloned()
-        .collect();
-    let want_old = statements.iter().any(|(m, _)| related::needs_rows(m));
-    let mut old_rows = match env.loader.delete_rows(&statements, want_old).await {
-        Ok(r) => r.into_iter(),
-        Err(e) => {
-            let m = &statements[0].0;
-            if ambiguous(&e) {
-                for (k, r) in keys.iter().zip(&resolved) {
-                    if r.as_ref().is_some_and(|(m, _)| m.write.deletes_rows()) {
-                        env.drop_key(k).await;
-                    }
-                }
-            }
-            return failed(m, &e);
-        }
-    };
-    let mut related: Vec<Bytes> = Vec::new();
-    for (key, r) in keys.iter().zip(&resolved) {
-        let Some((m, caps)) = r else { continue };
-        let found = if m.write.deletes_rows() {
-            vec![old_rows.next().flatten()]
-        } else if related::needs_rows(m) {
-            // The row was changed (or deleted) by the app itself: Redis's copy is the row as
-            // it was, the database's is the row now.
-            vec![
-                env.cached_row(m, key).await,
-                env.loader.current_row(m, caps).await.ok().flatten(),
-            ]
-        } else {
-            Vec::new()
-        };
-        for k in related_keys(m, caps, &found) {
-            if !related.contains(&k) && !keys.contains(&k) {
-                related.push(k);
-            }
-        }
-    }
-    let mut all = keys.clone();
-    for (k, r) in keys.iter().zip(&resolved) {
-        if r.is_some() {
-            all.extend(env.loader.guard_keys(k).into_iter().flatten());
-        }
-    }
-    for r in &related {
-        all.push(r.clone());
-        all.extend(env.loader.guard_keys(r).into_iter().flatten());
-    }
-    let argv = [
-        Bytes::from_static(command.as_bytes()),
-        Bytes::from(keys.len().to_string()),
-    ];
-    let reply = env
-        .apply(eval(DEL_SCRIPT, &all, &argv), &keys, &related)
-        .await;
-    for (m, _) in &statements {
-        m.strategy_metrics.write_through_ok.inc();
-    }
-    reply
-}
-
-impl Env {
-    /// The row Redis holds for a mapped key, as JSON (a json value, or a hash's fields).
-    async fn cached_row(&self, m: &Mapping, key: &Bytes) -> Option<String> {
-        let upstream = self.loader.upstream()?;
-        let read: &[u8] = if m.shape == Shape::Hash {
-            b"HGETALL"
-        } else {
-            b"GET"
-        };
-        let reply = upstream
-            .send(Proto::Resp2, self.client, encode_command(&[read, key]), 1)
-            .await
-            .ok()?
-            .ok()?;
-        match crate::loader::write::value_of_reply(&reply)? {
-            Loaded::Value(v) => String::from_utf8(v.to_vec()).ok(),
-            Loaded::Hash(pairs) => {
-                let object: serde_json::Map<String, serde_json::Value> = pairs
-                    .iter()
-                    .map(|(f, v)| {
-                        (
-                            String::from_utf8_lossy(f).into_owned(),
-                            serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
-                        )
-                    })
-                    .collect();
-                Some(serde_json::Value::Object(object).to_string())
-            }
-            Loaded::NotFound => None,
-        }
     }
 }
