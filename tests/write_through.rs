@@ -437,3 +437,29 @@ async fn a_load_in_flight_does_not_fill_a_row_older_than_an_acknowledged_write()
     let read: String = wc.get("slowproduct:11").await.unwrap();
     assert_eq!(read, "Written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_read_after_a_write_through_sees_it() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    let proxy = sidecar(&redis, &pg).await;
+    let mut c = proxy.client().await;
+    let _: String = c.get("product:17").await.unwrap();
+    let value = r#"{"id":17,"name":"Piped","price":3,"category":"toys"}"#;
+    let (ok, read, n, gone): (String, String, i64, Option<String>) = redis::pipe()
+        .cmd("SET")
+        .arg("product:17")
+        .arg(value)
+        .cmd("GET")
+        .arg("product:17")
+        .cmd("DEL")
+        .arg("product:17")
+        .cmd("GET")
+        .arg("product:17")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!((ok.as_str(), read.as_str(), n), ("OK", value, 1));
+    assert_eq!(gone, None, "the row was deleted before the last GET loaded");
+    assert_eq!(row(&pg, 17).await, None);
+}
