@@ -3,7 +3,7 @@
 //! deletes everything and answers Redis's count.
 
 use super::related;
-use super::through::{ambiguous, error, eval, failed, related_keys, Env};
+use super::through::{ambiguous, counted, error, eval, failed, related_keys, Env};
 use crate::loader::{Loaded, Mapping, Shape};
 use crate::protocol::reply::Proto;
 use crate::protocol::request::encode_command;
@@ -86,7 +86,7 @@ pub(super) async fn delete(env: Env, command: &'static str, keys: Vec<Bytes>) ->
         .apply(eval(DEL_SCRIPT, &all, &argv), &keys, &related)
         .await;
     for (m, _) in &statements {
-        m.strategy_metrics.write_through_ok.inc();
+        counted(m, &reply);
     }
     reply
 }

@@ -282,6 +282,15 @@ pub(super) fn eval(script: &str, keys: &[Bytes], argv: &[Bytes]) -> Bytes {
     encode_command(&args)
 }
 
+/// Counts a write whose statement committed: ok once Redis took it too, error otherwise.
+pub(super) fn counted(m: &Mapping, reply: &Bytes) {
+    if reply.starts_with(b"-") {
+        m.strategy_metrics.write_through_error.inc();
+    } else {
+        m.strategy_metrics.write_through_ok.inc();
+    }
+}
+
 pub(super) fn failed(m: &Mapping, e: &LoadError) -> Bytes {
     m.strategy_metrics.write_through_error.inc();
     tracing::debug!(mapping = %m.name, error = %e, "write-through refused by the database");
@@ -310,7 +319,7 @@ async fn set(env: Env, m: Arc<Mapping>, caps: Vec<Bytes>, key: Bytes, args: Vec<
     let reply = env
         .apply(eval(SET_SCRIPT, &keys, &args), &[key], &related)
         .await;
-    m.strategy_metrics.write_through_ok.inc();
+    counted(&m, &reply);
     reply
 }
 
@@ -378,7 +387,7 @@ async fn hset(
     let reply = env
         .apply(eval(HASH_SCRIPT, &keys, &argv), &[key], &related)
         .await;
-    m.strategy_metrics.write_through_ok.inc();
+    counted(&m, &reply);
     if reply.starts_with(b"-") {
         return reply;
     }
