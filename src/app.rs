@@ -179,6 +179,7 @@ pub async fn serve(
                         channel,
                     ));
                 }
+                loader.start_refresher();
                 router = router.with_loader(loader);
             }
             Err(e) => {

@@ -33,7 +33,12 @@
 //!   for the client listener.
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys (`flight.rs`: one load per
 //!   key in a sidecar, shared only with reads that began before it read; `lease.rs`: fill leases
-//!   across sidecars; `batch.rs`: several keys in one query).
+//!   across sidecars; `batch.rs`: several keys in one query; `write.rs`: write-through
+//!   statements; `refresh.rs`: refresh-ahead reloads; `stale.rs`: stale-if-error copies).
+//! - [`strategy`]: writes of mapped keys that cacheside runs itself (`through.rs`: write-through
+//!   SET/HSET, database first; `delete.rs`: DEL/UNLINK with delete statements and related keys;
+//!   `related.rs`: the keys a mapping's `invalidates` templates name; `set_args.rs`: the SET
+//!   options accepted), awaited by the session before the client's next request.
 //! - [`error`]: typed errors and the one function that maps them to replies.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener (/startupz /livez /readyz
 //!   /metrics, POST /quitquitquit).
@@ -51,5 +56,6 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod shutdown;
+pub mod strategy;
 pub mod tier;
 pub mod transport;

@@ -30,7 +30,7 @@ async fn sidecar(redis: &RedisServer, pg: &PgServer, coherence: &str) -> Proxy {
             jitter: None,
             negative_ttl: Human::secs(30),
             batch_query: None,
-            table: None,
+            ..MappingConfig::default()
         }];
         c.hot.coherence = coherence.into();
         c.cache = vec![CacheRule {

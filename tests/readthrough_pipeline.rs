@@ -19,7 +19,7 @@ fn mapping(name: &str, key: &str, query: &str) -> MappingConfig {
         jitter: None,
         negative_ttl: Human::secs(30),
         batch_query: None,
-        table: None,
+        ..MappingConfig::default()
     }
 }
 

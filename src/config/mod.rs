@@ -6,6 +6,7 @@
 
 mod env;
 mod iam;
+mod strategy;
 pub mod units;
 mod upstream;
 mod url;
@@ -136,9 +137,57 @@ pub struct MappingConfig {
     /// columns named like the key's captures identify the key. Unset: the query's first FROM.
     #[serde(default)]
     pub table: Option<String>,
+    /// Writes to the mapping's keys: "none" (Redis only) or "through" (Postgres first).
+    #[serde(default = "MappingConfig::default_write")]
+    pub write: String,
+    /// write = "through": the statement a SET (HSET) runs; $1.. captures, last the value.
+    #[serde(default)]
+    pub write_query: Option<String>,
+    /// write = "through": the statement a DEL runs; $1.. captures.
+    #[serde(default)]
+    pub delete_query: Option<String>,
+    /// "statement" (run delete_query) or "invalidate"; by default "statement" with a
+    /// delete_query.
+    #[serde(default)]
+    pub on_delete: Option<String>,
+    /// Key templates invalidated with each write of a key (captures from the key and the rows).
+    #[serde(default)]
+    pub invalidates: Vec<String>,
+    /// A read in this last share of the TTL ("10%") reloads the key in the background.
+    #[serde(default)]
+    pub refresh_ahead: Option<String>,
+    /// How long past its TTL a loaded value is still answered while PostgreSQL fails.
+    #[serde(default)]
+    pub stale_if_error: Option<Human>,
+}
+
+impl Default for MappingConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            key: String::new(),
+            query: String::new(),
+            shape: Self::default_shape(),
+            ttl: Human::secs(3600),
+            jitter: None,
+            negative_ttl: Self::default_negative_ttl(),
+            batch_query: None,
+            write: Self::default_write(),
+            write_query: None,
+            delete_query: None,
+            on_delete: None,
+            invalidates: Vec::new(),
+            refresh_ahead: None,
+            stale_if_error: None,
+            table: None,
+        }
+    }
 }
 
 impl MappingConfig {
+    fn default_write() -> String {
+        "none".into()
+    }
     fn default_shape() -> String {
         "json".into()
     }

@@ -260,8 +260,17 @@ fn validate_loader(
                 "postgres.notify needs the table this mapping reads: its query has no plain FROM <table>; set table",
             ));
         }
+        let write = super::strategy::write_settings(i, m)?;
+        let refresh_ahead = super::strategy::refresh_ahead(i, m)?;
+        let stale_if_error = match m.stale_if_error {
+            Some(d) => Some(positive(&key("stale_if_error"), d.get())?),
+            None => None,
+        };
         mappings.push(MappingSettings {
             table: table.unwrap_or_default(),
+            write,
+            refresh_ahead,
+            stale_if_error,
             name: m.name.clone(),
             batch_query: m.batch_query.clone(),
             pattern,

@@ -1,7 +1,7 @@
 //! Loading several keys of one mapping together: an MGET's misses, a pipeline's, a warm-up
 //! batch. Leases in one pipeline, one `= ANY($1)` query, fills in one pipeline.
 
-use super::lease::{call, counted_fill, from_reply, lease_key, new_token};
+use super::lease::{call, counted_fill, from_reply, lease_key, new_token, release_command};
 use super::{encode, params, single_error, LoadError, Loaded, Loader, Mapping};
 use crate::protocol::request::encode_command;
 use crate::protocol::scan::integer;
@@ -100,6 +100,11 @@ impl Loader {
             match rows {
                 Err(err) => {
                     m.metrics.error(err.kind());
+                    let release: Vec<u8> = mine
+                        .iter()
+                        .flat_map(|((i, _), _)| release_command(&items[*i].0, &token).to_vec())
+                        .collect();
+                    let _ = call(upstream, Bytes::from(release), mine.len() as u32).await;
                     for ((i, _), _) in &mine {
                         results[*i] = Some(Err(LoadError::Db {
                             mapping: m.name.clone(),
@@ -153,10 +158,12 @@ impl Loader {
             let (k, caps) = &items[i];
             results[i] = Some(self.load(m, k, caps, upstream_down, begun).await);
         }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| single_error(m, "not loaded")))
-            .collect()
+        let mut out = Vec::with_capacity(items.len());
+        for ((key, _), r) in items.iter().zip(results) {
+            let r = r.unwrap_or_else(|| single_error(m, "not loaded"));
+            out.push(self.or_stale(m, key, r).await);
+        }
+        out
     }
 
     pub(super) async fn load_each(

@@ -81,7 +81,20 @@ impl Loader {
                             key,
                             id,
                         };
-                        match self.lead(m, key, captures, upstream_down).await {
+                        let led = match self.lead(m, key, captures, upstream_down).await {
+                            Err(e) if m.stale_if_error.is_some() => {
+                                match self.or_stale(m, key, Err(e)).await {
+                                    Ok(stale) => Ok(Lead {
+                                        loaded: stale,
+                                        kept: false,
+                                        read_at: self.ticket(),
+                                    }),
+                                    Err(e) => Err(e),
+                                }
+                            }
+                            other => other,
+                        };
+                        match led {
                             Ok(l) => {
                                 let _ = tx.send(Some((Ok(l.loaded.clone()), l.read_at)));
                                 (Ok(l.loaded), l.kept)

@@ -32,6 +32,41 @@ else
 end
 return 1"#;
 
+/// FILL_SCRIPT for mappings with `stale_if_error`: the value also goes to its stale copy.
+/// KEYS: key, lease, negative, stale copy. ARGV: token, kind, value, ttl ms, stale ttl ms,
+/// field, value, ...
+const FILL_STALE_SCRIPT: &str = r#"if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+if ARGV[2] == 'v' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[5])
+elseif ARGV[2] == 'n' then
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
+  redis.call('DEL', KEYS[4])
+else
+  redis.call('DEL', KEYS[1], KEYS[4])
+  redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('HSET', KEYS[4], unpack(ARGV, 6))
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+end
+return 1"#;
+
+/// Releases a lease only while it still holds our token. KEYS: lease. ARGV: token.
+const RELEASE_SCRIPT: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1";
+
+/// The command that gives back our lease on `key` (a load that failed).
+pub(super) fn release_command(key: &[u8], token: &[u8]) -> Bytes {
+    encode_command(&[
+        &b"EVAL"[..],
+        RELEASE_SCRIPT.as_bytes(),
+        b"1",
+        &lease_key(key),
+        token,
+    ])
+}
+
 pub(super) fn lease_key(key: &[u8]) -> Bytes {
     prefixed(LEASE_PREFIX, key)
 }
@@ -40,12 +75,17 @@ impl Loader {
     /// For a write to `key`: the commands that make any load in flight for it give way (its
     /// lease is deleted) and forget a remembered "not found". `None` for unmapped keys.
     pub fn write_cleanup(&self, key: &[u8]) -> Option<Bytes> {
-        self.resolve(key)?;
-        Some(encode_command(&[
-            &b"DEL"[..],
-            &lease_key(key),
-            &negative_key(key),
-        ]))
+        let (m, _) = self.resolve(key)?;
+        let mut del = vec![
+            Bytes::from_static(b"DEL"),
+            lease_key(key),
+            negative_key(key),
+        ];
+        if m.stale_if_error.is_some() {
+            // A stale copy older than this write must never be answered after it.
+            del.push(super::stale::stale_key(key));
+        }
+        Some(encode_command(&del))
     }
 
     /// Loads as the leader; with the value, whether it is Redis's (found there, or filled by
@@ -89,7 +129,15 @@ impl Loader {
                     });
                 }
                 let read_at = self.ticket();
-                let loaded = self.query(m, &params).await?;
+                let loaded = match self.query(m, &params).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        // Sidecars waiting for our fill query themselves (or answer stale) now,
+                        // instead of when the lease runs out.
+                        let _ = call(upstream, release_command(key, &token), 1).await;
+                        return Err(e);
+                    }
+                };
                 let kept = self.fill(upstream, m, key, &token, &loaded).await;
                 Ok(Lead {
                     loaded,
@@ -155,25 +203,36 @@ impl Loader {
             Loaded::NotFound => (b"n", m.negative_ttl),
         };
         let ttl_ms = ttl.as_millis().max(1).to_string();
+        let (script, nkeys): (&'static str, &'static [u8]) = match m.stale_if_error {
+            Some(_) => (FILL_STALE_SCRIPT, b"4"),
+            None => (FILL_SCRIPT, b"3"),
+        };
         let mut args: Vec<Bytes> = vec![
             Bytes::from_static(b"EVAL"),
-            Bytes::from_static(FILL_SCRIPT.as_bytes()),
-            Bytes::from_static(b"3"),
+            Bytes::from_static(script.as_bytes()),
+            Bytes::from_static(nkeys),
             key.clone(),
             lease_key(key),
             negative_key(key),
-            token.clone(),
-            Bytes::copy_from_slice(kind),
         ];
+        if m.stale_if_error.is_some() {
+            args.push(super::stale::stale_key(key));
+        }
+        let kind_at = args.len() + 1;
+        args.push(token.clone());
+        args.push(Bytes::copy_from_slice(kind));
         match loaded {
             Loaded::Value(v) => args.push(v.clone()),
             _ => args.push(Bytes::new()),
         }
         args.push(Bytes::from(ttl_ms));
+        if let Some(stale) = m.stale_if_error {
+            args.push(Bytes::from((ttl + stale).as_millis().max(1).to_string()));
+        }
         if let Loaded::Hash(pairs) = loaded {
             if pairs.is_empty() {
                 // An all-NULL row: nothing to store as a hash; remember it as not found instead.
-                args[7] = Bytes::from_static(b"n");
+                args[kind_at] = Bytes::from_static(b"n");
             }
             for (f, v) in pairs {
                 args.push(f.clone());

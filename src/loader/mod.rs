@@ -19,7 +19,10 @@ pub mod mapping;
 pub mod notify;
 pub mod params;
 pub mod postgres;
+mod refresh;
+mod stale;
 pub mod tls;
+pub mod write;
 
 pub use encode::Loaded;
 pub use mapping::{Jitter, KeyPattern, Shape};
@@ -54,6 +57,16 @@ pub struct Mapping {
     batch_sql: Option<String>,
     batch_ok: OnceCell<bool>,
     pub metrics: OriginMetrics,
+    /// How writes to the mapping's keys are handled (see `crate::strategy`).
+    pub write: write::WriteSettings,
+    pub strategy_metrics: crate::metrics::StrategyMetrics,
+    /// `refresh_ahead`, as a fraction of `ttl`.
+    pub refresh_ahead: Option<f64>,
+    /// Where reads ask for background refreshes (shared by the loader's mappings).
+    refresher: Arc<refresh::Queue>,
+    /// `stale_if_error`, and when a stale answer was last logged.
+    pub stale_if_error: Option<Duration>,
+    stale_logged: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Mapping {
@@ -75,6 +88,11 @@ pub struct MappingSettings {
     pub batch_query: Option<String>,
     /// The table whose row changes invalidate the mapping's keys (`postgres.notify`).
     pub table: String,
+    pub write: write::WriteSettings,
+    /// `refresh_ahead`: the last share of the TTL in which a read reloads the key.
+    pub refresh_ahead: Option<f64>,
+    /// `stale_if_error`: how long a copy of each loaded value outlives its TTL.
+    pub stale_if_error: Option<Duration>,
 }
 
 /// Why a mapped read could not be answered. The text goes to the client after `-ERR cacheside: `.
@@ -103,6 +121,8 @@ pub struct Loader {
     /// Called with keys whose loaded value Redis did not take (see `on_unfilled`).
     unfilled: std::sync::OnceLock<UnfilledHook>,
     notify_metrics: crate::metrics::NotifyMetrics,
+    /// Keys waiting for a refresh-ahead reload.
+    refresher: Arc<refresh::Queue>,
 }
 
 fn prefixed(prefix: &[u8], key: &[u8]) -> Bytes {
@@ -125,6 +145,7 @@ impl Loader {
         lease: Duration,
         metrics: &crate::metrics::Metrics,
     ) -> Self {
+        let refresher = Arc::new(refresh::Queue::default());
         let mappings = settings
             .into_iter()
             .map(|s| {
@@ -138,6 +159,12 @@ impl Loader {
                 };
                 Arc::new(Mapping {
                     metrics: metrics.origin(&s.name),
+                    strategy_metrics: metrics.strategy(&s.name),
+                    write: s.write,
+                    refresh_ahead: s.refresh_ahead,
+                    stale_if_error: s.stale_if_error,
+                    stale_logged: std::sync::atomic::AtomicU64::new(0),
+                    refresher: refresher.clone(),
                     batch_sql,
                     batch_ok: OnceCell::new(),
                     sql: encode::wrap(&s.query),
@@ -161,6 +188,7 @@ impl Loader {
             lease,
             unfilled: std::sync::OnceLock::new(),
             notify_metrics: metrics.notify.clone(),
+            refresher,
         }
     }
 
@@ -225,6 +253,9 @@ impl Loader {
                 ));
             }
             let _ = m.types.set(types);
+            self.prepare_writes(m)
+                .await
+                .map_err(|e| (m.name.clone(), e))?;
             self.batch_usable(m).await;
         }
         Ok(())

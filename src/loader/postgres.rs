@@ -2,6 +2,9 @@
 //! once (or unnamed, for transaction-mode poolers), a timeout on every query, and a circuit
 //! breaker so a dead database is not hammered.
 
+mod txn;
+pub use txn::Step;
+
 use super::params::{self, Param};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -91,16 +91,22 @@ pub enum InvalidationSource {
     Operator,
     /// A row change heard from PostgreSQL (`postgres.notify`).
     DbNotify,
+    /// A write-through SET/DEL of a mapped key through this sidecar.
+    WriteThrough,
+    /// A key named by a mapping's `invalidates` template, on a write of one of its keys.
+    Related,
 }
 
 impl InvalidationSource {
-    pub(super) const ALL: [InvalidationSource; 6] = [
+    pub(super) const ALL: [InvalidationSource; 8] = [
         InvalidationSource::LocalWrite,
         InvalidationSource::Tracking,
         InvalidationSource::Broadcast,
         InvalidationSource::Flush,
         InvalidationSource::Operator,
         InvalidationSource::DbNotify,
+        InvalidationSource::WriteThrough,
+        InvalidationSource::Related,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -110,6 +116,8 @@ impl InvalidationSource {
             InvalidationSource::Flush => "flush",
             InvalidationSource::Operator => "operator",
             InvalidationSource::DbNotify => "db_notify",
+            InvalidationSource::WriteThrough => "write_through",
+            InvalidationSource::Related => "related",
         }
     }
 }

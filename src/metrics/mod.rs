@@ -10,7 +10,9 @@ use prometheus::{
 };
 
 mod labels;
+mod strategy;
 pub use labels::{InvalidationSource, Outcome, UpstreamFailure, LATENCY_BUCKETS};
+pub use strategy::StrategyMetrics;
 
 /// The hot tier's counters, resolved once.
 pub struct CacheMetrics {
@@ -97,6 +99,7 @@ pub struct Metrics {
     pub cache: CacheMetrics,
     pub notify: NotifyMetrics,
     origin: OriginFamilies,
+    strategy: strategy::Families,
     scrape_hooks: std::sync::Mutex<Vec<ScrapeHook>>,
     pub client_connections: IntGauge,
     pub client_connections_total: IntCounter,
@@ -239,7 +242,7 @@ impl Metrics {
         );
         let invalidations_vec = vec2(
             "cacheside_invalidations_total",
-            "Hot-tier invalidations by source (local_write, tracking, broadcast, flush, operator).",
+            "Hot-tier invalidations by source (local_write, tracking, broadcast, flush, operator, db_notify, write_through, related).",
             "source",
         );
         let cache = CacheMetrics {
@@ -354,6 +357,7 @@ impl Metrics {
         };
         Self {
             origin,
+            strategy: strategy::Families::new(r),
             cache,
             notify,
             scrape_hooks: std::sync::Mutex::new(Vec::new()),
@@ -416,6 +420,11 @@ impl Metrics {
             errors: o.errors.clone(),
             name: mapping.to_string(),
         }
+    }
+
+    /// The write and freshness strategy counters of one mapping.
+    pub fn strategy(&self, mapping: &str) -> StrategyMetrics {
+        self.strategy.of(mapping)
     }
 
     pub fn registry(&self) -> &Registry {

@@ -172,7 +172,11 @@ fn ticket(loader: Option<&Loader>, load: &Option<(Arc<Mapping>, Vec<Bytes>)>) ->
 
 /// Appends a pending key's PTTL (for the tier) and "not found" probe (for a mapping).
 fn extras(frame: &mut BytesMut, replies: &mut usize, p: &mut Pending) {
-    if p.hot.is_some() {
+    let refresh = p
+        .load
+        .as_ref()
+        .is_some_and(|(m, _)| m.refresh_ahead.is_some());
+    if p.hot.is_some() || refresh {
         encode_array_header(frame, 2);
         encode_bulk(frame, b"PTTL");
         encode_bulk(frame, &p.key);
@@ -354,10 +358,29 @@ pub fn complete(plan: FillPlan, replies: &Bytes, proto: Proto) -> Completion {
             Vec::new(),
         );
     };
+    // Refresh-ahead: a value found in its mapping's window asks for a reload, and the hot tier
+    // keeps it only until the window begins, so reads then reach Redis and see it.
     let pttl = |p: &Pending| {
-        p.pttl_at
+        let t = p
+            .pttl_at
             .and_then(|i| all.get(i))
-            .and_then(|(b, _)| integer(b))
+            .and_then(|(b, _)| integer(b))?;
+        Some(
+            match (
+                &p.load,
+                p.load.as_ref().and_then(|(m, _)| m.refresh_window_ms()),
+            ) {
+                (Some((m, _)), Some(window)) => {
+                    m.maybe_refresh(&p.key, t);
+                    if t > window {
+                        t - window
+                    } else {
+                        t
+                    }
+                }
+                _ => t,
+            },
+        )
     };
     match plan.kind {
         FillKind::One(p) => {

@@ -214,6 +214,9 @@ pub enum Decision {
     Info,
     /// Standalone mode: answered by the in-process store.
     Store,
+    /// Answered by work cacheside runs itself (a write-through): the session starts it at
+    /// dispatch and awaits it before the client's next request.
+    Future(crate::strategy::Pending),
 }
 
 /// A write's hold on the cached keys it touches: evicted when it is sent, kept out of the tier
@@ -348,6 +351,14 @@ impl Router {
             return (operator::run(self, st, req).await, info);
         }
         let mut decision = self.decide(st, info, req, pinned);
+        if let (Some(loader), Decision::Forward | Decision::Pinned) = (&self.loader, &decision) {
+            let hot = self.hot.as_ref();
+            match crate::strategy::plan(loader, hot, info, req, pinned, st.id, st.proto) {
+                Some(crate::strategy::Planned::Refuse(e)) => return (Decision::Fail(e), info),
+                Some(crate::strategy::Planned::Run(f)) => return (Decision::Future(f), info),
+                None => {}
+            }
+        }
         if matches!(decision, Decision::Forward) && (self.hot.is_some() || self.loader.is_some()) {
             if info.is_read() {
                 match fill::read(

@@ -400,6 +400,20 @@ impl Session {
                 self.send_to(Dest::Shared, req.frame().clone(), 1, Some(Box::new(after)))
                     .await
             }
+            Decision::Future(work) => {
+                self.ctx.metrics.command(info.family, Outcome::Forwarded);
+                self.flush_run(chunk).await?;
+                if self.release_pending {
+                    self.barrier().await?;
+                }
+                self.flush_ready().await?;
+                // Spawned: once begun, a write completes (Redis follows the database) even if
+                // the client leaves. Awaited here, so the client's next request sees it.
+                let reply = tokio::spawn(work.0).await.unwrap_or_else(|_| {
+                    crate::error::reply_bytes(&ProxyError::Internal("write task failed"))
+                });
+                self.reply(reply).await
+            }
             Decision::Pinned | Decision::PinnedRewrite(_) => {
                 self.pinned_request(chunk, span, req, info, decision).await
             }

@@ -16,7 +16,7 @@ pub fn mapping(name: &str, key: &str, query: &str, shape: &str) -> MappingConfig
         jitter: Some("10%".into()),
         negative_ttl: Human::secs(30),
         batch_query: None,
-        table: None,
+        ..MappingConfig::default()
     }
 }
 
