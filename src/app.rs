@@ -8,6 +8,7 @@ use crate::metrics::Metrics;
 use crate::protocol::Proto;
 use crate::router::Router;
 use crate::server::{self, Ctx};
+use crate::strategy::counter::Counters;
 use crate::tier::hot::{coherence, HotTier};
 use crate::tier::redis::Upstream;
 use crate::tier::store::{Policy, Store};
@@ -37,6 +38,14 @@ pub async fn check_mappings(cfg: &Validated) -> Result<(), crate::config::Config
     let metrics = Metrics::new(prometheus::Registry::new());
     let db =
         Database::new(db).map_err(|e| crate::config::ConfigError::invalid("postgres.url", e))?;
+    for (i, c) in cfg.counters.iter().enumerate() {
+        if let Err(DbError::Query(msg)) = db.prepare(&c.flush_query).await {
+            return Err(crate::config::ConfigError::invalid(
+                format!("counter[{i}].flush_query"),
+                format!("counter {:?}: {msg}", c.name),
+            ));
+        }
+    }
     let loader = Loader::new(cfg.mappings.clone(), db, None, cfg.lease, &metrics);
     match loader.prepare_all().await {
         Ok(()) => Ok(()),
@@ -171,6 +180,31 @@ pub async fn serve(
             }
         }
     }
+    let counters = match (&upstream, &cfg.postgres) {
+        (Some(u), Some(db)) if !cfg.counters.is_empty() && !cluster => {
+            match Database::new(db.clone()) {
+                Ok(db) => {
+                    let counters = Counters::new(cfg.counters.clone(), metrics.registry());
+                    router = router.with_counters(counters.clone());
+                    tracing::info!(
+                        counters = cfg.counters.len(),
+                        "counters synced to PostgreSQL"
+                    );
+                    Some((counters, u.clone(), db))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build the PostgreSQL pool; counters are disabled");
+                    None
+                }
+            }
+        }
+        _ => {
+            if cluster && !cfg.counters.is_empty() {
+                tracing::error!("the upstream is a Redis Cluster: [[counter]] is not supported there yet and is off");
+            }
+            None
+        }
+    };
     if upstream.is_none() {
         let policy = if cfg.hot.lru {
             Policy::Lru
@@ -232,12 +266,18 @@ pub async fn serve(
             stop_rx.clone(),
         ))
     });
+    let flusher =
+        counters.map(|(c, u, db)| crate::strategy::counter::spawn(c, u, db, stop_rx.clone()));
     let server_task = tokio::spawn(server::serve(listener, ctx, stop_rx, cfg.grace_period));
 
     shutdown.await;
     ready.start_drain();
     let _ = stop_tx.send(true);
     let _ = server_task.await;
+    if let Some(f) = flusher {
+        // Its last flush, after the clients' last INCRs; bounded like the drain.
+        let _ = tokio::time::timeout(cfg.grace_period, f).await;
+    }
     if let Some(t) = admin_task {
         t.abort();
     }

@@ -34,6 +34,9 @@
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys (`flight.rs`: one load per
 //!   key in a sidecar, shared only with reads that began before it read; `lease.rs`: fill leases
 //!   across sidecars; `batch.rs`: several keys in one query).
+//! - [`strategy`]: write strategies: `[[counter]]` INCRs rewritten into a script that also
+//!   records the delta, and the flusher that moves deltas to PostgreSQL exactly once
+//!   (`counter/flush.rs`).
 //! - [`error`]: typed errors and the one function that maps them to replies.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the /livez /readyz /metrics listener.
 //! - [`app`], [`shutdown`]: wiring, and the drain on SIGTERM.
@@ -50,5 +53,6 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod shutdown;
+pub mod strategy;
 pub mod tier;
 pub mod transport;

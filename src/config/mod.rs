@@ -6,12 +6,14 @@
 
 mod env;
 mod iam;
+mod strategy;
 pub mod units;
 mod upstream;
 mod url;
 pub(crate) mod validate;
 
 pub use env::{env_name, EnvVars, Vars, ENV_KEYS};
+pub use strategy::{CounterConfig, WriteMode};
 pub use url::UpstreamUrl;
 pub use validate::Validated;
 
@@ -60,6 +62,8 @@ pub struct Config {
     pub mapping: Vec<MappingConfig>,
     /// `[[warm]]`: keys loaded at start.
     pub warm: Vec<WarmConfig>,
+    /// `[[counter]]`: counters kept in Redis and synced to PostgreSQL.
+    pub counter: Vec<CounterConfig>,
 }
 
 /// One `[[warm]]` entry: a query whose rows are capture values of a mapping's keys.

@@ -21,6 +21,7 @@ pub mod postgres;
 pub mod tls;
 
 pub use encode::Loaded;
+pub(crate) use lease::call;
 pub use mapping::{Jitter, KeyPattern, Shape};
 pub use postgres::{Database, DbError, DbSettings};
 

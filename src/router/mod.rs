@@ -15,6 +15,7 @@ use crate::metrics::InvalidationSource;
 use crate::protocol::command::{self, CommandInfo, Local, Pin, Route};
 use crate::protocol::reply::{Expect, SubKind};
 use crate::protocol::{Proto, Request};
+use crate::strategy::counter::Counters;
 use crate::tier::hot::{HotTier, WriteGuard};
 use crate::tier::store::Store;
 use bytes::{Bytes, BytesMut};
@@ -191,8 +192,12 @@ pub enum Decision {
     Forward,
     /// The client's pinned connection (opened and/or begun if needed).
     Pinned,
-    /// The pinned connection, with these bytes instead of the request's (HELLO without AUTH).
+    /// The pinned connection, with these bytes instead of the request's (HELLO without AUTH,
+    /// a counter's INCR).
     PinnedRewrite(Bytes),
+    /// A shared upstream connection, with these bytes instead of the request's (a counter's
+    /// INCR as its script).
+    Rewrite(Bytes),
     /// Answered by cacheside.
     Reply(Bytes),
     /// +OK, then close.
@@ -228,6 +233,8 @@ pub struct Router {
     clients: Arc<clients::Registry>,
     /// Set once the upstream runs as a Redis Cluster (which has only database 0).
     cluster: Arc<AtomicBool>,
+    /// `[[counter]]`s: their INCR-family commands are rewritten (see `strategy::counter`).
+    counters: Option<Arc<Counters>>,
 }
 
 impl Router {
@@ -240,7 +247,14 @@ impl Router {
             loader: None,
             clients: Arc::default(),
             cluster: Arc::default(),
+            counters: None,
         }
+    }
+
+    /// Counters: INCR/INCRBY/DECR/DECRBY of their keys also add to the pending delta.
+    pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
+        self.counters = Some(counters);
+        self
     }
 
     /// The upstream's flag that says it is a Redis Cluster.
@@ -338,6 +352,16 @@ impl Router {
     ) -> (Decision, &'static CommandInfo) {
         let info = command::lookup(req.arg(0));
         let mut decision = self.decide(st, info, req, pinned);
+        if let Some(counters) = &self.counters {
+            if matches!(decision, Decision::Forward | Decision::Pinned) {
+                if let Some(bytes) = counters.rewrite(info.name, req) {
+                    return match decision {
+                        Decision::Forward => (Decision::Rewrite(bytes), info),
+                        _ => (Decision::PinnedRewrite(bytes), info),
+                    };
+                }
+            }
+        }
         if matches!(decision, Decision::Forward) && (self.hot.is_some() || self.loader.is_some()) {
             if info.is_read() {
                 match fill::read(

@@ -7,6 +7,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod commands;
+pub mod counters;
 pub mod fake;
 pub mod history;
 pub mod iam;
