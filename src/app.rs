@@ -8,7 +8,9 @@ use crate::metrics::Metrics;
 use crate::protocol::Proto;
 use crate::router::Router;
 use crate::server::{self, Ctx};
+use crate::strategy::behind::Behind;
 use crate::strategy::counter::Counters;
+use crate::strategy::Strategies;
 use crate::tier::hot::{coherence, HotTier};
 use crate::tier::redis::Upstream;
 use crate::tier::store::{Policy, Store};
@@ -43,6 +45,19 @@ pub async fn check_mappings(cfg: &Validated) -> Result<(), crate::config::Config
             return Err(crate::config::ConfigError::invalid(
                 format!("counter[{i}].flush_query"),
                 format!("counter {:?}: {msg}", c.name),
+            ));
+        }
+    }
+    for b in &cfg.write_behind {
+        if let Err(DbError::Query(msg)) = db.prepare(&b.write_query).await {
+            let i = cfg
+                .mappings
+                .iter()
+                .position(|m| m.name == b.mapping)
+                .unwrap_or(0);
+            return Err(crate::config::ConfigError::invalid(
+                format!("mapping[{i}].write_query"),
+                format!("mapping {:?}: {msg}", b.mapping),
             ));
         }
     }
@@ -180,27 +195,36 @@ pub async fn serve(
             }
         }
     }
-    let counters = match (&upstream, &cfg.postgres) {
-        (Some(u), Some(db)) if !cfg.counters.is_empty() && !cluster => {
+    let strategies = match (&upstream, &cfg.postgres) {
+        (Some(u), Some(db))
+            if (!cfg.counters.is_empty() || !cfg.write_behind.is_empty()) && !cluster =>
+        {
             match Database::new(db.clone()) {
                 Ok(db) => {
-                    let counters = Counters::new(cfg.counters.clone(), metrics.registry());
-                    router = router.with_counters(counters.clone());
+                    let s = Strategies {
+                        counters: (!cfg.counters.is_empty())
+                            .then(|| Counters::new(cfg.counters.clone(), metrics.registry())),
+                        behind: (!cfg.write_behind.is_empty())
+                            .then(|| Behind::new(cfg.write_behind.clone(), metrics.registry())),
+                    };
+                    let s = Arc::new(s);
+                    router = router.with_strategies(s.clone());
                     tracing::info!(
                         counters = cfg.counters.len(),
-                        "counters synced to PostgreSQL"
+                        write_behind = cfg.write_behind.len(),
+                        "write strategies enabled"
                     );
-                    Some((counters, u.clone(), db))
+                    Some((s, u.clone(), Arc::new(db)))
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot build the PostgreSQL pool; counters are disabled");
+                    tracing::error!(error = %e, "cannot build the PostgreSQL pool; counters and write-behind are disabled");
                     None
                 }
             }
         }
         _ => {
-            if cluster && !cfg.counters.is_empty() {
-                tracing::error!("the upstream is a Redis Cluster: [[counter]] is not supported there yet and is off");
+            if cluster && !(cfg.counters.is_empty() && cfg.write_behind.is_empty()) {
+                tracing::error!("the upstream is a Redis Cluster: [[counter]] and write-behind are not supported there yet and are off");
             }
             None
         }
@@ -266,18 +290,38 @@ pub async fn serve(
             stop_rx.clone(),
         ))
     });
-    let flusher =
-        counters.map(|(c, u, db)| crate::strategy::counter::spawn(c, u, db, stop_rx.clone()));
+    let mut workers = Vec::new();
+    if let Some((s, u, db)) = strategies {
+        if let Some(c) = &s.counters {
+            workers.push(crate::strategy::counter::spawn(
+                c.clone(),
+                u.clone(),
+                db.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        if let Some(b) = &s.behind {
+            workers.extend(crate::strategy::behind::spawn(
+                b.clone(),
+                u,
+                db,
+                stop_rx.clone(),
+            ));
+        }
+    }
     let server_task = tokio::spawn(server::serve(listener, ctx, stop_rx, cfg.grace_period));
 
     shutdown.await;
     ready.start_drain();
     let _ = stop_tx.send(true);
     let _ = server_task.await;
-    if let Some(f) = flusher {
-        // Its last flush, after the clients' last INCRs; bounded like the drain.
-        let _ = tokio::time::timeout(cfg.grace_period, f).await;
-    }
+    // The counters' last flush, after the clients' last INCRs; bounded like the drain.
+    let _ = tokio::time::timeout(cfg.grace_period, async {
+        for w in workers {
+            let _ = w.await;
+        }
+    })
+    .await;
     if let Some(t) = admin_task {
         t.abort();
     }

@@ -30,6 +30,11 @@ async fn sidecar(redis: &RedisServer, pg: &PgServer, coherence: &str) -> Proxy {
             jitter: None,
             negative_ttl: Human::secs(30),
             batch_query: None,
+            write: None,
+            write_query: None,
+            write_behind_max_attempts: None,
+            write_behind_max_queue: None,
+            write_behind_claim_idle: None,
         }];
         c.hot.coherence = coherence.into();
         c.cache = vec![CacheRule {

@@ -19,6 +19,11 @@ fn mapping(name: &str, key: &str, query: &str) -> MappingConfig {
         jitter: None,
         negative_ttl: Human::secs(30),
         batch_query: None,
+        write: None,
+        write_query: None,
+        write_behind_max_attempts: None,
+        write_behind_max_queue: None,
+        write_behind_claim_idle: None,
     }
 }
 

@@ -130,6 +130,21 @@ pub struct MappingConfig {
     /// The query for several keys at once ($1 an array); derived from `query` when unset.
     #[serde(default)]
     pub batch_query: Option<String>,
+    /// How writes reach the database: `none` (default) or `behind` (see [`WriteMode`]).
+    #[serde(default)]
+    pub write: Option<String>,
+    /// `write = "behind"`: the statement a write runs; `$1..` captures, the last the value.
+    #[serde(default)]
+    pub write_query: Option<String>,
+    /// `write = "behind"`: failed attempts before an entry goes to the dead-letter stream (5).
+    #[serde(default)]
+    pub write_behind_max_attempts: Option<u32>,
+    /// `write = "behind"`: queued entries past which writes are refused (100000).
+    #[serde(default)]
+    pub write_behind_max_queue: Option<u64>,
+    /// `write = "behind"`: idle time after which another sidecar takes over an entry (30s).
+    #[serde(default)]
+    pub write_behind_claim_idle: Option<Human>,
 }
 
 impl MappingConfig {

@@ -4,8 +4,10 @@
 use super::units::Human;
 use super::{Config, ConfigError};
 use crate::loader::KeyPattern;
+use crate::strategy::behind::BehindSettings;
 use crate::strategy::counter::CounterSettings;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// One `[[counter]]`: INCR/INCRBY/DECR/DECRBY of matching keys, with the deltas moved to
 /// PostgreSQL by `flush_query` every `flush_every`.
@@ -123,6 +125,97 @@ pub(super) fn counters(c: &Config) -> Result<Vec<CounterSettings>, ConfigError> 
     Ok(out)
 }
 
+/// The `write = "behind"` mappings' settings; other write keys on a mapping without it are
+/// errors, so a typo never silently leaves writes out of the database.
+pub(super) fn write_behind(c: &Config) -> Result<Vec<BehindSettings>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, m) in c.mapping.iter().enumerate() {
+        let key = |f: &str| format!("mapping[{i}].{f}");
+        let mode = WriteMode::parse(m.write.as_deref())
+            .map_err(|e| ConfigError::invalid(key("write"), e))?;
+        if mode != WriteMode::Behind {
+            for (f, set) in [
+                ("write_query", m.write_query.is_some()),
+                (
+                    "write_behind_max_attempts",
+                    m.write_behind_max_attempts.is_some(),
+                ),
+                ("write_behind_max_queue", m.write_behind_max_queue.is_some()),
+                (
+                    "write_behind_claim_idle",
+                    m.write_behind_claim_idle.is_some(),
+                ),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        key(f),
+                        "is used only with write = \"behind\"",
+                    ));
+                }
+            }
+            continue;
+        }
+        let pattern = KeyPattern::parse(&m.key)
+            .map_err(|e| ConfigError::invalid(key("key"), format!("{:?}: {e}", m.key)))?;
+        if m.shape == "hash" {
+            return Err(ConfigError::invalid(
+                key("write"),
+                "\"behind\" takes SET/SETEX/PSETEX values: not a hash shape",
+            ));
+        }
+        let Some(query) = m.write_query.clone().filter(|q| !q.trim().is_empty()) else {
+            return Err(ConfigError::invalid(
+                key("write_query"),
+                "must be set with write = \"behind\"",
+            ));
+        };
+        let last = pattern.captures().len() + 1;
+        if !query.contains(&format!("${last}")) {
+            return Err(ConfigError::invalid(
+                key("write_query"),
+                format!("{query:?} must use ${last} (the written value; $1..${} are the key's captures)", last - 1),
+            ));
+        }
+        let max_attempts = m.write_behind_max_attempts.unwrap_or(5);
+        if max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                key("write_behind_max_attempts"),
+                "0 must be >= 1",
+            ));
+        }
+        let max_queue = m.write_behind_max_queue.unwrap_or(100_000);
+        if max_queue == 0 {
+            return Err(ConfigError::invalid(
+                key("write_behind_max_queue"),
+                "0 must be >= 1",
+            ));
+        }
+        let claim_idle = match m.write_behind_claim_idle {
+            Some(h) => super::validate::positive(&key("write_behind_claim_idle"), h.get())?,
+            None => Duration::from_secs(30),
+        };
+        if c.upstream
+            .url
+            .as_deref()
+            .is_none_or(|u| u.trim().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "upstream.url",
+                "write = \"behind\" needs an upstream Redis (the queue is a stream there)",
+            ));
+        }
+        out.push(BehindSettings {
+            mapping: m.name.clone(),
+            pattern,
+            write_query: query,
+            max_attempts,
+            max_queue,
+            claim_idle,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +248,36 @@ mod tests {
         .unwrap();
         assert_eq!(v.counters[0].name, "p:{id}:views");
         assert_eq!(v.counters[0].flush_every, std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn write_behind_needs_its_query_and_rejects_stray_keys() {
+        let m = "[[mapping]]\nname = \"p\"\nkey = \"p:{id}\"\nquery = \"SELECT 1\"\nttl = \"1h\"\n";
+        let e = err(&format!("{BASE}{m}write = \"behind\"\n"));
+        assert_eq!(
+            e,
+            "mapping[0].write_query: must be set with write = \"behind\""
+        );
+        let e = err(&format!("{BASE}{m}write_query = \"INSERT $1 $2\"\n"));
+        assert_eq!(
+            e,
+            "mapping[0].write_query: is used only with write = \"behind\""
+        );
+        let e = err(&format!("{BASE}{m}write = \"through\"\n"));
+        assert!(e.starts_with("mapping[0].write: \"through\""), "{e}");
+        let e = err(&format!(
+            "{BASE}{m}write = \"behind\"\nwrite_query = \"INSERT $1\"\n"
+        ));
+        assert!(e.starts_with("mapping[0].write_query:"), "{e}");
+        let v = Config::from_toml(
+            &format!("{BASE}{m}write = \"behind\"\nwrite_query = \"INSERT $1 $2\"\n"),
+            "t",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(v.write_behind[0].max_attempts, 5);
+        assert_eq!(v.write_behind[0].max_queue, 100_000);
     }
 
     #[test]

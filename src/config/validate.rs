@@ -51,6 +51,8 @@ pub struct Validated {
     pub wait_for_warm: bool,
     /// `[[counter]]`s.
     pub counters: Vec<crate::strategy::counter::CounterSettings>,
+    /// `[[mapping]]`s with `write = "behind"`.
+    pub write_behind: Vec<crate::strategy::behind::BehindSettings>,
     pub config: Config,
 }
 
@@ -361,6 +363,7 @@ impl Config {
         let hot = validate_hot(&self)?;
         let (postgres, mappings) = validate_loader(&self)?;
         let counters = super::strategy::counters(&self)?;
+        let write_behind = super::strategy::write_behind(&self)?;
         if upstream
             .as_ref()
             .is_some_and(|u| u.mode == UpstreamMode::Cluster)
@@ -391,6 +394,7 @@ impl Config {
         }
         Ok(Validated {
             counters,
+            write_behind,
             warm,
             wait_for_warm: self.postgres.wait_for_warm,
             postgres,

@@ -15,7 +15,7 @@ use crate::metrics::InvalidationSource;
 use crate::protocol::command::{self, CommandInfo, Local, Pin, Route};
 use crate::protocol::reply::{Expect, SubKind};
 use crate::protocol::{Proto, Request};
-use crate::strategy::counter::Counters;
+use crate::strategy::Strategies;
 use crate::tier::hot::{HotTier, WriteGuard};
 use crate::tier::store::Store;
 use bytes::{Bytes, BytesMut};
@@ -233,8 +233,8 @@ pub struct Router {
     clients: Arc<clients::Registry>,
     /// Set once the upstream runs as a Redis Cluster (which has only database 0).
     cluster: Arc<AtomicBool>,
-    /// `[[counter]]`s: their INCR-family commands are rewritten (see `strategy::counter`).
-    counters: Option<Arc<Counters>>,
+    /// Write strategies (counters, write-behind): commands they own are rewritten.
+    strategies: Option<Arc<Strategies>>,
 }
 
 impl Router {
@@ -247,13 +247,13 @@ impl Router {
             loader: None,
             clients: Arc::default(),
             cluster: Arc::default(),
-            counters: None,
+            strategies: None,
         }
     }
 
-    /// Counters: INCR/INCRBY/DECR/DECRBY of their keys also add to the pending delta.
-    pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
-        self.counters = Some(counters);
+    /// Write strategies: the commands they own are sent as their scripts.
+    pub fn with_strategies(mut self, strategies: Arc<Strategies>) -> Self {
+        self.strategies = Some(strategies);
         self
     }
 
@@ -352,12 +352,13 @@ impl Router {
     ) -> (Decision, &'static CommandInfo) {
         let info = command::lookup(req.arg(0));
         let mut decision = self.decide(st, info, req, pinned);
-        if let Some(counters) = &self.counters {
+        if let Some(strategies) = &self.strategies {
             if matches!(decision, Decision::Forward | Decision::Pinned) {
-                if let Some(bytes) = counters.rewrite(info.name, req) {
-                    return match decision {
-                        Decision::Forward => (Decision::Rewrite(bytes), info),
-                        _ => (Decision::PinnedRewrite(bytes), info),
+                if let Some(rewritten) = strategies.rewrite(info.name, req) {
+                    return match (rewritten, decision) {
+                        (Err(e), _) => (Decision::Fail(e), info),
+                        (Ok(bytes), Decision::Forward) => (Decision::Rewrite(bytes), info),
+                        (Ok(bytes), _) => (Decision::PinnedRewrite(bytes), info),
                     };
                 }
             }

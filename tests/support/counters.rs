@@ -27,7 +27,7 @@ pub fn configure(c: &mut Config, pg: &PgServer, flush_every: Human, threshold: O
     c.counter = vec![views(flush_every, threshold)];
 }
 
-/// A cacheside process with the views counter; SIGKILLed when dropped unless stopped.
+/// A cacheside process (the views counter, or a config of the test's); SIGKILLed when dropped.
 pub struct Sidecar {
     pub port: u16,
     pub admin: u16,
@@ -37,15 +37,20 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub fn start(redis: &RedisServer, pg: &PgServer, flush_every: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("proxy.toml");
-        std::fs::write(
-            &path,
-            format!(
+        Self::start_toml(
+            redis,
+            pg,
+            &format!(
                 "[[counter]]\nname = \"views\"\nkey = \"product:{{id}}:views\"\nflush_query = \"{FLUSH_QUERY}\"\nflush_every = \"{flush_every}\"\n"
             ),
         )
-        .expect("write config");
+    }
+
+    /// A cacheside process with this config file (upstream and database given as flags).
+    pub fn start_toml(redis: &RedisServer, pg: &PgServer, toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, toml).expect("write config");
         let (port, admin) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_cacheside"))
             .args([

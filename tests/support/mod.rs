@@ -4,6 +4,7 @@
 //! A missing binary fails the test with the package to install; nothing is skipped.
 #![allow(dead_code)]
 
+pub mod behind;
 pub mod certs;
 pub mod cluster;
 pub mod commands;

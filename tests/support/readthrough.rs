@@ -16,6 +16,11 @@ pub fn mapping(name: &str, key: &str, query: &str, shape: &str) -> MappingConfig
         jitter: Some("10%".into()),
         negative_ttl: Human::secs(30),
         batch_query: None,
+        write: None,
+        write_query: None,
+        write_behind_max_attempts: None,
+        write_behind_max_queue: None,
+        write_behind_claim_idle: None,
     }
 }
 

@@ -90,7 +90,7 @@ impl Move {
 pub fn spawn(
     counters: Arc<Counters>,
     upstream: Arc<Upstream>,
-    db: Database,
+    db: Arc<Database>,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let f = Flusher {
@@ -105,7 +105,7 @@ pub fn spawn(
 struct Flusher {
     counters: Arc<Counters>,
     upstream: Arc<Upstream>,
-    db: Database,
+    db: Arc<Database>,
     /// Ids of this sidecar's moves that failed: retried next cycle, not after the stale age.
     failed: HashSet<String>,
 }

@@ -1,0 +1,201 @@
+//! One batch of write-behind entries applied to PostgreSQL in one transaction: per key only the
+//! latest entry, each in a savepoint, and only if its stream id is newer than the one the
+//! database last took for the key (`cacheside_write_versions`, updated in the same savepoint).
+
+use super::BehindSettings;
+use crate::loader::params::{self, Param};
+use crate::loader::postgres::classify;
+use crate::loader::{Database, DbError};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::error::Error;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+
+pub(super) const TABLE: &str = "CREATE TABLE IF NOT EXISTS cacheside_write_versions (
+    mapping text NOT NULL,
+    key bytea NOT NULL,
+    ms bigint NOT NULL,
+    seq bigint NOT NULL,
+    PRIMARY KEY (mapping, key)
+)";
+
+/// Takes the key's version if this entry is newer: one row means "apply it".
+const VERSION: &str =
+    "INSERT INTO cacheside_write_versions (mapping, key, ms, seq) VALUES ($1, $2, $3, $4)
+ON CONFLICT (mapping, key) DO UPDATE SET ms = EXCLUDED.ms, seq = EXCLUDED.seq
+WHERE (cacheside_write_versions.ms, cacheside_write_versions.seq) < (EXCLUDED.ms, EXCLUDED.seq)";
+
+/// A stream entry id, `<ms>-<seq>`, in its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct StreamId(pub(super) i64, pub(super) i64);
+
+impl StreamId {
+    pub(super) fn parse(text: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(text).ok()?;
+        let (ms, seq) = s.split_once('-')?;
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+/// One entry read from the stream.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    pub(super) id: StreamId,
+    pub(super) id_text: Bytes,
+    pub(super) key: Bytes,
+    pub(super) value: Bytes,
+}
+
+/// What became of a key's latest entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Applied {
+    /// Written by `write_query`.
+    Written,
+    /// The database already has this key from a later (or the same) entry.
+    Older,
+    /// The statement failed (a constraint, a bad value): retried up to `max_attempts`.
+    Failed(String),
+    /// Can never be applied (the key's captures do not convert): dead-lettered at once.
+    Poison(String),
+}
+
+/// Applies each entry of `latest` (one per key). `Err` when the database is unavailable or
+/// timed out: nothing is committed then.
+pub(super) async fn apply(
+    db: &Database,
+    s: &BehindSettings,
+    latest: &[&Entry],
+) -> Result<Vec<Applied>, DbError> {
+    let (prepared, _) = db.statement_settings();
+    let err = |e: tokio_postgres::Error| classify(&e);
+    let mut conn = db.connection().await?;
+    let mut tx = conn.transaction().await.map_err(err)?;
+    let stmt = if prepared {
+        tx.prepare_cached(&s.write_query).await
+    } else {
+        tx.prepare(&s.write_query).await
+    }
+    .map_err(err)?;
+    let version = if prepared {
+        tx.prepare_cached(VERSION).await
+    } else {
+        tx.prepare(VERSION).await
+    }
+    .map_err(err)?;
+    let types = stmt.params().to_vec();
+    let mut out = Vec::with_capacity(latest.len());
+    for e in latest {
+        let values = match bind(s, &types, e) {
+            Ok(v) => v,
+            Err(why) => {
+                out.push(Applied::Poison(why));
+                continue;
+            }
+        };
+        let sp = tx.savepoint("cacheside_wb").await.map_err(err)?;
+        let result = async {
+            let newer = sp
+                .execute(&version, &[&s.mapping, &&e.key[..], &e.id.0, &e.id.1])
+                .await?;
+            if newer == 0 {
+                return Ok(Applied::Older);
+            }
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                values.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            sp.execute(&stmt, &refs).await?;
+            Ok::<_, tokio_postgres::Error>(Applied::Written)
+        }
+        .await;
+        match result {
+            Ok(a) => {
+                sp.commit().await.map_err(err)?;
+                out.push(a);
+            }
+            // Canceled by statement_timeout: the database is slow, not the entry bad.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+                return Err(DbError::Timeout(db.statement_settings().1));
+            }
+            Err(e) => match classify(&e) {
+                DbError::Query(msg) => {
+                    sp.rollback().await.map_err(err)?;
+                    out.push(Applied::Failed(msg));
+                }
+                other => return Err(other),
+            },
+        }
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(out)
+}
+
+/// The statement's parameters for an entry: the key's captures, then the value.
+fn bind(s: &BehindSettings, types: &[Type], e: &Entry) -> Result<Vec<Value>, String> {
+    let captures = s
+        .pattern
+        .matches(&e.key)
+        .ok_or_else(|| "the key does not match the mapping".to_string())?;
+    if types.len() != captures.len() + 1 {
+        return Err(format!(
+            "write_query takes {} parameters; the key gives {} captures and the value",
+            types.len(),
+            captures.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(types.len());
+    for (t, c) in types.iter().zip(&captures) {
+        out.push(Value::Param(params::convert(t, c)?));
+    }
+    out.push(Value::of(&types[captures.len()], &e.value)?);
+    Ok(out)
+}
+
+/// A parameter: a converted capture, or the written value as the statement's type takes it.
+#[derive(Debug)]
+enum Value {
+    Param(Param),
+    /// Bytes sent as they are in the binary format (text, json, bytea; jsonb with its version).
+    Raw(Vec<u8>),
+}
+
+impl Value {
+    fn of(ty: &Type, v: &[u8]) -> Result<Self, String> {
+        let text = || {
+            std::str::from_utf8(v)
+                .map(|_| v.to_vec())
+                .map_err(|_| "the value is not UTF-8".to_string())
+        };
+        Ok(match *ty {
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::JSON | Type::UNKNOWN => {
+                Value::Raw(text()?)
+            }
+            Type::JSONB => {
+                let mut b = vec![1u8];
+                b.extend(text()?);
+                Value::Raw(b)
+            }
+            Type::BYTEA => Value::Raw(v.to_vec()),
+            _ => Value::Param(params::convert(ty, v)?),
+        })
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match self {
+            Value::Param(p) => p.to_sql(ty, out),
+            Value::Raw(b) => {
+                out.put_slice(b);
+                Ok(IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
