@@ -58,9 +58,46 @@ pub(super) enum Applied {
     Poison(String),
 }
 
-/// Applies each entry of `latest` (one per key). `Err` when the database is unavailable or
-/// timed out: nothing is committed then.
+/// Takes the versions of a whole batch at once; returns the keys whose entry is newer.
+const VERSIONS: &str = "INSERT INTO cacheside_write_versions (mapping, key, ms, seq)
+SELECT $1, k, m, s FROM unnest($2::bytea[], $3::int8[], $4::int8[]) AS t(k, m, s)
+ON CONFLICT (mapping, key) DO UPDATE SET ms = EXCLUDED.ms, seq = EXCLUDED.seq
+WHERE (cacheside_write_versions.ms, cacheside_write_versions.seq) < (EXCLUDED.ms, EXCLUDED.seq)
+RETURNING key";
+
+/// Applies each entry of `latest` (one per key), in key order (so two sidecars lock version
+/// rows in the same order and never deadlock each other), and returns what became of each.
+/// `Err` when the database is unavailable or timed out: nothing is committed then.
+///
+/// First the whole batch in one go: one statement takes every version, then one statement per
+/// newer key. If a statement fails, that transaction is rolled back and the batch is applied
+/// again key by key, each in a savepoint, to find the entries that fail.
 pub(super) async fn apply(
+    db: &Database,
+    s: &BehindSettings,
+    latest: &mut [&Entry],
+) -> Result<Vec<Applied>, DbError> {
+    latest.sort_by(|a, b| a.key.cmp(&b.key));
+    match whole(db, s, latest).await {
+        Err(DbError::Query(_)) => key_by_key(db, s, latest).await,
+        other => other,
+    }
+}
+
+async fn prepare(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    prepared: bool,
+) -> Result<tokio_postgres::Statement, DbError> {
+    if prepared {
+        tx.prepare_cached(sql).await
+    } else {
+        tx.prepare(sql).await
+    }
+    .map_err(|e| classify(&e))
+}
+
+async fn whole(
     db: &Database,
     s: &BehindSettings,
     latest: &[&Entry],
@@ -68,19 +105,70 @@ pub(super) async fn apply(
     let (prepared, _) = db.statement_settings();
     let err = |e: tokio_postgres::Error| classify(&e);
     let mut conn = db.connection().await?;
+    let tx = conn.transaction().await.map_err(err)?;
+    let stmt = prepare(&tx, &s.write_query, prepared).await?;
+    let versions = prepare(&tx, VERSIONS, prepared).await?;
+    let types = stmt.params().to_vec();
+    let mut out = vec![Applied::Older; latest.len()];
+    let (mut at, mut keys, mut ms, mut seq, mut values) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, e) in latest.iter().enumerate() {
+        match bind(s, &types, e) {
+            Ok(v) => {
+                at.push(i);
+                keys.push(&e.key[..]);
+                ms.push(e.id.0);
+                seq.push(e.id.1);
+                values.push(v);
+            }
+            Err(why) => out[i] = Applied::Poison(why),
+        }
+    }
+    let rows = tx
+        .query(&versions, &[&s.mapping, &keys, &ms, &seq])
+        .await
+        .map_err(err)?;
+    let newer: std::collections::HashSet<Vec<u8>> = rows
+        .iter()
+        .filter_map(|r| r.try_get::<_, Vec<u8>>(0).ok())
+        .collect();
+    for (j, i) in at.into_iter().enumerate() {
+        if !newer.contains(keys[j]) {
+            continue;
+        }
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            values[j].iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        tx.execute(&stmt, &refs).await.map_err(err)?;
+        out[i] = Applied::Written;
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(out)
+}
+
+/// Errors that say the database is busy or slow, not that the entry is bad: the batch is
+/// retried without counting an attempt.
+fn transient(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    [
+        SqlState::QUERY_CANCELED,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::T_R_SERIALIZATION_FAILURE,
+    ]
+    .iter()
+    .any(|c| e.code() == Some(c))
+}
+
+async fn key_by_key(
+    db: &Database,
+    s: &BehindSettings,
+    latest: &[&Entry],
+) -> Result<Vec<Applied>, DbError> {
+    let (prepared, limit) = db.statement_settings();
+    let err = |e: tokio_postgres::Error| classify(&e);
+    let mut conn = db.connection().await?;
     let mut tx = conn.transaction().await.map_err(err)?;
-    let stmt = if prepared {
-        tx.prepare_cached(&s.write_query).await
-    } else {
-        tx.prepare(&s.write_query).await
-    }
-    .map_err(err)?;
-    let version = if prepared {
-        tx.prepare_cached(VERSION).await
-    } else {
-        tx.prepare(VERSION).await
-    }
-    .map_err(err)?;
+    let stmt = prepare(&tx, &s.write_query, prepared).await?;
+    let version = prepare(&tx, VERSION, prepared).await?;
     let types = stmt.params().to_vec();
     let mut out = Vec::with_capacity(latest.len());
     for e in latest {
@@ -110,10 +198,7 @@ pub(super) async fn apply(
                 sp.commit().await.map_err(err)?;
                 out.push(a);
             }
-            // Canceled by statement_timeout: the database is slow, not the entry bad.
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
-                return Err(DbError::Timeout(db.statement_settings().1));
-            }
+            Err(e) if transient(&e) => return Err(DbError::Timeout(limit)),
             Err(e) => match classify(&e) {
                 DbError::Query(msg) => {
                     sp.rollback().await.map_err(err)?;

@@ -230,12 +230,12 @@ impl Worker {
                 }
             }
         }
-        let latest: Vec<&Entry> = latest.into_values().collect();
+        let mut latest: Vec<&Entry> = latest.into_values().collect();
         let (_, limit) = self.db.statement_settings();
         let budget = limit * (latest.len() as u32 + 3);
         let results = match tokio::time::timeout(
             budget,
-            apply::apply(&self.db, &self.q.settings, &latest),
+            apply::apply(&self.db, &self.q.settings, &mut latest),
         )
         .await
         {
