@@ -15,9 +15,9 @@
 //! twice. Two sidecars applying one record at once are serialized by the primary key: the
 //! second insert waits for the first transaction and then finds the id.
 
+use super::apply;
 use super::metrics::Outcome;
 use super::{pending_key, Counter, Counters};
-use crate::loader::params::{self, Param};
 use crate::loader::{call, Database, DbError};
 use crate::protocol::request::encode_command;
 use crate::protocol::scan::Value;
@@ -30,7 +30,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::types::ToSql;
 
 /// Takes a key's pending delta into a move record. KEYS: pending, dirty, moves. ARGV: key, move
 /// id, now (ms). Returns the delta, or nil when there was none.
@@ -42,17 +41,6 @@ if d == '0' then return false end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. ':' .. d .. ':' .. ARGV[1])
 return d";
 
-const TABLE: &str = "CREATE TABLE IF NOT EXISTS cacheside_counter_flushes (
-    id text PRIMARY KEY,
-    counter text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)";
-const RECORD: &str =
-    "INSERT INTO cacheside_counter_flushes (id, counter) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
-/// Ids older than this are forgotten: a move record still in Redis after a day (every sidecar
-/// down between a commit and the cleanup, for a day) would be applied again.
-const PRUNE: &str =
-    "DELETE FROM cacheside_counter_flushes WHERE applied_at < now() - interval '1 day'";
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Keys taken per round trip, and rounds per cycle (the rest waits for the next cycle).
 const BATCH: usize = 256;
@@ -173,7 +161,7 @@ impl Flusher {
 
     async fn create_table(&self) -> Result<(), DbError> {
         let conn = self.db.connection().await?;
-        match conn.batch_execute(TABLE).await {
+        match conn.batch_execute(apply::TABLE).await {
             Ok(()) => Ok(()),
             // Two sidecars creating it at once: one of them gets a unique violation on the
             // catalog; the table is there either way.
@@ -186,7 +174,7 @@ impl Flusher {
 
     async fn prune(&self) {
         if let Ok(conn) = self.db.connection().await {
-            if let Err(e) = conn.batch_execute(PRUNE).await {
+            if let Err(e) = conn.batch_execute(apply::PRUNE).await {
                 tracing::warn!(error = %e, "counters: cannot prune cacheside_counter_flushes");
             }
         }
@@ -226,21 +214,17 @@ impl Flusher {
         let fields = strings(&r[0]);
         let now = now_ms();
         let stale_ms = stale.as_millis() as u64;
-        let mut ok = true;
+        let mut due = Vec::new();
         for pair in fields.chunks_exact(2) {
             let Some(m) = Move::parse(&pair[0], &pair[1]) else {
                 // Not a record of ours: left alone rather than guessed at.
                 continue;
             };
-            if !self.failed.contains(&m.id) && now.saturating_sub(m.at) < stale_ms {
-                continue;
-            }
-            if !self.apply(c, m).await {
-                ok = false;
-                break;
+            if self.failed.contains(&m.id) || now.saturating_sub(m.at) >= stale_ms {
+                due.push(m);
             }
         }
-        ok
+        self.apply_all(c, due).await
     }
 
     /// Takes the pending deltas of `keys` and applies each; false if the database failed.
@@ -268,7 +252,7 @@ impl Flusher {
             return true;
         };
         let at = now_ms();
-        let mut ok = true;
+        let mut moves = Vec::with_capacity(keys.len());
         for ((key, id), reply) in keys.into_iter().zip(ids).zip(replies) {
             let Some(delta) = Value::parse(&reply, Proto::Resp2)
                 .and_then(|(v, _)| v.string())
@@ -276,25 +260,75 @@ impl Flusher {
             else {
                 continue;
             };
-            let m = Move { id, key, delta, at };
-            // Once the database has failed, the rest are taken (they are recorded) but left for
-            // the next cycle.
-            if !ok {
-                if self.failed.len() < 10_000 {
-                    self.failed.insert(m.id);
-                }
-                continue;
-            }
-            ok = self.apply(c, m).await;
+            moves.push(Move { id, key, delta, at });
         }
-        ok
+        self.apply_all(c, moves).await
+    }
+
+    /// Applies moves in batches of one transaction each, in key order (two sidecars recovering
+    /// the same records lock them in the same order). A batch whose statement fails is applied
+    /// again one move per transaction. False if the database failed: the moves not applied stay
+    /// recorded and are retried next cycle.
+    async fn apply_all(&mut self, c: &Arc<Counter>, mut moves: Vec<Move>) -> bool {
+        moves.sort_by(|a, b| (&a.key, &a.id).cmp(&(&b.key, &b.id)));
+        let (_, limit) = self.db.statement_settings();
+        let mut chunks = moves.chunks(BATCH);
+        while let Some(chunk) = chunks.next() {
+            let budget = limit * (chunk.len() as u32 + 3);
+            let outcomes = match tokio::time::timeout(budget, apply::batch(&self.db, c, chunk))
+                .await
+            {
+                Ok(Ok(o)) => o,
+                Ok(Err(DbError::Query(_))) => {
+                    for m in chunk {
+                        if !self.apply(c, m.clone()).await {
+                            self.keep_failed(c, chunks.flatten());
+                            return false;
+                        }
+                    }
+                    continue;
+                }
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".into(),
+                    };
+                    tracing::warn!(counter = %c.settings.name, error = %why, "counter flush failed; will retry");
+                    self.keep_failed(c, chunk.iter().chain(chunks.flatten()));
+                    return false;
+                }
+            };
+            let mut hdel: Vec<&[u8]> = vec![b"HDEL", &c.moves];
+            for (m, o) in chunk.iter().zip(&outcomes) {
+                c.metrics.outcome(*o, 1);
+                if *o == Outcome::Applied {
+                    c.metrics.flushed.inc_by(m.delta.unsigned_abs());
+                }
+                self.failed.remove(&m.id);
+                hdel.push(m.id.as_bytes());
+            }
+            // If this fails the records stay: a later recovery finds their ids applied.
+            let _ = call(&self.upstream, encode_command(&hdel), 1).await;
+        }
+        true
+    }
+
+    /// Moves left recorded after a failure: counted, and retried next cycle by this sidecar.
+    fn keep_failed<'m>(&mut self, c: &Counter, moves: impl Iterator<Item = &'m Move>) {
+        for m in moves {
+            c.metrics.outcome(Outcome::Error, 1);
+            // Bounded: past this, failed moves wait for the stale age like anyone else's.
+            if self.failed.len() < 10_000 {
+                self.failed.insert(m.id.clone());
+            }
+        }
     }
 
     /// Applies one move and forgets its record; false if the database failed (the record
     /// stays, to be retried).
     async fn apply(&mut self, c: &Arc<Counter>, m: Move) -> bool {
-        let (prepared, limit) = self.db.statement_settings();
-        let outcome = match tokio::time::timeout(limit * 3, self.transact(c, &m, prepared)).await {
+        let (_, limit) = self.db.statement_settings();
+        let outcome = match tokio::time::timeout(limit * 3, apply::one(&self.db, c, &m)).await {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
                 tracing::warn!(counter = %c.settings.name, error = %e, "counter flush failed; will retry");
@@ -321,62 +355,6 @@ impl Flusher {
         let _ = call(&self.upstream, cmd, 1).await;
         self.failed.remove(&m.id);
         true
-    }
-
-    /// The transaction: record the id; if it is new, run `flush_query`.
-    async fn transact(&self, c: &Counter, m: &Move, prepared: bool) -> Result<Outcome, DbError> {
-        let Some(captures) = c.settings.pattern.matches(&m.key) else {
-            return Ok(Outcome::Dropped);
-        };
-        let err = |e: tokio_postgres::Error| crate::loader::postgres::classify(&e);
-        let mut conn = self.db.connection().await?;
-        let tx = conn.transaction().await.map_err(err)?;
-        let fresh = tx
-            .execute(RECORD, &[&m.id, &c.settings.name])
-            .await
-            .map_err(err)?;
-        if fresh == 0 {
-            return Ok(Outcome::Duplicate);
-        }
-        let stmt = if prepared {
-            tx.prepare_cached(&c.settings.flush_query).await
-        } else {
-            tx.prepare(&c.settings.flush_query).await
-        }
-        .map_err(err)?;
-        let types = stmt.params();
-        let delta = m.delta.to_string();
-        let raw: Vec<&[u8]> = captures
-            .iter()
-            .copied()
-            .chain(std::iter::once(delta.as_bytes()))
-            .collect();
-        if types.len() != raw.len() {
-            return Err(DbError::Query(format!(
-                "flush_query takes {} parameters; the key gives {} captures and the delta",
-                types.len(),
-                raw.len() - 1
-            )));
-        }
-        let params: Result<Vec<Param>, String> = types
-            .iter()
-            .zip(&raw)
-            .map(|(t, v)| params::convert(t, v))
-            .collect();
-        let params = match params {
-            Ok(p) => p,
-            Err(why) => {
-                tracing::warn!(counter = %c.settings.name, error = %why, "counter key does not convert to flush_query's parameters; delta dropped");
-                // The id is recorded so the record is not retried forever.
-                tx.commit().await.map_err(err)?;
-                return Ok(Outcome::Dropped);
-            }
-        };
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        tx.execute(&stmt, &refs).await.map_err(err)?;
-        tx.commit().await.map_err(err)?;
-        Ok(Outcome::Applied)
     }
 }
 

@@ -14,6 +14,7 @@
 //! - `cacheside:counter:moves:c`: moves taken from Redis but not yet known applied in
 //!   PostgreSQL, `id -> "<ms>:<delta>:<key>"` (see [`flush`]).
 
+mod apply;
 mod flush;
 mod metrics;
 #[cfg(test)]
