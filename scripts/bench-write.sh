@@ -19,6 +19,7 @@
 #   --requests N  writes per run (default 100000)
 #   --keys K      distinct ids written (default 10000)
 #   --keep-logs   keep the temporary directory with configs and logs
+#   --no-build    use target/release/cacheside as it is (skip cargo build --release)
 #
 # PostgreSQL runs with its defaults (fsync and synchronous_commit on): a direct INSERT pays a
 # durable commit per request, write-behind one per batch. Everything shares the machine; on a
@@ -35,6 +36,7 @@ CLIENTS=50
 REQUESTS=100000
 KEYS=10000
 KEEP_LOGS=0
+BUILD=1
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 usage() {
@@ -54,6 +56,7 @@ while [[ $# -gt 0 ]]; do
         --requests) posint "$1" "${2:-}"; REQUESTS=$2; shift 2 ;;
         --keys) posint "$1" "${2:-}"; KEYS=$2; shift 2 ;;
         --keep-logs) KEEP_LOGS=1; shift ;;
+        --no-build) BUILD=0; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "bench-write.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -154,9 +157,12 @@ wait_ping() { # wait_ping NAME PORT PID LOG
     exit 1
 }
 
-echo "== building cacheside (cargo build --release)" >&2
-cargo build --release --bin cacheside >&2
+if [[ $BUILD -eq 1 ]]; then
+    echo "== building cacheside (cargo build --release)" >&2
+    cargo build --release --bin cacheside >&2
+fi
 CACHESIDE=target/release/cacheside
+[[ -x "$CACHESIDE" ]] || { echo "bench-write.sh: $CACHESIDE was not built" >&2; exit 1; }
 
 REDIS_PORT=$(free_port)
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
