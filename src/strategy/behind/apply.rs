@@ -132,17 +132,49 @@ async fn whole(
         .iter()
         .filter_map(|r| r.try_get::<_, Vec<u8>>(0).ok())
         .collect();
+    let mut refs: Vec<Vec<&(dyn ToSql + Sync)>> = Vec::new();
     for (j, i) in at.into_iter().enumerate() {
-        if !newer.contains(keys[j]) {
-            continue;
+        if newer.contains(keys[j]) {
+            refs.push(values[j].iter().map(|p| p as &(dyn ToSql + Sync)).collect());
+            out[i] = Applied::Written;
         }
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            values[j].iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        tx.execute(&stmt, &refs).await.map_err(err)?;
-        out[i] = Applied::Written;
     }
+    // In flight together: the connection sends them as one pipeline.
+    all(refs.iter().map(|r| tx.execute(&stmt, r)).collect())
+        .await
+        .map_err(err)?;
     tx.commit().await.map_err(err)?;
     Ok(out)
+}
+
+/// Polls every statement at once (tokio-postgres pipelines the statements in flight on one
+/// connection) and returns the first error. After one fails the transaction is aborted, so the
+/// others fail too; the caller rolls back.
+async fn all<F>(futures: Vec<F>) -> Result<(), tokio_postgres::Error>
+where
+    F: std::future::Future<Output = Result<u64, tokio_postgres::Error>>,
+{
+    use std::task::Poll;
+    let mut slots: Vec<Option<std::pin::Pin<Box<F>>>> =
+        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for slot in slots.iter_mut() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(Ok(_)) => *slot = None,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    })
+    .await
 }
 
 /// Errors that say the database is busy or slow, not that the entry is bad: the batch is
