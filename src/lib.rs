@@ -34,9 +34,10 @@
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys (`flight.rs`: one load per
 //!   key in a sidecar, shared only with reads that began before it read; `lease.rs`: fill leases
 //!   across sidecars; `batch.rs`: several keys in one query).
-//! - [`strategy`]: write strategies: `[[counter]]` INCRs rewritten into a script that also
-//!   records the delta, and the flusher that moves deltas to PostgreSQL exactly once
-//!   (`counter/flush.rs`).
+//! - [`strategy`]: write strategies, each a rewrite of the client's command into a script and a
+//!   background worker: `[[counter]]` INCRs that also record the delta, moved to PostgreSQL
+//!   exactly once (`counter/flush.rs`, `counter/apply.rs`); write-behind SETs queued in a Redis
+//!   Stream and applied last-write-wins (`behind/worker.rs`, `behind/apply.rs`).
 //! - [`error`]: typed errors and the one function that maps them to replies.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the /livez /readyz /metrics listener.
 //! - [`app`], [`shutdown`]: wiring, and the drain on SIGTERM.
