@@ -10,6 +10,9 @@ use crate::protocol::Proto;
 use crate::router::Router;
 use crate::server::{self, Ctx};
 use crate::shutdown::Trigger;
+use crate::strategy::behind::Behind;
+use crate::strategy::counter::Counters;
+use crate::strategy::Strategies;
 use crate::tier::hot::{coherence, HotTier};
 use crate::tier::redis::Upstream;
 use crate::tier::store::{Policy, Store};
@@ -39,6 +42,27 @@ pub async fn check_mappings(cfg: &Validated) -> Result<(), crate::config::Config
     let metrics = Metrics::new(prometheus::Registry::new());
     let db =
         Database::new(db).map_err(|e| crate::config::ConfigError::invalid("postgres.url", e))?;
+    for (i, c) in cfg.counters.iter().enumerate() {
+        if let Err(DbError::Query(msg)) = db.prepare(&c.flush_query).await {
+            return Err(crate::config::ConfigError::invalid(
+                format!("counter[{i}].flush_query"),
+                format!("counter {:?}: {msg}", c.name),
+            ));
+        }
+    }
+    for b in &cfg.write_behind {
+        if let Err(DbError::Query(msg)) = db.prepare(&b.write_query).await {
+            let i = cfg
+                .mappings
+                .iter()
+                .position(|m| m.name == b.mapping)
+                .unwrap_or(0);
+            return Err(crate::config::ConfigError::invalid(
+                format!("mapping[{i}].write_query"),
+                format!("mapping {:?}: {msg}", b.mapping),
+            ));
+        }
+    }
     let loader = Loader::new(cfg.mappings.clone(), db, None, cfg.lease, &metrics);
     match loader.prepare_all().await {
         Ok(()) => Ok(()),
@@ -187,6 +211,40 @@ pub async fn serve(
             }
         }
     }
+    let strategies = match (&upstream, &cfg.postgres) {
+        (Some(u), Some(db))
+            if (!cfg.counters.is_empty() || !cfg.write_behind.is_empty()) && !cluster =>
+        {
+            match Database::new(db.clone()) {
+                Ok(db) => {
+                    let s = Strategies {
+                        counters: (!cfg.counters.is_empty())
+                            .then(|| Counters::new(cfg.counters.clone(), metrics.registry())),
+                        behind: (!cfg.write_behind.is_empty())
+                            .then(|| Behind::new(cfg.write_behind.clone(), metrics.registry())),
+                    };
+                    let s = Arc::new(s);
+                    router = router.with_strategies(s.clone());
+                    tracing::info!(
+                        counters = cfg.counters.len(),
+                        write_behind = cfg.write_behind.len(),
+                        "write strategies enabled"
+                    );
+                    Some((s, u.clone(), Arc::new(db)))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build the PostgreSQL pool; counters and write-behind are disabled");
+                    None
+                }
+            }
+        }
+        _ => {
+            if cluster && !(cfg.counters.is_empty() && cfg.write_behind.is_empty()) {
+                tracing::error!("the upstream is a Redis Cluster: [[counter]] and write-behind are not supported there yet and are off");
+            }
+            None
+        }
+    };
     if upstream.is_none() {
         let policy = if cfg.hot.lru {
             Policy::Lru
@@ -241,6 +299,7 @@ pub async fn serve(
     }
     // min_drain is spent inside the grace period (validation keeps it shorter).
     let drain = cfg.grace_period.saturating_sub(cfg.min_drain);
+    let worker_stop = stop_rx.clone();
     let server_task = tokio::spawn(server::serve(listener, ctx, stop_rx, drain));
     // Before the admin server answers its first probe: the socket is bound and the accept loop
     // spawned, so a client that connects now is served.
@@ -256,6 +315,25 @@ pub async fn serve(
         };
         tokio::spawn(admin::serve(l, Arc::new(admin), admin_stop_rx))
     });
+    let mut workers = Vec::new();
+    if let Some((s, u, db)) = strategies {
+        if let Some(c) = &s.counters {
+            workers.push(crate::strategy::counter::spawn(
+                c.clone(),
+                u.clone(),
+                db.clone(),
+                worker_stop.clone(),
+            ));
+        }
+        if let Some(b) = &s.behind {
+            workers.extend(crate::strategy::behind::spawn(
+                b.clone(),
+                u,
+                db,
+                worker_stop.clone(),
+            ));
+        }
+    }
 
     tokio::select! {
         () = shutdown => {}
@@ -270,6 +348,13 @@ pub async fn serve(
     }
     let _ = stop_tx.send(true);
     let _ = server_task.await;
+    // The counters' last flush, after the clients' last INCRs; bounded like the drain.
+    let _ = tokio::time::timeout(cfg.grace_period, async {
+        for w in workers {
+            let _ = w.await;
+        }
+    })
+    .await;
     // The admin server outlives the drain, so /livez and /metrics answer until the end.
     let _ = admin_stop_tx.send(true);
     if let Some(t) = admin_task {

@@ -38,7 +38,11 @@
 //! - [`strategy`]: writes of mapped keys that cacheside runs itself (`through.rs`: write-through
 //!   SET/HSET, database first; `delete.rs`: DEL/UNLINK with delete statements and related keys;
 //!   `related.rs`: the keys a mapping's `invalidates` templates name; `set_args.rs`: the SET
-//!   options accepted), awaited by the session before the client's next request.
+//!   options accepted), awaited by the session before the client's next request; and the
+//!   strategies that rewrite the client's command into a script plus a background worker:
+//!   `[[counter]]` INCRs that also record the delta, moved to PostgreSQL exactly once
+//!   (`counter/flush.rs`, `counter/apply.rs`); write-behind SETs queued in a Redis Stream and
+//!   applied last-write-wins (`behind/worker.rs`, `behind/apply.rs`).
 //! - [`error`]: typed errors and the one function that maps them to replies.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener (/startupz /livez /readyz
 //!   /metrics, POST /quitquitquit).

@@ -4,6 +4,7 @@
 //! variables, command-line flags. `validate` turns the plain data into checked settings before
 //! anything binds a port.
 
+mod deferred;
 mod env;
 mod iam;
 mod strategy;
@@ -12,6 +13,7 @@ mod upstream;
 mod url;
 pub(crate) mod validate;
 
+pub use deferred::{CounterConfig, WriteMode};
 pub use env::{env_name, EnvVars, Vars, ENV_KEYS};
 pub use url::UpstreamUrl;
 pub use validate::Validated;
@@ -61,6 +63,8 @@ pub struct Config {
     pub mapping: Vec<MappingConfig>,
     /// `[[warm]]`: keys loaded at start.
     pub warm: Vec<WarmConfig>,
+    /// `[[counter]]`: counters kept in Redis and synced to PostgreSQL.
+    pub counter: Vec<CounterConfig>,
 }
 
 /// One `[[warm]]` entry: a query whose rows are capture values of a mapping's keys.
@@ -159,6 +163,15 @@ pub struct MappingConfig {
     /// How long past its TTL a loaded value is still answered while PostgreSQL fails.
     #[serde(default)]
     pub stale_if_error: Option<Human>,
+    /// `write = "behind"`: failed attempts before an entry goes to the dead-letter stream (5).
+    #[serde(default)]
+    pub write_behind_max_attempts: Option<u32>,
+    /// `write = "behind"`: queued entries past which writes are refused (100000).
+    #[serde(default)]
+    pub write_behind_max_queue: Option<u64>,
+    /// `write = "behind"`: idle time after which another sidecar takes over an entry (30s).
+    #[serde(default)]
+    pub write_behind_claim_idle: Option<Human>,
 }
 
 impl Default for MappingConfig {
@@ -180,6 +193,9 @@ impl Default for MappingConfig {
             refresh_ahead: None,
             stale_if_error: None,
             table: None,
+            write_behind_max_attempts: None,
+            write_behind_max_queue: None,
+            write_behind_claim_idle: None,
         }
     }
 }

@@ -16,28 +16,23 @@ fn set(q: &Option<String>) -> Option<String> {
 /// Checks mapping `i`'s write keys.
 pub(super) fn write_settings(i: usize, m: &MappingConfig) -> Result<WriteSettings, ConfigError> {
     let key = |k: &str| format!("mapping[{i}].{k}");
-    let through = match m.write.as_str() {
-        "none" => false,
-        "through" => true,
-        "behind" => {
-            return Err(ConfigError::invalid(
-                key("write"),
-                "\"behind\" is not supported yet (use \"none\" or \"through\")",
-            ))
-        }
-        other => {
-            return Err(ConfigError::invalid(
-                key("write"),
-                format!("{other:?} must be \"none\" or \"through\""),
-            ))
-        }
-    };
-    let write_query = set(&m.write_query);
+    let mode = super::WriteMode::parse(Some(m.write.as_str()))
+        .map_err(|e| ConfigError::invalid(key("write"), e))?;
+    let through = mode == super::WriteMode::Through;
+    let behind = mode == super::WriteMode::Behind;
+    // write = "behind" takes its write_query in `deferred`; here it is not a write-through one.
+    let write_query = if behind { None } else { set(&m.write_query) };
     let delete_query = set(&m.delete_query);
     if through && write_query.is_none() {
         return Err(ConfigError::invalid(
             key("write_query"),
             "write = \"through\" needs the statement a SET runs",
+        ));
+    }
+    if behind && delete_query.is_some() {
+        return Err(ConfigError::invalid(
+            key("delete_query"),
+            "is used only with write = \"through\"",
         ));
     }
     if !through {
@@ -48,7 +43,11 @@ pub(super) fn write_settings(i: usize, m: &MappingConfig) -> Result<WriteSetting
             if q.is_some() {
                 return Err(ConfigError::invalid(
                     key(k),
-                    "is used only with write = \"through\"",
+                    if k == "write_query" {
+                        "is used only with write = \"through\" or \"behind\""
+                    } else {
+                        "is used only with write = \"through\""
+                    },
                 ));
             }
         }
@@ -125,11 +124,11 @@ mod tests {
     }
 
     #[test]
-    fn write_through_needs_its_statement_and_behind_is_refused() {
+    fn write_through_needs_its_statement() {
         let e = mapping(|m| m.write = "through".into()).unwrap_err();
         assert!(e.contains("mapping[0].write_query"), "{e}");
-        let e = mapping(|m| m.write = "behind".into()).unwrap_err();
-        assert!(e.contains("not supported yet"), "{e}");
+        // write = "behind" is checked with its own keys (config::deferred).
+        assert!(!mapping(|m| m.write = "behind".into()).unwrap().through);
         let e = mapping(|m| m.write = "sideways".into()).unwrap_err();
         assert!(e.contains("mapping[0].write"), "{e}");
         let e = mapping(|m| m.write_query = Some("UPDATE x".into())).unwrap_err();

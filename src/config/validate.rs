@@ -52,6 +52,10 @@ pub struct Validated {
     /// `[[warm]]` entries: (mapping name, query).
     pub warm: Vec<(String, String)>,
     pub wait_for_warm: bool,
+    /// `[[counter]]`s.
+    pub counters: Vec<crate::strategy::counter::CounterSettings>,
+    /// `[[mapping]]`s with `write = "behind"`.
+    pub write_behind: Vec<crate::strategy::behind::BehindSettings>,
     pub config: Config,
 }
 
@@ -417,16 +421,18 @@ impl Config {
         }
         let hot = validate_hot(&self)?;
         let (postgres, mappings) = validate_loader(&self)?;
+        let counters = super::deferred::counters(&self)?;
+        let write_behind = super::deferred::write_behind(&self)?;
         if upstream
             .as_ref()
             .is_some_and(|u| u.mode == UpstreamMode::Cluster)
-            && (!hot.rules.is_empty() || !mappings.is_empty())
+            && (!hot.rules.is_empty() || !mappings.is_empty() || !counters.is_empty())
         {
             // Invalidations cross a cluster's bus after the write is acknowledged, and fills
             // use scripts over keys of several slots: neither is coherent there yet.
             return Err(ConfigError::invalid(
                 "upstream.mode",
-                "\"cluster\" does not support the hot tier ([[cache]]) or read-through ([[mapping]]) yet",
+                "\"cluster\" does not support the hot tier ([[cache]]), read-through ([[mapping]]) or [[counter]] yet",
             ));
         }
         let mut warm = Vec::new();
@@ -446,6 +452,8 @@ impl Config {
             warm.push((w.mapping.clone(), w.query.clone()));
         }
         Ok(Validated {
+            counters,
+            write_behind,
             warm,
             wait_for_warm: self.postgres.wait_for_warm,
             postgres,

@@ -321,7 +321,7 @@ pub(super) fn read_command(m: &Mapping) -> &'static [u8] {
 }
 
 /// Sends `n` commands on a shared RESP2 connection and splits the replies.
-pub(super) async fn call(
+pub(crate) async fn call(
     upstream: &Upstream,
     bytes: Bytes,
     n: u32,

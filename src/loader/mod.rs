@@ -25,6 +25,7 @@ pub mod tls;
 pub mod write;
 
 pub use encode::Loaded;
+pub(crate) use lease::call;
 pub use mapping::{Jitter, KeyPattern, Shape};
 pub use postgres::{Database, DbError, DbSettings};
 

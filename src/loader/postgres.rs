@@ -188,6 +188,19 @@ impl Database {
             .map_err(|e| DbError::Query(e.to_string()))
     }
 
+    /// A pooled connection, for cacheside's own transactions (the write strategies).
+    pub(crate) async fn connection(&self) -> Result<deadpool_postgres::Object, DbError> {
+        self.client().await
+    }
+
+    /// `postgres.prepared_statements`, and the limit for one statement.
+    pub(crate) fn statement_settings(&self) -> (bool, Duration) {
+        (
+            self.settings.prepared_statements,
+            self.settings.statement_timeout,
+        )
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
@@ -326,7 +339,7 @@ fn db_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
-fn classify(e: &tokio_postgres::Error) -> DbError {
+pub(crate) fn classify(e: &tokio_postgres::Error) -> DbError {
     match e.as_db_error() {
         // 57014: query_canceled (statement_timeout fired server side).
         Some(db) if db.code().code() == "57014" => {

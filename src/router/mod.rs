@@ -16,6 +16,7 @@ use crate::metrics::InvalidationSource;
 use crate::protocol::command::{self, CommandInfo, Local, Pin, Route};
 use crate::protocol::reply::{Expect, SubKind};
 use crate::protocol::{Proto, Request};
+use crate::strategy::Strategies;
 use crate::tier::hot::{HotTier, WriteGuard};
 use crate::tier::store::Store;
 use bytes::{Bytes, BytesMut};
@@ -196,8 +197,12 @@ pub enum Decision {
     Forward,
     /// The client's pinned connection (opened and/or begun if needed).
     Pinned,
-    /// The pinned connection, with these bytes instead of the request's (HELLO without AUTH).
+    /// The pinned connection, with these bytes instead of the request's (HELLO without AUTH,
+    /// a counter's INCR).
     PinnedRewrite(Bytes),
+    /// A shared upstream connection, with these bytes instead of the request's (a counter's
+    /// INCR as its script).
+    Rewrite(Bytes),
     /// Answered by cacheside.
     Reply(Bytes),
     /// +OK, then close.
@@ -236,6 +241,8 @@ pub struct Router {
     clients: Arc<clients::Registry>,
     /// Set once the upstream runs as a Redis Cluster (which has only database 0).
     cluster: Arc<AtomicBool>,
+    /// Write strategies (counters, write-behind): commands they own are rewritten.
+    strategies: Option<Arc<Strategies>>,
 }
 
 impl Router {
@@ -248,7 +255,14 @@ impl Router {
             loader: None,
             clients: Arc::default(),
             cluster: Arc::default(),
+            strategies: None,
         }
+    }
+
+    /// Write strategies: the commands they own are sent as their scripts.
+    pub fn with_strategies(mut self, strategies: Arc<Strategies>) -> Self {
+        self.strategies = Some(strategies);
+        self
     }
 
     /// The upstream's flag that says it is a Redis Cluster.
@@ -357,6 +371,17 @@ impl Router {
                 Some(crate::strategy::Planned::Refuse(e)) => return (Decision::Fail(e), info),
                 Some(crate::strategy::Planned::Run(f)) => return (Decision::Future(f), info),
                 None => {}
+            }
+        }
+        if let Some(strategies) = &self.strategies {
+            if matches!(decision, Decision::Forward | Decision::Pinned) {
+                if let Some(rewritten) = strategies.rewrite(info.name, req) {
+                    return match (rewritten, decision) {
+                        (Err(e), _) => (Decision::Fail(e), info),
+                        (Ok(bytes), Decision::Forward) => (Decision::Rewrite(bytes), info),
+                        (Ok(bytes), _) => (Decision::PinnedRewrite(bytes), info),
+                    };
+                }
             }
         }
         if matches!(decision, Decision::Forward) && (self.hot.is_some() || self.loader.is_some()) {

@@ -1,25 +1,37 @@
-//! Write strategies of `[[mapping]]`s: which writes of mapped keys cacheside runs itself instead
-//! of forwarding (write-through SET/HSET/DEL, and DELs whose related keys it invalidates), and
-//! the work each one is.
+//! Write strategies: what happens to writes of declared keys besides reaching Redis.
 //!
-//! A planned write is a future: the database statement first, in a transaction that also
-//! reads the row before and after it when related keys need them; only after the commit, one
-//! script in Redis that writes the key and deletes its fill lease, its "not found" marker and
-//! its related keys (with theirs) atomically; then the hot tier and, in broadcast mode, the
-//! other sidecars; then the reply. The session awaits it before the client's next request, so a
-//! client reads its own writes even in a pipeline.
+//! - Write-through (`through.rs`, `delete.rs`, `related.rs`): SET/HSET/DEL of a mapped key run
+//!   their database statement first, in a transaction that also reads the row before and after
+//!   it when related keys need them; only after the commit, one script in Redis writes the key
+//!   and deletes its fill lease, its "not found" marker and its related keys atomically; then
+//!   the hot tier and, in broadcast mode, the other sidecars; then the reply. The session awaits
+//!   it before the client's next request, so a client reads its own writes even in a pipeline.
+//! - [`counter`]: INCR-family commands served by Redis whose deltas a background flusher moves
+//!   to PostgreSQL, exactly once across sidecars and crashes.
+//! - [`behind`]: write-behind: a SET is acknowledged once queued in a Redis Stream, and a
+//!   worker applies the stream to PostgreSQL, last write per key winning.
+//!
+//! Counters and write-behind rewrite the client's command into a script that does its work and
+//! the strategy's bookkeeping in one atomic step, sent where the command would have gone.
 
+pub mod behind;
+pub mod counter;
 mod delete;
+mod keys;
 mod related;
 mod set_args;
 mod through;
 
+pub(crate) use keys::tagged;
 pub use related::needs_rows;
 pub use through::{plan, Planned};
 
+use crate::error::ProxyError;
+use crate::protocol::Request;
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 /// A reply that needs work first (a write-through), started by the session at dispatch.
 pub struct Pending(pub Pin<Box<dyn Future<Output = Bytes> + Send>>);
@@ -27,5 +39,28 @@ pub struct Pending(pub Pin<Box<dyn Future<Output = Bytes> + Send>>);
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Pending")
+    }
+}
+
+/// The configured strategies, for the router.
+#[derive(Default)]
+pub struct Strategies {
+    pub counters: Option<Arc<counter::Counters>>,
+    pub behind: Option<Arc<behind::Behind>>,
+}
+
+impl Strategies {
+    /// The bytes to send instead of `req` (or the error to answer), when a strategy owns it.
+    pub fn rewrite(&self, command: &str, req: &Request) -> Option<Result<Bytes, ProxyError>> {
+        if let Some(c) = &self.counters {
+            if let Some(bytes) = c.rewrite(command, req) {
+                return Some(Ok(bytes));
+            }
+        }
+        self.behind.as_ref()?.rewrite(command, req)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_none() && self.behind.is_none()
     }
 }

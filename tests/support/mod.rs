@@ -4,9 +4,11 @@
 //! A missing binary fails the test with the package to install; nothing is skipped.
 #![allow(dead_code)]
 
+pub mod behind;
 pub mod certs;
 pub mod cluster;
 pub mod commands;
+pub mod counters;
 pub mod fake;
 pub mod history;
 pub mod iam;

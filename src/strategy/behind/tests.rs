@@ -1,0 +1,87 @@
+use super::apply::StreamId;
+use super::*;
+
+fn behind() -> Arc<Behind> {
+    Behind::new(
+        vec![BehindSettings {
+            mapping: "item".into(),
+            pattern: KeyPattern::parse("item:{id}").unwrap(),
+            write_query: "INSERT INTO items (id, body) VALUES ($1, $2)".into(),
+            max_attempts: 5,
+            max_queue: 1000,
+            claim_idle: Duration::from_secs(30),
+        }],
+        &prometheus::Registry::new(),
+    )
+}
+
+fn args(frame: &Bytes) -> Vec<String> {
+    use crate::protocol::request::{parse, Step};
+    let Ok(Step::Request(p)) = parse(frame, 0, &Default::default()) else {
+        panic!("not one request");
+    };
+    Request::from_parsed(frame, p)
+        .args()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+#[test]
+fn set_setex_and_psetex_become_the_script_with_the_value_index() {
+    let b = behind();
+    let out = b
+        .rewrite(
+            "SET",
+            &Request::from_args(&["SET", "item:1", "v1", "EX", "60"]),
+        )
+        .unwrap()
+        .unwrap();
+    let a = args(&out);
+    assert_eq!(&a[..3], ["EVAL", SET_SCRIPT, "2"]);
+    assert_eq!(
+        &a[3..],
+        [
+            "item:1",
+            "cacheside:wb:item",
+            "1000",
+            "4",
+            "SET",
+            "v1",
+            "EX",
+            "60"
+        ]
+    );
+    // ARGV[4] is the value (ARGV = a[5..]).
+    assert_eq!(a[5 + 3], "v1");
+    let out = b
+        .rewrite(
+            "SETEX",
+            &Request::from_args(&["SETEX", "item:1", "60", "v2"]),
+        )
+        .unwrap()
+        .unwrap();
+    let a = args(&out);
+    assert_eq!(&a[6..], ["5", "SETEX", "60", "v2"]);
+    assert_eq!(a[5 + 4], "v2");
+}
+
+#[test]
+fn other_keys_and_commands_pass_through_and_set_get_is_refused() {
+    let b = behind();
+    let r = |a: &[&str]| b.rewrite(a[0], &Request::from_args(a));
+    assert!(r(&["SET", "other:1", "v"]).is_none());
+    assert!(r(&["SET", "item:1:x", "v"]).is_none());
+    assert!(r(&["GET", "item:1"]).is_none());
+    assert!(r(&["SET", "item:1"]).is_none());
+    assert!(r(&["SETEX", "item:1", "60"]).is_none());
+    assert!(matches!(r(&["SET", "item:1", "v", "get"]), Some(Err(_))));
+}
+
+#[test]
+fn stream_ids_order_by_time_then_sequence() {
+    assert!(
+        StreamId::parse(b"1700000000000-2").unwrap() > StreamId::parse(b"1700000000000-1").unwrap()
+    );
+    assert!(StreamId::parse(b"9-0").unwrap() < StreamId::parse(b"10-0").unwrap());
+    assert!(StreamId::parse(b"junk").is_none());
+}

@@ -1,0 +1,372 @@
+//! The flusher: every `flush_every` (or at once for a key past `flush_threshold`) it moves
+//! pending deltas from Redis to PostgreSQL, exactly once across sidecars and crashes.
+//!
+//! A move has two steps, each atomic:
+//! 1. In Redis, [`TAKE_SCRIPT`] reads and deletes the key's pending delta and records it in the
+//!    counter's moves hash under a fresh random id. Concurrent INCRs either ran before (their
+//!    delta is in this move) or after (they start a new pending delta).
+//! 2. In PostgreSQL, one transaction inserts the id into `cacheside_counter_flushes` (primary
+//!    key) and runs `flush_query`. The insert finding the id already there means the move was
+//!    applied before: the query is not run again. Only then is the record deleted from Redis.
+//!
+//! A crash after step 1 leaves the record: it is applied at the next start of any sidecar,
+//! and by every running sidecar once it is older than the stale age. A crash after the commit
+//! leaves the record too: its id is found in the table, so it is deleted without being applied
+//! twice. Two sidecars applying one record at once are serialized by the primary key: the
+//! second insert waits for the first transaction and then finds the id.
+
+use super::apply;
+use super::metrics::Outcome;
+use super::{pending_key, Counter, Counters};
+use crate::loader::{call, Database, DbError};
+use crate::protocol::request::encode_command;
+use crate::protocol::scan::Value;
+use crate::protocol::Proto;
+use crate::tier::redis::Upstream;
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Takes a key's pending delta into a move record. KEYS: pending, dirty, moves. ARGV: key, move
+/// id, now (ms). Returns the delta, or nil when there was none.
+const TAKE_SCRIPT: &str = "redis.call('SREM', KEYS[2], ARGV[1])
+local d = redis.call('GET', KEYS[1])
+if not d then return false end
+redis.call('DEL', KEYS[1])
+if d == '0' then return false end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. ':' .. d .. ':' .. ARGV[1])
+return d";
+
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Keys taken per round trip, and rounds per cycle (the rest waits for the next cycle).
+const BATCH: usize = 256;
+const ROUNDS: usize = 64;
+/// A record younger than this may still be applied by the sidecar that took it.
+const STALE_MIN: Duration = Duration::from_secs(10);
+
+/// One delta taken from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Move {
+    pub(super) id: String,
+    pub(super) key: Bytes,
+    pub(super) delta: i64,
+    /// When it was taken (ms since the epoch).
+    pub(super) at: u64,
+}
+
+impl Move {
+    /// A record of the moves hash: `<ms>:<delta>:<key>`.
+    pub(super) fn parse(id: &[u8], record: &[u8]) -> Option<Self> {
+        let mut parts = record.splitn(3, |&b| b == b':');
+        let at = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+        let delta = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+        let key = Bytes::copy_from_slice(parts.next()?);
+        Some(Self {
+            id: String::from_utf8(id.to_vec()).ok()?,
+            key,
+            delta,
+            at,
+        })
+    }
+}
+
+/// Starts the flusher; it ends after a last flush once `stop` turns true.
+pub fn spawn(
+    counters: Arc<Counters>,
+    upstream: Arc<Upstream>,
+    db: Arc<Database>,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let f = Flusher {
+        counters,
+        upstream,
+        db,
+        failed: HashSet::new(),
+    };
+    tokio::spawn(f.run(stop))
+}
+
+struct Flusher {
+    counters: Arc<Counters>,
+    upstream: Arc<Upstream>,
+    db: Arc<Database>,
+    /// Ids of this sidecar's moves that failed: retried next cycle, not after the stale age.
+    failed: HashSet<String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Flusher {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut wait = Duration::from_millis(100);
+        while let Err(e) = self.create_table().await {
+            tracing::warn!(error = %e, "counters: cannot create cacheside_counter_flushes yet; retrying");
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(wait) => wait = (wait * 2).min(Duration::from_secs(5)),
+            }
+        }
+        let counters = self.counters.clone();
+        // Whatever a crashed sidecar left recorded is applied first, whatever its age.
+        for c in &counters.list {
+            self.recover(c, Duration::ZERO).await;
+        }
+        let start = Instant::now();
+        let mut due: Vec<Instant> = counters
+            .list
+            .iter()
+            .map(|c| start + c.settings.flush_every)
+            .collect();
+        let mut pruned = start;
+        loop {
+            let next = due.iter().min().copied().unwrap_or(start + PRUNE_EVERY);
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = counters.wake.notified() => {
+                    let urgent = counters.take_urgent();
+                    for (i, key) in urgent {
+                        if let Some(c) = counters.list.get(i) {
+                            self.take_and_apply(c, vec![key]).await;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(next) => {
+                    let now = Instant::now();
+                    for (i, c) in counters.list.iter().enumerate() {
+                        if due[i] <= now {
+                            self.cycle(c).await;
+                            due[i] = Instant::now() + c.settings.flush_every;
+                        }
+                    }
+                    if now.duration_since(pruned) >= PRUNE_EVERY {
+                        pruned = now;
+                        self.prune().await;
+                    }
+                }
+            }
+        }
+        // Draining: one last flush of everything pending.
+        for c in &counters.list {
+            self.cycle(c).await;
+        }
+    }
+
+    async fn create_table(&self) -> Result<(), DbError> {
+        let conn = self.db.connection().await?;
+        match conn.batch_execute(apply::TABLE).await {
+            Ok(()) => Ok(()),
+            // Two sidecars creating it at once: one of them gets a unique violation on the
+            // catalog; the table is there either way.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Ok(())
+            }
+            Err(e) => Err(crate::loader::postgres::classify(&e)),
+        }
+    }
+
+    async fn prune(&self) {
+        if let Ok(conn) = self.db.connection().await {
+            if let Err(e) = conn.batch_execute(apply::PRUNE).await {
+                tracing::warn!(error = %e, "counters: cannot prune cacheside_counter_flushes");
+            }
+        }
+    }
+
+    /// One flush of a counter: recorded moves first (stale ones of other sidecars, and this
+    /// one's that failed), then every key marked dirty, in batches.
+    async fn cycle(&mut self, c: &Arc<Counter>) {
+        if let Ok(mut local) = c.local.lock() {
+            local.clear();
+        }
+        let stale = (c.settings.flush_every * 5).max(STALE_MIN);
+        if !self.recover(c, stale).await {
+            return;
+        }
+        for _ in 0..ROUNDS {
+            let cmd =
+                encode_command(&[&b"SRANDMEMBER"[..], &c.dirty, BATCH.to_string().as_bytes()]);
+            let Ok(r) = call(&self.upstream, cmd, 1).await else {
+                return;
+            };
+            let keys = strings(&r[0]);
+            let full = keys.len() >= BATCH;
+            if keys.is_empty() || !self.take_and_apply(c, keys).await || !full {
+                return;
+            }
+        }
+    }
+
+    /// Applies recorded moves older than `stale` (and this sidecar's failed ones); false if the
+    /// database failed, so that no more is taken from Redis meanwhile.
+    async fn recover(&mut self, c: &Arc<Counter>, stale: Duration) -> bool {
+        let cmd = encode_command(&[&b"HGETALL"[..], &c.moves]);
+        let Ok(r) = call(&self.upstream, cmd, 1).await else {
+            return false;
+        };
+        let fields = strings(&r[0]);
+        let now = now_ms();
+        let stale_ms = stale.as_millis() as u64;
+        let mut due = Vec::new();
+        for pair in fields.chunks_exact(2) {
+            let Some(m) = Move::parse(&pair[0], &pair[1]) else {
+                // Not a record of ours: left alone rather than guessed at.
+                continue;
+            };
+            if self.failed.contains(&m.id) || now.saturating_sub(m.at) >= stale_ms {
+                due.push(m);
+            }
+        }
+        self.apply_all(c, due).await
+    }
+
+    /// Takes the pending deltas of `keys` and applies each; false if the database failed.
+    async fn take_and_apply(&mut self, c: &Arc<Counter>, keys: Vec<Bytes>) -> bool {
+        let now = now_ms().to_string();
+        let mut pipeline = Vec::new();
+        let mut ids = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let id = format!("{:032x}", rand::random::<u128>());
+            pipeline.extend_from_slice(&encode_command(&[
+                b"EVAL",
+                TAKE_SCRIPT.as_bytes(),
+                b"3",
+                &pending_key(key),
+                &c.dirty,
+                &c.moves,
+                key,
+                id.as_bytes(),
+                now.as_bytes(),
+            ]));
+            ids.push(id);
+        }
+        let Ok(replies) = call(&self.upstream, Bytes::from(pipeline), keys.len() as u32).await
+        else {
+            return true;
+        };
+        let at = now_ms();
+        let mut moves = Vec::with_capacity(keys.len());
+        for ((key, id), reply) in keys.into_iter().zip(ids).zip(replies) {
+            let Some(delta) = Value::parse(&reply, Proto::Resp2)
+                .and_then(|(v, _)| v.string())
+                .and_then(|s| std::str::from_utf8(s).ok()?.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            moves.push(Move { id, key, delta, at });
+        }
+        self.apply_all(c, moves).await
+    }
+
+    /// Applies moves in batches of one transaction each, in key order (two sidecars recovering
+    /// the same records lock them in the same order). A batch whose statement fails is applied
+    /// again one move per transaction. False if the database failed: the moves not applied stay
+    /// recorded and are retried next cycle.
+    async fn apply_all(&mut self, c: &Arc<Counter>, mut moves: Vec<Move>) -> bool {
+        moves.sort_by(|a, b| (&a.key, &a.id).cmp(&(&b.key, &b.id)));
+        let (_, limit) = self.db.statement_settings();
+        let mut chunks = moves.chunks(BATCH);
+        while let Some(chunk) = chunks.next() {
+            let budget = limit * (chunk.len() as u32 + 3);
+            let outcomes = match tokio::time::timeout(budget, apply::batch(&self.db, c, chunk))
+                .await
+            {
+                Ok(Ok(o)) => o,
+                Ok(Err(DbError::Query(_))) => {
+                    for m in chunk {
+                        if !self.apply(c, m.clone()).await {
+                            self.keep_failed(c, chunks.flatten());
+                            return false;
+                        }
+                    }
+                    continue;
+                }
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".into(),
+                    };
+                    tracing::warn!(counter = %c.settings.name, error = %why, "counter flush failed; will retry");
+                    self.keep_failed(c, chunk.iter().chain(chunks.flatten()));
+                    return false;
+                }
+            };
+            let mut hdel: Vec<&[u8]> = vec![b"HDEL", &c.moves];
+            for (m, o) in chunk.iter().zip(&outcomes) {
+                c.metrics.outcome(*o, 1);
+                if *o == Outcome::Applied {
+                    c.metrics.flushed.inc_by(m.delta.unsigned_abs());
+                }
+                self.failed.remove(&m.id);
+                hdel.push(m.id.as_bytes());
+            }
+            // If this fails the records stay: a later recovery finds their ids applied.
+            let _ = call(&self.upstream, encode_command(&hdel), 1).await;
+        }
+        true
+    }
+
+    /// Moves left recorded after a failure: counted, and retried next cycle by this sidecar.
+    fn keep_failed<'m>(&mut self, c: &Counter, moves: impl Iterator<Item = &'m Move>) {
+        for m in moves {
+            c.metrics.outcome(Outcome::Error, 1);
+            // Bounded: past this, failed moves wait for the stale age like anyone else's.
+            if self.failed.len() < 10_000 {
+                self.failed.insert(m.id.clone());
+            }
+        }
+    }
+
+    /// Applies one move and forgets its record; false if the database failed (the record
+    /// stays, to be retried).
+    async fn apply(&mut self, c: &Arc<Counter>, m: Move) -> bool {
+        let (_, limit) = self.db.statement_settings();
+        let outcome = match tokio::time::timeout(limit * 3, apply::one(&self.db, c, &m)).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                tracing::warn!(counter = %c.settings.name, error = %e, "counter flush failed; will retry");
+                Outcome::Error
+            }
+            Err(_) => {
+                tracing::warn!(counter = %c.settings.name, "counter flush timed out; will retry");
+                Outcome::Error
+            }
+        };
+        c.metrics.outcome(outcome, 1);
+        if outcome == Outcome::Error {
+            // Bounded: past this, failed moves wait for the stale age like anyone else's.
+            if self.failed.len() < 10_000 {
+                self.failed.insert(m.id);
+            }
+            return false;
+        }
+        if outcome == Outcome::Applied {
+            c.metrics.flushed.inc_by(m.delta.unsigned_abs());
+        }
+        let cmd = encode_command(&[&b"HDEL"[..], &c.moves, m.id.as_bytes()]);
+        // If this fails the record stays: a later recovery finds the id applied.
+        let _ = call(&self.upstream, cmd, 1).await;
+        self.failed.remove(&m.id);
+        true
+    }
+}
+
+/// The strings of an array reply (SRANDMEMBER, HGETALL); empty for anything else.
+fn strings(reply: &Bytes) -> Vec<Bytes> {
+    let Some((v, _)) = Value::parse(reply, Proto::Resp2) else {
+        return Vec::new();
+    };
+    let Some(items) = v.items() else {
+        return Vec::new();
+    };
+    items
+        .filter_map(|i| i.string().map(|s| reply.slice_ref(s)))
+        .collect()
+}
