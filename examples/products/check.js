@@ -13,6 +13,7 @@ const { Client } = require('pg');
 const APP = process.env.APP_URL;
 const ADMIN = process.env.ADMIN_URL;
 const results = [];
+let step = 'start';
 
 function pass(msg) {
   results.push(msg);
@@ -75,12 +76,14 @@ const lag = (e) => (e.firstTry ? 'on the first read' : `after ${e.ms} ms`);
 
 async function main() {
   // Health.
+  step = 'Health.';
   let r = await http('GET', '/health');
   assert.equal(r.status, 200, `GET /health: ${JSON.stringify(r.body)}`);
   assert.equal(r.body.status, 'ok');
   pass('GET /health is ok');
 
   // Read a product twice: the second read is answered by cacheside without a query.
+  step = 'Read a product twice: the second read is answered by cacheside without a query.';
   const c0 = await counters();
   r = await http('GET', '/products/1');
   assert.equal(r.status, 200);
@@ -100,12 +103,14 @@ async function main() {
   );
 
   // An unknown product: 404 (remembered as "not found" by cacheside).
+  step = 'An unknown product: 404 (remembered as "not found" by cacheside).';
   r = await http('GET', '/products/100');
   assert.equal(r.status, 404);
   assert.deepEqual(r.body, { error: 'Product not found' });
   pass('GET /products/100 (no such row) is 404');
 
-  // Category list, read twice: one query at most, the second from the hot tier.
+  // Category list, read twice: one query, then none (hot tier).
+  step = 'Category list, read twice: one query, then none (hot tier).';
   const q0 = await counters();
   r = await http('GET', '/products/category/electronics');
   assert.equal(r.status, 200);
@@ -124,6 +129,7 @@ async function main() {
   pass('GET /products/category/toys (empty) is []');
 
   // Create: the "not found" of product 100 and the electronics list are evicted by notify.
+  step = 'Create: the "not found" of product 100 and the electronics list are evicted by notify.';
   r = await http('POST', '/products', {
     id: 100,
     name: 'Desk lamp',
@@ -146,6 +152,7 @@ async function main() {
   pass(`the electronics list shows product 100 ${lag(e)}`);
 
   // Update: the next reads show it (notify evicted product:100 from the hot tier and Redis).
+  step = 'Update: the next reads show it (notify evicted product:100 from the hot tier and Redis).';
   r = await http('PUT', '/products/100', { name: 'Desk lamp (LED)', price: 49.5 });
   assert.equal(r.status, 200);
   assert.equal(r.body.name, 'Desk lamp (LED)');
@@ -162,6 +169,7 @@ async function main() {
   pass('PUT /products/999 (no such row) is 404');
 
   // Move a product to another category: both lists change.
+  step = 'Move a product to another category: both lists change.';
   await http('GET', '/products/category/office'); // cache the (empty) office list first
   r = await http('PUT', '/products/2', { category: 'office' });
   assert.equal(r.status, 200);
@@ -177,6 +185,7 @@ async function main() {
   pass(`PUT /products/2 moved it to office; both category lists show it ${lag(e)}`);
 
   // A write that bypasses the app entirely (another service, psql) is evicted the same way.
+  step = 'A write that bypasses the app entirely (another service, psql) is evicted the same way.';
   const db = new Client({ connectionString: process.env.DATABASE_URL });
   await db.connect();
   await db.query('UPDATE products SET price = 79.00 WHERE id = 1');
@@ -188,12 +197,14 @@ async function main() {
   pass(`an UPDATE made straight in PostgreSQL shows in GET /products/1 ${lag(e)}`);
 
   // Several products at once (one MGET).
+  step = 'Several products at once (one MGET).';
   r = await http('GET', '/products?ids=1,3,999,100');
   assert.equal(r.status, 200);
   assert.deepEqual(ids(r.body), [1, 3, 100]);
   pass('GET /products?ids=1,3,999,100 returns 1, 3, 100');
 
   // Delete: the next read is 404, and the list drops it.
+  step = 'Delete: the next read is 404, and the list drops it.';
   r = await http('DELETE', '/products/100');
   assert.equal(r.status, 204);
   e = await eventually(async () => {
@@ -205,6 +216,7 @@ async function main() {
   pass(`DELETE /products/100; GET is 404 and the list drops it ${lag(e)}`);
 
   // Views: every successful GET /products/:id is one INCR product:{id}:views.
+  step = 'Views: every successful GET /products/:id is one INCR product:{id}:views.';
   const redis = createClient({ socket: { host: '127.0.0.1', port: Number(process.env.REDIS_PORT) } });
   await redis.connect();
   const before = Number((await redis.get('product:3:views')) || 0);
@@ -227,7 +239,7 @@ async function main() {
 }
 
 main().catch((err) => {
-  console.error(`  FAIL ${err.message}`);
+  console.error(`  FAIL (${step}) ${err.message}`);
   if (err.actual !== undefined || err.expected !== undefined) {
     console.error(`       actual:   ${JSON.stringify(err.actual)}`);
     console.error(`       expected: ${JSON.stringify(err.expected)}`);
