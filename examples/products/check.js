@@ -139,12 +139,21 @@ async function main() {
   assert.equal(r.status, 201, `POST /products: ${JSON.stringify(r.body)}`);
   const created = r.body;
   assert.equal(created.id, 100);
+  const n0 = await counters();
   let e = await eventually(async () => {
     const got = await http('GET', '/products/100');
     assert.equal(got.status, 200);
     assert.deepEqual(got.body, created, 'GET returns what POST returned');
   });
-  pass(`POST /products created 100; GET /products/100 shows it ${lag(e)}`);
+  const n1 = await counters();
+  assert.deepEqual((await http('GET', '/products/100')).body, created);
+  const n2 = await counters();
+  assert.ok(n1.productQueries - n0.productQueries >= 1, 'the cold read ran no query');
+  assert.equal(n2.productQueries - n1.productQueries, 0, 'the warm read ran a query');
+  pass(
+    `POST /products created 100; GET /products/100 shows it ${lag(e)} ` +
+      `(${n1.productQueries - n0.productQueries} query), the next GET 0 queries`
+  );
   e = await eventually(async () => {
     const got = await http('GET', '/products/category/electronics');
     assert.deepEqual(ids(got.body), [100, 3, 2, 1]);

@@ -153,7 +153,7 @@ wait_for "cacheside /readyz" 30 curl -fsS "$ADMIN_URL/readyz"
 # The hot tier is bypassed until LISTEN is up; wait for it so the checks see the steady state.
 wait_for "cacheside LISTEN (cacheside_db_notify_listening 1)" 30 \
   sh -c "curl -fsS '$ADMIN_URL/metrics' | grep -q '^cacheside_db_notify_listening 1'"
-say "cacheside on 127.0.0.1:$CS_PORT (admin $ADMIN_URL), $(basename "$(dirname "$CACHESIDE_BIN")") binary, LISTEN up"
+say "cacheside ($CACHESIDE_BIN) on 127.0.0.1:$CS_PORT, admin $ADMIN_URL, LISTEN up"
 
 # --- the app --------------------------------------------------------------------------------
 (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error >"$TMP/npm.log" 2>&1) \
