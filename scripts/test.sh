@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command. On a fresh Debian machine it first installs what the tests need
 # (real redis-server, PostgreSQL 15, openssl, promtool; with apt-get, as root or through sudo),
-# then runs the format check, the lints, every test, and the offline deploy checks.
+# then runs the format check, the lints, every test, the offline deploy checks and the example
+# app's end-to-end check.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --no-lint  tests and deploy checks only
@@ -22,6 +23,9 @@ need openssl openssl
 # Metrics exposition and alert rules are checked with promtool.
 need promtool prometheus
 need python3 python3
+# The seeds' product service example (examples/products) runs on Node.js with npm.
+need node nodejs
+need npm npm
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   sudo=()
@@ -44,6 +48,7 @@ if ((lint)); then
   cargo clippy --all-targets -- -D warnings
 fi
 cargo test
-if [[ -x scripts/deploy-check.sh ]]; then
-  scripts/deploy-check.sh
-fi
+scripts/deploy-check.sh
+# The seeds' app on cacheside, end to end: redis-server, PostgreSQL, cacheside, the Node app.
+cargo build --quiet
+CACHESIDE_BIN=target/debug/cacheside examples/products/run.sh
