@@ -7,6 +7,7 @@
 mod deferred;
 mod env;
 mod iam;
+mod loader;
 mod strategy;
 pub mod units;
 mod upstream;

@@ -1,6 +1,7 @@
 //! Unit tests of routing: pinning, pinned state and its release, auth, standalone, no upstream.
 
 use super::*;
+use crate::protocol::reply::{Expect, SubKind};
 
 fn route(r: &Router, st: &mut ClientState, args: &[&str], pinned: bool) -> Decision {
     let rt = tokio::runtime::Builder::new_current_thread()

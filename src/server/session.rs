@@ -296,53 +296,7 @@ impl Session {
         self.last_cmd = info.name;
         match decision {
             Decision::Forward | Decision::Rewrite(_) => {
-                self.ctx.metrics.command(info.family, Outcome::Forwarded);
-                let inv = self.ctx.router.invalidate(info, &req).await;
-                let cleanup = self.ctx.router.write_cleanup(info, &req);
-                if self.release_pending {
-                    self.flush_run(chunk).await?;
-                    self.barrier().await?;
-                }
-                match decision {
-                    // Sent alone, as an inline command is: the bytes are not the chunk's.
-                    Decision::Rewrite(bytes) => {
-                        self.flush_run(chunk).await?;
-                        let after = inv.map(|w| {
-                            Box::new(AfterReply {
-                                writes: vec![w],
-                                ..AfterReply::default()
-                            })
-                        });
-                        self.send_to(Dest::Shared, bytes, 1, after).await?;
-                    }
-                    _ => {
-                        let dest = if info.is_read() && !info.is_write() && self.replica_reads {
-                            Dest::Replica
-                        } else {
-                            Dest::Shared
-                        };
-                        self.push_run(dest, chunk, span, &req, inv).await?
-                    }
-                }
-                if !cleanup.is_empty() {
-                    match &mut self.run {
-                        Some(run) => run
-                            .after
-                            .get_or_insert_with(Box::default)
-                            .appended
-                            .extend(cleanup),
-                        // An inline write went out alone: its cleanup follows on the same connection.
-                        None => {
-                            let after = AfterReply {
-                                appended: cleanup,
-                                ..AfterReply::default()
-                            };
-                            self.send_to(Dest::Shared, Bytes::new(), 0, Some(Box::new(after)))
-                                .await?;
-                        }
-                    }
-                }
-                Ok(())
+                self.forward(decision, info, chunk, span, req).await
             }
             Decision::Store => {
                 self.ctx.metrics.command(info.family, Outcome::Local);

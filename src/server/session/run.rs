@@ -2,8 +2,10 @@
 
 use super::{Session, Stop};
 use crate::error::ProxyError;
+use crate::metrics::Outcome;
+use crate::protocol::CommandInfo;
 use crate::protocol::Request;
-use crate::router::Invalidation;
+use crate::router::{Decision, Invalidation};
 use crate::server::writer::{AfterReply, Out};
 use bytes::Bytes;
 use std::ops::Range;
@@ -163,5 +165,64 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// A command for a shared connection (or a replica): added to the current run, or, when a
+    /// strategy rewrote it, sent alone; its write's hot-tier work and lease cleanup go with it.
+    pub(super) async fn forward(
+        &mut self,
+        decision: Decision,
+        info: &'static CommandInfo,
+        chunk: &Bytes,
+        span: Option<Range<usize>>,
+        req: Request,
+    ) -> Result<(), Stop> {
+        self.ctx.metrics.command(info.family, Outcome::Forwarded);
+        let inv = self.ctx.router.invalidate(info, &req).await;
+        let cleanup = self.ctx.router.write_cleanup(info, &req);
+        if self.release_pending {
+            self.flush_run(chunk).await?;
+            self.barrier().await?;
+        }
+        match decision {
+            // Sent alone, as an inline command is: the bytes are not the chunk's.
+            Decision::Rewrite(bytes) => {
+                self.flush_run(chunk).await?;
+                let after = inv.map(|w| {
+                    Box::new(AfterReply {
+                        writes: vec![w],
+                        ..AfterReply::default()
+                    })
+                });
+                self.send_to(Dest::Shared, bytes, 1, after).await?;
+            }
+            _ => {
+                let dest = if info.is_read() && !info.is_write() && self.replica_reads {
+                    Dest::Replica
+                } else {
+                    Dest::Shared
+                };
+                self.push_run(dest, chunk, span, &req, inv).await?
+            }
+        }
+        if !cleanup.is_empty() {
+            match &mut self.run {
+                Some(run) => run
+                    .after
+                    .get_or_insert_with(Box::default)
+                    .appended
+                    .extend(cleanup),
+                // An inline write went out alone: its cleanup follows on the same connection.
+                None => {
+                    let after = AfterReply {
+                        appended: cleanup,
+                        ..AfterReply::default()
+                    };
+                    self.send_to(Dest::Shared, Bytes::new(), 0, Some(Box::new(after)))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 }
