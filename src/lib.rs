@@ -8,7 +8,9 @@
 //!
 //! In the order a request travels:
 //!
-//! - [`config`]: proxy.toml + `CACHESIDE_*` env + flags, validated before anything binds.
+//! - [`config`]: proxy.toml + `CACHESIDE_*` env + flags, validated before anything binds
+//!   (`upstream.rs`: URL, credentials, TLS, replicas; `loader.rs`: `[postgres]` and mappings;
+//!   `strategy.rs`: write-through keys; `deferred.rs`: counters and write-behind).
 //! - [`server`]: accept loop with a connection limit; per client a session (read, parse, route;
 //!   its pinned path in `session/pinned.rs`, runs of requests in `session/run.rs`, its end of the
 //!   reply queue in `session/queue.rs`) and a writer (ordered replies, one write per batch;
@@ -16,7 +18,8 @@
 //! - [`protocol`]: request parsing, the command table (`command/table.rs`), the one reply reader
 //!   ([`protocol::scan`]: iterative framing and typed views) and reply building. No I/O.
 //! - [`router`]: where each command is answered: locally (including CLIENT LIST/INFO/KILL about
-//!   cacheside's own clients, [`router::clients`]), from the hot tier or a load
+//!   cacheside's own clients, [`router::clients`], and the operator's `CACHESIDE` commands,
+//!   `operator.rs`; per-client state in `state.rs`), from the hot tier or a load
 //!   ([`router::fill`]; loads in `fill/load.rs` and `fill/batch.rs`), on a shared upstream
 //!   connection, or on the client's pinned connection.
 //! - [`tier::hot`]: the in-process tier and its coherence (`front.rs`: the sharded read map in
@@ -28,13 +31,16 @@
 //!   tokens and re-authentication ([`tier::redis::iam`]); in cluster mode
 //!   ([`tier::redis::cluster`]) the slot map (`topology.rs`), hash slots (`slot.rs`), each
 //!   request planned and merged (`split.rs`) and each batch queued per node (`batch.rs`), behind
-//!   the same `send`.
+//!   the same `send`; with `upstream.read_from`, read-only commands to a reader endpoint; a
+//!   `-READONLY` after a failover reconnects and resends (`pool/`: the supervisor, and the read
+//!   and write loops in `pool/wire.rs`; the pinned relay in `pinned/relay.rs`).
 //! - [`transport`]: plain TCP or TLS behind one stream type, for the upstream (`rediss://`) and
 //!   for the client listener.
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys (`flight.rs`: one load per
 //!   key in a sidecar, shared only with reads that began before it read; `lease.rs`: fill leases
 //!   across sidecars; `batch.rs`: several keys in one query; `write.rs`: write-through
-//!   statements; `refresh.rs`: refresh-ahead reloads; `stale.rs`: stale-if-error copies).
+//!   statements; `refresh.rs`: refresh-ahead reloads; `stale.rs`: stale-if-error copies;
+//!   `notify.rs`: row changes heard from PostgreSQL evict their keys).
 //! - [`strategy`]: writes of mapped keys that cacheside runs itself (`through.rs`: write-through
 //!   SET/HSET, database first; `delete.rs`: DEL/UNLINK with delete statements and related keys;
 //!   `related.rs`: the keys a mapping's `invalidates` templates name; `set_args.rs`: the SET
