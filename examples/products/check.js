@@ -228,6 +228,13 @@ async function main() {
   step = 'Views: every successful GET /products/:id is one INCR product:{id}:views.';
   const redis = createClient({ socket: { host: '127.0.0.1', port: Number(process.env.REDIS_PORT) } });
   await redis.connect();
+  const pg = new Client({ connectionString: process.env.DATABASE_URL });
+  await pg.connect();
+  const dbViews = async () =>
+    Number((await pg.query('SELECT views FROM products WHERE id = 3')).rows[0].views);
+  // Deltas counted before this step (reads above) may still be on their way to the column.
+  await new Promise((r) => setTimeout(r, 1000));
+  const dbBefore = await dbViews();
   const before = Number((await redis.get('product:3:views')) || 0);
   for (let i = 0; i < 5; i++) {
     assert.equal((await http('GET', '/products/3')).status, 200);
@@ -239,6 +246,16 @@ async function main() {
   assert.equal(after - before, 5, 'five reads, five views');
   assert.equal(missing, null, 'a 404 counts no view');
   pass(`5 x GET /products/3 counted 5 views (product:3:views ${before} -> ${after})`);
+
+  // The [[counter]] moves the 5 views to the `views` column, exactly once.
+  step = 'The [[counter]] moves the views to products.views.';
+  const c = await eventually(async () => {
+    assert.equal((await dbViews()) - dbBefore, 5, 'five views in the database');
+  });
+  await new Promise((r) => setTimeout(r, 600));
+  assert.equal((await dbViews()) - dbBefore, 5, 'and no more after further flushes');
+  await pg.end();
+  pass(`products.views of 3 rose by exactly 5, ${c.ms} ms after the last view`);
 
   const t = await counters();
   console.log(

@@ -63,8 +63,8 @@ async function getProductsByCategory(category) {
 }
 
 // View counts stay in Redis. A [[counter]] rule (landing separately in cacheside) will sync
-// `product:{id}:views` to the `views` column, replacing the seed's "UPDATE ... views + 100
-// every 100 views" code; until then the count lives in Redis only.
+// `product:{id}:views` to the `views` column (the [[counter]] in proxy.toml), replacing the
+// seed's "UPDATE ... views + 100 every 100 views" code.
 async function incrementProductViews(productId) {
   return redis.incr(`product:${productId}:views`);
 }
