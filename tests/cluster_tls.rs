@@ -10,8 +10,8 @@ use support::certs::Certs;
 use support::cluster::{ClusterTls, RedisCluster};
 use support::{query as q, Proxy};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_cluster_is_reached_through_its_announced_tls_ports() {
+/// A TLS-only cluster whose nodes' certificate (for localhost and 127.0.0.1) `certs` signed.
+fn tls_cluster() -> (Certs, RedisCluster) {
     let certs = Certs::new();
     let (cert, key) = certs.issue(
         "node",
@@ -23,6 +23,12 @@ async fn a_tls_cluster_is_reached_through_its_announced_tls_ports() {
         key,
         ca: certs.ca(),
     });
+    (certs, cluster)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_is_reached_through_its_announced_tls_ports() {
+    let (certs, cluster) = tls_cluster();
     let url = format!("rediss://localhost:{}", cluster.tls_ports[0]);
     let ca = certs.ca();
     let proxy = Proxy::start_with(&url, |c| {
@@ -57,17 +63,7 @@ async fn a_tls_cluster_is_reached_through_its_announced_tls_ports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_from_another_ca_is_refused() {
-    let certs = Certs::new();
-    let (cert, key) = certs.issue(
-        "node",
-        "DNS:localhost,IP:127.0.0.1",
-        "serverAuth,clientAuth",
-    );
-    let cluster = RedisCluster::start_tls(&ClusterTls {
-        cert,
-        key,
-        ca: certs.ca(),
-    });
+    let (_certs, cluster) = tls_cluster();
     let other = Certs::new();
     let url = format!("rediss://localhost:{}", cluster.tls_ports[0]);
     let ca = other.ca();
