@@ -287,7 +287,8 @@ impl Session {
         } else {
             &mut self.hits
         };
-        let routed = Instant::now();
+        // Only a hot tier answers `Cached`: without one, no clock read per request.
+        let routed = self.ctx.router.hot().map(|_| Instant::now());
         let (decision, info) = self
             .ctx
             .router
@@ -311,11 +312,13 @@ impl Session {
             }
             Decision::Cached => {
                 self.ctx.metrics.command(info.family, Outcome::Cached);
-                self.ctx
-                    .metrics
-                    .latency
-                    .hot
-                    .observe(routed.elapsed().as_secs_f64());
+                if let Some(t) = routed {
+                    self.ctx
+                        .metrics
+                        .latency
+                        .hot
+                        .observe(t.elapsed().as_secs_f64());
+                }
                 if direct {
                     return Ok(());
                 }
