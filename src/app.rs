@@ -131,13 +131,11 @@ pub async fn serve(
         None => tracing::info!("no upstream configured (upstream.url): standalone mode"),
     }
     // A cluster found by `upstream.mode = "auto"` (config validation refuses "cluster" with
-    // these): neither the hot tier nor read-through is coherent on a cluster yet.
+    // it): the hot tier is not coherent on a cluster yet. Read-through is: a key's lease and
+    // markers live in its slot.
     let cluster = upstream.as_ref().is_some_and(|u| u.cluster().is_some());
     if cluster && !cfg.hot.rules.is_empty() {
         tracing::error!("the upstream is a Redis Cluster: the hot tier ([[cache]]) is not supported there yet and is off");
-    }
-    if cluster && !cfg.mappings.is_empty() {
-        tracing::error!("the upstream is a Redis Cluster: read-through ([[mapping]]) is not supported there yet and is off");
     }
     let hot = match &upstream {
         Some(u) if !cfg.hot.rules.is_empty() && !cluster => {
@@ -168,7 +166,7 @@ pub async fn serve(
     if let Some(u) = &upstream {
         router = router.with_cluster_flag(u.cluster_flag());
     }
-    if let Some(db) = cfg.postgres.clone().filter(|_| !cluster) {
+    if let Some(db) = cfg.postgres.clone() {
         let notify = db.notify.clone();
         match Database::new(db) {
             Ok(db) => {

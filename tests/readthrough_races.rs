@@ -130,7 +130,8 @@ async fn a_read_after_an_acknowledged_update_does_not_share_an_older_load() {
         let v: String = first.get("slowproduct:7").await.unwrap();
         v
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The load's query has its snapshot before the update commits.
+    pg.until_running("pg_sleep(0.5)").await;
     db.execute("UPDATE products SET name = 'after' WHERE id = 7", &[])
         .await
         .unwrap();

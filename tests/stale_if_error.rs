@@ -73,7 +73,7 @@ async fn values_stay_readable_past_their_ttl_while_the_database_is_down() {
     assert_eq!(none, None, "the stale value is not written back as fresh");
 
     // After the window: the usual error.
-    until_gone(&mut direct, "cacheside:stale:product:30").await;
+    until_gone(&mut direct, "cacheside:stale:{product:30}").await;
     let err = c.get::<_, String>("product:30").await.unwrap_err();
     assert!(
         err.to_string().contains("cacheside: mapping product:"),
@@ -95,7 +95,7 @@ async fn values_stay_readable_past_their_ttl_while_the_database_is_down() {
         }
     };
     assert!(back.contains("\"Back\""), "{back}");
-    let copy: String = direct.get("cacheside:stale:product:30").await.unwrap();
+    let copy: String = direct.get("cacheside:stale:{product:30}").await.unwrap();
     assert_eq!(copy, back);
 }
 
@@ -108,14 +108,14 @@ async fn a_write_removes_the_stale_copy() {
     let mut direct = redis.direct().await;
     let _: String = c.get("product:31").await.unwrap();
     assert!(direct
-        .exists::<_, bool>("cacheside:stale:product:31")
+        .exists::<_, bool>("cacheside:stale:{product:31}")
         .await
         .unwrap());
     // The seeds' update flow: a DEL through cacheside after the UPDATE.
     let _: i64 = c.del("product:31").await.unwrap();
     assert!(
         !direct
-            .exists::<_, bool>("cacheside:stale:product:31")
+            .exists::<_, bool>("cacheside:stale:{product:31}")
             .await
             .unwrap(),
         "a value older than an acknowledged write is never answered"

@@ -177,7 +177,7 @@ async fn a_failed_statement_answers_its_error_and_leaves_every_cache_untouched()
     .await;
     assert!(hits >= 1.0, "the hot tier holds the value");
     let _: () = direct
-        .set("cacheside:lease:product:7", "someone-elses-load")
+        .set("cacheside:lease:{product:7}", "someone-elses-load")
         .await
         .unwrap();
 
@@ -191,7 +191,7 @@ async fn a_failed_statement_answers_its_error_and_leaves_every_cache_untouched()
     assert_eq!(row(&pg, 7).await.unwrap().0, "Product 7");
     let held: String = direct.get("product:7").await.unwrap();
     assert_eq!(held, before, "Redis untouched");
-    let lease: String = direct.get("cacheside:lease:product:7").await.unwrap();
+    let lease: String = direct.get("cacheside:lease:{product:7}").await.unwrap();
     assert_eq!(lease, "someone-elses-load", "no lease disturbed");
     let read: String = c.get("product:7").await.unwrap();
     assert_eq!(read, before);
@@ -419,7 +419,7 @@ async fn a_load_in_flight_does_not_fill_a_row_older_than_an_acknowledged_write()
     });
     // Its lease is taken once the load has begun.
     while !direct
-        .exists::<_, bool>("cacheside:lease:slowproduct:11")
+        .exists::<_, bool>("cacheside:lease:{slowproduct:11}")
         .await
         .unwrap()
     {

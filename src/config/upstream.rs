@@ -356,6 +356,12 @@ mod tests {
         assert_eq!(v.upstream.unwrap().mode, super::Mode::Auto);
         let cached = "[upstream]\nurl = \"redis://h\"\nmode = \"cluster\"\n[[cache]]\nkeys = \"a:*\"\nttl = \"1s\"\n";
         assert!(err(cached).starts_with("upstream.mode: \"cluster\" does not support the hot tier"));
+        // Read-through runs on a cluster (a key's lease and markers share its slot).
+        let mapped = "[upstream]\nurl = \"redis://h\"\nmode = \"cluster\"\n[postgres]\nurl = \"postgres://u@h/db\"\n[[mapping]]\nname = \"p\"\nkey = \"p:{id}\"\nquery = \"SELECT 1 WHERE $1::int > 0\"\nttl = \"1m\"\n";
+        let v = Config::from_toml(mapped, "t")
+            .and_then(Config::validate)
+            .unwrap();
+        assert_eq!(v.mappings.len(), 1);
     }
 
     #[test]

@@ -280,13 +280,13 @@ impl Config {
         if upstream
             .as_ref()
             .is_some_and(|u| u.mode == UpstreamMode::Cluster)
-            && (!hot.rules.is_empty() || !mappings.is_empty() || !counters.is_empty())
+            && (!hot.rules.is_empty() || !counters.is_empty() || !write_behind.is_empty())
         {
-            // Invalidations cross a cluster's bus after the write is acknowledged, and fills
-            // use scripts over keys of several slots: neither is coherent there yet.
+            // Invalidations cross a cluster's bus after the write is acknowledged; counters and
+            // write-behind use scripts over keys of several slots (a key and its queue).
             return Err(ConfigError::invalid(
                 "upstream.mode",
-                "\"cluster\" does not support the hot tier ([[cache]]), read-through ([[mapping]]) or [[counter]] yet",
+                "\"cluster\" does not support the hot tier ([[cache]]), [[counter]] or write = \"behind\" yet",
             ));
         }
         let mut warm = Vec::new();

@@ -2,14 +2,14 @@
 //! the mapping's query, written to Redis with the mapping's TTL, and answered.
 //!
 //! One query per key: concurrent misses of a key in one sidecar share one load (single-flight);
-//! across sidecars, a fill lease in Redis (`SET cacheside:lease:<key> <token> NX PX`) lets one
+//! across sidecars, a fill lease in Redis (`SET cacheside:lease:{<key>} <token> NX PX`) lets one
 //! sidecar query while the others poll Redis briefly for its fill, then query themselves.
 //!
 //! No stale fills: the fill is a script that writes the value only if the lease still holds the
 //! loader's token, and deletes it. Every write to a mapped key through any sidecar deletes the
 //! key's lease (see [`Loader::write_cleanup`]) in the same pipeline as the write, so a load that
 //! was in flight when the write ran finds its lease gone and does not overwrite the write.
-//! Not found is remembered in `cacheside:neg:<key>` for `negative_ttl`; clients never see it.
+//! Not found is remembered in `cacheside:neg:{<key>}` for `negative_ttl`; clients never see it.
 
 mod batch;
 pub mod encode;
@@ -126,11 +126,11 @@ pub struct Loader {
     refresher: Arc<refresh::Queue>,
 }
 
+/// A companion of `key` in cacheside's namespace, in `key`'s cluster slot (so that one script
+/// can use both on a Redis Cluster): `prefix{key}`, or `prefix` + key when the key has a hash
+/// tag (see [`crate::tier::redis::cluster::slot::companion`]).
 fn prefixed(prefix: &[u8], key: &[u8]) -> Bytes {
-    let mut b = Vec::with_capacity(prefix.len() + key.len());
-    b.extend_from_slice(prefix);
-    b.extend_from_slice(key);
-    b.into()
+    crate::tier::redis::cluster::slot::companion(prefix, key).into()
 }
 
 /// The Redis key that remembers "not found" for `key`.
@@ -357,7 +357,11 @@ mod tests {
 
     #[test]
     fn lease_and_negative_keys_are_namespaced() {
-        assert_eq!(&lease_key(b"product:1")[..], b"cacheside:lease:product:1");
-        assert_eq!(&negative_key(b"product:1")[..], b"cacheside:neg:product:1");
+        assert_eq!(&lease_key(b"product:1")[..], b"cacheside:lease:{product:1}");
+        assert_eq!(
+            &negative_key(b"product:1")[..],
+            b"cacheside:neg:{product:1}"
+        );
+        assert_eq!(&negative_key(b"u:{1}:x")[..], b"cacheside:neg:u:{1}:x");
     }
 }

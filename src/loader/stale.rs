@@ -1,5 +1,5 @@
 //! Stale-if-error: every value loaded for a mapping with `stale_if_error` is also kept in a
-//! stale copy (`cacheside:stale:<key>`) that outlives the key by that long. The key itself
+//! stale copy (`cacheside:stale:{<key>}`) that outlives the key by that long. The key itself
 //! expires as before, so a read past its TTL is a miss that loads; only when the load fails
 //! (PostgreSQL down, slow or erroring) is the stale copy answered. Apps' plain GETs see the
 //! row's own encoding: the copy is a second key, not an envelope around the value.

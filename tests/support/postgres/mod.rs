@@ -208,6 +208,31 @@ impl PgServer {
         });
     }
 
+    /// Waits (up to 10 s) until a statement containing `fragment` is running on another
+    /// connection: its snapshot is then taken, so a change committed after this is unseen by it.
+    pub async fn until_running(&self, fragment: &str) {
+        let client = self.client().await;
+        let start = std::time::Instant::now();
+        loop {
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                     AND pid <> pg_backend_pid() AND strpos(query, $1) > 0",
+                    &[&fragment],
+                )
+                .await
+                .expect("read pg_stat_activity");
+            if row.get::<_, i64>(0) > 0 {
+                return;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "no statement containing {fragment:?} started within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// Forgets every statement counted so far (`pg_stat_statements_reset()`, or a new log mark).
     pub fn reset_stats(&self) {
         match self.counter {
