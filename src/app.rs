@@ -130,15 +130,12 @@ pub async fn serve(
         }
         None => tracing::info!("no upstream configured (upstream.url): standalone mode"),
     }
-    // A cluster found by `upstream.mode = "auto"` (config validation refuses "cluster" with
-    // it): the hot tier is not coherent on a cluster yet. Read-through is: a key's lease and
-    // markers live in its slot.
+    // On a cluster (`mode = "cluster"`, or found by `auto`) the hot tier is kept coherent by
+    // broadcast on a shard channel, and read-through's leases and markers live in their key's
+    // slot; counters and write-behind are not supported there yet.
     let cluster = upstream.as_ref().is_some_and(|u| u.cluster().is_some());
-    if cluster && !cfg.hot.rules.is_empty() {
-        tracing::error!("the upstream is a Redis Cluster: the hot tier ([[cache]]) is not supported there yet and is off");
-    }
     let hot = match &upstream {
-        Some(u) if !cfg.hot.rules.is_empty() && !cluster => {
+        Some(u) if !cfg.hot.rules.is_empty() => {
             let tier = HotTier::new(&cfg.hot, metrics.clone());
             let publisher = u.clone();
             tier.set_publisher(Box::new(move |cmd| {
@@ -148,7 +145,7 @@ pub async fn serve(
             }));
             coherence::spawn(
                 tier.clone(),
-                u.settings_arc(),
+                u.clone(),
                 cfg.hot.coherence,
                 cfg.hot.channel.clone(),
             );

@@ -5,15 +5,11 @@
 
 mod support;
 
-use cacheside::config::MappingConfig;
 use cacheside::tier::redis::cluster::slot;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::Arc;
-use std::time::Duration;
 use support::cluster::RedisCluster;
 use support::postgres::PgServer;
-use support::readthrough::{configure, mapping};
-use support::{history, query as q, Proxy};
+use support::readthrough::configure;
+use support::{coherence, query as q, Proxy};
 
 /// Every primary's keys matching `pattern`, each with the port of the node that holds it.
 async fn keys_on_nodes(cluster: &RedisCluster, pattern: &str) -> Vec<(u16, String)> {
@@ -113,117 +109,13 @@ async fn loads_fill_each_key_on_its_slots_primary_with_its_lease_and_marker() {
     support::assert_no_panics();
 }
 
-const ROWS: u64 = 6;
-const RUN: Duration = Duration::from_secs(4);
-
-fn item() -> MappingConfig {
-    mapping(
-        "item",
-        "item:{id}",
-        "SELECT id, name FROM products WHERE id = $1",
-        "json",
-    )
-}
-
-/// The version in a row's JSON: names are written as `v<version>`.
-fn version(json: &str) -> u64 {
-    json.split("\"name\":\"v")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_read_returns_a_row_older_than_an_invalidated_update_on_a_cluster() {
     let cluster = RedisCluster::start();
     let pg = PgServer::start();
-    let setup = pg.client().await;
-    for id in 1..=ROWS {
-        setup
-            .execute(
-                "UPDATE products SET name = 'v0' WHERE id = $1",
-                &[&(id as i32)],
-            )
-            .await
-            .unwrap();
-    }
-    let sidecar = || async {
-        Proxy::start_with(&cluster.url(), |c| {
-            c.postgres.url = Some(pg.url());
-            c.mapping = vec![item()];
-        })
-        .await
-    };
-    let a = sidecar().await;
-    let readers = [sidecar().await, sidecar().await];
-    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..=ROWS).map(|_| AtomicU64::new(0)).collect());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for id in 1..=ROWS {
-        let (mut c, acked, stop) = (a.client().await, acked.clone(), stop.clone());
-        let db = pg.client().await;
-        tasks.push(tokio::spawn(async move {
-            let mut v = 0u64;
-            while !stop.load(SeqCst) {
-                v += 1;
-                db.execute(
-                    "UPDATE products SET name = $1 WHERE id = $2",
-                    &[&format!("v{v}"), &(id as i32)],
-                )
-                .await
-                .unwrap();
-                let _: i64 = q(&mut c, &["DEL", &format!("item:{id}")]).await;
-                acked[id as usize].store(v, SeqCst);
-                tokio::time::sleep(Duration::from_millis(3)).await;
-            }
-            (0u64, 0u64)
-        }));
-    }
-    for (n, proxy) in readers.iter().enumerate() {
-        // One GET at a time per key, and every key pipelined (misses load together).
-        for id in 0..=ROWS {
-            let (mut c, acked, stop) = (proxy.client().await, acked.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let (mut reads, mut stale) = (0u64, 0u64);
-                while !stop.load(SeqCst) {
-                    let ids: Vec<u64> = if id == 0 {
-                        (1..=ROWS).collect()
-                    } else {
-                        vec![id]
-                    };
-                    let floors: Vec<u64> = ids.iter().map(|i| acked[*i as usize].load(SeqCst)).collect();
-                    let mut pipe = redis::pipe();
-                    for i in &ids {
-                        pipe.cmd("GET").arg(format!("item:{i}"));
-                    }
-                    let rows: Vec<String> = pipe.query_async(&mut c).await.unwrap();
-                    for ((i, json), floor) in ids.iter().zip(&rows).zip(&floors) {
-                        reads += 1;
-                        let seen = version(json);
-                        if seen < *floor {
-                            stale += 1;
-                            eprintln!("stale item:{i} (sidecar {n}): saw v{seen} after v{floor} was committed and invalidated");
-                        }
-                    }
-                }
-                (reads, stale)
-            }));
-        }
-    }
-    let outcome = history::finish(RUN, &stop, tasks, &[]).await;
-    eprintln!(
-        "cluster read-through: {} reads, {} stale",
-        outcome.reads, outcome.stale
-    );
-    assert!(outcome.reads >= 500, "too few reads to judge: {outcome:?}");
-    assert_eq!(
-        outcome.stale, 0,
-        "a read returned a row older than a committed, invalidated update"
-    );
+    coherence::check_readthrough(&cluster.url(), &pg, None).await;
     // Loads happened (the DELs kept the keys cold), and none left a lease behind.
     assert!(pg.query_count("FROM products WHERE id") > 10);
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(keys_on_nodes(&cluster, "cacheside:lease:*")
         .await
         .is_empty());

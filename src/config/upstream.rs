@@ -355,7 +355,12 @@ mod tests {
             .unwrap();
         assert_eq!(v.upstream.unwrap().mode, super::Mode::Auto);
         let cached = "[upstream]\nurl = \"redis://h\"\nmode = \"cluster\"\n[[cache]]\nkeys = \"a:*\"\nttl = \"1s\"\n";
-        assert!(err(cached).starts_with("upstream.mode: \"cluster\" does not support the hot tier"));
+        assert!(Config::from_toml(cached, "t")
+            .and_then(Config::validate)
+            .is_ok());
+        let tracked = format!("{cached}[hot]\ncoherence = \"tracking\"\n");
+        assert!(err(&tracked)
+            .starts_with("hot.coherence: \"tracking\" does not work on a Redis Cluster"));
         // Read-through runs on a cluster (a key's lease and markers share its slot).
         let mapped = "[upstream]\nurl = \"redis://h\"\nmode = \"cluster\"\n[postgres]\nurl = \"postgres://u@h/db\"\n[[mapping]]\nname = \"p\"\nkey = \"p:{id}\"\nquery = \"SELECT 1 WHERE $1::int > 0\"\nttl = \"1m\"\n";
         let v = Config::from_toml(mapped, "t")

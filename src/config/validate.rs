@@ -280,13 +280,24 @@ impl Config {
         if upstream
             .as_ref()
             .is_some_and(|u| u.mode == UpstreamMode::Cluster)
-            && (!hot.rules.is_empty() || !counters.is_empty() || !write_behind.is_empty())
+            && (!counters.is_empty() || !write_behind.is_empty())
         {
-            // Invalidations cross a cluster's bus after the write is acknowledged; counters and
-            // write-behind use scripts over keys of several slots (a key and its queue).
+            // Counters and write-behind use scripts over keys of several slots (a key and its
+            // pending delta or queue).
             return Err(ConfigError::invalid(
                 "upstream.mode",
-                "\"cluster\" does not support the hot tier ([[cache]]), [[counter]] or write = \"behind\" yet",
+                "\"cluster\" does not support [[counter]] or write = \"behind\" yet",
+            ));
+        }
+        if upstream
+            .as_ref()
+            .is_some_and(|u| u.mode == UpstreamMode::Cluster)
+            && !hot.rules.is_empty()
+            && hot.coherence == Coherence::Tracking
+        {
+            return Err(ConfigError::invalid(
+                "hot.coherence",
+                "\"tracking\" does not work on a Redis Cluster (use \"broadcast\" or \"auto\")",
             ));
         }
         let mut warm = Vec::new();

@@ -7,6 +7,7 @@
 pub mod behind;
 pub mod certs;
 pub mod cluster;
+pub mod coherence;
 pub mod commands;
 pub mod counters;
 pub mod fake;

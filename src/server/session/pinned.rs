@@ -77,7 +77,7 @@ impl Session {
             .ctx
             .router
             .hot()
-            .filter(|_| replying && !writes.is_empty())
+            .filter(|hot| replying && !writes.is_empty() && !hot.announces_after_reply())
             .and_then(|hot| {
                 let keys: Vec<Bytes> = writes.iter().flat_map(|w| w.keys().to_vec()).collect();
                 hot.broadcast_command(&keys, writes.iter().any(|w| w.flush()))
@@ -108,7 +108,16 @@ impl Session {
                 // writes announced.
                 let (hot, announce) = (hot.clone(), publish.is_none());
                 p.before_reply(Box::pin(async move {
-                    if announce {
+                    if announce && replying && hot.announces_after_reply() {
+                        // A cluster's shard channel: the writes ran; announced, and answered,
+                        // before the client sees the reply.
+                        let keys: Vec<Bytes> =
+                            writes.iter().flat_map(|w| w.keys().to_vec()).collect();
+                        let flush = writes.iter().any(|w| w.flush());
+                        if !hot.announce(keys, flush).await {
+                            tracing::warn!("a pinned write's invalidation was not announced");
+                        }
+                    } else if announce {
                         hot.announce_pinned_writes(&writes);
                     }
                     for w in writes {

@@ -58,6 +58,9 @@ impl HotTier {
     /// In broadcast mode with batching on: whether a write batch should carry its PUBLISH itself
     /// (`Some`: nothing else is announcing) or leave its keys to the next batch (`None`).
     pub fn announce_inline(self: &Arc<Self>) -> Option<Inline> {
+        if self.announces_after_reply() {
+            return None;
+        }
         let n = &self.announcer.in_flight;
         if self.batching {
             n.compare_exchange(0, 1, SeqCst, SeqCst).ok()?;

@@ -9,6 +9,10 @@ use std::sync::Arc;
 pub struct Broadcast {
     pub channel: Bytes,
     pub id: Bytes,
+    /// On a Redis Cluster: a shard channel (SPUBLISH/SSUBSCRIBE), served by the primary of its
+    /// slot, where every sidecar subscribes; announcements then always follow the writes' replies
+    /// (a write's node is not the channel's, so a PUBLISH in its pipeline would not be ordered).
+    pub shard: bool,
 }
 
 impl Broadcast {
@@ -24,13 +28,10 @@ impl Broadcast {
         crate::protocol::request::encode_command(&args)
     }
 
-    /// `PUBLISH <channel> <message>`.
+    /// `PUBLISH <channel> <message>` (`SPUBLISH` on a cluster).
     pub fn publish(&self, keys: &[Bytes], flush: bool) -> Bytes {
-        crate::protocol::request::encode_command(&[
-            &b"PUBLISH"[..],
-            &self.channel,
-            &self.message(keys, flush),
-        ])
+        let verb: &[u8] = if self.shard { b"SPUBLISH" } else { b"PUBLISH" };
+        crate::protocol::request::encode_command(&[verb, &self.channel, &self.message(keys, flush)])
     }
 }
 
@@ -48,6 +49,12 @@ impl HotTier {
     pub fn broadcast_command(&self, keys: &[Bytes], flush: bool) -> Option<Bytes> {
         let b = self.broadcast.get()?;
         (flush || !keys.is_empty()).then(|| b.publish(keys, flush))
+    }
+
+    /// Whether announcements go on a cluster's shard channel: never in a write's own pipeline
+    /// or transaction, always after its reply, through [`HotTier::announce`].
+    pub fn announces_after_reply(&self) -> bool {
+        self.broadcast.get().is_some_and(|b| b.shard)
     }
 
     /// How to send a PUBLISH. The function must queue it at once (the future only awaits the

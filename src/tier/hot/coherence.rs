@@ -24,8 +24,9 @@ use crate::metrics::InvalidationSource;
 use crate::protocol::reply::{self, Proto};
 use crate::protocol::request::{self, encode_command, Limits, Step};
 use crate::protocol::scan::Value;
+use crate::tier::redis::cluster::Cluster;
 use crate::tier::redis::conn::{self, Handshake};
-use crate::tier::redis::Settings;
+use crate::tier::redis::{Settings, Upstream};
 use crate::transport::Stream;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
@@ -42,7 +43,13 @@ enum End {
 
 /// Starts keeping `tier` coherent in `mode`. In `ttl` mode nothing listens and the tier is
 /// usable at once.
-pub fn spawn(tier: Arc<HotTier>, settings: Arc<Settings>, mode: Coherence, channel: String) {
+///
+/// On a Redis Cluster (`upstream`'s, known when a connection is opened) only broadcast keeps a
+/// tier coherent, on a shard channel (see [`Broadcast::shard`]): `auto` goes straight to it, and
+/// `tracking` is refused (one connection per primary would be needed, and the invalidation
+/// fence watches one socket).
+pub fn spawn(tier: Arc<HotTier>, upstream: Arc<Upstream>, mode: Coherence, channel: String) {
+    let settings = upstream.settings_arc();
     tokio::spawn(async move {
         if mode == Coherence::Ttl {
             tier.set_coherent(true).await;
@@ -53,11 +60,22 @@ pub fn spawn(tier: Arc<HotTier>, settings: Arc<Settings>, mode: Coherence, chann
         let id: Bytes = format!("{:016x}", rand::random::<u64>()).into();
         let mut attempt: u32 = 0;
         loop {
+            let cluster = upstream.cluster().cloned();
+            if cluster.is_some() && tracking {
+                if mode == Coherence::Auto {
+                    tracing::info!("the upstream is a Redis Cluster: hot tier coherence by broadcast on a shard channel");
+                    tracking = false;
+                } else {
+                    tier.set_coherent(false).await;
+                    tracing::error!("hot.coherence = \"tracking\" does not work on a Redis Cluster; hot tier bypassed (set \"broadcast\" or \"auto\")");
+                    return;
+                }
+            }
             let run = async {
                 if tracking {
                     run_tracking(&tier, &settings).await
                 } else {
-                    run_broadcast(&tier, &settings, &channel, &id).await
+                    run_broadcast(&tier, &settings, cluster.as_ref(), &channel, &id).await
                 }
             };
             // A subscribed RESP2 connection cannot AUTH again, so under IAM this connection is
@@ -121,14 +139,13 @@ fn watch(tier: &HotTier, stream: &Stream) {
     tier.watch_socket(dup);
 }
 
-async fn open(settings: &Settings, proto: Proto) -> Result<Stream, End> {
-    let addr: Arc<str> = settings.url.addr().into();
+async fn open(settings: &Settings, addr: &Arc<str>, proto: Proto) -> Result<Stream, End> {
     let hs = Handshake {
         settings,
         proto,
         client_name: Some(b"cacheside-invalidation"),
     };
-    match conn::open(&hs, &addr, settings.connect_timeout).await {
+    match conn::open(&hs, addr, settings.connect_timeout).await {
         // An upstream without HELLO 3 cannot track for us (a wrong password is no such sign).
         Err(UpstreamError::Handshake { detail, .. })
             if proto == Proto::Resp3
@@ -201,7 +218,7 @@ fn protocol(addr: &Arc<str>, e: impl std::fmt::Display) -> UpstreamError {
 
 async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
     let addr: Arc<str> = settings.url.addr().into();
-    let mut stream = match open(settings, Proto::Resp3).await {
+    let mut stream = match open(settings, &addr, Proto::Resp3).await {
         Ok(s) => s,
         Err(e) => return e,
     };
@@ -333,29 +350,53 @@ async fn apply_tracking(tier: &HotTier, frame: Value<'_>) {
     }
 }
 
-async fn run_broadcast(tier: &HotTier, settings: &Settings, channel: &str, id: &Bytes) -> End {
-    let addr: Arc<str> = settings.url.addr().into();
-    let mut stream = match open(settings, Proto::Resp2).await {
+/// Subscribes to `channel` (on a cluster: SSUBSCRIBE on the primary of the channel's slot, where
+/// every sidecar's SPUBLISH goes) and applies what other sidecars announce.
+async fn run_broadcast(
+    tier: &HotTier,
+    settings: &Settings,
+    cluster: Option<&Arc<Cluster>>,
+    channel: &str,
+    id: &Bytes,
+) -> End {
+    let addr: Arc<str> = match cluster.map(|c| c.addr_for(Some(channel.as_bytes()))) {
+        None => settings.url.addr().into(),
+        Some(Ok(a)) => a,
+        Some(Err(e)) => return End::Lost(e),
+    };
+    let mut stream = match open(settings, &addr, Proto::Resp2).await {
         Ok(s) => s,
         Err(e) => return e,
     };
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let verb = if cluster.is_some() {
+        "SSUBSCRIBE"
+    } else {
+        "SUBSCRIBE"
+    };
     match call(
         &mut stream,
         &mut buf,
-        &encode_command(&["SUBSCRIBE", channel]),
+        &encode_command(&[verb, channel]),
         Proto::Resp2,
         &addr,
     )
     .await
     {
         Ok((_, false)) => {}
-        Ok((err, true)) => return End::Lost(protocol(&addr, String::from_utf8_lossy(&err))),
+        Ok((err, true)) => {
+            // A slot map that moved on (-MOVED): read again before the next attempt.
+            if let Some(c) = cluster {
+                c.refresh_soon();
+            }
+            return End::Lost(protocol(&addr, String::from_utf8_lossy(&err)));
+        }
         Err(e) => return e,
     }
     tier.start_broadcast(Broadcast {
         channel: Bytes::copy_from_slice(channel.as_bytes()),
         id: id.clone(),
+        shard: cluster.is_some(),
     });
     watch(tier, &stream);
     // As for tracking: frames read with the SUBSCRIBE reply are applied before any hit.
@@ -372,8 +413,19 @@ async fn run_broadcast(tier: &HotTier, settings: &Settings, channel: &str, id: &
                 .and_then(|(v, _)| v.items())
                 .filter(|items| items.len() == 3)
                 .map(|items| items.map(|v| v.string()).collect::<Vec<_>>());
-            if let Some([Some(b"message"), _, Some(payload)]) = message.as_deref() {
-                apply_broadcast(tier, payload, id).await;
+            match message.as_deref() {
+                Some([Some(b"message" | b"smessage"), _, Some(payload)]) => {
+                    apply_broadcast(tier, payload, id).await
+                }
+                // The channel's slot moved to another primary (resharding, failover): what is
+                // published there from now on is unheard here.
+                Some([Some(b"sunsubscribe"), ..]) => {
+                    if let Some(c) = cluster {
+                        c.refresh_soon();
+                    }
+                    return End::Lost(UpstreamError::Closed { addr });
+                }
+                _ => {}
             }
         }
         applying = match next(applying, &mut stream, &mut buf, tier, &addr).await {

@@ -337,6 +337,7 @@ fn counting_publisher(
 async fn writes_that_overlap_an_announcement_share_the_next_publish() {
     let t = tier(1 << 20);
     t.start_broadcast(Broadcast {
+        shard: false,
         channel: Bytes::from_static(b"c"),
         id: Bytes::from_static(b"me"),
     });
@@ -372,6 +373,7 @@ async fn writes_that_overlap_an_announcement_share_the_next_publish() {
 async fn a_failed_publish_fails_the_writes_it_announced() {
     let t = tier(1 << 20);
     t.start_broadcast(Broadcast {
+        shard: false,
         channel: Bytes::from_static(b"c"),
         id: Bytes::from_static(b"me"),
     });

@@ -189,7 +189,7 @@ impl Cluster {
 
     /// Refreshes the slot map in the background unless one ran within `MIN_REFRESH_INTERVAL`
     /// or one is running.
-    fn refresh_soon(self: &Arc<Self>) {
+    pub fn refresh_soon(self: &Arc<Self>) {
         let recent = self
             .last_refresh
             .lock()

@@ -151,9 +151,19 @@ fn keyless(req: &Request, name: &str, topo: &Topology) -> Plan {
             all(Merge::First)
         }
         "SCAN" => scan(req, topo),
+        // A shard channel lives in its slot, like a key (PUBSUB SHARDNUMSUB and the like are
+        // asked of any primary, as for other keyless commands).
+        "SPUBLISH" if req.argc() == 3 => whole_slot(req, slot::of(req.arg(1))),
         "CLUSTER" | "READONLY" | "READWRITE" | "ASKING" => refuse(NO_CLUSTER),
         _ => Plan::Parts(vec![part(Target::Any, req.frame().clone())], Merge::Single),
     }
+}
+
+fn whole_slot(req: &Request, s: u16) -> Plan {
+    Plan::Parts(
+        vec![part(Target::Slot(s), req.frame().clone())],
+        Merge::Single,
+    )
 }
 
 /// SCAN with the client's cursor decoded into a primary and that primary's own cursor.

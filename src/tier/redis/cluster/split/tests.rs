@@ -38,6 +38,18 @@ fn same_slot_keys_go_whole_to_their_slot() {
 }
 
 #[test]
+fn spublish_goes_to_its_channels_slot() {
+    let r = req(&["SPUBLISH", "{u}news", "hi"]);
+    let (p, m) = parts(plan(&r, &topo()));
+    assert_eq!(m, Merge::Single);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].target, Target::Slot(slot::of(b"u")));
+    // A wrong arity is the node's to answer, on any primary.
+    let (p, _) = parts(plan(&req(&["SPUBLISH", "c"]), &topo()));
+    assert_eq!(p[0].target, Target::Any);
+}
+
+#[test]
 fn other_multi_key_commands_across_slots_get_crossslot() {
     match plan(&req(&["SUNION", "foo", "bar"]), &topo()) {
         Plan::Reply(r) => assert_eq!(
