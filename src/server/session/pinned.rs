@@ -22,7 +22,13 @@ impl Session {
         info: &'static CommandInfo,
         decision: Decision,
     ) -> Result<(), Stop> {
-        let key = info.key_indices(&req).first().map(|&i| req.arg_bytes(i));
+        // A shard channel lives in a slot like a key (cluster mode: its primary is the one
+        // that can serve the subscription).
+        let key = info
+            .key_indices(&req)
+            .first()
+            .map(|&i| req.arg_bytes(i))
+            .or_else(|| (info.name == "SSUBSCRIBE" && req.argc() > 1).then(|| req.arg_bytes(1)));
         if info.name == "MULTI" {
             self.multi_homed = false;
         } else if self.st.in_multi && !self.multi_homed {
