@@ -186,14 +186,9 @@ fn reader(
     primary: &UpstreamSettings,
 ) -> Result<Option<Box<UpstreamSettings>>, ConfigError> {
     let raw = match u.reader_url.as_deref().map(str::trim) {
-        None | Some("")
-            if primary.mode == Mode::Cluster && primary.read_from != ReadFrom::Primary =>
-        {
-            return Err(ConfigError::invalid(
-                "upstream.read_from",
-                "replica reads are not supported in cluster mode yet: use \"primary\"",
-            ));
-        }
+        // A cluster's replicas come from its slot map; `auto` may find one (and otherwise
+        // reads go to the primary, with a warning at start).
+        None | Some("") if primary.mode != Mode::Standalone => return Ok(None),
         None | Some("") => {
             if primary.read_from != ReadFrom::Primary {
                 return Err(ConfigError::invalid(
@@ -206,12 +201,6 @@ fn reader(
         Some(raw) => raw,
     };
     if primary.mode == Mode::Cluster {
-        if primary.read_from != ReadFrom::Primary {
-            return Err(ConfigError::invalid(
-                "upstream.read_from",
-                "replica reads are not supported in cluster mode yet: use \"primary\"",
-            ));
-        }
         return Err(ConfigError::invalid(
             "upstream.reader_url",
             "is for a replication group; a Redis Cluster's replicas come from its slot map",

@@ -144,6 +144,7 @@ async fn open(settings: &Settings, addr: &Arc<str>, proto: Proto) -> Result<Stre
         settings,
         proto,
         client_name: Some(b"cacheside-invalidation"),
+        readonly: false,
     };
     match conn::open(&hs, addr, settings.connect_timeout).await {
         // An upstream without HELLO 3 cannot track for us (a wrong password is no such sign).

@@ -20,6 +20,8 @@ pub struct Handshake<'a> {
     pub settings: &'a Settings,
     pub proto: Proto,
     pub client_name: Option<&'a [u8]>,
+    /// A cluster replica's connection for reads: `READONLY` ends the handshake.
+    pub readonly: bool,
 }
 
 /// Connects and runs the handshake, all within `timeout`.
@@ -159,6 +161,9 @@ fn handshake_commands(
     }
     if let Some(name) = hs.client_name {
         cmds.push(encode_command(&[&b"CLIENT"[..], b"SETNAME", name]));
+    }
+    if hs.readonly {
+        cmds.push(encode_command(&["READONLY"]));
     }
     cmds
 }

@@ -98,7 +98,16 @@ impl Upstream {
     }
 
     fn start_standalone(&self) {
-        self.standalone.get_or_init(|| Standalone {
+        self.standalone.get_or_init(|| {
+            if self.settings.read_from != ReadFrom::Primary && self.settings.reader.is_none() {
+                tracing::warn!("upstream.read_from is ignored: the upstream is one Redis and upstream.reader_url is not set; reads go to the primary");
+            }
+            self.standalone_pools()
+        });
+    }
+
+    fn standalone_pools(&self) -> Standalone {
+        Standalone {
             primary: Pools::start(self.settings.clone(), &self.metrics),
             reader: self
                 .settings
@@ -106,7 +115,7 @@ impl Upstream {
                 .as_ref()
                 .filter(|_| self.settings.read_from != ReadFrom::Primary)
                 .map(|r| Pools::start(Arc::new((**r).clone()), &self.metrics)),
-        });
+        }
     }
 
     /// Cluster mode: reads the slot map once before returning (bounded by the timeouts), so
@@ -121,7 +130,10 @@ impl Upstream {
         }
         tracing::info!(seed = %self.settings.url.addr(), "upstream is a Redis Cluster");
         if self.settings.reader.is_some() {
-            tracing::error!("upstream.reader_url and read_from are ignored: the upstream is a Redis Cluster, where replica reads are not supported yet; every command goes to its slot's primary");
+            tracing::warn!("upstream.reader_url is ignored: the upstream is a Redis Cluster, whose replicas come from its slot map");
+        }
+        if self.settings.read_from != ReadFrom::Primary {
+            tracing::info!(read_from = ?self.settings.read_from, "read-only commands go to each slot's replicas (READONLY)");
         }
     }
 
@@ -173,12 +185,20 @@ impl Upstream {
     /// Whether read-only commands may go to replicas (`upstream.read_from` with a reader
     /// endpoint); the session then sends them with [`Upstream::send_read`].
     pub fn reads_replicas(&self) -> bool {
-        self.cluster.get().is_none() && self.standalone.get().is_some_and(|s| s.reader.is_some())
+        match self.cluster.get() {
+            Some(_) => self.settings.read_from != ReadFrom::Primary,
+            None => self.standalone.get().is_some_and(|s| s.reader.is_some()),
+        }
     }
 
     /// Sends read-only requests to a replica as `upstream.read_from` says: `replica` always,
     /// `prefer_replica` while a replica connection is up (else the primary).
     pub fn send_read(&self, proto: Proto, affinity: u64, bytes: Bytes, count: u32) -> ReplyRx {
+        if let Some(c) = self.cluster.get() {
+            if self.settings.read_from != ReadFrom::Primary {
+                return c.send_read(proto, affinity, bytes, count);
+            }
+        }
         if self.cluster.get().is_none() {
             if let Some(reader) = self.standalone.get().and_then(|s| s.reader.as_ref()) {
                 let pool = reader.get(proto, &self.metrics);

@@ -19,16 +19,19 @@ pub(super) struct Sent {
 pub(super) struct Batch {
     pub(super) proto: Proto,
     pub(super) affinity: u64,
+    /// Read-only requests under `upstream.read_from`: sent to replicas.
+    read: bool,
     /// Per request: its parts and how they merge (`None`: answered in `replies` already).
     pub(super) reqs: Vec<Option<(Vec<split::Part>, split::Merge)>>,
     pub(super) replies: Vec<Vec<Option<Bytes>>>,
 }
 
 impl Batch {
-    pub(super) fn new(proto: Proto, affinity: u64) -> Self {
+    pub(super) fn new(proto: Proto, affinity: u64, read: bool) -> Self {
         Self {
             proto,
             affinity,
+            read,
             reqs: Vec::new(),
             replies: Vec::new(),
         }
@@ -90,8 +93,15 @@ impl Batch {
         per_node
             .into_iter()
             .filter_map(|(node, places)| {
-                let addr = topo.primaries.get(node)?;
-                let node = c.node(addr);
+                let read = match self.read {
+                    true => c.read_node(topo, node, self.affinity),
+                    false => None,
+                };
+                let node = match read {
+                    Some(replica) => replica,
+                    None => c.node(topo.primaries.get(node)?),
+                };
+                let addr = &node.addr;
                 let frames = if whole {
                     bytes.clone()
                 } else {

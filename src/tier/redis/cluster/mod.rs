@@ -7,11 +7,12 @@
 //! follows redirections and merges, and hands the batch's replies back in request order.
 
 mod batch;
+mod nodes;
 pub mod slot;
 mod split;
 pub mod topology;
 
-use super::{Pool, ReplyRx, Settings};
+use super::{ReplyRx, Settings};
 use crate::error::{reply_bytes, ProxyError, UpstreamError};
 use crate::metrics::Metrics;
 use crate::protocol::reply::{self, Proto};
@@ -19,9 +20,10 @@ use crate::protocol::request::{self, Limits, Step};
 use crate::protocol::Request;
 use batch::{Batch, Sent};
 use bytes::{Bytes, BytesMut};
+use nodes::Node;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -37,13 +39,6 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(500);
 /// The slot map is re-read this often even when nothing points at a change (failovers).
 const REFRESH_PERIOD: Duration = Duration::from_secs(10);
 
-/// One primary's shared connections, one pool per protocol version.
-struct Node {
-    addr: Arc<str>,
-    resp2: Pool,
-    resp3: OnceLock<Pool>,
-}
-
 pub struct Cluster {
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
@@ -51,6 +46,8 @@ pub struct Cluster {
     topology: RwLock<Option<Arc<Topology>>>,
     /// Every node ever routed to (primaries, and targets of MOVED/ASK), by address.
     nodes: Mutex<HashMap<Arc<str>, Arc<Node>>>,
+    /// Replicas read from (`upstream.read_from`), by address.
+    readers: Mutex<HashMap<Arc<str>, Arc<Node>>>,
     refreshing: AtomicBool,
     last_refresh: Mutex<Option<Instant>>,
 }
@@ -66,6 +63,7 @@ impl Cluster {
             seed,
             topology: RwLock::new(None),
             nodes: Mutex::new(HashMap::new()),
+            readers: Mutex::new(HashMap::new()),
             refreshing: AtomicBool::new(false),
             last_refresh: Mutex::new(None),
         });
@@ -87,39 +85,6 @@ impl Cluster {
                 .iter()
                 .all(|a| self.node(a).resp2.up_count() > 0)
         })
-    }
-
-    fn node(&self, addr: &Arc<str>) -> Arc<Node> {
-        let mut nodes = self.nodes.lock().expect("nodes lock is never poisoned");
-        nodes
-            .entry(addr.clone())
-            .or_insert_with(|| {
-                Arc::new(Node {
-                    addr: addr.clone(),
-                    resp2: Pool::start_at(
-                        self.settings.clone(),
-                        addr.clone(),
-                        Proto::Resp2,
-                        self.metrics.clone(),
-                    ),
-                    resp3: OnceLock::new(),
-                })
-            })
-            .clone()
-    }
-
-    fn pool<'a>(&self, node: &'a Node, proto: Proto) -> &'a Pool {
-        match proto {
-            Proto::Resp2 => &node.resp2,
-            Proto::Resp3 => node.resp3.get_or_init(|| {
-                Pool::start_at(
-                    self.settings.clone(),
-                    node.addr.clone(),
-                    Proto::Resp3,
-                    self.metrics.clone(),
-                )
-            }),
-        }
     }
 
     /// The address of the primary serving `key`'s slot (any primary for no key): where a
@@ -169,6 +134,7 @@ impl Cluster {
                     for a in &t.primaries {
                         self.node(a);
                     }
+                    self.start_readers(&t);
                     let mut cur = self
                         .topology
                         .write()
@@ -214,6 +180,29 @@ impl Cluster {
         bytes: Bytes,
         count: u32,
     ) -> ReplyRx {
+        self.send_to(proto, affinity, bytes, count, false)
+    }
+
+    /// Like `send`, for read-only requests under `upstream.read_from`: each part goes to a
+    /// replica of its slot's primary (see `read_node`).
+    pub fn send_read(
+        self: &Arc<Self>,
+        proto: Proto,
+        affinity: u64,
+        bytes: Bytes,
+        count: u32,
+    ) -> ReplyRx {
+        self.send_to(proto, affinity, bytes, count, true)
+    }
+
+    fn send_to(
+        self: &Arc<Self>,
+        proto: Proto,
+        affinity: u64,
+        bytes: Bytes,
+        count: u32,
+        read: bool,
+    ) -> ReplyRx {
         let (tx, rx) = oneshot::channel();
         let Some(topo) = self.topology() else {
             self.refresh_soon();
@@ -227,7 +216,7 @@ impl Cluster {
             )));
             return rx;
         };
-        let mut batch = Batch::new(proto, affinity);
+        let mut batch = Batch::new(proto, affinity, read);
         for req in &reqs {
             batch.add(split::plan(req, &topo));
         }

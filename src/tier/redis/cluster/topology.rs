@@ -21,6 +21,8 @@ const NONE: u16 = u16::MAX;
 pub struct Topology {
     pub primaries: Vec<Arc<str>>,
     slots: Vec<u16>,
+    /// Each primary's online replicas (by the primary's index), for `upstream.read_from`.
+    pub replicas: Vec<Vec<Arc<str>>>,
 }
 
 impl Topology {
@@ -48,16 +50,36 @@ impl Topology {
             }
             slots[first as usize..=last as usize].fill(idx);
         }
-        Some(Self { primaries, slots })
+        let replicas = vec![Vec::new(); primaries.len()];
+        Some(Self {
+            primaries,
+            slots,
+            replicas,
+        })
+    }
+
+    /// Adds (primary, replica) pairs; a replica of an unknown primary is left out.
+    fn with_replicas(mut self, pairs: Vec<(Arc<str>, Arc<str>)>) -> Self {
+        for (primary, replica) in pairs {
+            if let Ok(i) = self.primaries.binary_search(&primary) {
+                if !self.replicas[i].contains(&replica) {
+                    self.replicas[i].push(replica);
+                }
+            }
+        }
+        for r in &mut self.replicas {
+            r.sort();
+        }
+        self
     }
 
     /// Reads a `CLUSTER SHARDS` reply (RESP2); `asked` is the node that answered, whose host
     /// stands in for an empty announced address.
     pub fn from_shards(reply: &[u8], asked: &str, tls: bool) -> Option<Self> {
         let (v, _) = Value::parse(reply, Proto::Resp2)?;
-        let mut ranges = Vec::new();
+        let (mut ranges, mut pairs) = (Vec::new(), Vec::new());
         for shard in v.items()? {
-            let (mut bounds, mut primary) = (Vec::new(), None);
+            let (mut bounds, mut primary, mut replicas) = (Vec::new(), None, Vec::new());
             let mut fields = shard.items()?;
             while let (Some(k), Some(val)) = (fields.next(), fields.next()) {
                 match k.string()? {
@@ -68,8 +90,10 @@ impl Topology {
                     }
                     b"nodes" => {
                         for node in val.items()? {
-                            if let Some(addr) = shard_primary(node, asked, tls) {
-                                primary = Some(addr);
+                            match shard_node(node, asked, tls) {
+                                Some((true, addr)) => primary = Some(addr),
+                                Some((false, addr)) => replicas.push(addr),
+                                None => {}
                             }
                         }
                     }
@@ -82,15 +106,16 @@ impl Topology {
                         ranges.push((*first, *last, addr.clone()));
                     }
                 }
+                pairs.extend(replicas.into_iter().map(|r| (addr.clone(), r)));
             }
         }
-        Self::from_ranges(ranges)
+        Some(Self::from_ranges(ranges)?.with_replicas(pairs))
     }
 
     /// Reads a `CLUSTER SLOTS` reply (RESP2): `[first, last, [host, port, id, ...], replicas...]`.
     pub fn from_slots(reply: &[u8], asked: &str) -> Option<Self> {
         let (v, _) = Value::parse(reply, Proto::Resp2)?;
-        let mut ranges = Vec::new();
+        let (mut ranges, mut pairs) = (Vec::new(), Vec::new());
         for range in v.items()? {
             let mut it = range.items()?;
             let first = u16::try_from(it.next()?.integer()?).ok()?;
@@ -98,14 +123,20 @@ impl Topology {
             let mut node = it.next()?.items()?;
             let host = node.next()?.string()?;
             let port = node.next()?.integer()?;
-            ranges.push((first, last, address(host, port, asked)?));
+            let primary = address(host, port, asked)?;
+            for replica in it {
+                let mut node = replica.items()?;
+                let (host, port) = (node.next()?.string()?, node.next()?.integer()?);
+                pairs.push((primary.clone(), address(host, port, asked)?));
+            }
+            ranges.push((first, last, primary));
         }
-        Self::from_ranges(ranges)
+        Some(Self::from_ranges(ranges)?.with_replicas(pairs))
     }
 }
 
-/// The address of a shard's node if it is its healthy primary.
-fn shard_primary(node: Value<'_>, asked: &str, tls: bool) -> Option<Arc<str>> {
+/// A shard's node if it is online: whether it is the primary, and its address.
+fn shard_node(node: Value<'_>, asked: &str, tls: bool) -> Option<(bool, Arc<str>)> {
     let (mut host, mut ip, mut port, mut tls_port) = (None, None, None, None);
     let (mut primary, mut online) = (false, false);
     let mut fields = node.items()?;
@@ -120,14 +151,14 @@ fn shard_primary(node: Value<'_>, asked: &str, tls: bool) -> Option<Arc<str>> {
             _ => {}
         }
     }
-    if !(primary && online) {
+    if !online {
         return None;
     }
     // The endpoint is what the node announces for clients (`cluster-preferred-endpoint-type`);
     // `?` means it has none to give.
     let host = host.filter(|h| !h.is_empty() && *h != b"?").or(ip)?;
     let port = if tls { tls_port.or(port) } else { port }?;
-    address(host, port, asked)
+    Some((primary, address(host, port, asked)?))
 }
 
 /// `host:port` (`[host]:port` for IPv6); an empty host is the node that was asked.
@@ -154,6 +185,7 @@ pub async fn query(
         settings,
         proto: Proto::Resp2,
         client_name: None,
+        readonly: false,
     };
     let work = async {
         let mut stream = conn::open(&hs, addr, settings.connect_timeout).await?;
@@ -262,13 +294,23 @@ mod tests {
         assert_eq!(&*t.primaries[t.node_of(0).unwrap()], "10.0.0.9:7001");
         assert_eq!(&*t.primaries[t.node_of(150).unwrap()], "10.0.0.9:7002");
         assert_eq!(&*t.primaries[t.node_of(16383).unwrap()], "10.0.0.9:7001");
+        let of = |slot| &t.replicas[t.node_of(slot).unwrap()];
+        assert_eq!(
+            of(0).iter().map(|a| &**a).collect::<Vec<_>>(),
+            ["127.0.0.1:7004"]
+        );
+        assert_eq!(
+            of(150).iter().map(|a| &**a).collect::<Vec<_>>(),
+            ["127.0.0.1:7005"]
+        );
     }
 
     #[test]
     fn slots_reply_and_garbage() {
-        let reply = b"*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$3\r\n::1\r\n:7000\r\n$2\r\nid\r\n";
+        let reply = b"*1\r\n*4\r\n:0\r\n:16383\r\n*3\r\n$3\r\n::1\r\n:7000\r\n$2\r\nid\r\n*3\r\n$0\r\n\r\n:7003\r\n$2\r\nid\r\n";
         let t = Topology::from_slots(reply, "x:1").unwrap();
         assert_eq!(&*t.primaries[0], "[::1]:7000");
+        assert_eq!(&*t.replicas[0][0], "x:7003");
         assert_eq!(t.node_of(5), Some(0));
         assert!(Topology::from_slots(b"*1\r\n:1\r\n", "x:1").is_none());
         assert!(Topology::from_shards(b"-ERR unknown\r\n", "x:1", false).is_none());

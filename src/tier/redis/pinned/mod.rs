@@ -85,6 +85,7 @@ impl Pinned {
             settings,
             proto,
             client_name,
+            readonly: false,
         };
         let (stream, upstream_id) =
             conn::open_with_id(&hs, &addr, settings.connect_timeout, true).await?;

@@ -83,6 +83,18 @@ impl Pool {
         proto: Proto,
         metrics: Arc<Metrics>,
     ) -> Self {
+        Self::start_node(settings, addr, proto, metrics, false)
+    }
+
+    /// Like `start_at`; with `readonly`, each connection sends `READONLY` (a cluster replica
+    /// that serves reads of its primary's slots).
+    pub fn start_node(
+        settings: Arc<Settings>,
+        addr: Arc<str>,
+        proto: Proto,
+        metrics: Arc<Metrics>,
+        readonly: bool,
+    ) -> Self {
         let up = Arc::new(AtomicUsize::new(0));
         let slots = (0..settings.connections)
             .map(|_| {
@@ -99,6 +111,7 @@ impl Pool {
                     slot: slot.clone(),
                     metrics: metrics.clone(),
                     up: up.clone(),
+                    readonly,
                 };
                 tokio::spawn(sup.run(rx));
                 slot
@@ -164,6 +177,7 @@ struct Supervisor {
     slot: Arc<Slot>,
     metrics: Arc<Metrics>,
     up: Arc<AtomicUsize>,
+    readonly: bool,
 }
 
 impl Supervisor {
@@ -177,6 +191,7 @@ impl Supervisor {
                 settings: &self.settings,
                 proto: self.proto,
                 client_name: None,
+                readonly: self.readonly,
             };
             let err = match conn::open(&hs, &self.addr, self.settings.connect_timeout).await {
                 Ok(stream) => {
