@@ -210,6 +210,7 @@ impl Upstream {
             self.metrics.clone(),
         )
         .await
+        .inspect_err(|e| self.metrics.upstream_failure(e.failure()))
     }
 
     pub fn settings_arc(&self) -> Arc<Settings> {
