@@ -138,7 +138,7 @@ async fn metrics_scraped_under_load_pass_promtool_and_feed_the_dashboard() {
         "cacheside_origin_query_duration_seconds_count{mapping=\"product\"}",
         "cacheside_cache_entries",
         "cacheside_upstream_connections",
-        "cacheside_client_connections",
+        "cacheside_client_connections_total",
     ] {
         assert!(sampled(series) > 0.0, "{series} has samples:\n{text}");
     }
@@ -179,6 +179,34 @@ async fn a_refused_password_counts_as_an_auth_error() {
     );
     assert_eq!(
         metric(&text, "cacheside_upstream_errors_total{kind=\"handshake\"}"),
+        Some(0.0)
+    );
+}
+
+/// A TLS handshake that fails without a TLS alert (here: a server that accepts and hangs up
+/// on the ClientHello) is a `tls` failure, not a `connect` one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tls_handshake_counts_as_a_tls_error() {
+    let hangs_up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hangs_up.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = hangs_up.accept().await {
+            drop(conn);
+        }
+    });
+    let url = format!("rediss://127.0.0.1:{port}");
+    let proxy = Proxy::start_with(&url, |c| c.upstream.tls_insecure_skip_verify = true).await;
+    let mut raw = proxy.raw().await;
+    raw.send(b"GET k\r\n").await;
+    let reply = String::from_utf8_lossy(&raw.read_exact_len(20).await).into_owned();
+    assert!(reply.starts_with("-ERR cacheside: "), "{reply}");
+    let text = proxy.admin_get("/metrics").await.1;
+    assert!(
+        metric(&text, "cacheside_upstream_errors_total{kind=\"tls\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "cacheside_upstream_errors_total{kind=\"connect\"}"),
         Some(0.0)
     );
 }
