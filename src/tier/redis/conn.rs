@@ -128,7 +128,7 @@ async fn open_inner(
 /// (WRONGPASS, NOAUTH, NOPERM: also answered to a SELECT or CLIENT SETNAME that the ACL user may
 /// not run) or when it refused the command carrying the credentials (`-ERR invalid password`
 /// from Redis 5); any other refusal (HELLO unknown, SELECT out of range) is a handshake failure.
-pub(crate) fn refusal(addr: &Arc<str>, text: &[u8], to_credentials: bool) -> UpstreamError {
+fn refusal(addr: &Arc<str>, text: &[u8], to_credentials: bool) -> UpstreamError {
     let detail: Arc<str> = String::from_utf8_lossy(text).into_owned().into();
     let code = text.split(|b| *b == b' ').next().unwrap_or_default();
     let auth_code = matches!(code, b"WRONGPASS" | b"NOAUTH" | b"NOPERM");
