@@ -21,6 +21,9 @@ pub enum UpstreamError {
     Protocol { addr: Arc<str>, detail: Arc<str> },
     #[error("upstream {addr} refused the handshake: {detail}")]
     Handshake { addr: Arc<str>, detail: Arc<str> },
+    /// AUTH (or HELLO with AUTH) refused: `detail` is the upstream's error (WRONGPASS, ...).
+    #[error("upstream {addr} refused authentication: {detail}")]
+    Auth { addr: Arc<str>, detail: Arc<str> },
     /// TLS failed; `detail` names the cause (unknown CA, hostname mismatch, ...).
     #[error("upstream {addr} TLS: {detail}")]
     Tls { addr: Arc<str>, detail: Arc<str> },
@@ -41,6 +44,7 @@ impl UpstreamError {
             UpstreamError::Closed { .. } => UpstreamFailure::Closed,
             UpstreamError::Protocol { .. } => UpstreamFailure::Protocol,
             UpstreamError::Handshake { .. } => UpstreamFailure::Handshake,
+            UpstreamError::Auth { .. } => UpstreamFailure::Auth,
             UpstreamError::Tls { .. } => UpstreamFailure::Tls,
             UpstreamError::ReadOnly { .. } => UpstreamFailure::ReadOnly,
         }
@@ -79,6 +83,14 @@ pub enum ProxyError {
     /// they may still serve the old value; the client is not told the write succeeded.
     #[error("the write was applied but its invalidation could not be announced to other sidecars")]
     Announce,
+    /// A write-behind mapping's queue is older than `write_behind_max_lag`: the write is
+    /// refused until the worker catches up, rather than queued further behind.
+    #[error("mapping {mapping} is write-behind and its queue is {lag:?} behind, past write_behind_max_lag ({max:?}): write refused until PostgreSQL catches up")]
+    WriteBehindLag {
+        mapping: String,
+        lag: Duration,
+        max: Duration,
+    },
     /// A state that well-behaved parts never produce, answered instead of panicking.
     #[error("{0}")]
     Internal(&'static str),
@@ -126,6 +138,7 @@ pub fn to_reply(err: &ProxyError) -> Disposition {
             Disposition::Close(Some(reply::error_bytes(&format!("ERR {err}"))))
         }
         ProxyError::Load(_)
+        | ProxyError::WriteBehindLag { .. }
         | ProxyError::UpstreamReply
         | ProxyError::Announce
         | ProxyError::Internal(_) => {

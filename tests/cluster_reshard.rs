@@ -78,6 +78,20 @@ async fn slots_moved_under_traffic_give_no_errors_and_lose_no_writes() {
     assert!(moved.unwrap_or(0.0) >= 1.0, "{text}");
     let ask = support::metric(&text, "cacheside_cluster_redirects_total{kind=\"ask\"}");
     eprintln!("redirects followed: moved {moved:?}, ask {ask:?}; rounds {rounds}");
+    // Counted among the upstream errors by kind too, at the same place.
+    for kind in ["moved", "ask"] {
+        assert_eq!(
+            support::metric(
+                &text,
+                &format!("cacheside_upstream_errors_total{{kind=\"{kind}\"}}")
+            ),
+            support::metric(
+                &text,
+                &format!("cacheside_cluster_redirects_total{{kind=\"{kind}\"}}")
+            ),
+            "{kind}"
+        );
+    }
     // Every last write is where the cluster now keeps its key.
     for (k, v) in keys.iter().zip(last) {
         let port = cluster.primary_of(cacheside::tier::redis::cluster::slot::of(k.as_bytes()));

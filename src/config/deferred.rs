@@ -130,6 +130,9 @@ pub(super) fn counters(c: &Config) -> Result<Vec<CounterSettings>, ConfigError> 
     Ok(out)
 }
 
+/// The smallest `write_behind_max_lag`: below it, the twice-a-second reading would decide.
+const MIN_LAG: Duration = Duration::from_secs(1);
+
 /// The `write = "behind"` mappings' settings; other write keys on a mapping without it are
 /// errors, so a typo never silently leaves writes out of the database.
 pub(super) fn write_behind(c: &Config) -> Result<Vec<BehindSettings>, ConfigError> {
@@ -154,6 +157,7 @@ pub(super) fn write_behind(c: &Config) -> Result<Vec<BehindSettings>, ConfigErro
                     "write_behind_claim_idle",
                     m.write_behind_claim_idle.is_some(),
                 ),
+                ("write_behind_max_lag", m.write_behind_max_lag.is_some()),
             ] {
                 if set {
                     return Err(ConfigError::invalid(
@@ -207,6 +211,19 @@ pub(super) fn write_behind(c: &Config) -> Result<Vec<BehindSettings>, ConfigErro
             Some(h) => super::validate::positive(&key("write_behind_claim_idle"), h.get())?,
             None => Duration::from_secs(30),
         };
+        let max_lag = m
+            .write_behind_max_lag
+            .map(|h| h.get())
+            .filter(|d| !d.is_zero());
+        if let Some(lag) = max_lag.filter(|d| *d < MIN_LAG) {
+            return Err(ConfigError::invalid(
+                key("write_behind_max_lag"),
+                format!(
+                    "{:?} must be 0 (no bound) or at least 1s (the lag is read twice a second)",
+                    Human(lag).to_string()
+                ),
+            ));
+        }
         if c.upstream
             .url
             .as_deref()
@@ -223,6 +240,7 @@ pub(super) fn write_behind(c: &Config) -> Result<Vec<BehindSettings>, ConfigErro
             write_query: query,
             max_attempts,
             max_queue,
+            max_lag,
             claim_idle,
         });
     }
@@ -291,6 +309,32 @@ mod tests {
         .unwrap();
         assert_eq!(v.write_behind[0].max_attempts, 5);
         assert_eq!(v.write_behind[0].max_queue, 100_000);
+        assert_eq!(v.write_behind[0].max_lag, None);
+    }
+
+    #[test]
+    fn write_behind_max_lag_is_off_unset_or_zero_and_at_least_a_second() {
+        let m = "[[mapping]]\nname = \"p\"\nkey = \"p:{id}\"\nquery = \"SELECT 1\"\nttl = \"1h\"\nwrite = \"behind\"\nwrite_query = \"INSERT $1 $2\"\n";
+        let lag = |v: &str| {
+            Config::from_toml(&format!("{BASE}{m}write_behind_max_lag = \"{v}\"\n"), "t")
+                .unwrap()
+                .validate()
+                .map(|v| v.write_behind[0].max_lag)
+        };
+        assert_eq!(lag("0").unwrap(), None);
+        assert_eq!(lag("90s").unwrap(), Some(Duration::from_secs(90)));
+        let e = err(&format!("{BASE}{m}write_behind_max_lag = \"200ms\"\n"));
+        assert_eq!(
+            e,
+            "mapping[0].write_behind_max_lag: \"200ms\" must be 0 (no bound) or at least 1s (the lag is read twice a second)"
+        );
+        let e = err(&format!(
+            "{BASE}[[mapping]]\nname = \"p\"\nkey = \"p:{{id}}\"\nquery = \"SELECT 1\"\nttl = \"1h\"\nwrite_behind_max_lag = \"1m\"\n"
+        ));
+        assert_eq!(
+            e,
+            "mapping[0].write_behind_max_lag: is used only with write = \"behind\""
+        );
     }
 
     #[test]

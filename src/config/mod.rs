@@ -173,6 +173,10 @@ pub struct MappingConfig {
     /// `write = "behind"`: idle time after which another sidecar takes over an entry (30s).
     #[serde(default)]
     pub write_behind_claim_idle: Option<Human>,
+    /// `write = "behind"`: age of the oldest queued entry past which writes are refused
+    /// (unset or "0": no bound).
+    #[serde(default)]
+    pub write_behind_max_lag: Option<Human>,
 }
 
 impl Default for MappingConfig {
@@ -197,6 +201,7 @@ impl Default for MappingConfig {
             write_behind_max_attempts: None,
             write_behind_max_queue: None,
             write_behind_claim_idle: None,
+            write_behind_max_lag: None,
         }
     }
 }

@@ -34,38 +34,53 @@ impl Outcome {
     }
 }
 
-/// Why an upstream connection failed, the `kind` label of `cacheside_upstream_errors_total`.
+/// Why an upstream connection failed, or a reply redirected, the `kind` label of
+/// `cacheside_upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {
     Connect,
+    /// The rest of the handshake (HELLO without credentials, SELECT, CLIENT SETNAME) refused.
     Handshake,
+    /// AUTH or HELLO ... AUTH refused (WRONGPASS, NOAUTH, NOPERM), at connect or on an IAM
+    /// re-authentication.
+    Auth,
     Tls,
     Timeout,
     Closed,
     Protocol,
     /// A `-READONLY` reply: the node was demoted by a failover.
     ReadOnly,
+    /// Cluster mode: a `-MOVED` reply followed (the slot map was out of date).
+    Moved,
+    /// Cluster mode: an `-ASK` reply followed (a slot being migrated).
+    Ask,
 }
 
 impl UpstreamFailure {
-    pub(super) const ALL: [UpstreamFailure; 7] = [
+    pub(super) const ALL: [UpstreamFailure; 10] = [
         UpstreamFailure::Connect,
         UpstreamFailure::Handshake,
+        UpstreamFailure::Auth,
         UpstreamFailure::Tls,
         UpstreamFailure::Timeout,
         UpstreamFailure::Closed,
         UpstreamFailure::Protocol,
         UpstreamFailure::ReadOnly,
+        UpstreamFailure::Moved,
+        UpstreamFailure::Ask,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
             UpstreamFailure::Connect => "connect",
             UpstreamFailure::Handshake => "handshake",
+            UpstreamFailure::Auth => "auth",
             UpstreamFailure::Tls => "tls",
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::Closed => "closed",
             UpstreamFailure::Protocol => "protocol",
             UpstreamFailure::ReadOnly => "readonly",
+            UpstreamFailure::Moved => "moved",
+            UpstreamFailure::Ask => "ask",
         }
     }
 }

@@ -164,7 +164,7 @@ impl Metrics {
             IntCounterVec::new(
                 Opts::new(
                     "cacheside_upstream_errors_total",
-                    "Upstream connection failures by kind (connect, handshake, tls, timeout, closed, protocol, readonly).",
+                    "Upstream connection failures and redirections by kind (connect, handshake, auth, tls, timeout, closed, protocol, readonly, moved, ask).",
                 ),
                 &["kind"],
             )

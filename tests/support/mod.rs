@@ -35,7 +35,8 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0 to find a free port")
 }
 
-fn require_binary(name: &str, package: &str) {
+/// Fails the test, naming the Debian package to install, when `name` is not on the PATH.
+pub fn require_binary(name: &str, package: &str) {
     let found = Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {name}"))

@@ -1,5 +1,5 @@
-//! Write-behind metrics, by mapping (a configured name): queue depth and lag, and what became
-//! of entries.
+//! Write-behind metrics, by mapping (a configured name): queue depth and lag, what became of
+//! entries, and writes refused for lag.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -10,6 +10,7 @@ pub(super) struct Families {
     retried: IntCounterVec,
     dead: IntCounterVec,
     claimed: IntCounterVec,
+    lag_refusals: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounterVec {
@@ -57,6 +58,11 @@ impl Families {
                 "cacheside_write_behind_dead_lettered_total",
                 "Write-behind entries moved to the dead-letter stream, by mapping.",
             ),
+            lag_refusals: counter(
+                r,
+                "cacheside_write_behind_lag_refusals_total",
+                "Write-behind writes refused because the queue's oldest entry was older than write_behind_max_lag, by mapping.",
+            ),
             claimed: counter(
                 r,
                 "cacheside_write_behind_claimed_total",
@@ -73,6 +79,7 @@ impl Families {
             retried: self.retried.with_label_values(&[name]),
             dead: self.dead.with_label_values(&[name]),
             claimed: self.claimed.with_label_values(&[name]),
+            lag_refusals: self.lag_refusals.with_label_values(&[name]),
         }
     }
 }
@@ -84,4 +91,5 @@ pub(super) struct BehindMetrics {
     pub(super) retried: IntCounter,
     pub(super) dead: IntCounter,
     pub(super) claimed: IntCounter,
+    pub(super) lag_refusals: IntCounter,
 }

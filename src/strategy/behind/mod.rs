@@ -7,8 +7,13 @@
 //! The stream outlives any sidecar, works on ElastiCache, and any sidecar takes over a dead
 //! one's entries (XAUTOCLAIM after `write_behind_claim_idle`). See [`worker`] for how entries
 //! reach the database exactly as last written.
+//!
+//! Backpressure: the script refuses a write once the stream holds `write_behind_max_queue`
+//! entries (exact, in Redis); and while the oldest entry is older than `write_behind_max_lag`
+//! (as [`gauges`] last read it, twice a second) the write is refused here, before Redis.
 
 mod apply;
+mod gauges;
 mod metrics;
 #[cfg(test)]
 mod tests;
@@ -22,6 +27,7 @@ use crate::protocol::request::encode_command;
 use crate::protocol::Request;
 use bytes::Bytes;
 use metrics::BehindMetrics;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +51,8 @@ pub struct BehindSettings {
     pub write_query: String,
     pub max_attempts: u32,
     pub max_queue: u64,
+    /// Writes are refused while the oldest queued entry is older than this (`None`: no bound).
+    pub max_lag: Option<Duration>,
     pub claim_idle: Duration,
 }
 
@@ -54,6 +62,25 @@ pub(crate) struct Queue {
     pub(crate) stream: Bytes,
     pub(crate) dead: Bytes,
     metrics: BehindMetrics,
+    /// The age of the oldest queued entry in ms, as last read by [`gauges`].
+    lag_ms: AtomicU64,
+}
+
+impl Queue {
+    /// The refusal a write gets while the queue lags past `write_behind_max_lag`.
+    fn lag_refusal(&self) -> Option<ProxyError> {
+        let max = self.settings.max_lag?;
+        let lag = Duration::from_millis(self.lag_ms.load(Ordering::Relaxed));
+        if lag <= max {
+            return None;
+        }
+        self.metrics.lag_refusals.inc();
+        Some(ProxyError::WriteBehindLag {
+            mapping: self.settings.mapping.clone(),
+            lag,
+            max,
+        })
+    }
 }
 
 /// Every write-behind mapping.
@@ -71,6 +98,7 @@ impl Behind {
                     stream: Bytes::from(format!("cacheside:wb:{}", s.mapping)),
                     dead: Bytes::from(format!("cacheside:wb:{}:dead", s.mapping)),
                     metrics: families.mapping(&s.mapping),
+                    lag_ms: AtomicU64::new(0),
                     settings: s,
                 })
             })
@@ -102,6 +130,9 @@ impl Behind {
                 "ERR cacheside: mapping {} is write-behind: SET with GET is not supported",
                 q.settings.mapping
             ))));
+        }
+        if let Some(refused) = q.lag_refusal() {
+            return Some(Err(refused));
         }
         let max = q.settings.max_queue.to_string();
         // ARGV: max, value index, command, then the arguments after the key (from ARGV[4]).

@@ -9,6 +9,7 @@ fn behind() -> Arc<Behind> {
             write_query: "INSERT INTO items (id, body) VALUES ($1, $2)".into(),
             max_attempts: 5,
             max_queue: 1000,
+            max_lag: Some(Duration::from_secs(60)),
             claim_idle: Duration::from_secs(30),
         }],
         &prometheus::Registry::new(),
@@ -75,6 +76,47 @@ fn other_keys_and_commands_pass_through_and_set_get_is_refused() {
     assert!(r(&["SET", "item:1"]).is_none());
     assert!(r(&["SETEX", "item:1", "60"]).is_none());
     assert!(matches!(r(&["SET", "item:1", "v", "get"]), Some(Err(_))));
+}
+
+#[test]
+fn writes_are_refused_while_the_queue_lags_past_the_bound_and_counted() {
+    let registry = prometheus::Registry::new();
+    let b = Behind::new(
+        vec![BehindSettings {
+            mapping: "item".into(),
+            pattern: KeyPattern::parse("item:{id}").unwrap(),
+            write_query: "INSERT INTO items (id, body) VALUES ($1, $2)".into(),
+            max_attempts: 5,
+            max_queue: 1000,
+            max_lag: Some(Duration::from_secs(60)),
+            claim_idle: Duration::from_secs(30),
+        }],
+        &registry,
+    );
+    let set = || b.rewrite("SET", &Request::from_args(&["SET", "item:1", "v"]));
+    b.list[0].lag_ms.store(60_000, Ordering::Relaxed);
+    assert!(matches!(set(), Some(Ok(_))), "at the bound: accepted");
+    b.list[0].lag_ms.store(61_500, Ordering::Relaxed);
+    let Some(Err(e)) = set() else {
+        panic!("past the bound: refused");
+    };
+    let reply = crate::error::reply_bytes(&e);
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "-ERR cacheside: mapping item is write-behind and its queue is 61.5s behind, past write_behind_max_lag (60s): write refused until PostgreSQL catches up\r\n"
+    );
+    assert!(b
+        .rewrite("SET", &Request::from_args(&["SET", "other:1", "v"]))
+        .is_none());
+    b.list[0].lag_ms.store(0, Ordering::Relaxed);
+    assert!(matches!(set(), Some(Ok(_))), "caught up: accepted again");
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert!(
+        text.contains("cacheside_write_behind_lag_refusals_total{mapping=\"item\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -21,7 +21,7 @@ use crate::tier::redis::Upstream;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -31,10 +31,8 @@ const BATCH: usize = 256;
 /// Pause when the stream has nothing for this consumer (no BLOCK: the connections are shared).
 const IDLE: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How often depth and lag are read.
-const GAUGES_EVERY: Duration = Duration::from_millis(500);
 
-/// Starts one worker per write-behind mapping; each ends once `stop` turns true.
+/// Starts one worker per write-behind mapping, and its gauges; each ends once `stop` turns true.
 pub fn spawn(
     behind: Arc<Behind>,
     upstream: Arc<Upstream>,
@@ -45,7 +43,7 @@ pub fn spawn(
     behind
         .list
         .iter()
-        .map(|q| {
+        .flat_map(|q| {
             let w = Worker {
                 q: q.clone(),
                 upstream: upstream.clone(),
@@ -53,7 +51,14 @@ pub fn spawn(
                 consumer: Bytes::from(format!("{host}-{:08x}", rand::random::<u32>())),
                 attempts: HashMap::new(),
             };
-            tokio::spawn(w.run(stop.clone()))
+            [
+                tokio::spawn(w.run(stop.clone())),
+                tokio::spawn(super::gauges::run(
+                    q.clone(),
+                    upstream.clone(),
+                    stop.clone(),
+                )),
+            ]
         })
         .collect()
 }
@@ -87,15 +92,10 @@ impl Worker {
             }
         }
         let mut backoff = Duration::from_millis(50);
-        let mut gauges = Instant::now();
         let mut claimed_at = Instant::now();
         loop {
             if *stop.borrow() {
                 return;
-            }
-            if gauges.elapsed() >= GAUGES_EVERY {
-                gauges = Instant::now();
-                self.gauges().await;
             }
             let mut round = self.round(b"0").await;
             if matches!(round, Round::Idle)
@@ -340,33 +340,6 @@ impl Worker {
         pipeline.extend_from_slice(&encode_command(&del));
         matches!(call(&self.upstream, Bytes::from(pipeline), 2).await, Ok(r) if r.iter().all(|x| !x.starts_with(b"-")))
     }
-
-    /// Queue depth (XLEN) and the age of the oldest entry, by Redis's clock.
-    async fn gauges(&self) {
-        let mut pipeline = encode_command(&[&b"XLEN"[..], &self.q.stream]).to_vec();
-        pipeline.extend_from_slice(&encode_command(&[
-            &b"XRANGE"[..],
-            &self.q.stream,
-            b"-",
-            b"+",
-            b"COUNT",
-            b"1",
-        ]));
-        let Ok(r) = call(&self.upstream, Bytes::from(pipeline), 2).await else {
-            return;
-        };
-        if let Some(n) = crate::protocol::scan::integer(&r[0]) {
-            self.q.metrics.depth.set(n);
-        }
-        let (oldest, _) = read_range(&r[1]);
-        let lag = oldest.first().map_or(0.0, |e| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            (now - e.id.0).max(0) as f64 / 1000.0
-        });
-        self.q.metrics.lag.set(lag);
-    }
 }
 
 /// The entries of an XREADGROUP reply (`[[stream, [[id, [k, key, v, value]], ...]]]`), and the
@@ -388,7 +361,7 @@ fn read_entries(reply: &Bytes) -> (Vec<Entry>, Vec<Bytes>) {
 }
 
 /// XRANGE's reply: a list of entries.
-fn read_range(reply: &Bytes) -> (Vec<Entry>, Vec<Bytes>) {
+pub(super) fn read_range(reply: &Bytes) -> (Vec<Entry>, Vec<Bytes>) {
     match Value::parse(reply, Proto::Resp2) {
         Some((v, _)) => entries_of(reply, v),
         None => (Vec::new(), Vec::new()),

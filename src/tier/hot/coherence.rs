@@ -147,11 +147,13 @@ async fn open(settings: &Settings, addr: &Arc<str>, proto: Proto) -> Result<Stre
         readonly: false,
     };
     match conn::open(&hs, addr, settings.connect_timeout).await {
-        // An upstream without HELLO 3 cannot track for us (a wrong password is no such sign).
-        Err(UpstreamError::Handshake { detail, .. })
-            if proto == Proto::Resp3
-                && !detail.starts_with("WRONGPASS")
-                && !detail.starts_with("NOAUTH") =>
+        // An upstream without HELLO 3 cannot track for us (a wrong password is no such sign;
+        // an ACL that forbids HELLO is).
+        Err(UpstreamError::Handshake { detail, .. }) if proto == Proto::Resp3 => {
+            Err(End::Refused(detail.to_string()))
+        }
+        Err(UpstreamError::Auth { detail, .. })
+            if proto == Proto::Resp3 && detail.starts_with("NOPERM") =>
         {
             Err(End::Refused(detail.to_string()))
         }

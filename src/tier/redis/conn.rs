@@ -65,7 +65,15 @@ async fn open_inner(
     tcp.set_nodelay(true).ok();
     let mut stream = match &settings.tls {
         None => Stream::Tcp(tcp),
-        Some(tls) => tls.connect(tcp).await.map_err(io_err)?,
+        // Any failure here is the TLS handshake's, even one without a TLS alert (the server
+        // closed the connection mid-handshake: a plaintext port, a TLS version it refuses).
+        Some(tls) => tls.connect(tcp).await.map_err(|e| UpstreamError::Tls {
+            addr: addr.clone(),
+            detail: tls
+                .describe(&e)
+                .unwrap_or_else(|| format!("handshake failed: {e}"))
+                .into(),
+        })?,
     };
     let password = settings
         .password()
@@ -73,6 +81,8 @@ async fn open_inner(
             addr: addr.clone(),
             detail: detail.into(),
         })?;
+    // With credentials, the first command is the AUTH (or HELLO ... AUTH).
+    let sends_auth = token.is_some() || password.is_some();
     let mut commands = handshake_commands(hs, password.as_deref(), token);
     if ask_id {
         commands.push(encode_command(&["CLIENT", "ID"]));
@@ -104,10 +114,7 @@ async fn open_inner(
         })? {
             if f.kind == ReplyKind::Error {
                 let text = reply::error_text(&buf, &f).unwrap_or(b"error");
-                return Err(UpstreamError::Handshake {
-                    addr: addr.clone(),
-                    detail: String::from_utf8_lossy(text).into_owned().into(),
-                });
+                return Err(refusal(addr, text, sends_auth && answered == 0));
             }
             let frame = buf.split_to(f.len);
             if f.kind != ReplyKind::Push {
@@ -117,6 +124,29 @@ async fn open_inner(
         }
     }
     Ok((stream, last.filter(|_| ask_id)))
+}
+
+/// A handshake command's error reply: an authentication failure when the upstream says so
+/// (WRONGPASS, NOAUTH, NOPERM: also answered to a SELECT or CLIENT SETNAME that the ACL user may
+/// not run) or when it refused the command carrying the credentials (`-ERR invalid password`
+/// from Redis 5); any other refusal (HELLO unknown, SELECT out of range) is a handshake failure.
+fn refusal(addr: &Arc<str>, text: &[u8], to_credentials: bool) -> UpstreamError {
+    let detail: Arc<str> = String::from_utf8_lossy(text).into_owned().into();
+    let code = text.split(|b| *b == b' ').next().unwrap_or_default();
+    let auth_code = matches!(code, b"WRONGPASS" | b"NOAUTH" | b"NOPERM");
+    // HELLO 3 AUTH refused by a server without HELLO is not about the credentials.
+    let unknown = text.starts_with(b"ERR unknown command");
+    if auth_code || (to_credentials && !unknown) {
+        UpstreamError::Auth {
+            addr: addr.clone(),
+            detail,
+        }
+    } else {
+        UpstreamError::Handshake {
+            addr: addr.clone(),
+            detail,
+        }
+    }
 }
 
 /// An I/O failure while connecting: a TLS one says what went wrong with the certificate or the
@@ -166,4 +196,31 @@ fn handshake_commands(
         cmds.push(encode_command(&["READONLY"]));
     }
     cmds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_of_credentials_are_auth_failures_and_the_rest_handshake_ones() {
+        let addr: Arc<str> = "h:1".into();
+        let kind = |text: &str, to_credentials| {
+            refusal(&addr, text.as_bytes(), to_credentials)
+                .failure()
+                .as_str()
+        };
+        assert_eq!(
+            kind("WRONGPASS invalid username-password pair", true),
+            "auth"
+        );
+        assert_eq!(kind("NOAUTH Authentication required.", false), "auth");
+        assert_eq!(
+            kind("NOPERM this user has no permissions to run 'select'", false),
+            "auth"
+        );
+        assert_eq!(kind("ERR invalid password", true), "auth");
+        assert_eq!(kind("ERR unknown command 'HELLO'", true), "handshake");
+        assert_eq!(kind("ERR DB index is out of range", false), "handshake");
+    }
 }

@@ -230,6 +230,7 @@ impl Upstream {
             self.metrics.clone(),
         )
         .await
+        .inspect_err(|e| self.metrics.upstream_failure(e.failure()))
     }
 
     pub fn settings_arc(&self) -> Arc<Settings> {

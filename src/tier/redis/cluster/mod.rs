@@ -14,7 +14,7 @@ pub mod topology;
 
 use super::{ReplyRx, Settings};
 use crate::error::{reply_bytes, ProxyError, UpstreamError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamFailure};
 use crate::protocol::reply::{self, Proto};
 use crate::protocol::request::{self, Limits, Step};
 use crate::protocol::Request;
@@ -299,11 +299,13 @@ impl Cluster {
             let (ask, addr) = match redirection(&got) {
                 Some(Redirect::Moved(addr)) => {
                     self.metrics.cluster_moved.inc();
+                    self.metrics.upstream_failure(UpstreamFailure::Moved);
                     self.refresh_soon();
                     (false, addr)
                 }
                 Some(Redirect::Ask(addr)) => {
                     self.metrics.cluster_ask.inc();
+                    self.metrics.upstream_failure(UpstreamFailure::Ask);
                     (true, addr)
                 }
                 Some(Redirect::TryAgain) => match &at {

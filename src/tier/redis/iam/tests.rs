@@ -258,7 +258,7 @@ async fn a_refused_reauth_ends_the_connection_and_a_missing_token_is_retried() {
     let addr: Arc<str> = "cache:6379".into();
     let start = tokio::time::Instant::now();
     let err = reauthenticate(&auth, &addr, |_| async {
-        Err(crate::error::UpstreamError::Handshake {
+        Err(crate::error::UpstreamError::Auth {
             addr: "cache:6379".into(),
             detail: "WRONGPASS".into(),
         })

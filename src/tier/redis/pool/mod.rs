@@ -344,7 +344,7 @@ async fn reauth(
             drop(tx);
             let reply = reply_rx.await.map_err(|_| closed())??;
             if matches!(reply.first(), Some(b'-' | b'!')) {
-                return Err(UpstreamError::Handshake {
+                return Err(UpstreamError::Auth {
                     addr: addr.clone(),
                     detail: format!(
                         "re-authentication refused: {}",
