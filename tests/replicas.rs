@@ -202,3 +202,43 @@ async fn a_write_refused_by_a_demoted_primary_runs_once_on_the_new_primary() {
     proxy.shutdown().await;
     support::assert_no_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_on_a_demoted_primary_is_replaced_after_its_readonly_error() {
+    let (old, new) = pair().await;
+    let endpoint = Relay::start(old.port).await;
+    let proxy = Proxy::start(&endpoint.url()).await;
+    let mut c = proxy.client().await;
+    let tx = |v: &'static str| {
+        let mut p = redis::pipe();
+        p.atomic().set("t", v).ignore().get("t");
+        p
+    };
+    let (v,): (String,) = tx("one").query_async(&mut c).await.unwrap();
+    assert_eq!(v, "one");
+    // Failover while the client's own (pinned) connection stays open on the old primary.
+    let mut n = new.direct().await;
+    let _: () = q(&mut n, &["REPLICAOF", "NO", "ONE"]).await;
+    let mut o = old.direct().await;
+    let port = new.port.to_string();
+    let _: () = q(&mut o, &["REPLICAOF", "127.0.0.1", &port]).await;
+    endpoint.switch(new.port);
+    // The transaction queued on the demoted node is refused there, as it would be for a
+    // client connected to it directly (a transaction is never sent twice)...
+    let err = tx("two")
+        .query_async::<(String,)>(&mut c)
+        .await
+        .unwrap_err();
+    let text = err.to_string().to_lowercase();
+    assert!(
+        text.contains("readonly") || text.contains("execabort"),
+        "{err}"
+    );
+    // ...and the next one runs on the new primary, on a new connection.
+    let (v,): (String,) = tx("three").query_async(&mut c).await.unwrap();
+    assert_eq!(v, "three");
+    let v: String = q(&mut n, &["GET", "t"]).await;
+    assert_eq!(v, "three");
+    proxy.shutdown().await;
+    support::assert_no_panics();
+}

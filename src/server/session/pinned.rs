@@ -170,18 +170,16 @@ impl Session {
             })?;
         }
         // A kept connection of the other protocol, on another primary than the key's (cluster
-        // mode), or near IAM's 12-hour limit (it holds no state between pinned phases), is
-        // replaced.
+        // mode), near IAM's 12-hour limit, or to a node a failover demoted (it holds no state
+        // between pinned phases), is replaced.
         let want = key.and_then(|k| {
             let c = self.ctx.upstream.as_ref()?.cluster()?;
             c.addr_for(Some(k)).ok()
         });
         let elsewhere = matches!((&self.pinned, &want), (Some(p), Some(w)) if p.addr() != w);
-        if self
-            .pinned
-            .as_ref()
-            .is_some_and(|p| self.pinned_proto != self.st.proto || elsewhere || p.reauth_due())
-        {
+        if self.pinned.as_ref().is_some_and(|p| {
+            self.pinned_proto != self.st.proto || elsewhere || p.reauth_due() || p.demoted()
+        }) {
             if self.release_pending {
                 let _ = self.barrier().await;
             }

@@ -71,6 +71,8 @@ pub struct Pinned {
     dead: bool,
     /// ElastiCache IAM: when this connection should authenticate again (see `reauth_due`).
     reauth_at: Option<tokio::time::Instant>,
+    /// Set by the relay at a `-READONLY` reply (see `demoted`).
+    demoted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Pinned {
@@ -91,11 +93,13 @@ impl Pinned {
             conn::open_with_id(&hs, &addr, settings.connect_timeout, true).await?;
         let (rd, wr) = stream.into_split();
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        let demoted = Arc::default();
         let task = tokio::spawn(relay::relay(
             rd,
             ctl_rx,
             addr.clone(),
             settings.command_timeout,
+            Arc::clone(&demoted),
         ));
         metrics.pinned_connections.inc();
         Ok(Self {
@@ -111,7 +115,16 @@ impl Pinned {
                 .iam
                 .as_ref()
                 .map(|iam| tokio::time::Instant::now() + iam.reauth_delay()),
+            demoted,
         })
+    }
+
+    /// Whether the node answered `-READONLY` (a failover demoted it; the endpoint's name now
+    /// points at the new primary). The client got that error as a direct client would, and the
+    /// session replaces the connection when it next enters the pinned phase, so its next
+    /// transaction or blocking command runs on the new primary.
+    pub fn demoted(&self) -> bool {
+        self.demoted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether an IAM-authenticated connection is near ElastiCache's 12-hour limit. A pinned

@@ -9,6 +9,7 @@ use crate::transport::ReadHalf;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashSet;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -33,6 +34,8 @@ struct Relay {
     channels: HashSet<Bytes>,
     patterns: HashSet<Bytes>,
     shards: HashSet<Bytes>,
+    /// Raised at a `-READONLY` reply: the node was demoted by a failover (see `Pinned::demoted`).
+    demoted: Arc<AtomicBool>,
 }
 
 impl Relay {
@@ -223,6 +226,7 @@ pub(super) async fn relay(
     ctl: mpsc::UnboundedReceiver<Ctl>,
     addr: Arc<str>,
     timeout: std::time::Duration,
+    demoted: Arc<AtomicBool>,
 ) -> UpstreamError {
     let mut r = Relay {
         before: VecDeque::new(),
@@ -238,6 +242,7 @@ pub(super) async fn relay(
         channels: HashSet::new(),
         patterns: HashSet::new(),
         shards: HashSet::new(),
+        demoted,
     };
     let err = run(&mut r, rd, addr).await;
     r.fail_owed(&err).await;
@@ -278,6 +283,9 @@ async fn run(r: &mut Relay, mut rd: ReadHalf, addr: Arc<str>) -> UpstreamError {
                     }
                     r.settle().await;
                     let bytes = buf.split_to(f.len).freeze();
+                    if bytes.starts_with(b"-READONLY") {
+                        r.demoted.store(true, Ordering::Relaxed);
+                    }
                     r.since = Some(tokio::time::Instant::now());
                     let next = r.completed + 1;
                     r.before_due(next).await;
