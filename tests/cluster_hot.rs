@@ -5,8 +5,6 @@
 
 mod support;
 
-use cacheside::config::units::{Human, Size};
-use cacheside::config::CacheRule;
 use cacheside::tier::redis::cluster::slot;
 use support::cluster::RedisCluster;
 use support::postgres::PgServer;
@@ -15,12 +13,7 @@ use support::{coherence, history, metric, query as q, Proxy};
 async fn sidecar(cluster: &RedisCluster, coherence: &str) -> Proxy {
     Proxy::start_with(&cluster.url(), |c| {
         c.hot.coherence = coherence.into();
-        c.cache = vec![CacheRule {
-            keys: "hot:*".into(),
-            ttl: Human::secs(60),
-            max_value_size: Size::mib(1),
-            enabled: true,
-        }];
+        c.cache = vec![support::cache_rule("hot:*", 60)];
     })
     .await
 }

@@ -6,7 +6,7 @@
 mod support;
 
 use cacheside::config::units::{Human, Size};
-use cacheside::config::{CacheRule, Config};
+use cacheside::config::Config;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 use std::time::{Duration, Instant};
@@ -15,18 +15,8 @@ use support::{metric, Proxy, RedisServer};
 fn cached(c: &mut Config, coherence: &str) {
     c.hot.coherence = coherence.into();
     c.cache = vec![
-        CacheRule {
-            keys: "product:*".into(),
-            ttl: Human::secs(30),
-            max_value_size: Size::mib(1),
-            enabled: true,
-        },
-        CacheRule {
-            keys: "user:*".into(),
-            ttl: Human::secs(30),
-            max_value_size: Size::mib(1),
-            enabled: true,
-        },
+        support::cache_rule("product:*", 30),
+        support::cache_rule("user:*", 30),
     ];
 }
 

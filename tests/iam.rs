@@ -8,7 +8,6 @@ mod support;
 
 use aws_credential_types::provider::{error::CredentialsError, future, ProvideCredentials};
 use aws_credential_types::Credentials;
-use cacheside::config::units::{Human, Size};
 use cacheside::tier::redis::iam::{presign, IamSettings};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -57,12 +56,7 @@ async fn every_connection_kind_authenticates_with_the_iam_user_and_a_fresh_token
     let (fake, log) = upstream(|_, _| false).await;
     let config = iam_config(&fake, |c| {
         c.hot.coherence = "broadcast".into();
-        c.cache = vec![cacheside::config::CacheRule {
-            keys: "product:*".into(),
-            ttl: Human::secs(30),
-            max_value_size: Size::mib(1),
-            enabled: true,
-        }];
+        c.cache = vec![support::cache_rule("product:*", 30)];
     });
     let proxy = Proxy::start_validated(with_test_credentials(config, credentials(), None)).await;
 

@@ -4,7 +4,6 @@
 
 mod support;
 
-use cacheside::config::units::{Human, Size};
 use std::time::{Duration, Instant};
 use support::iam::*;
 use support::Proxy;
@@ -126,12 +125,7 @@ async fn the_invalidation_connection_is_replaced_before_the_limit() {
     let (fake, log) = upstream(|_, _| false).await;
     let config = iam_config(&fake, |c| {
         c.hot.coherence = "broadcast".into();
-        c.cache = vec![cacheside::config::CacheRule {
-            keys: "product:*".into(),
-            ttl: Human::secs(30),
-            max_value_size: Size::mib(1),
-            enabled: true,
-        }];
+        c.cache = vec![support::cache_rule("product:*", 30)];
     });
     let proxy = Proxy::start_validated(with_test_credentials(
         config,

@@ -4,8 +4,7 @@
 
 mod support;
 
-use cacheside::config::units::{Human, Size};
-use cacheside::config::{CacheRule, Config};
+use cacheside::config::Config;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,12 +44,7 @@ fn hot_and_mapped(c: &mut Config, pg: &PgServer) {
     readthrough::configure(c, pg);
     c.cache = ["product:*", "plain:*"]
         .into_iter()
-        .map(|keys| CacheRule {
-            keys: keys.into(),
-            ttl: Human::secs(30),
-            max_value_size: Size::mib(1),
-            enabled: true,
-        })
+        .map(|keys| support::cache_rule(keys, 30))
         .collect();
 }
 

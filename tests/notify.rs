@@ -5,8 +5,7 @@
 
 mod support;
 
-use cacheside::config::units::{Human, Size};
-use cacheside::config::{CacheRule, Config};
+use cacheside::config::Config;
 use std::time::{Duration, Instant};
 use support::postgres::PgServer;
 use support::readthrough::configure;
@@ -16,12 +15,7 @@ fn notify_config(c: &mut Config, pg: &PgServer) {
     configure(c, pg);
     c.postgres.notify = true;
     c.hot.coherence = "tracking".into();
-    c.cache = vec![CacheRule {
-        keys: "product:*".into(),
-        ttl: Human::secs(600),
-        max_value_size: Size::mib(1),
-        enabled: true,
-    }];
+    c.cache = vec![support::cache_rule("product:*", 600)];
 }
 
 async fn install(pg: &PgServer) {

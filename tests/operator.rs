@@ -4,19 +4,12 @@
 
 mod support;
 
-use cacheside::config::units::{Human, Size};
-use cacheside::config::CacheRule;
 use std::time::{Duration, Instant};
 use support::{metric, query as q, Proxy, RedisServer};
 
 async fn hot_sidecar(redis: &RedisServer) -> Proxy {
     let proxy = Proxy::start_with(&redis.url(), |c| {
-        c.cache = vec![CacheRule {
-            keys: "product:*".into(),
-            ttl: Human::secs(30),
-            max_value_size: Size::mib(1),
-            enabled: true,
-        }];
+        c.cache = vec![support::cache_rule("product:*", 30)];
     })
     .await;
     let start = Instant::now();

@@ -7,8 +7,7 @@
 
 mod support;
 
-use cacheside::config::units::{Human, Size};
-use cacheside::config::{CacheRule, Config};
+use cacheside::config::Config;
 use redis::AsyncCommands;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -190,12 +189,7 @@ async fn tls_sidecar(redis: &RedisServer, ca: &Path, coherence: &str) -> Proxy {
     let proxy = Proxy::start_with(&redis.tls_url("127.0.0.1"), |c| {
         c.upstream.tls_ca_file = Some(ca.to_path_buf());
         c.hot.coherence = coherence.into();
-        c.cache = vec![CacheRule {
-            keys: "tls:*".into(),
-            ttl: Human::secs(30),
-            max_value_size: Size::mib(1),
-            enabled: true,
-        }];
+        c.cache = vec![support::cache_rule("tls:*", 30)];
     })
     .await;
     history::wait_coherent(&proxy).await;

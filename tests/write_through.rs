@@ -7,8 +7,7 @@
 
 mod support;
 
-use cacheside::config::units::{Human, Size};
-use cacheside::config::{CacheRule, Config, MappingConfig};
+use cacheside::config::{Config, MappingConfig};
 use redis::AsyncCommands;
 use std::time::Duration;
 use support::postgres::PgServer;
@@ -153,12 +152,7 @@ async fn a_failed_statement_answers_its_error_and_leaves_every_cache_untouched()
     let pg = PgServer::start();
     let proxy = Proxy::start_with(&redis.url(), |c| {
         configure(c, &pg);
-        c.cache = vec![CacheRule {
-            keys: "product:*".into(),
-            ttl: Human::secs(60),
-            max_value_size: Size::mib(1),
-            enabled: true,
-        }];
+        c.cache = vec![support::cache_rule("product:*", 60)];
         c.hot.coherence = "tracking".into();
     })
     .await;
@@ -334,12 +328,7 @@ async fn moving_a_product_invalidates_both_category_lists() {
     let writer = sidecar(&redis, &pg).await;
     let reader = Proxy::start_with(&redis.url(), |c| {
         configure(c, &pg);
-        c.cache = vec![CacheRule {
-            keys: "products:category:*".into(),
-            ttl: Human::secs(60),
-            max_value_size: Size::mib(1),
-            enabled: true,
-        }];
+        c.cache = vec![support::cache_rule("products:category:*", 60)];
         c.hot.coherence = "tracking".into();
     })
     .await;

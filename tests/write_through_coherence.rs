@@ -7,8 +7,7 @@
 
 mod support;
 
-use cacheside::config::units::{Human, Size};
-use cacheside::config::{CacheRule, MappingConfig};
+use cacheside::config::MappingConfig;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,12 +30,7 @@ async fn sidecar(redis: &RedisServer, pg: &PgServer, coherence: &str) -> Proxy {
             ..MappingConfig::default()
         }];
         c.hot.coherence = coherence.into();
-        c.cache = vec![CacheRule {
-            keys: "item:*".into(),
-            ttl: Human::secs(60),
-            max_value_size: Size::mib(1),
-            enabled: true,
-        }];
+        c.cache = vec![support::cache_rule("item:*", 60)];
     })
     .await;
     history::wait_coherent(&proxy).await;

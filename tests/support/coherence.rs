@@ -13,8 +13,6 @@
 use super::postgres::PgServer;
 use super::readthrough::mapping;
 use super::{history, metric, Proxy};
-use cacheside::config::units::{Human, Size};
-use cacheside::config::CacheRule;
 use redis::aio::MultiplexedConnection;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
@@ -27,12 +25,7 @@ const RUN: Duration = Duration::from_secs(4);
 async fn sidecar(upstream: &str, coherence: &str) -> Proxy {
     let proxy = Proxy::start_with(upstream, |c| {
         c.hot.coherence = coherence.into();
-        c.cache = vec![CacheRule {
-            keys: "coh:*".into(),
-            ttl: Human::secs(60),
-            max_value_size: Size::mib(1),
-            enabled: true,
-        }];
+        c.cache = vec![super::cache_rule("coh:*", 60)];
     })
     .await;
     history::wait_coherent(&proxy).await;
@@ -195,12 +188,7 @@ async fn item_sidecar(upstream: &str, pg: &PgServer, coherence: Option<&str>) ->
         c.mapping = vec![item];
         if let Some(mode) = coherence {
             c.hot.coherence = mode.into();
-            c.cache = vec![CacheRule {
-                keys: "item:*".into(),
-                ttl: Human::secs(60),
-                max_value_size: Size::mib(1),
-                enabled: true,
-            }];
+            c.cache = vec![super::cache_rule("item:*", 60)];
         }
     })
     .await;

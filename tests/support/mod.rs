@@ -27,6 +27,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// A `[[cache]]` rule for `keys` with a TTL of `ttl_secs`, values up to 1 MiB.
+pub fn cache_rule(keys: &str, ttl_secs: u64) -> cacheside::config::CacheRule {
+    cacheside::config::CacheRule {
+        keys: keys.into(),
+        ttl: cacheside::config::units::Human::secs(ttl_secs),
+        max_value_size: cacheside::config::units::Size::mib(1),
+        enabled: true,
+    }
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
