@@ -23,6 +23,8 @@
 # they compete for CPU, so compare targets with each other within one run, not across machines.
 
 set -euo pipefail
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
 
 CLIENTS=50
 DATA_SIZE=100
@@ -87,13 +89,6 @@ done
 
 # --- prerequisites ---------------------------------------------------------------------------
 
-missing=0
-need() { # need BINARY DEBIAN-PACKAGE
-    if ! command -v "$1" >/dev/null 2>&1; then
-        echo "bench.sh: '$1' not found; install the Debian package '$2' (apt-get install $2)" >&2
-        missing=1
-    fi
-}
 need redis-server redis-server
 need redis-cli redis-tools
 need redis-benchmark redis-tools
@@ -113,61 +108,7 @@ cd "$(dirname "$0")/.."
 
 # --- processes and cleanup -------------------------------------------------------------------
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/cacheside-bench.XXXXXX")
-PIDS=()
-
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ $KEEP_LOGS -eq 1 ]]; then
-        echo "bench.sh: logs kept in $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# A port nothing listens on (checked by trying to connect), not handed out before in this run.
-USED_PORTS=" "
-free_port() {
-    local p i
-    for i in $(seq 1 200); do
-        p=$((20000 + RANDOM % 30000))
-        [[ "$USED_PORTS" == *" $p "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            USED_PORTS+="$p "
-            echo "$p"
-            return 0
-        fi
-    done
-    echo "bench.sh: no free port found" >&2
-    return 1
-}
-
-wait_ping() { # wait_ping NAME PORT PID LOG
-    local i
-    for i in $(seq 1 100); do
-        if [[ "$(redis-cli -h 127.0.0.1 -p "$2" ping 2>/dev/null)" == "PONG" ]]; then
-            return 0
-        fi
-        if ! kill -0 "$3" 2>/dev/null; then
-            echo "bench.sh: $1 exited during startup; its log ($4):" >&2
-            tail -n 20 "$4" >&2 || true
-            exit 1
-        fi
-        sleep 0.1
-    done
-    echo "bench.sh: $1 did not answer PING on port $2 within 10s; its log ($4):" >&2
-    tail -n 20 "$4" >&2 || true
-    exit 1
-}
+bench_setup
 
 # --- build -----------------------------------------------------------------------------------
 
@@ -337,18 +278,6 @@ run_group() {
             round=$((round + 1))
         done
     done
-}
-
-# cpu_ticks PID: utime + stime of the process (all its threads), in clock ticks. Fields 14 and
-# 15 of /proc/PID/stat; counted after the ")" that ends field 2, which may contain spaces.
-cpu_ticks() {
-    local stat f
-    stat=$(<"/proc/$1/stat") || {
-        echo "bench.sh: cannot read /proc/$1/stat" >&2
-        exit 1
-    }
-    read -r -a f <<<"${stat##*) }"
-    echo $((f[11] + f[12]))
 }
 
 bench_one() { # bench_one GROUP TEST PIPELINE REQUESTS TARGET

@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Redis Cluster benchmark: a 3-primary cluster on this machine, driven by redis-benchmark
+# straight (--cluster: a cluster-aware client that sends each key to its node) and through
+# cacheside in cluster mode (a plain client: cacheside routes each key), GET and SET at -P 1 and
+# -P 16; then GET through cacheside-hot, whose hot tier holds every key (coherence by broadcast
+# on a shard channel). Reports throughput, latency and the CPU time per request of the serving
+# processes: the three redis-servers for direct, cacheside (or cacheside-hot) for the others.
+#
+# Usage (from the repo root): scripts/bench-cluster.sh [--requests N] [--keep-logs]
+#
+#   --requests N   requests per redis-benchmark run (default: 100000 at -P 1, 400000 at -P 16)
+#   --keep-logs    keep the temporary directory with configs and server logs
+#
+# Needs: cargo, redis-server (Debian package redis-server), redis-cli and redis-benchmark
+# (redis-tools), getconf (libc-bin). Nothing is installed by this script. Every process shares
+# the machine: compare targets within one run.
+
+set -euo pipefail
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
+
+CLIENTS=50
+DATA_SIZE=100
+KEYSPACE=100000
+REQ_P1=100000
+REQ_P16=400000
+KEEP_LOGS=0
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --requests)
+            [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]*$ ]] || {
+                echo "$BENCH_NAME: --requests needs a positive integer" >&2
+                exit 2
+            }
+            REQ_P1=$2
+            REQ_P16=$2
+            shift 2
+            ;;
+        --keep-logs)
+            KEEP_LOGS=1
+            shift
+            ;;
+        -h | --help)
+            sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "$BENCH_NAME: unknown argument: $1" >&2
+            exit 2
+            ;;
+    esac
+done
+
+need redis-server redis-server
+need redis-cli redis-tools
+need redis-benchmark redis-tools
+need cargo "cargo (or rustup)"
+need getconf libc-bin
+[[ $missing -eq 0 ]] || exit 1
+CLK_TCK=$(getconf CLK_TCK)
+cd "$(dirname "$0")/.."
+bench_setup
+
+echo "== building cacheside (cargo build --release)" >&2
+cargo build --release --bin cacheside >&2
+CACHESIDE=target/release/cacheside
+
+# --- the cluster: 3 primaries, no replicas ----------------------------------------------------
+
+NODE_PORTS=()
+NODE_PIDS=()
+while [[ ${#NODE_PORTS[@]} -lt 3 ]]; do
+    p=$(free_port)
+    # The cluster bus listens on port + 10000.
+    if ((p > 55000)) || (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null; then
+        continue
+    fi
+    redis-server --bind 127.0.0.1 --port "$p" --save "" --appendonly no --daemonize no \
+        --cluster-enabled yes --cluster-config-file "$TMP/nodes-$p.conf" \
+        --logfile "$TMP/redis-$p.log" --dir "$TMP" &
+    PIDS+=($!)
+    NODE_PIDS+=($!)
+    NODE_PORTS+=("$p")
+    wait_ping "redis-server $p" "$p" "${PIDS[-1]}" "$TMP/redis-$p.log"
+done
+echo "== creating the cluster on ${NODE_PORTS[*]}" >&2
+redis-cli --cluster create $(printf '127.0.0.1:%s ' "${NODE_PORTS[@]}") --cluster-yes \
+    >"$TMP/cluster-create.log" 2>&1 || {
+    echo "$BENCH_NAME: redis-cli --cluster create failed:" >&2
+    cat "$TMP/cluster-create.log" >&2
+    exit 1
+}
+for i in $(seq 1 100); do
+    ok=1
+    for p in "${NODE_PORTS[@]}"; do
+        redis-cli -p "$p" cluster info | grep -q '^cluster_state:ok' || ok=0
+    done
+    [[ $ok -eq 1 ]] && break
+    sleep 0.1
+done
+SEED=${NODE_PORTS[0]}
+
+start_cacheside() { # start_cacheside NAME PORT CONFIG-TEXT
+    printf '%s\n' "$3" >"$TMP/$1.toml"
+    "$CACHESIDE" --config "$TMP/$1.toml" --upstream "redis://127.0.0.1:$SEED" \
+        --listen "127.0.0.1:$2" --admin-listen "" --log-level warn >"$TMP/$1.log" 2>&1 &
+    PIDS+=($!)
+    wait_ping "$1" "$2" "${PIDS[-1]}" "$TMP/$1.log"
+}
+
+CS_PORT=$(free_port)
+start_cacheside cacheside "$CS_PORT" $'[upstream]\nmode = "cluster"'
+CS_PID=${PIDS[-1]}
+
+echo "== writing $KEYSPACE keys of $DATA_SIZE bytes through cacheside" >&2
+awk -v n="$KEYSPACE" -v size="$DATA_SIZE" 'BEGIN {
+    v = ""; for (i = 0; i < size; i++) v = v "x"
+    for (i = 0; i < n; i++) {
+        k = sprintf("key:%012d", i)
+        printf "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", length(k), k, size, v
+    }
+}' | redis-cli -p "$CS_PORT" --pipe >"$TMP/populate.log" 2>&1 || {
+    echo "$BENCH_NAME: populating the cluster failed:" >&2
+    cat "$TMP/populate.log" >&2
+    exit 1
+}
+
+RESULTS="$TMP/results.tsv" # test pipeline target rps p50 p99 requests cpu-ticks
+: >"$RESULTS"
+
+ticks_of() { # ticks_of TARGET: CPU ticks of the processes serving TARGET
+    local total=0 pid
+    case "$1" in
+        direct) for pid in "${NODE_PIDS[@]}"; do total=$((total + $(cpu_ticks "$pid"))); done ;;
+        cacheside) total=$(cpu_ticks "$CS_PID") ;;
+        cacheside-hot) total=$(cpu_ticks "$HOT_PID") ;;
+    esac
+    echo "$total"
+}
+
+bench_one() { # bench_one TEST PIPELINE REQUESTS TARGET
+    local test=$1 pipe=$2 n=$3 t=$4 args out line rps p50 p99 cpu0 cpu1
+    case "$t" in
+        direct) args=(-p "$SEED" --cluster) ;;
+        cacheside) args=(-p "$CS_PORT") ;;
+        cacheside-hot) args=(-p "$HOT_PORT") ;;
+    esac
+    echo "== $test -P $pipe -n $n -> $t" >&2
+    cpu0=$(ticks_of "$t")
+    out=$(redis-benchmark -h 127.0.0.1 "${args[@]}" -c "$CLIENTS" -n "$n" -d "$DATA_SIZE" \
+        -r "$KEYSPACE" -P "$pipe" -t "$test" --csv 2>>"$TMP/redis-benchmark.stderr") || {
+        echo "$BENCH_NAME: redis-benchmark against $t failed:" >&2
+        tail -n 20 "$TMP/redis-benchmark.stderr" >&2
+        exit 1
+    }
+    cpu1=$(ticks_of "$t")
+    line=$(printf '%s\n' "$out" | tr -d '"\r' | awk -F, -v T="${test^^}" '$1 == T')
+    [[ -n "$line" ]] || {
+        echo "$BENCH_NAME: no $test result against $t; output:" >&2
+        printf '%s\n' "$out" >&2
+        exit 1
+    }
+    IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"$line"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$test" "$pipe" "$t" "$rps" "$p50" "$p99" "$n" \
+        "$((cpu1 - cpu0))" >>"$RESULTS"
+}
+
+run() { # run TEST TARGET...: -P 1 and -P 16, the targets' order alternating
+    local test=$1 pipe n
+    shift
+    local targets=("$@") order
+    for pipe in 1 16; do
+        if [[ $pipe -eq 1 ]]; then n=$REQ_P1; else n=$REQ_P16; fi
+        order=("${targets[@]}")
+        [[ $pipe -eq 16 ]] && order=($(printf '%s\n' "${targets[@]}" | tac))
+        for t in "${order[@]}"; do bench_one "$test" "$pipe" "$n" "$t"; done
+    done
+}
+
+run get direct cacheside
+run set direct cacheside
+
+# cacheside-hot starts after the SETs (it would be told of each of them) and is warmed with one
+# GET of every key, pipelined through redis-benchmark's own key pattern.
+HOT_PORT=$(free_port)
+start_cacheside cacheside-hot "$HOT_PORT" $'[upstream]\nmode = "cluster"\n[hot]\nmax_size = "256MiB"\ncoherence = "broadcast"\n[[cache]]\nkeys = "key:*"\nttl = "300s"'
+HOT_PID=${PIDS[-1]}
+for i in $(seq 1 100); do
+    redis-cli -p "$HOT_PORT" info | tr -d '\r' | grep -q '^hot_state:active' && break
+    sleep 0.1
+done
+echo "== warming cacheside-hot" >&2
+seq 0 $((KEYSPACE - 1)) | awk '{ k = sprintf("key:%012d", $1); printf "*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n", length(k), k }' |
+    redis-cli -p "$HOT_PORT" --pipe >"$TMP/warm.log" 2>&1
+run get direct cacheside-hot
+
+# --- report ------------------------------------------------------------------------------------
+
+echo
+echo "| test | pipeline | target | rps | p50 ms | p99 ms | CPU µs/req |"
+echo "|------|---------:|--------|----:|-------:|-------:|-----------:|"
+awk -F'\t' -v tck="$CLK_TCK" '{
+    printf "| %s | %s | %s | %.0f | %s | %s | %.2f |\n", toupper($1), $2, $3, $4, $5, $6, $8 * 1e6 / tck / $7
+}' "$RESULTS"
+echo
+echo "| test | pipeline | target | target/direct rps | target/direct CPU/req |"
+echo "|------|---------:|--------|------------------:|----------------------:|"
+awk -F'\t' -v tck="$CLK_TCK" '
+    { key = $1 FS $2; cpu = $8 * 1e6 / tck / $7 }
+    $3 == "direct" { drps[key] = $4; dcpu[key] = cpu; next }
+    { rows[++n] = key FS $3 FS $4 FS cpu }
+    END {
+        for (i = 1; i <= n; i++) {
+            split(rows[i], f, FS)
+            k = f[1] FS f[2]
+            if (!(k in drps)) continue
+            printf "| %s | %s | %s | %.2f | %.2f |\n", toupper(f[1]), f[2], f[3], f[4] / drps[k], f[5] / dcpu[k]
+        }
+    }' "$RESULTS"
