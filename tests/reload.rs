@@ -283,3 +283,59 @@ async fn reloads_under_load_apply_rules_and_reject_bad_configs_without_dropping_
         "no request failed during the reloads"
     );
 }
+
+/// With CLIENT TRACKING, Redis only reports writes under the prefixes subscribed: a reload
+/// whose rules cache a new prefix must subscribe it before serving those keys from the tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_rule_with_a_new_prefix_is_kept_coherent_by_tracking() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (file, log) = (dir.path().join("proxy.toml"), dir.path().join("log"));
+    let tracked = |rule: &str| {
+        format!("[hot]\ncoherence = \"tracking\"\n\n[[cache]]\nkeys = \"{rule}\"\nttl = \"60s\"\n")
+    };
+    std::fs::write(&file, tracked("a:*")).expect("write config");
+    let p = Process::start_with_file(&file, &redis.url(), &log);
+    let url = format!("redis://127.0.0.1:{}", p.port);
+    let mut c = redis::Client::open(url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let mut direct = redis.direct().await;
+
+    std::fs::write(&file, tracked("b:*")).expect("write config");
+    p.signal("HUP");
+    wait_reloads(&p, "ok", 1.0).await;
+    let _: () = query(&mut direct, &["SET", "b:1", "v1"]).await;
+    let hits = async |p: &Process| {
+        metric(
+            &metrics(p).await,
+            "cacheside_cache_gets_total{result=\"hit\",tier=\"hot\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let before = hits(&p).await;
+    let served_hot = eventually(Duration::from_secs(10), async || {
+        let v: String = query(&mut c, &["GET", "b:1"]).await;
+        assert_eq!(v, "v1");
+        hits(&p).await > before
+    })
+    .await;
+    assert!(
+        served_hot,
+        "b:1 is served from the hot tier after the reload"
+    );
+
+    // A write straight to Redis: its invalidation must reach the tier.
+    let _: () = query(&mut direct, &["SET", "b:1", "v2"]).await;
+    let fresh = eventually(Duration::from_secs(3), async || {
+        let v: String = query(&mut c, &["GET", "b:1"]).await;
+        v == "v2"
+    })
+    .await;
+    assert!(
+        fresh,
+        "the new prefix is tracked: the write made outside cacheside is seen"
+    );
+}

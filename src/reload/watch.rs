@@ -22,18 +22,20 @@ pub fn spawn(
     mut reloader: Reloader,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
+    // Set up before returning: from here on SIGHUP reloads instead of ending the process, and
+    // file changes are seen.
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload on SIGHUP is off");
+            None
+        }
+    };
+    let changed = Arc::new(Notify::new());
+    let watcher = file.as_deref().and_then(|f| watch_dir(f, changed.clone()));
+    let file = watcher.as_ref().and(file);
+    let mut last = file.as_deref().and_then(|f| std::fs::read(f).ok());
     tokio::spawn(async move {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload on SIGHUP is off");
-                None
-            }
-        };
-        let changed = Arc::new(Notify::new());
-        let watcher = file.as_deref().and_then(|f| watch_dir(f, changed.clone()));
-        let file = watcher.as_ref().and(file);
-        let mut last = file.as_deref().and_then(|f| std::fs::read(f).ok());
         loop {
             let why = tokio::select! {
                 _ = async { hup.as_mut()?.recv().await }, if hup.is_some() => "SIGHUP",
