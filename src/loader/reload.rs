@@ -2,13 +2,13 @@
 //! whose query changed (or that is gone) filled is flushed from Redis.
 //!
 //! The flush SCANs the mapping's key pattern (and its negative, stale and lease keys) on the
-//! upstream and UNLINKs what matches, in batches. Deleting the leases makes fills of the old
+//! upstream (on a Redis Cluster, SCAN walks every primary) and UNLINKs what matches, in batches. Deleting the leases makes fills of the old
 //! query that still hold one (in any sidecar) refuse to write, as a write does. Loads of the
 //! old query that hold no lease, or that began before the flush and fill after it, are caught
 //! by a second flush once no load holds the old mapping any more (see `crate::reload`).
 
 use super::lease::call;
-use super::{compile, Loader, Mapping, MappingSettings};
+use super::{compile, prefixed, Loader, Mapping, MappingSettings};
 use crate::error::UpstreamError;
 use crate::protocol::request::encode_command;
 use crate::protocol::scan::Value;
@@ -48,7 +48,12 @@ impl Loader {
         let glob = m.pattern.glob();
         let mut deleted = 0;
         for prefix in COMPANIONS {
+            // A companion is `prefix{key}` (or `prefix` + key for a key with a hash tag, see
+            // `prefixed`): one glob covers every form, and each key found is checked exactly.
             let mut matcher = prefix.to_vec();
+            if !prefix.is_empty() {
+                matcher.push(b'*');
+            }
             matcher.extend_from_slice(&glob);
             let mut cursor = Bytes::from_static(b"0");
             loop {
@@ -69,8 +74,7 @@ impl Loader {
                 let keys: Vec<Bytes> = keys
                     .into_iter()
                     .filter(|k| {
-                        k.strip_prefix(prefix)
-                            .is_some_and(|k| m.pattern.matches(k).is_some())
+                        companion_of(prefix, k).is_some_and(|k| m.pattern.matches(k).is_some())
                     })
                     .collect();
                 if !keys.is_empty() {
@@ -87,6 +91,26 @@ impl Loader {
         }
         Ok(deleted)
     }
+}
+
+/// The key whose `prefix` companion `key` is (`key` itself for the empty prefix).
+fn companion_of<'k>(prefix: &[u8], key: &'k [u8]) -> Option<&'k [u8]> {
+    let rest = key.strip_prefix(prefix)?;
+    if prefix.is_empty() {
+        return Some(rest);
+    }
+    let wrapped = rest
+        .strip_prefix(b"{")
+        .and_then(|r| r.strip_suffix(b"}"))
+        .into_iter();
+    let tagged = rest
+        .strip_prefix(b"{")
+        .and_then(|r| memchr::memchr(b'}', r).map(|i| &r[i + 1..]))
+        .into_iter();
+    wrapped
+        .chain(tagged)
+        .chain(std::iter::once(rest))
+        .find(|inner| prefixed(prefix, inner)[..] == *key)
 }
 
 /// A SCAN reply: the next cursor and the keys of this step.
@@ -112,5 +136,20 @@ mod tests {
         assert_eq!(&c[..], b"17");
         assert_eq!(k, vec![&b"p:1"[..], &b"p:2"[..]]);
         assert!(scan_reply(b"-ERR no\r\n").is_none());
+    }
+
+    #[test]
+    fn companions_lead_back_to_their_key() {
+        for key in [&b"product:1"[..], b"u:{7}:x", b"odd}key"] {
+            for prefix in [&b"cacheside:neg:"[..], b"cacheside:lease:"] {
+                let c = super::prefixed(prefix, key);
+                assert_eq!(super::companion_of(prefix, &c), Some(key), "{c:?}");
+            }
+        }
+        assert_eq!(
+            super::companion_of(b"", b"product:1"),
+            Some(&b"product:1"[..])
+        );
+        assert_eq!(super::companion_of(b"cacheside:neg:", b"product:1"), None);
     }
 }

@@ -3,8 +3,9 @@
 //! The file's directory is watched, not the file: Kubernetes mounts a ConfigMap as a directory
 //! whose `..data` symlink is swapped atomically to a new timestamped directory, so the file's
 //! own inode never changes and a watch on it would hear nothing (editors that save by rename
-//! do the same). Any event in the directory starts a 200 ms debounce; then the file is read
-//! through its symlinks and reloaded only if its bytes differ from the last ones read.
+//! do the same). Once the directory has been quiet for 200 ms after an event, the file is read
+//! through its symlinks and reloaded only if its bytes differ from the last ones read (and it
+//! is not empty).
 
 use super::Reloader;
 use notify::{RecursiveMode, Watcher};
@@ -40,10 +41,14 @@ pub fn spawn(
             let why = tokio::select! {
                 _ = async { hup.as_mut()?.recv().await }, if hup.is_some() => "SIGHUP",
                 () = changed.notified(), if file.is_some() => {
-                    tokio::time::sleep(DEBOUNCE).await;
+                    // Quiet for DEBOUNCE since the last event: a file written in place (truncated,
+                    // then written) is read once it is whole.
+                    while tokio::time::timeout(DEBOUNCE, changed.notified()).await.is_ok() {}
                     let Some(path) = file.as_deref() else { continue };
                     let now = std::fs::read(path).ok();
-                    if now.is_none() || now == last {
+                    // An empty file is a write caught half-way (or a mistake), not a config
+                    // of defaults: the next event (or SIGHUP) reads it again.
+                    if now.as_ref().is_none_or(|b| b.is_empty()) || now == last {
                         continue;
                     }
                     last = now;
