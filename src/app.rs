@@ -84,10 +84,12 @@ pub async fn check_mappings(cfg: &Validated) -> Result<(), crate::config::Config
     }
 }
 
-/// Binds the configured addresses and serves until `shutdown` resolves.
+/// Binds the configured addresses and serves until `shutdown` resolves; reloads the config
+/// from `reload` on SIGHUP and when its file changes.
 pub async fn run(
     cfg: Validated,
     shutdown: impl Future<Output = ()> + Send,
+    reload: Option<crate::reload::Source>,
 ) -> Result<(), AppError> {
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -99,7 +101,7 @@ pub async fn run(
         Some(a) => Some(bind(a).await?),
         None => None,
     };
-    serve(listener, admin, cfg, shutdown).await;
+    serve_with(listener, admin, cfg, shutdown, reload).await;
     Ok(())
 }
 
@@ -110,6 +112,17 @@ pub async fn serve(
     admin: Option<TcpListener>,
     cfg: Validated,
     shutdown: impl Future<Output = ()> + Send,
+) {
+    serve_with(listener, admin, cfg, shutdown, None).await;
+}
+
+/// `serve`, reloading the config from `reload` (see [`crate::reload`]).
+pub async fn serve_with(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    cfg: Validated,
+    shutdown: impl Future<Output = ()> + Send,
+    reload: Option<crate::reload::Source>,
 ) {
     let metrics = Arc::new(Metrics::new(prometheus::Registry::new()));
     let upstream = match cfg.upstream.clone() {
@@ -288,6 +301,16 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let quit = Arc::new(Trigger::default());
+    if let Some(src) = reload {
+        let reloader = crate::reload::Reloader::new(
+            src.load,
+            &cfg,
+            ctx.router.hot().cloned(),
+            ctx.router.loader().cloned(),
+            metrics.clone(),
+        );
+        crate::reload::watch::spawn(src.file, reloader, stop_rx.clone());
+    }
 
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, auth = cfg.client_auth.is_some(), tls = cfg.listen_tls.is_some(), "listening for Redis clients");

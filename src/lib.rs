@@ -54,6 +54,10 @@
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener (/startupz /livez /readyz
 //!   /metrics, POST /quitquitquit).
 //! - [`app`], [`shutdown`]: wiring, and the drain on SIGTERM.
+//! - [`reload`]: live config reload on SIGHUP or a change of the config file (`watch.rs`: the
+//!   signal and the directory watch; `diff.rs`: settings that need a restart); swaps the hot
+//!   tier's rules (`tier/hot/rules.rs`) and the mappings, flushing what a changed mapping
+//!   filled (`loader/reload.rs`).
 
 #![forbid(unsafe_code)]
 
@@ -64,6 +68,7 @@ pub mod error;
 pub mod loader;
 pub mod metrics;
 pub mod protocol;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod shutdown;

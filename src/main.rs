@@ -11,7 +11,7 @@ const EXIT_CONFIG: u8 = 64;
 /// Used when no --config is given and this file exists in the working directory.
 const DEFAULT_CONFIG: &str = "proxy.toml";
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "cacheside",
     version,
@@ -43,7 +43,7 @@ struct Args {
     command: Option<Cmd>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum Cmd {
     /// Validate the configuration, print the effective config (secrets masked) and exit.
     CheckConfig,
@@ -54,7 +54,7 @@ enum Cmd {
     },
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum DbCmd {
     /// Install the triggers that NOTIFY row changes of the tables the mappings read
     /// (postgres.notify), in the database of postgres.url.
@@ -65,13 +65,17 @@ enum DbCmd {
     },
 }
 
-fn load(args: &Args) -> Result<Validated, ConfigError> {
-    let path = args.config.clone().or_else(|| {
+/// The config file: --config, or ./proxy.toml if it exists.
+fn config_path(args: &Args) -> Option<PathBuf> {
+    args.config.clone().or_else(|| {
         Path::new(DEFAULT_CONFIG)
             .exists()
             .then(|| PathBuf::from(DEFAULT_CONFIG))
-    });
-    let mut config = Config::load(path.as_deref(), &EnvVars)?;
+    })
+}
+
+fn load(args: &Args) -> Result<Validated, ConfigError> {
+    let mut config = Config::load(config_path(args).as_deref(), &EnvVars)?;
     if let Some(v) = &args.listen {
         config.server.listen = v.clone();
     }
@@ -131,7 +135,7 @@ fn main() -> ExitCode {
         eprintln!("cacheside: config error: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    match args.command {
+    match args.command.clone() {
         Some(Cmd::CheckConfig) => {
             print!("{}", validated.config.redacted_toml());
             eprintln!("cacheside: config OK");
@@ -157,9 +161,19 @@ fn main() -> ExitCode {
         }
         None => {}
     }
+    // A reload runs exactly the loading above: file, env, flags, validation, then the
+    // mappings' queries prepared.
+    let reload = cacheside::reload::Source {
+        file: config_path(&args),
+        load: {
+            let args = args.clone();
+            Box::new(move || load(&args))
+        },
+    };
     match runtime.block_on(cacheside::app::run(
         validated,
         cacheside::shutdown::signal(),
+        Some(reload),
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

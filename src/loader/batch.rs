@@ -183,7 +183,13 @@ impl Loader {
     /// Loads every key whose captures `query` returns (one row per key, columns in capture
     /// order), in batches, logging progress. Returns how many keys were loaded.
     pub async fn warm(&self, mapping: &str, query: &str) -> Result<usize, LoadError> {
-        let Some(m) = self.mappings.iter().find(|m| m.name == mapping).cloned() else {
+        let Some(m) = self
+            .mappings
+            .load()
+            .iter()
+            .find(|m| m.name == mapping)
+            .cloned()
+        else {
             return Ok(0);
         };
         let rows = self

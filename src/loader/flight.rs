@@ -23,6 +23,9 @@ type Shared = Option<(Result<Loaded, LoadError>, u64)>;
 pub(super) struct Flight {
     id: u64,
     rx: watch::Receiver<Shared>,
+    /// The mapping it loads with: after a config reload, reads of the new mapping never share
+    /// a load of the old one (its query may differ).
+    mapping: Arc<Mapping>,
 }
 
 enum Role {
@@ -60,13 +63,17 @@ impl Loader {
                 let mut flights = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
                 match flights.get(key) {
                     // A finished load whose value is older than this read is of no use to it.
-                    Some(f) if f.rx.borrow().as_ref().is_none_or(|(_, at)| *at > begun) => {
+                    Some(f)
+                        if Arc::ptr_eq(&f.mapping, m)
+                            && f.rx.borrow().as_ref().is_none_or(|(_, at)| *at > begun) =>
+                    {
                         Role::Follow(f.rx.clone())
                     }
                     _ => {
                         let (tx, rx) = watch::channel(None);
                         let id = self.ticket();
-                        flights.insert(key.clone(), Flight { id, rx });
+                        let mapping = m.clone();
+                        flights.insert(key.clone(), Flight { id, rx, mapping });
                         Role::Lead(tx, id)
                     }
                 }

@@ -94,6 +94,26 @@ impl KeyPattern {
         out
     }
 
+    /// A Redis glob (for SCAN MATCH) covering every matching key: literals escaped, each
+    /// capture a `*`. It may match more (a capture never holds `:`): check with `matches`.
+    pub fn glob(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in &self.parts {
+            match p {
+                Part::Lit(l) => {
+                    for &b in l {
+                        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+                            out.push(b'\\');
+                        }
+                        out.push(b);
+                    }
+                }
+                Part::Cap(_) => out.push(b'*'),
+            }
+        }
+        out
+    }
+
     /// The text every matching key starts with.
     pub fn prefix(&self) -> &[u8] {
         match self.parts.first() {
@@ -236,6 +256,16 @@ mod tests {
         let p = KeyPattern::parse("user:{uid}:orders").unwrap();
         assert_eq!(p.matches(b"user:7:orders"), Some(vec![&b"7"[..]]));
         assert_eq!(p.matches(b"user:7:x:orders"), None);
+    }
+
+    #[test]
+    fn globs_escape_literals_and_widen_captures() {
+        let p = KeyPattern::parse("a*[b]?:{id}:x\\{n}").unwrap();
+        assert_eq!(p.glob(), b"a\\*\\[b\\]\\?:*:x\\\\*".to_vec());
+        assert_eq!(
+            KeyPattern::parse("product:{id}").unwrap().glob(),
+            b"product:*"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod notify;
 pub mod params;
 pub mod postgres;
 mod refresh;
+mod reload;
 mod stale;
 pub mod tls;
 pub mod write;
@@ -112,7 +113,8 @@ pub enum LoadError {
 }
 
 pub struct Loader {
-    mappings: Vec<Arc<Mapping>>,
+    /// Swapped whole by a config reload (see `reload`): one atomic load per lookup, no lock.
+    mappings: arc_swap::ArcSwap<Vec<Arc<Mapping>>>,
     db: Database,
     upstream: Option<Arc<Upstream>>,
     inflight: Mutex<HashMap<Bytes, flight::Flight>>,
@@ -149,39 +151,10 @@ impl Loader {
         let refresher = Arc::new(refresh::Queue::default());
         let mappings = settings
             .into_iter()
-            .map(|s| {
-                let captures = s.pattern.captures();
-                let batch_sql = match (captures.as_slice(), &s.batch_query) {
-                    ([one], Some(q)) => Some(encode::wrap_batch(q, one)),
-                    ([one], None) => {
-                        encode::derive_batch(&s.query).map(|q| encode::wrap_batch(&q, one))
-                    }
-                    _ => None,
-                };
-                Arc::new(Mapping {
-                    metrics: metrics.origin(&s.name),
-                    strategy_metrics: metrics.strategy(&s.name),
-                    write: s.write,
-                    refresh_ahead: s.refresh_ahead,
-                    stale_if_error: s.stale_if_error,
-                    stale_logged: std::sync::atomic::AtomicU64::new(0),
-                    refresher: refresher.clone(),
-                    batch_sql,
-                    batch_ok: OnceCell::new(),
-                    sql: encode::wrap(&s.query),
-                    name: s.name,
-                    pattern: s.pattern,
-                    shape: s.shape,
-                    ttl: s.ttl,
-                    jitter: s.jitter,
-                    negative_ttl: s.negative_ttl,
-                    table: s.table,
-                    types: OnceCell::new(),
-                })
-            })
+            .map(|s| compile(s, metrics, &refresher))
             .collect();
         Self {
-            mappings,
+            mappings: arc_swap::ArcSwap::from_pointee(mappings),
             db,
             upstream,
             inflight: Mutex::new(HashMap::new()),
@@ -207,9 +180,9 @@ impl Loader {
         }
     }
 
-    /// Every configured mapping, in config order.
-    pub fn mappings(&self) -> &[Arc<Mapping>] {
-        &self.mappings
+    /// The mappings in force now, in config order.
+    pub fn mappings(&self) -> Arc<Vec<Arc<Mapping>>> {
+        self.mappings.load_full()
     }
 
     /// The mapping that declares `key` (first match), with the key's captures.
@@ -217,7 +190,7 @@ impl Loader {
     /// convert to its query's parameter types (once those are known): a key whose capture is
     /// not a valid value for its parameter is not that mapping's key, and passes through.
     pub fn resolve(&self, key: &[u8]) -> Option<(Arc<Mapping>, Vec<Bytes>)> {
-        self.mappings.iter().find_map(|m| {
+        self.mappings.load().iter().find_map(|m| {
             let caps = m.pattern.matches(key)?;
             if let Some(types) = m.types.get() {
                 let fits = types
@@ -237,28 +210,25 @@ impl Loader {
 
     /// Prepares every mapping's query; the first failure names its mapping.
     pub async fn prepare_all(&self) -> Result<(), (String, DbError)> {
-        for m in &self.mappings {
-            let types = self
-                .db
-                .param_types(&m.sql)
-                .await
-                .map_err(|e| (m.name.clone(), e))?;
-            if types.len() != m.pattern.captures().len() {
-                return Err((
-                    m.name.clone(),
-                    DbError::Query(format!(
-                        "the query has {} parameter(s) but the key pattern has {} capture(s)",
-                        types.len(),
-                        m.pattern.captures().len()
-                    )),
-                ));
-            }
-            let _ = m.types.set(types);
-            self.prepare_writes(m)
-                .await
-                .map_err(|e| (m.name.clone(), e))?;
-            self.batch_usable(m).await;
+        for m in self.mappings().iter() {
+            self.prepare(m).await.map_err(|e| (m.name.clone(), e))?;
         }
+        Ok(())
+    }
+
+    /// Prepares one mapping's query (and its write statements and batch form).
+    pub async fn prepare(&self, m: &Mapping) -> Result<(), DbError> {
+        let types = self.db.param_types(&m.sql).await?;
+        if types.len() != m.pattern.captures().len() {
+            return Err(DbError::Query(format!(
+                "the query has {} parameter(s) but the key pattern has {} capture(s)",
+                types.len(),
+                m.pattern.captures().len()
+            )));
+        }
+        let _ = m.types.set(types);
+        self.prepare_writes(m).await?;
+        self.batch_usable(m).await;
         Ok(())
     }
 
@@ -309,6 +279,40 @@ impl Loader {
             detail,
         })
     }
+}
+
+/// Compiles one mapping's settings; its metrics are those of its name.
+fn compile(
+    s: MappingSettings,
+    metrics: &crate::metrics::Metrics,
+    refresher: &Arc<refresh::Queue>,
+) -> Arc<Mapping> {
+    let captures = s.pattern.captures();
+    let batch_sql = match (captures.as_slice(), &s.batch_query) {
+        ([one], Some(q)) => Some(encode::wrap_batch(q, one)),
+        ([one], None) => encode::derive_batch(&s.query).map(|q| encode::wrap_batch(&q, one)),
+        _ => None,
+    };
+    Arc::new(Mapping {
+        metrics: metrics.origin(&s.name),
+        strategy_metrics: metrics.strategy(&s.name),
+        write: s.write,
+        refresh_ahead: s.refresh_ahead,
+        stale_if_error: s.stale_if_error,
+        stale_logged: std::sync::atomic::AtomicU64::new(0),
+        refresher: refresher.clone(),
+        batch_sql,
+        batch_ok: OnceCell::new(),
+        sql: encode::wrap(&s.query),
+        name: s.name,
+        pattern: s.pattern,
+        shape: s.shape,
+        ttl: s.ttl,
+        jitter: s.jitter,
+        negative_ttl: s.negative_ttl,
+        table: s.table,
+        types: OnceCell::new(),
+    })
 }
 
 type UnfilledHook = Box<dyn Fn(&[u8]) + Send + Sync>;

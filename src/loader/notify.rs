@@ -119,6 +119,7 @@ impl Loader {
     /// The `(table, capture names)` of every mapping, for `install_sql`.
     pub fn notify_tables(&self) -> Vec<(String, Vec<String>)> {
         self.mappings
+            .load()
             .iter()
             .map(|m| {
                 let caps = m.pattern.captures().into_iter().map(String::from).collect();
@@ -140,7 +141,8 @@ impl Loader {
             Some((s, t)) => s == schema && t == table,
             None => mt == table,
         };
-        let mapped: Vec<_> = self.mappings.iter().filter(|m| reads(&m.table)).collect();
+        let all = self.mappings.load();
+        let mapped: Vec<_> = all.iter().filter(|m| reads(&m.table)).collect();
         if mapped.is_empty() {
             return Change::None;
         }

@@ -62,11 +62,9 @@ impl Mapping {
 }
 
 impl Loader {
-    /// Runs refreshes as reads ask for them, for as long as the loader lives.
+    /// Runs refreshes as reads ask for them, for as long as the loader lives. Started whatever
+    /// the mappings say: a reload may give one `refresh_ahead`, and an idle task costs nothing.
     pub fn start_refresher(self: &Arc<Self>) {
-        if self.mappings.iter().all(|m| m.refresh_ahead.is_none()) {
-            return;
-        }
         let weak = Arc::downgrade(self);
         let queue = self.refresher.clone();
         tokio::spawn(async move {

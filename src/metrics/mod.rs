@@ -10,6 +10,7 @@ use prometheus::{
 };
 
 mod labels;
+pub mod reload;
 mod strategy;
 pub use labels::{InvalidationSource, Outcome, UpstreamFailure, LATENCY_BUCKETS};
 pub use strategy::StrategyMetrics;

@@ -120,7 +120,7 @@ pub async fn read(
         ("MGET", n) if n >= 2 => return mget(tier, loader, req, proto, fence, out).await,
         _ => return Outcome::Skip,
     };
-    let rule = tier.and_then(|t| t.rule(key).cloned());
+    let rule = tier.and_then(|t| t.rule(key));
     // The fence comes before the lookup: once it finds nothing pending, every invalidation
     // that reached this sidecar before the request was sent is applied, so what the lookup
     // finds is not older than it. (Checked after, an invalidation applied between the two
@@ -244,7 +244,7 @@ async fn mget(
         .map(|key| {
             let hot = tier
                 .filter(|t| t.is_coherent())
-                .and_then(|t| t.rule(&key).cloned().map(|r| (t.stamp(&key), r)));
+                .and_then(|t| t.rule(&key).map(|r| (t.stamp(&key), r)));
             let load = loader.and_then(|l| l.resolve(&key));
             let mut p = Pending {
                 begun: ticket(loader, &load),

@@ -98,7 +98,7 @@ fn stats(router: &Router) -> String {
         None => s.push_str("hot_state:off\r\n"),
     }
     if let Some(loader) = router.loader() {
-        for m in loader.mappings() {
+        for m in loader.mappings().iter() {
             let o = &m.metrics;
             let _ = write!(
                 s,
@@ -124,7 +124,7 @@ fn mappings(router: &Router) -> Decision {
     let all = loader.mappings();
     let mut out = BytesMut::new();
     out.extend_from_slice(format!("*{}\r\n", all.len()).as_bytes());
-    for m in all {
+    for m in all.iter() {
         let line = format!(
             "name={} key={} shape={:?} ttl={:?} negative_ttl={:?}",
             m.name, m.pattern, m.shape, m.ttl, m.negative_ttl

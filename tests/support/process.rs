@@ -3,6 +3,7 @@
 
 use super::{free_port, http, wait_for_port};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,20 +13,33 @@ pub struct Process {
     pub admin: SocketAddr,
     child: Child,
     /// An empty config file, so a proxy.toml in the working directory is not picked up.
-    _config: tempfile::NamedTempFile,
+    _config: Option<tempfile::NamedTempFile>,
 }
 
 impl Process {
     /// Starts the binary in front of `upstream` with extra `CACHESIDE_*` variables, and waits
     /// until its client port accepts.
     pub fn start(upstream: &str, env: &[(&str, &str)]) -> Self {
+        let config = tempfile::NamedTempFile::new().expect("temp config");
+        let mut p = Self::spawn(config.path(), upstream, env, Stdio::null());
+        p._config = Some(config);
+        p
+    }
+
+    /// Starts the binary with the config file `config` (which it reloads on SIGHUP and when
+    /// it changes), writing its log (warn and above) to `log`.
+    pub fn start_with_file(config: &Path, upstream: &str, log: &Path) -> Self {
+        let log = std::fs::File::create(log).expect("create log file");
+        Self::spawn(config, upstream, &[], Stdio::from(log))
+    }
+
+    fn spawn(config: &Path, upstream: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
         let port = free_port();
         let admin = free_port();
-        let config = tempfile::NamedTempFile::new().expect("temp config");
         let child = Command::new(env!("CARGO_BIN_EXE_cacheside"))
             .args([
                 "--config",
-                config.path().to_str().expect("utf-8 temp path"),
+                config.to_str().expect("utf-8 config path"),
                 "--upstream",
                 upstream,
                 "--listen",
@@ -37,7 +51,7 @@ impl Process {
             ])
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start cacheside");
         wait_for_port(port, Duration::from_secs(10));
@@ -45,7 +59,7 @@ impl Process {
             port,
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
             child,
-            _config: config,
+            _config: None,
         }
     }
 
@@ -55,11 +69,16 @@ impl Process {
 
     /// Sends SIGTERM, as the kubelet does.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`TERM`, `HUP`).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM {}", self.pid());
+        assert!(status.success(), "kill -{name} {}", self.pid());
     }
 
     /// Waits for the process to exit, at most `limit`.

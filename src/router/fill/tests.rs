@@ -90,7 +90,7 @@ async fn mget_keeps_order_duplicates_and_nils_and_fetches_only_misses() {
         value: Cached::Value(Bytes::from_static(b"$1\r\nh\r\n")),
         pttl: -1,
         stamp: t.stamp(b"p:hit"),
-        rule: t.rule(b"p:hit").unwrap().clone(),
+        rule: t.rule(b"p:hit").unwrap(),
     })
     .await;
     let req = Request::from_args(&["MGET", "p:a", "p:hit", "other", "p:a"]);

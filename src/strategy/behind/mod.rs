@@ -44,7 +44,7 @@ if r then redis.call('XADD', KEYS[2], '*', 'k', KEYS[1], 'v', ARGV[tonumber(ARGV
 return r";
 
 /// Checked settings of one write-behind mapping.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BehindSettings {
     pub mapping: String,
     pub pattern: KeyPattern,

@@ -39,6 +39,8 @@ enum End {
     Lost(UpstreamError),
     /// ElastiCache IAM: the connection is near its 12-hour limit and is replaced.
     Reauth,
+    /// A config reload changed the rules' prefixes: tracking starts again with the new ones.
+    Retrack,
 }
 
 /// Starts keeping `tier` coherent in `mode`. In `ttl` mode nothing listens and the tier is
@@ -71,6 +73,8 @@ pub fn spawn(tier: Arc<HotTier>, upstream: Arc<Upstream>, mode: Coherence, chann
                     return;
                 }
             }
+            tier.tracking
+                .store(tracking, std::sync::atomic::Ordering::SeqCst);
             let run = async {
                 if tracking {
                     run_tracking(&tier, &settings).await
@@ -84,6 +88,7 @@ pub fn spawn(tier: Arc<HotTier>, upstream: Arc<Upstream>, mode: Coherence, chann
             let end = tokio::select! {
                 end = run => end,
                 _ = reauth_deadline(&settings) => End::Reauth,
+                () = tier.retrack.notified(), if tracking => End::Retrack,
             };
             if tier.is_coherent() {
                 attempt = 0;
@@ -105,6 +110,13 @@ pub fn spawn(tier: Arc<HotTier>, upstream: Arc<Upstream>, mode: Coherence, chann
                 End::Reauth => {
                     tracing::info!(
                         "hot tier invalidation connection replaced to authenticate again (IAM)"
+                    );
+                    attempt = 0;
+                    continue;
+                }
+                End::Retrack => {
+                    tracing::info!(
+                        "cache rules changed: CLIENT TRACKING starts again with their prefixes"
                     );
                     attempt = 0;
                     continue;
@@ -164,9 +176,8 @@ async fn open(settings: &Settings, addr: &Arc<str>, proto: Proto) -> Result<Stre
 
 /// The BCAST prefixes covering every rule: the literal prefix of each pattern, with prefixes
 /// that another one already covers dropped (Redis refuses overlapping prefixes). Empty: all keys.
-fn prefixes(tier: &HotTier) -> Vec<Vec<u8>> {
-    let mut all: Vec<Vec<u8>> = tier
-        .rules()
+pub(super) fn prefixes(rules: &[Arc<super::Rule>]) -> Vec<Vec<u8>> {
+    let mut all: Vec<Vec<u8>> = rules
         .iter()
         .map(|r| r.pattern.literal_prefix().to_vec())
         .collect();
@@ -231,7 +242,7 @@ async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
         b"ON".to_vec(),
         b"BCAST".to_vec(),
     ];
-    for p in prefixes(tier) {
+    for p in prefixes(&tier.rules()) {
         args.push(b"PREFIX".to_vec());
         args.push(p);
     }

@@ -26,6 +26,7 @@ mod fill;
 mod front;
 pub mod info;
 mod pattern;
+mod rules;
 pub mod settings;
 #[cfg(test)]
 mod tests;
@@ -66,7 +67,7 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn from_settings(s: &RuleSettings) -> Self {
+    pub(crate) fn from_settings(s: &RuleSettings) -> Self {
         Self {
             pattern: Pattern::parse(&s.pattern).expect("patterns are checked by Config::validate"),
             ttl: s.ttl,
@@ -171,7 +172,12 @@ struct Stripe {
 
 pub struct HotTier {
     cache: Cache<Bytes, Entry>,
-    rules: Vec<Arc<Rule>>,
+    /// Swapped whole by a config reload (see `rules`): one atomic load per lookup, no lock.
+    rules: arc_swap::ArcSwap<Vec<Arc<Rule>>>,
+    /// Wakes the coherence task to track the prefixes of new rules (see `rules`).
+    retrack: tokio::sync::Notify,
+    /// Coherence runs (or is connecting) in tracking mode.
+    tracking: AtomicBool,
     stripes: Box<[Stripe]>,
     flushes: AtomicU64,
     /// Flushes sent and not yet answered.
@@ -228,11 +234,9 @@ impl HotTier {
             .build();
         let tier = Arc::new(Self {
             cache,
-            rules: settings
-                .rules
-                .iter()
-                .map(|r| Arc::new(Rule::from_settings(r)))
-                .collect(),
+            rules: arc_swap::ArcSwap::from_pointee(rules::compile(&settings.rules)),
+            retrack: tokio::sync::Notify::new(),
+            tracking: AtomicBool::new(false),
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             flushes: AtomicU64::new(0),
             flushes_in_flight: AtomicU64::new(0),
@@ -262,13 +266,18 @@ impl HotTier {
         tier
     }
 
-    pub fn rules(&self) -> &[Arc<Rule>] {
-        &self.rules
+    /// The rules in force now.
+    pub fn rules(&self) -> Arc<Vec<Arc<Rule>>> {
+        self.rules.load_full()
     }
 
     /// The rule for `key`, if the tier may hold it (first match wins).
-    pub fn rule(&self, key: &[u8]) -> Option<&Arc<Rule>> {
-        self.rules.iter().find(|r| r.pattern.matches(key))
+    pub fn rule(&self, key: &[u8]) -> Option<Arc<Rule>> {
+        self.rules
+            .load()
+            .iter()
+            .find(|r| r.pattern.matches(key))
+            .cloned()
     }
 
     pub fn is_coherent(&self) -> bool {

@@ -28,7 +28,7 @@ fn fill(t: &HotTier, key: &'static str, value: &'static [u8], stamp: Stamp) -> F
         value: Cached::Value(Bytes::from_static(value)),
         pttl: -1,
         stamp,
-        rule: t.rule(key.as_bytes()).unwrap().clone(),
+        rule: t.rule(key.as_bytes()).unwrap(),
     }
 }
 
@@ -127,7 +127,7 @@ async fn the_byte_bound_holds_under_a_workload_ten_times_larger() {
             value: Cached::Value(value.clone()),
             pttl: -1,
             stamp: t.stamp(&key),
-            rule: t.rule(&key).unwrap().clone(),
+            rule: t.rule(&key).unwrap(),
         })
         .await;
     }
@@ -167,7 +167,7 @@ async fn concurrent_fills_and_evictions_leave_the_read_path_within_moka() {
                     value: Cached::Value(value.clone()),
                     pttl: -1,
                     stamp: t.stamp(&key),
-                    rule: t.rule(&key).unwrap().clone(),
+                    rule: t.rule(&key).unwrap(),
                 })
                 .await;
                 if i % 5 == 0 {
@@ -236,7 +236,7 @@ async fn no_hit_is_older_than_an_acknowledged_invalidation() {
     let version = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let rule = t.rule(b"p:race").unwrap().clone();
+    let rule = t.rule(b"p:race").unwrap();
     let mut fillers = Vec::new();
     for _ in 0..2 {
         let (t, version, stop, rule) = (t.clone(), version.clone(), stop.clone(), rule.clone());
