@@ -31,6 +31,8 @@
 # CPU contention between them (and with anything else running), so compare rows of one run.
 
 set -euo pipefail
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh" # free_port, wait_ping
 
 CLIENTS=48
 REQUESTS=20000
@@ -183,40 +185,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A port nothing listens on (checked by trying to connect), not handed out before in this run.
-USED_PORTS=" "
-free_port() {
-    local p i
-    for i in $(seq 1 200); do
-        p=$((20000 + RANDOM % 30000))
-        [[ "$USED_PORTS" == *" $p "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            USED_PORTS+="$p "
-            echo "$p"
-            return 0
-        fi
-    done
-    echo "bench-readthrough.sh: no free port found" >&2
-    return 1
-}
 
-wait_ping() { # wait_ping NAME PORT PID LOG
-    local i
-    for i in $(seq 1 100); do
-        if [[ "$(redis-cli -h 127.0.0.1 -p "$2" ping 2>/dev/null)" == "PONG" ]]; then
-            return 0
-        fi
-        if ! kill -0 "$3" 2>/dev/null; then
-            echo "bench-readthrough.sh: $1 exited during startup; its log ($4):" >&2
-            tail -n 20 "$4" >&2 || true
-            exit 1
-        fi
-        sleep 0.1
-    done
-    echo "bench-readthrough.sh: $1 did not answer PING on port $2 within 10s; its log ($4):" >&2
-    tail -n 20 "$4" >&2 || true
-    exit 1
-}
 
 # --- build -----------------------------------------------------------------------------------
 

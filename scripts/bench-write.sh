@@ -31,6 +31,8 @@
 # (util-linux) and a `postgres` OS user. Nothing is installed.
 
 set -euo pipefail
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh" # free_port, wait_ping
 
 CLIENTS=50
 REQUESTS=100000
@@ -126,36 +128,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-USED_PORTS=" "
-free_port() {
-    local p i
-    for i in $(seq 1 200); do
-        p=$((20000 + RANDOM % 30000))
-        [[ "$USED_PORTS" == *" $p "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            USED_PORTS+="$p "
-            echo "$p"
-            return 0
-        fi
-    done
-    echo "bench-write.sh: no free port found" >&2
-    return 1
-}
 
-wait_ping() { # wait_ping NAME PORT PID LOG
-    local i
-    for i in $(seq 1 200); do
-        [[ "$(redis-cli -h 127.0.0.1 -p "$2" ping 2>/dev/null)" == "PONG" ]] && return 0
-        kill -0 "$3" 2>/dev/null || {
-            echo "bench-write.sh: $1 exited during startup:" >&2
-            tail -n 20 "$4" >&2 || true
-            exit 1
-        }
-        sleep 0.1
-    done
-    echo "bench-write.sh: $1 did not answer on port $2" >&2
-    exit 1
-}
 
 if [[ $BUILD -eq 1 ]]; then
     echo "== building cacheside (cargo build --release)" >&2
