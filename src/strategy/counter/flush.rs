@@ -42,6 +42,9 @@ redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. ':' .. d .. ':' .. ARGV[1])
 return d";
 
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// A key flushed early is taken once more this long after: the INCR that crossed the threshold
+/// is counted when it is routed, and may run in Redis just after the first take.
+const FOLLOW_UP: Duration = Duration::from_millis(250);
 /// Keys taken per round trip, and rounds per cycle (the rest waits for the next cycle).
 const BATCH: usize = 256;
 const ROUNDS: usize = 64;
@@ -126,20 +129,36 @@ impl Flusher {
             .map(|c| start + c.settings.flush_every)
             .collect();
         let mut pruned = start;
+        // Keys flushed early, to take once more at the instant given (see FOLLOW_UP).
+        let mut follow_up: Vec<(Instant, usize, Bytes)> = Vec::new();
         loop {
-            let next = due.iter().min().copied().unwrap_or(start + PRUNE_EVERY);
+            let next = due
+                .iter()
+                .copied()
+                .chain(follow_up.iter().map(|f| f.0))
+                .min()
+                .unwrap_or(start + PRUNE_EVERY);
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = counters.wake.notified() => {
                     let urgent = counters.take_urgent();
                     for (i, key) in urgent {
                         if let Some(c) = counters.list.get(i) {
-                            self.take_and_apply(c, vec![key]).await;
+                            self.take_and_apply(c, vec![key.clone()]).await;
+                            follow_up.push((Instant::now() + FOLLOW_UP, i, key));
                         }
                     }
                 }
                 _ = tokio::time::sleep_until(next) => {
                     let now = Instant::now();
+                    let (ready, later): (Vec<_>, Vec<_>) =
+                        follow_up.drain(..).partition(|f| f.0 <= now);
+                    follow_up = later;
+                    for (_, i, key) in ready {
+                        if let Some(c) = counters.list.get(i) {
+                            self.take_and_apply(c, vec![key]).await;
+                        }
+                    }
                     for (i, c) in counters.list.iter().enumerate() {
                         if due[i] <= now {
                             self.cycle(c).await;
