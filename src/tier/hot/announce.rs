@@ -124,6 +124,16 @@ impl HotTier {
             for s in sent {
                 ok &= s.await;
             }
+            // Redis writes a PUBLISH's reply before the messages to the subscribers (its pending
+            // writes are handled newest first), so the reply alone does not say that the other
+            // sidecars' connections have the message. A command sent after that reply is read
+            // in a later turn of Redis's event loop, after the turn that wrote the messages: its
+            // reply does. `EXISTS <channel>` reaches the channel's node (its slot, on a cluster).
+            if ok {
+                if let Some(fence) = self.broadcast().map(|b| b.fence()) {
+                    ok &= publish(fence).await;
+                }
+            }
             self.announcer.in_flight.fetch_sub(1, SeqCst);
             for w in q.waiters {
                 let _ = w.send(ok);

@@ -28,6 +28,12 @@ impl Broadcast {
         crate::protocol::request::encode_command(&args)
     }
 
+    /// `EXISTS <channel>`: a command answered by the channel's node, sent after a PUBLISH's
+    /// reply to know its messages are written (see `run_announcer`).
+    pub fn fence(&self) -> Bytes {
+        crate::protocol::request::encode_command(&[&b"EXISTS"[..], &self.channel])
+    }
+
     /// `PUBLISH <channel> <message>` (`SPUBLISH` on a cluster).
     pub fn publish(&self, keys: &[Bytes], flush: bool) -> Bytes {
         let verb: &[u8] = if self.shard { b"SPUBLISH" } else { b"PUBLISH" };
