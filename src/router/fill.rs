@@ -105,8 +105,7 @@ pub async fn read(
         ("HGET", 3) => single(View::HGet(req.arg_bytes(2))),
         ("HGETALL", 2) => single(View::HGetAll(proto)),
         ("STRLEN", 2) => {
-            let Some(tier) = tier.filter(|t| t.rule(req.arg(1)).is_some() && !fence.pending(t))
-            else {
+            let Some(tier) = tier.filter(|t| t.caches(req.arg(1)) && !fence.pending(t)) else {
                 return Outcome::Skip;
             };
             return match tier.strlen(req.arg(1)).await {
@@ -201,7 +200,7 @@ async fn mget(
     out: &mut BytesMut,
 ) -> Outcome {
     let n = req.argc() - 1;
-    let cacheable = |k: &[u8]| tier.is_some_and(|t| t.rule(k).is_some());
+    let cacheable = |k: &[u8]| tier.is_some_and(|t| t.caches(k));
     let mapped = |k: &[u8]| loader.is_some_and(|l| l.resolve(k).is_some());
     if (1..=n).all(|i| !cacheable(req.arg(i)) && !mapped(req.arg(i))) {
         return Outcome::Skip;

@@ -172,7 +172,7 @@ impl Router {
         let keys: Vec<Bytes> = info
             .key_indices(req)
             .into_iter()
-            .filter(|&i| hot.rule(req.arg(i)).is_some())
+            .filter(|&i| hot.caches(req.arg(i)))
             .map(|i| req.arg_bytes(i))
             .collect();
         if keys.is_empty() {

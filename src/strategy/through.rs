@@ -228,7 +228,7 @@ impl Env {
             let held: Vec<Bytes> = written
                 .iter()
                 .chain(related)
-                .filter(|k| hot.rule(k).is_some())
+                .filter(|k| hot.caches(k))
                 .cloned()
                 .collect();
             (hot, hot.begin_write(held, false))

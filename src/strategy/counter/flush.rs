@@ -145,7 +145,11 @@ impl Flusher {
                     for (i, key) in urgent {
                         if let Some(c) = counters.list.get(i) {
                             self.take_and_apply(c, vec![key.clone()]).await;
-                            follow_up.push((Instant::now() + FOLLOW_UP, i, key));
+                            // One follow-up per key at a time: the list stays as small as the
+                            // set of keys flushed early in the last FOLLOW_UP.
+                            if !follow_up.iter().any(|f| f.1 == i && f.2 == key) {
+                                follow_up.push((Instant::now() + FOLLOW_UP, i, key));
+                            }
                         }
                     }
                 }

@@ -272,6 +272,11 @@ impl HotTier {
     }
 
     /// The rule for `key`, if the tier may hold it (first match wins).
+    /// Whether a rule caches `key`: [`HotTier::rule`] without cloning the rule.
+    pub fn caches(&self, key: &[u8]) -> bool {
+        self.rules.load().iter().any(|r| r.pattern.matches(key))
+    }
+
     pub fn rule(&self, key: &[u8]) -> Option<Arc<Rule>> {
         self.rules
             .load()
