@@ -43,6 +43,8 @@ command -v cargo >/dev/null 2>&1 || {
 
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# A one-off build gains nothing from incremental state, which would take ~3 GB of disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 if ((lint)); then
   cargo fmt --all -- --check
   cargo clippy --all-targets -- -D warnings
