@@ -72,6 +72,22 @@ async function eventually(check, timeoutMs = 3000) {
 }
 
 const ids = (list) => list.map((p) => p.id);
+
+// Each GET /products/:id also counts a view, and the [[counter]] moves views to the row every
+// 200 ms: that UPDATE is a row change whose NOTIFY rightly evicts the product and the lists
+// holding it. A pair of reads such an eviction fell between is tried again (at most 5 times;
+// `pair` gets the attempt's number); a pair without one must show the cache at work.
+async function withoutRowChange(pair) {
+  for (let attempt = 1; ; attempt++) {
+    const n0 = await metric('cacheside_invalidations_total', { source: 'db_notify' });
+    try {
+      return await pair(attempt);
+    } catch (err) {
+      const n1 = await metric('cacheside_invalidations_total', { source: 'db_notify' });
+      if (n1 === n0 || attempt >= 5) throw err;
+    }
+  }
+}
 const lag = (e) => (e.firstTry ? 'on the first read' : `after ${e.ms} ms`);
 
 async function main() {
@@ -84,18 +100,21 @@ async function main() {
 
   // Read a product twice: the second read is answered by cacheside without a query.
   step = 'Read a product twice: the second read is answered by cacheside without a query.';
-  const c0 = await counters();
-  r = await http('GET', '/products/1');
-  assert.equal(r.status, 200);
-  assert.equal(r.body.id, 1);
-  assert.equal(r.body.name, 'Mechanical keyboard');
-  assert.equal(r.body.category, 'electronics');
-  const c1 = await counters();
-  const second = await http('GET', '/products/1');
-  const c2 = await counters();
-  assert.deepEqual(second.body, r.body, 'the second read returns the same product');
-  assert.equal(c2.productQueries - c1.productQueries, 0, 'second read ran a Postgres query');
-  assert.ok(c2.hotHits - c1.hotHits >= 1, 'second read was not a hot-tier hit');
+  const [c0, c1] = await withoutRowChange(async () => {
+    const c0 = await counters();
+    r = await http('GET', '/products/1');
+    assert.equal(r.status, 200);
+    assert.equal(r.body.id, 1);
+    assert.equal(r.body.name, 'Mechanical keyboard');
+    assert.equal(r.body.category, 'electronics');
+    const c1 = await counters();
+    const second = await http('GET', '/products/1');
+    const c2 = await counters();
+    assert.deepEqual(second.body, r.body, 'the second read returns the same product');
+    assert.equal(c2.productQueries - c1.productQueries, 0, 'second read ran a Postgres query');
+    assert.ok(c2.hotHits - c1.hotHits >= 1, 'second read was not a hot-tier hit');
+    return [c0, c1];
+  });
   pass(
     `GET /products/1 twice: first read ${c1.productQueries - c0.productQueries} Postgres ` +
       `queries (${c1.productQueries === c0.productQueries ? 'warmed by [[warm]]' : 'loaded on the miss'}), ` +
@@ -111,16 +130,20 @@ async function main() {
 
   // Category list, read twice: one query, then none (hot tier).
   step = 'Category list, read twice: one query, then none (hot tier).';
-  const q0 = await counters();
-  r = await http('GET', '/products/category/electronics');
-  assert.equal(r.status, 200);
-  assert.deepEqual(ids(r.body), [3, 2, 1], 'electronics, newest first');
-  const q1 = await counters();
-  const again = await http('GET', '/products/category/electronics');
-  const q2 = await counters();
-  assert.deepEqual(again.body, r.body);
-  assert.equal(q1.categoryQueries - q0.categoryQueries, 1, 'first list read ran one query');
-  assert.equal(q2.categoryQueries - q1.categoryQueries, 0, 'second list read ran a query');
+  await withoutRowChange(async (attempt) => {
+    const q0 = await counters();
+    r = await http('GET', '/products/category/electronics');
+    assert.equal(r.status, 200);
+    assert.deepEqual(ids(r.body), [3, 2, 1], 'electronics, newest first');
+    const q1 = await counters();
+    const again = await http('GET', '/products/category/electronics');
+    const q2 = await counters();
+    assert.deepEqual(again.body, r.body);
+    // A retry may find the list already loaded by the try before it.
+    const first = q1.categoryQueries - q0.categoryQueries;
+    assert.ok(first === 1 || (attempt > 1 && first === 0), `first list read ran ${first} queries`);
+    assert.equal(q2.categoryQueries - q1.categoryQueries, 0, 'second list read ran a query');
+  });
   pass('GET /products/category/electronics is [3, 2, 1]; 1 query, then 0 (hot tier)');
 
   r = await http('GET', '/products/category/toys');
