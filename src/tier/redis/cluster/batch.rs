@@ -24,6 +24,9 @@ pub(super) struct Batch {
     /// Per request: its parts and how they merge (`None`: answered in `replies` already).
     pub(super) reqs: Vec<Option<(Vec<split::Part>, split::Merge)>>,
     pub(super) replies: Vec<Vec<Option<Bytes>>>,
+    /// Every request went whole to one node, as the client's bytes (set by `dispatch`): the
+    /// node's replies are the client's unless one asks to be followed.
+    pub(super) whole: bool,
 }
 
 impl Batch {
@@ -34,6 +37,7 @@ impl Batch {
             read,
             reqs: Vec::new(),
             replies: Vec::new(),
+            whole: false,
         }
     }
 
@@ -90,6 +94,7 @@ impl Batch {
                     parts.len() == 1 && *how == split::Merge::Single && !parts[0].frame.is_empty()
                 })
             });
+        self.whole = whole;
         per_node
             .into_iter()
             .filter_map(|(node, places)| {

@@ -15,7 +15,7 @@ pub mod topology;
 use super::{ReplyRx, Settings};
 use crate::error::{reply_bytes, ProxyError, UpstreamError};
 use crate::metrics::{Metrics, UpstreamFailure};
-use crate::protocol::reply::{self, Proto};
+use crate::protocol::reply::{self, Proto, ReplyKind};
 use crate::protocol::request::{self, Limits, Step};
 use crate::protocol::Request;
 use batch::{Batch, Sent};
@@ -231,15 +231,26 @@ impl Cluster {
 
     /// Awaits every node's replies, follows redirections, merges each request's parts.
     async fn gather(self: Arc<Self>, mut batch: Batch, sends: Vec<Sent>) -> Bytes {
+        let mut got = Vec::with_capacity(sends.len());
+        for sent in sends {
+            let r = sent.rx.await;
+            got.push((sent.places, sent.addr, r));
+        }
+        // The common case: the client's bytes went to one node, whose replies pass as they are.
+        if let [(places, _, Ok(Ok(bytes)))] = &got[..] {
+            if batch.whole && plain(bytes, places.len(), batch.proto) {
+                return bytes.clone();
+            }
+        }
         // Where each part went: a `-TRYAGAIN` is retried there.
         let mut sent_to: Vec<Vec<Option<Arc<str>>>> =
             batch.replies.iter().map(|r| vec![None; r.len()]).collect();
-        for sent in sends {
-            for place in &sent.places {
-                sent_to[place.0][place.1] = Some(sent.addr.clone());
+        for (places, addr, result) in got {
+            for place in &places {
+                sent_to[place.0][place.1] = Some(addr.clone());
             }
-            let replies = match sent.rx.await {
-                Ok(Ok(bytes)) => reply::split(&bytes, sent.places.len(), batch.proto)
+            let replies = match result {
+                Ok(Ok(bytes)) => reply::split(&bytes, places.len(), batch.proto)
                     .map(|v| v.into_iter().map(|(b, _)| b).collect::<Vec<_>>())
                     .ok_or(ProxyError::UpstreamReply),
                 Ok(Err(e)) => {
@@ -250,13 +261,13 @@ impl Cluster {
             };
             match replies {
                 Ok(replies) => {
-                    for (place, r) in sent.places.iter().zip(replies) {
+                    for (place, r) in places.iter().zip(replies) {
                         batch.replies[place.0][place.1] = Some(r);
                     }
                 }
                 Err(e) => {
                     let err = reply_bytes(&e);
-                    for place in &sent.places {
+                    for place in &places {
                         batch.replies[place.0][place.1] = Some(err.clone());
                     }
                 }
@@ -400,6 +411,21 @@ fn redirection(frame: &[u8]) -> Option<Redirect> {
     })
 }
 
+/// Whether `bytes` is exactly `count` valid replies, none of them a redirection to follow.
+fn plain(bytes: &[u8], count: usize, proto: Proto) -> bool {
+    let mut pos = 0;
+    for _ in 0..count {
+        let Ok(Some(f)) = reply::frame(&bytes[pos..], proto) else {
+            return false;
+        };
+        if f.kind == ReplyKind::Error && redirection(&bytes[pos..pos + f.len]).is_some() {
+            return false;
+        }
+        pos += f.len;
+    }
+    pos == bytes.len()
+}
+
 fn repeat(frame: &Bytes, count: u32) -> Bytes {
     let mut out = BytesMut::with_capacity(frame.len() * count as usize);
     for _ in 0..count {
@@ -434,6 +460,21 @@ fn parse_batch(bytes: &Bytes, count: u32) -> Option<Vec<Request>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_pass_as_they_are_unless_one_must_be_followed() {
+        let p = Proto::Resp2;
+        assert!(plain(b"$1\r\na\r\n+OK\r\n-ERR no\r\n", 3, p));
+        assert!(!plain(b"$1\r\na\r\n-MOVED 1 127.0.0.1:7001\r\n", 2, p));
+        assert!(!plain(b"-ASK 1 127.0.0.1:7001\r\n", 1, p));
+        assert!(!plain(b"-TRYAGAIN later\r\n", 1, p));
+        // Too few, too many, or not RESP: the general path answers.
+        assert!(!plain(b"+OK\r\n", 2, p));
+        assert!(!plain(b"+OK\r\n+OK\r\n", 1, p));
+        assert!(!plain(b"?\r\n", 1, p));
+        // A MOVED without an endpoint names the node that answered: passed on as it is.
+        assert!(plain(b"-MOVED 1 :7001\r\n", 1, p));
+    }
 
     #[test]
     fn redirections_are_read_from_moved_and_ask_errors() {
