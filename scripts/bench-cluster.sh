@@ -72,8 +72,9 @@ NODE_PORTS=()
 NODE_PIDS=()
 while [[ ${#NODE_PORTS[@]} -lt 3 ]]; do
     p=$(free_port)
-    # The cluster bus listens on port + 10000.
-    if ((p > 55000)) || (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null; then
+    # The cluster bus listens on port + 10000: kept below the ephemeral range (32768 and up),
+    # where an outgoing connection's local port can hold it without listening.
+    if ((p + 10000 >= 32768)) || (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null; then
         continue
     fi
     redis-server --bind 127.0.0.1 --port "$p" --save "" --appendonly no --daemonize no \
