@@ -237,9 +237,9 @@ impl Cluster {
             got.push((sent.places, sent.addr, r));
         }
         // The common case: the client's bytes went to one node, whose replies pass as they are.
-        if let [(places, _, Ok(Ok(bytes)))] = &got[..] {
+        if let [(places, _, Ok(Ok(bytes)))] = got.as_mut_slice() {
             if batch.whole && plain(bytes, places.len(), batch.proto) {
-                return bytes.clone();
+                return std::mem::take(bytes);
             }
         }
         // Where each part went: a `-TRYAGAIN` is retried there.
