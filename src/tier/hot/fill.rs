@@ -140,7 +140,7 @@ impl HotTier {
         // The front first, with the stamp checked under its lock (see `Front::put`): moka's
         // listener may remove this entry as soon as moka has it.
         let held = front::Held {
-            key: key.clone(),
+            key: front::Key::new(&key),
             id,
             slots,
         };

@@ -24,10 +24,44 @@ const SHARDS: usize = 64;
 /// One hit in this many (per thread) is also recorded as a moka read.
 pub(super) const SAMPLE: u32 = 16;
 
+/// Keys up to this long are held inside the map's bucket.
+const INLINE: usize = 30;
+
+/// A key as the map holds it. A hit's probe compares the key it finds; held in the bucket the
+/// probe already reads, a short key costs no second memory access (with 100,000 keys, that
+/// access is a cache miss and was the largest cost of a hit).
+#[derive(Debug, Clone)]
+pub(super) enum Key {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Shared(Bytes),
+}
+
+impl Key {
+    pub fn new(key: &Bytes) -> Self {
+        if key.len() <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..key.len()].copy_from_slice(key);
+            Key::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            Key::Shared(key.clone())
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Shared(b) => b,
+        }
+    }
+}
+
 /// One key's views, as put in moka with the same id.
 #[derive(Debug, Clone)]
 pub(super) struct Held {
-    pub key: Bytes,
+    pub key: Key,
     pub id: u64,
     pub slots: Slots,
 }
@@ -65,7 +99,9 @@ impl Front {
     /// Applies `f` to the key's views under the shard's read lock, if they are held.
     pub fn with<R>(&self, key: &[u8], hash: u64, f: impl FnOnce(&[Slot]) -> R) -> Option<R> {
         let shard = self.shard(hash).read().unwrap_or_else(|e| e.into_inner());
-        shard.find(hash, |h| h.key[..] == *key).map(|h| f(&h.slots))
+        shard
+            .find(hash, |h| h.key.as_slice() == key)
+            .map(|h| f(&h.slots))
     }
 
     /// Puts the key's views if `admit` holds under the shard's write lock, unless a newer put
@@ -81,11 +117,11 @@ impl Front {
         if !admit() {
             return false;
         }
-        match shard.find_mut(hash, |h| h.key == held.key) {
+        match shard.find_mut(hash, |h| h.key.as_slice() == held.key.as_slice()) {
             Some(h) if h.id > held.id => {}
             Some(h) => *h = held,
             None => {
-                shard.insert_unique(hash, held, |h| self.hasher.hash_one(&h.key[..]));
+                shard.insert_unique(hash, held, |h| self.hasher.hash_one(h.key.as_slice()));
             }
         }
         true
@@ -94,7 +130,7 @@ impl Front {
     /// Takes out the key's views if they are no newer than `id` (`u64::MAX`: whatever is here).
     pub fn remove(&self, key: &[u8], hash: u64, id: u64) {
         let mut shard = self.shard(hash).write().unwrap_or_else(|e| e.into_inner());
-        if let Ok(entry) = shard.find_entry(hash, |h| h.key[..] == *key) {
+        if let Ok(entry) = shard.find_entry(hash, |h| h.key.as_slice() == key) {
             if entry.get().id <= id {
                 entry.remove();
             }

@@ -182,6 +182,10 @@ pub struct HotTier {
     flushes: AtomicU64,
     /// Flushes sent and not yet answered.
     flushes_in_flight: AtomicU64,
+    /// Write guards alive: raised before and lowered after their stripes' `writes`, so a read
+    /// that finds it zero skips the stripe (one shared word, where the stripes are 64 KiB that
+    /// a hit would otherwise touch at random).
+    guards_in_flight: AtomicU64,
     /// The read path in front of `cache`; also hashes keys to their stripes.
     front: Arc<front::Front>,
     /// Ids of puts into the front map and moka.
@@ -240,6 +244,7 @@ impl HotTier {
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             flushes: AtomicU64::new(0),
             flushes_in_flight: AtomicU64::new(0),
+            guards_in_flight: AtomicU64::new(0),
             front,
             ids: AtomicU64::new(0),
             coherent: AtomicBool::new(false),
@@ -322,7 +327,9 @@ impl HotTier {
     /// Whether a write through this sidecar to the key (or a flush) is sent and not yet
     /// answered.
     fn write_in_flight(&self, hash: u64) -> bool {
-        self.stripe_at(hash).writes.load(SeqCst) > 0 || self.flushes_in_flight.load(SeqCst) > 0
+        self.guards_in_flight.load(SeqCst) > 0
+            && (self.stripe_at(hash).writes.load(SeqCst) > 0
+                || self.flushes_in_flight.load(SeqCst) > 0)
     }
 
     /// Takes the key out of the read path, whatever put it there.

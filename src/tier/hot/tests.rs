@@ -197,7 +197,7 @@ fn a_late_removal_keeps_a_newer_put() {
     let key = Bytes::from_static(b"k");
     let h = f.hash(&key);
     let held = |id| front::Held {
-        key: key.clone(),
+        key: front::Key::new(&key),
         id,
         slots: Slots::new(),
     };
@@ -216,7 +216,7 @@ fn a_put_whose_admission_fails_leaves_nothing() {
     let key = Bytes::from_static(b"k");
     let h = f.hash(&key);
     let held = front::Held {
-        key: key.clone(),
+        key: front::Key::new(&key),
         id: 1,
         slots: Slots::new(),
     };
@@ -380,4 +380,25 @@ async fn a_failed_publish_fails_the_writes_it_announced() {
     let (sent, keys) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     t.set_publisher(counting_publisher(sent, keys, Duration::ZERO, false));
     assert!(!t.announce(vec![Bytes::from_static(b"p:1")], false).await);
+}
+
+#[test]
+fn keys_held_inline_and_shared_are_found_and_removed_alike() {
+    let f = front::Front::new();
+    for len in [0, 1, 29, 30, 31, 200] {
+        let key = Bytes::from(vec![b'k'; len]);
+        let other = Bytes::from(vec![b'j'; len.max(1)]);
+        let h = f.hash(&key);
+        let held = front::Held {
+            key: front::Key::new(&key),
+            id: 1,
+            slots: Slots::new(),
+        };
+        assert_eq!(held.key.as_slice(), &key[..], "a key of {len} bytes");
+        assert!(f.put(held, h, || true));
+        assert!(f.contains(&key, h), "a key of {len} bytes is found");
+        assert!(!f.contains(&other, f.hash(&other)), "another key is not");
+        f.remove(&key, h, 1);
+        assert!(!f.contains(&key, h), "a key of {len} bytes is removed");
+    }
 }

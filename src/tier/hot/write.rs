@@ -86,6 +86,8 @@ impl Drop for WriteGuard {
         if self.flush {
             self.tier.flushes_in_flight.fetch_sub(1, SeqCst);
         }
+        // Last: while any stripe count above is raised, so is this one.
+        self.tier.guards_in_flight.fetch_sub(1, SeqCst);
     }
 }
 
@@ -93,6 +95,8 @@ impl HotTier {
     /// Starts a write of `keys` (or a flush): until the guard is completed or dropped, those keys
     /// are neither served nor stored. The caller evicts them now as well.
     pub fn begin_write(self: &Arc<Self>, keys: Vec<Bytes>, flush: bool) -> WriteGuard {
+        // First: a read that finds no guard in flight needs no look at the key's stripe.
+        self.guards_in_flight.fetch_add(1, SeqCst);
         for k in &keys {
             let st = self.stripe(k);
             st.writes.fetch_add(1, SeqCst);
