@@ -238,6 +238,10 @@ pub(super) fn write_behind(c: &Config) -> Result<Vec<BehindSettings>, ConfigErro
             mapping: m.name.clone(),
             pattern,
             write_query: query,
+            delete_query: m
+                .delete_query
+                .clone()
+                .filter(|q| !q.trim().is_empty() && m.on_delete.as_deref() != Some("invalidate")),
             max_attempts,
             max_queue,
             max_lag,

@@ -29,25 +29,15 @@ pub(super) fn write_settings(i: usize, m: &MappingConfig) -> Result<WriteSetting
             "write = \"through\" needs the statement a SET runs",
         ));
     }
-    if behind && delete_query.is_some() {
-        return Err(ConfigError::invalid(
-            key("delete_query"),
-            "is used only with write = \"through\"",
-        ));
-    }
     if !through {
         for (k, q) in [
             ("write_query", &write_query),
-            ("delete_query", &delete_query),
+            ("delete_query", &delete_query.clone().filter(|_| !behind)),
         ] {
             if q.is_some() {
                 return Err(ConfigError::invalid(
                     key(k),
-                    if k == "write_query" {
-                        "is used only with write = \"through\" or \"behind\""
-                    } else {
-                        "is used only with write = \"through\""
-                    },
+                    "is used only with write = \"through\" or \"behind\"",
                 ));
             }
         }
@@ -81,8 +71,11 @@ pub(super) fn write_settings(i: usize, m: &MappingConfig) -> Result<WriteSetting
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // write = "behind": a DEL is queued like a SET and runs the statement in the worker.
+    let queued_delete = behind && on_delete == OnDelete::Statement && delete_query.is_some();
     Ok(WriteSettings {
         through,
+        queued_delete,
         write_query,
         delete_query,
         on_delete,

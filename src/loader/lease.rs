@@ -74,13 +74,13 @@ pub(super) fn lease_key(key: &[u8]) -> Bytes {
 impl Loader {
     /// For a write to `key`: the commands that make any load in flight for it give way (its
     /// lease is deleted) and forget a remembered "not found". `None` for unmapped keys.
-    pub fn write_cleanup(&self, key: &[u8]) -> Option<Bytes> {
+    pub fn write_cleanup(&self, key: &[u8], deleting: bool) -> Option<Bytes> {
         let (m, _) = self.resolve(key)?;
-        let mut del = vec![
-            Bytes::from_static(b"DEL"),
-            lease_key(key),
-            negative_key(key),
-        ];
+        let mut del = vec![Bytes::from_static(b"DEL"), lease_key(key)];
+        // A queued write-behind DEL leaves its "not found" marker (see `strategy::behind`).
+        if !(deleting && m.write.queued_delete) {
+            del.push(negative_key(key));
+        }
         if m.stale_if_error.is_some() {
             // A stale copy older than this write must never be answered after it.
             del.push(super::stale::stale_key(key));

@@ -246,7 +246,7 @@ async fn apply(loader: &Loader, hot: Option<&HotTier>, payload: &str) {
         for k in &keys {
             bytes.extend_from_slice(&encode_command(&[&b"DEL"[..], k, &negative_key(k)]));
             n += 1;
-            if let Some(c) = loader.write_cleanup(k) {
+            if let Some(c) = loader.write_cleanup(k, false) {
                 bytes.extend_from_slice(&c);
                 n += 1;
             }

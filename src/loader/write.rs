@@ -17,6 +17,9 @@ pub enum OnDelete {
 pub struct WriteSettings {
     /// `write = "through"`: SET (HSET for hash shapes) runs `write_query` before Redis is told.
     pub through: bool,
+    /// `write = "behind"` with a delete statement: DEL/UNLINK of a key is queued with the
+    /// key's SETs (see `strategy::behind`), and the key reads as not found until it is applied.
+    pub queued_delete: bool,
     pub write_query: Option<String>,
     pub delete_query: Option<String>,
     pub on_delete: OnDelete,
@@ -28,6 +31,7 @@ impl Default for WriteSettings {
     fn default() -> Self {
         Self {
             through: false,
+            queued_delete: false,
             write_query: None,
             delete_query: None,
             on_delete: OnDelete::Invalidate,

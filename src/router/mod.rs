@@ -137,9 +137,10 @@ impl Router {
         if !info.is_write() {
             return Vec::new();
         }
+        let deleting = matches!(info.name, "DEL" | "UNLINK");
         info.key_indices(req)
             .into_iter()
-            .filter_map(|i| loader.write_cleanup(req.arg(i)))
+            .filter_map(|i| loader.write_cleanup(req.arg(i), deleting))
             .collect()
     }
 

@@ -90,7 +90,12 @@ pub fn plan(
         ))))
     };
     let Some(m) = through else {
-        // Related keys only: DEL/UNLINK outside a transaction invalidates them.
+        // Related keys only: DEL/UNLINK outside a transaction invalidates them. A write-behind
+        // DEL that is queued is left to `behind` (its related keys are not invalidated, as for
+        // its SETs).
+        if mapped.iter().any(|m| m.write.queued_delete) {
+            return None;
+        }
         return match info.name {
             "DEL" | "UNLINK" if !pinned => run(super::delete::delete(
                 env,

@@ -42,7 +42,10 @@ pub(super) struct Entry {
     pub(super) id: StreamId,
     pub(super) id_text: Bytes,
     pub(super) key: Bytes,
+    /// The written value; empty for a deletion.
     pub(super) value: Bytes,
+    /// A queued DEL/UNLINK: runs `delete_query`.
+    pub(super) delete: bool,
 }
 
 /// What became of a key's latest entry.
@@ -106,14 +109,13 @@ async fn whole(
     let err = |e: tokio_postgres::Error| classify(&e);
     let mut conn = db.connection().await?;
     let tx = conn.transaction().await.map_err(err)?;
-    let stmt = prepare(&tx, &s.write_query, prepared).await?;
+    let stmts = Statements::prepare(&tx, s, latest, prepared).await?;
     let versions = prepare(&tx, VERSIONS, prepared).await?;
-    let types = stmt.params().to_vec();
     let mut out = vec![Applied::Older; latest.len()];
     let (mut at, mut keys, mut ms, mut seq, mut values) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, e) in latest.iter().enumerate() {
-        match bind(s, &types, e) {
+        match stmts.bind(s, e) {
             Ok(v) => {
                 at.push(i);
                 keys.push(&e.key[..]);
@@ -132,15 +134,21 @@ async fn whole(
         .iter()
         .filter_map(|r| r.try_get::<_, Vec<u8>>(0).ok())
         .collect();
-    let mut refs: Vec<Vec<&(dyn ToSql + Sync)>> = Vec::new();
+    let mut refs: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
     for (j, i) in at.into_iter().enumerate() {
         if newer.contains(keys[j]) {
-            refs.push(values[j].iter().map(|p| p as &(dyn ToSql + Sync)).collect());
+            let stmt = stmts
+                .of(latest[i])
+                .expect("bound entries have their statement");
+            refs.push((
+                stmt,
+                values[j].iter().map(|p| p as &(dyn ToSql + Sync)).collect(),
+            ));
             out[i] = Applied::Written;
         }
     }
     // In flight together: the connection sends them as one pipeline.
-    all(refs.iter().map(|r| tx.execute(&stmt, r)).collect())
+    all(refs.iter().map(|(st, r)| tx.execute(*st, r)).collect())
         .await
         .map_err(err)?;
     tx.commit().await.map_err(err)?;
@@ -199,12 +207,11 @@ async fn key_by_key(
     let err = |e: tokio_postgres::Error| classify(&e);
     let mut conn = db.connection().await?;
     let mut tx = conn.transaction().await.map_err(err)?;
-    let stmt = prepare(&tx, &s.write_query, prepared).await?;
+    let stmts = Statements::prepare(&tx, s, latest, prepared).await?;
     let version = prepare(&tx, VERSION, prepared).await?;
-    let types = stmt.params().to_vec();
     let mut out = Vec::with_capacity(latest.len());
     for e in latest {
-        let values = match bind(s, &types, e) {
+        let values = match stmts.bind(s, e) {
             Ok(v) => v,
             Err(why) => {
                 out.push(Applied::Poison(why));
@@ -221,7 +228,8 @@ async fn key_by_key(
             }
             let refs: Vec<&(dyn ToSql + Sync)> =
                 values.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            sp.execute(&stmt, &refs).await?;
+            let stmt = stmts.of(e).expect("bound entries have their statement");
+            sp.execute(stmt, &refs).await?;
             Ok::<_, tokio_postgres::Error>(Applied::Written)
         }
         .await;
@@ -244,25 +252,66 @@ async fn key_by_key(
     Ok(out)
 }
 
-/// The statement's parameters for an entry: the key's captures, then the value.
-fn bind(s: &BehindSettings, types: &[Type], e: &Entry) -> Result<Vec<Value>, String> {
-    let captures = s
-        .pattern
-        .matches(&e.key)
-        .ok_or_else(|| "the key does not match the mapping".to_string())?;
-    if types.len() != captures.len() + 1 {
-        return Err(format!(
-            "write_query takes {} parameters; the key gives {} captures and the value",
-            types.len(),
-            captures.len()
-        ));
+/// A batch's statements: `write_query`, and `delete_query` when the batch holds a deletion.
+struct Statements {
+    write: tokio_postgres::Statement,
+    delete: Option<tokio_postgres::Statement>,
+}
+
+impl Statements {
+    async fn prepare(
+        tx: &deadpool_postgres::Transaction<'_>,
+        s: &BehindSettings,
+        latest: &[&Entry],
+        prepared: bool,
+    ) -> Result<Self, DbError> {
+        let write = prepare(tx, &s.write_query, prepared).await?;
+        let delete = match &s.delete_query {
+            Some(q) if latest.iter().any(|e| e.delete) => Some(prepare(tx, q, prepared).await?),
+            _ => None,
+        };
+        Ok(Self { write, delete })
     }
-    let mut out = Vec::with_capacity(types.len());
-    for (t, c) in types.iter().zip(&captures) {
-        out.push(Value::Param(params::convert(t, c)?));
+
+    fn of(&self, e: &Entry) -> Option<&tokio_postgres::Statement> {
+        if e.delete {
+            self.delete.as_ref()
+        } else {
+            Some(&self.write)
+        }
     }
-    out.push(Value::of(&types[captures.len()], &e.value)?);
-    Ok(out)
+
+    /// The statement's parameters for an entry: the key's captures, then the value (none for a
+    /// deletion).
+    fn bind(&self, s: &BehindSettings, e: &Entry) -> Result<Vec<Value>, String> {
+        let (name, stmt) = match self.of(e) {
+            Some(st) if e.delete => ("delete_query", st),
+            Some(st) => ("write_query", st),
+            None => return Err("a queued DEL, and the mapping has no delete_query".into()),
+        };
+        let types = stmt.params();
+        let captures = s
+            .pattern
+            .matches(&e.key)
+            .ok_or_else(|| "the key does not match the mapping".to_string())?;
+        let want = captures.len() + usize::from(!e.delete);
+        if types.len() != want {
+            return Err(format!(
+                "{name} takes {} parameters; the key gives {} captures{}",
+                types.len(),
+                captures.len(),
+                if e.delete { "" } else { " and the value" }
+            ));
+        }
+        let mut out = Vec::with_capacity(types.len());
+        for (t, c) in types.iter().zip(&captures) {
+            out.push(Value::Param(params::convert(t, c)?));
+        }
+        if !e.delete {
+            out.push(Value::of(&types[captures.len()], &e.value)?);
+        }
+        Ok(out)
+    }
 }
 
 /// A parameter: a converted capture, or the written value as the statement's type takes it.

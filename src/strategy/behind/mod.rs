@@ -43,12 +43,45 @@ if type(r) == 'table' and r.err then return r end
 if r then redis.call('XADD', KEYS[2], '*', 'k', KEYS[1], 'v', ARGV[tonumber(ARGV[2])]) end
 return r";
 
+/// DEL or UNLINK (ARGV[1]) of the client's keys, with a deletion queued for each key of a
+/// mapping that has a `delete_query`, unless a queue is full. KEYS: the client's keys, the
+/// streams, then each key's "not found" marker. ARGV[2]: max queue; ARGV[2 + i]: the index in
+/// KEYS of key i's stream, 0 for none. Each queued deletion sets the key's marker to the entry's
+/// id, so a read-through miss does not load the row the database still holds; the worker
+/// removes the marker once the row is deleted, if it still holds that id ([`UNMARK_SCRIPT`]).
+/// The marker's day-long expiry is only a net for a queue no worker drains any more.
+pub(crate) const DEL_SCRIPT: &str = "local n = #ARGV - 2
+for i = 1, n do
+  local s = tonumber(ARGV[2 + i])
+  if s > 0 and redis.call('XLEN', KEYS[s]) >= tonumber(ARGV[2]) then
+    return redis.error_reply('ERR cacheside: write-behind queue full')
+  end
+end
+local gone = redis.call(ARGV[1], unpack(KEYS, 1, n))
+for i = 1, n do
+  local s = tonumber(ARGV[2 + i])
+  if s > 0 then
+    local id = redis.call('XADD', KEYS[s], '*', 'k', KEYS[i], 'd', '1')
+    redis.call('SET', KEYS[#KEYS - n + i], id, 'PX', 86400000)
+  end
+end
+return gone";
+
+/// Removes "not found" markers (KEYS) that still hold the ids (ARGV) the worker applied.
+pub(crate) const UNMARK_SCRIPT: &str = "local n = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then n = n + redis.call('DEL', KEYS[i]) end
+end
+return n";
+
 /// Checked settings of one write-behind mapping.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BehindSettings {
     pub mapping: String,
     pub pattern: KeyPattern,
     pub write_query: String,
+    /// Run for a queued DEL/UNLINK ($1.. = the key's captures); unset: DEL changes Redis only.
+    pub delete_query: Option<String>,
     pub max_attempts: u32,
     pub max_queue: u64,
     /// Writes are refused while the oldest queued entry is older than this (`None`: no bound).
@@ -117,6 +150,7 @@ impl Behind {
         let value = match (command, req.argc()) {
             ("SET", n) if n >= 3 => 0,
             ("SETEX" | "PSETEX", 4) => 1,
+            ("DEL" | "UNLINK", n) if n >= 2 => return self.delete(req),
             _ => return None,
         };
         let key = req.arg(1);
@@ -148,6 +182,62 @@ impl Behind {
             req.arg(0),
         ];
         args.extend((2..req.argc()).map(|i| req.arg(i)));
+        Some(Ok(encode_command(&args)))
+    }
+
+    /// For DEL/UNLINK naming keys of mappings with a `delete_query`: [`DEL_SCRIPT`].
+    fn delete(&self, req: &Request) -> Option<Result<Bytes, ProxyError>> {
+        let keys: Vec<&[u8]> = (1..req.argc()).map(|i| req.arg(i)).collect();
+        let queues: Vec<Option<&Arc<Queue>>> = keys
+            .iter()
+            .map(|k| {
+                self.list.iter().find(|q| {
+                    q.settings.delete_query.is_some() && q.settings.pattern.matches(k).is_some()
+                })
+            })
+            .collect();
+        if queues.iter().all(Option::is_none) {
+            return None;
+        }
+        // Each queue once, by its place among the streams.
+        let mut streams: Vec<&Arc<Queue>> = Vec::new();
+        for q in queues.iter().flatten() {
+            if !streams.iter().any(|s| Arc::ptr_eq(s, q)) {
+                if let Some(refused) = q.lag_refusal() {
+                    return Some(Err(refused));
+                }
+                streams.push(q);
+            }
+        }
+        let n = keys.len();
+        let indices: Vec<String> = queues
+            .iter()
+            .map(|q| match q {
+                Some(q) => streams
+                    .iter()
+                    .position(|s| Arc::ptr_eq(s, q))
+                    .map(|at| (n + 1 + at).to_string()),
+                None => Some("0".to_string()),
+            })
+            .collect::<Option<_>>()?;
+        let markers: Vec<Bytes> = keys
+            .iter()
+            .map(|k| crate::loader::negative_key(k))
+            .collect();
+        let numkeys = (n + streams.len() + n).to_string();
+        let max = streams
+            .iter()
+            .map(|q| q.settings.max_queue)
+            .min()
+            .unwrap_or(u64::MAX)
+            .to_string();
+        let mut args: Vec<&[u8]> = vec![b"EVAL", DEL_SCRIPT.as_bytes(), numkeys.as_bytes()];
+        args.extend(&keys);
+        args.extend(streams.iter().map(|q| &q.stream[..]));
+        args.extend(markers.iter().map(|m| &m[..]));
+        args.push(req.arg(0));
+        args.push(max.as_bytes());
+        args.extend(indices.iter().map(|i| i.as_bytes()));
         Some(Ok(encode_command(&args)))
     }
 }

@@ -7,6 +7,7 @@ fn behind() -> Arc<Behind> {
             mapping: "item".into(),
             pattern: KeyPattern::parse("item:{id}").unwrap(),
             write_query: "INSERT INTO items (id, body) VALUES ($1, $2)".into(),
+            delete_query: Some("DELETE FROM items WHERE id = $1".into()),
             max_attempts: 5,
             max_queue: 1000,
             max_lag: Some(Duration::from_secs(60)),
@@ -86,6 +87,7 @@ fn writes_are_refused_while_the_queue_lags_past_the_bound_and_counted() {
             mapping: "item".into(),
             pattern: KeyPattern::parse("item:{id}").unwrap(),
             write_query: "INSERT INTO items (id, body) VALUES ($1, $2)".into(),
+            delete_query: Some("DELETE FROM items WHERE id = $1".into()),
             max_attempts: 5,
             max_queue: 1000,
             max_lag: Some(Duration::from_secs(60)),
@@ -126,4 +128,41 @@ fn stream_ids_order_by_time_then_sequence() {
     );
     assert!(StreamId::parse(b"9-0").unwrap() < StreamId::parse(b"10-0").unwrap());
     assert!(StreamId::parse(b"junk").is_none());
+}
+
+#[test]
+fn del_and_unlink_of_keys_with_a_delete_query_become_the_delete_script() {
+    let b = behind();
+    let out = b
+        .rewrite(
+            "DEL",
+            &Request::from_args(&["DEL", "item:1", "other:2", "item:3"]),
+        )
+        .unwrap()
+        .unwrap();
+    let a = args(&out);
+    // KEYS: the client's three keys, the one stream, three markers.
+    assert_eq!(&a[..3], ["EVAL", DEL_SCRIPT, "7"]);
+    assert_eq!(
+        &a[3..10],
+        [
+            "item:1",
+            "other:2",
+            "item:3",
+            "cacheside:wb:item",
+            "cacheside:neg:{item:1}",
+            "cacheside:neg:{other:2}",
+            "cacheside:neg:{item:3}"
+        ]
+    );
+    // ARGV: the command, the queue bound, each key's stream index (0: not queued).
+    assert_eq!(&a[10..], ["DEL", "1000", "4", "0", "4"]);
+    let out = b
+        .rewrite("UNLINK", &Request::from_args(&["UNLINK", "item:9"]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(args(&out)[6], "UNLINK");
+    assert!(b
+        .rewrite("DEL", &Request::from_args(&["DEL", "other:1"]))
+        .is_none());
 }

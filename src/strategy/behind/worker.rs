@@ -290,6 +290,15 @@ impl Worker {
                 done.push(other.id_text.clone());
             }
         }
+        // Markers of applied (or dead-lettered) deletions go before the entries: a crash in
+        // between leaves the entries to be applied again, which changes nothing.
+        let unmark: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.delete && done.contains(&e.id_text))
+            .collect();
+        if !self.unmark(&unmark).await {
+            return Round::Failed;
+        }
         if !self.ack(&done).await {
             return Round::Failed;
         }
@@ -311,8 +320,8 @@ impl Worker {
             b"*",
             b"k",
             &e.key,
-            b"v",
-            &e.value,
+            if e.delete { b"d" } else { b"v" },
+            if e.delete { b"1" } else { &e.value },
             b"id",
             &e.id_text,
             b"error",
@@ -325,6 +334,23 @@ impl Worker {
             }
             _ => false,
         }
+    }
+
+    /// Removes the "not found" markers of applied deletions that still hold their entry's id
+    /// (see `DEL_SCRIPT`): reads then find the database's answer.
+    async fn unmark(&self, deletions: &[&Entry]) -> bool {
+        if deletions.is_empty() {
+            return true;
+        }
+        let markers: Vec<Bytes> = deletions
+            .iter()
+            .map(|e| crate::loader::negative_key(&e.key))
+            .collect();
+        let n = deletions.len().to_string();
+        let mut args: Vec<&[u8]> = vec![b"EVAL", super::UNMARK_SCRIPT.as_bytes(), n.as_bytes()];
+        args.extend(markers.iter().map(|m| &m[..]));
+        args.extend(deletions.iter().map(|e| &e.id_text[..]));
+        matches!(call(&self.upstream, encode_command(&args), 1).await, Ok(r) if !r[0].starts_with(b"-"))
     }
 
     /// XACK then XDEL: the stream holds only entries not yet applied, so XLEN is the backlog.
@@ -387,14 +413,19 @@ fn entries_of(reply: &Bytes, list: Value<'_>) -> (Vec<Entry>, Vec<Bytes>) {
         let fields = parts.next();
         let mut key = None;
         let mut value = None;
+        let mut delete = false;
         if let Some(mut f) = fields.and_then(|f| f.items()) {
             while let (Some(name), Some(v)) = (f.next(), f.next()) {
                 match (name.string(), v.string()) {
                     (Some(b"k"), Some(k)) => key = Some(reply.slice_ref(k)),
                     (Some(b"v"), Some(val)) => value = Some(reply.slice_ref(val)),
+                    (Some(b"d"), Some(_)) => delete = true,
                     _ => {}
                 }
             }
+        }
+        if delete && value.is_none() {
+            value = Some(Bytes::new());
         }
         match (key, value) {
             (Some(key), Some(value)) => entries.push(Entry {
@@ -402,6 +433,7 @@ fn entries_of(reply: &Bytes, list: Value<'_>) -> (Vec<Entry>, Vec<Bytes>) {
                 id_text,
                 key,
                 value,
+                delete,
             }),
             _ => gone.push(id_text),
         }
