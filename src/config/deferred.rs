@@ -180,6 +180,15 @@ pub(super) fn write_behind(c: &Config) -> Result<Vec<BehindSettings>, ConfigErro
                 "\"behind\" takes SET/SETEX/PSETEX values: not a hash shape",
             ));
         }
+        if !m.invalidates.is_empty() && !c.postgres.notify {
+            // Related keys must go after the worker's commit, not at the client's write (a
+            // reload before the commit would cache the old list again): row notifications do
+            // exactly that, for the old and the new row.
+            return Err(ConfigError::invalid(
+                key("invalidates"),
+                "a write-behind mapping's writes reach the database later, in the worker: set postgres.notify = true (and install the triggers) so the rows it writes evict the related keys",
+            ));
+        }
         let Some(query) = m.write_query.clone().filter(|q| !q.trim().is_empty()) else {
             return Err(ConfigError::invalid(
                 key("write_query"),
@@ -255,6 +264,19 @@ pub(super) fn write_behind(c: &Config) -> Result<Vec<BehindSettings>, ConfigErro
 mod tests {
     use super::*;
     use crate::config::validation_error as err;
+
+    #[test]
+    fn write_behind_related_keys_need_row_notifications() {
+        let m = "[[mapping]]\nname = \"p\"\nkey = \"p:{id}\"\nquery = \"SELECT 1 FROM t WHERE id = $1\"\nttl = \"1m\"\nwrite = \"behind\"\nwrite_query = \"UPDATE t SET v = $2 WHERE id = $1\"\ninvalidates = [\"l:{id}\"]\n";
+        let e = err(&format!("{BASE}{m}"));
+        assert!(
+            e.contains("mapping[0].invalidates") && e.contains("postgres.notify"),
+            "{e}"
+        );
+        let with_notify = BASE.replace("[postgres]\n", "[postgres]\nnotify = true\n");
+        let c = Config::from_toml(&format!("{with_notify}{m}"), "t").unwrap();
+        assert!(write_behind(&c).is_ok());
+    }
 
     const BASE: &str = "[upstream]\nurl = \"redis://h\"\n[postgres]\nurl = \"postgres://u@h/d\"\n";
 
