@@ -325,6 +325,15 @@ async fn writes_past_the_queue_limit_are_refused_until_it_drains() {
         0,
         "a refused write is not made"
     );
+    let (_, text) = proxy.admin_get("/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "cacheside_write_behind_full_refusals_total{mapping=\"item\"}"
+        ),
+        Some(1.0),
+        "the refusal is counted"
+    );
     let mut c = proxy.client().await;
     holder.batch_execute("COMMIT").await.unwrap();
     assert!(

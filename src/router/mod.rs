@@ -44,7 +44,7 @@ pub enum Decision {
     PinnedRewrite(Bytes),
     /// A shared upstream connection, with these bytes instead of the request's (a counter's
     /// INCR as its script).
-    Rewrite(Bytes),
+    Rewrite(crate::strategy::Rewritten),
     /// Answered by cacheside.
     Reply(Bytes),
     /// +OK, then close.
@@ -221,8 +221,8 @@ impl Router {
                 if let Some(rewritten) = strategies.rewrite(info.name, req) {
                     return match (rewritten, decision) {
                         (Err(e), _) => (Decision::Fail(e), info),
-                        (Ok(bytes), Decision::Forward) => (Decision::Rewrite(bytes), info),
-                        (Ok(bytes), _) => (Decision::PinnedRewrite(bytes), info),
+                        (Ok(r), Decision::Forward) => (Decision::Rewrite(r), info),
+                        (Ok(r), _) => (Decision::PinnedRewrite(r.bytes), info),
                     };
                 }
             }

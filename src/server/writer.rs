@@ -63,6 +63,8 @@ pub struct AfterReply {
     pub announce: Option<(Vec<Bytes>, bool)>,
     /// The batch is INFO: append cacheside's section.
     pub info: bool,
+    /// A write-behind script: its reply refusing the write for a full queue is counted here.
+    pub refusals: Option<prometheus::IntCounter>,
 }
 
 /// Writes until the queue ends, a `Close` comes, or the client stops reading.
@@ -314,6 +316,11 @@ async fn after_reply(ctx: &Ctx, a: AfterReply, replies: Bytes, count: u32, proto
                 out.extend_from_slice(&err);
             }
             return out.freeze();
+        }
+    }
+    if let Some(c) = a.refusals {
+        if replies.starts_with(crate::strategy::behind::QUEUE_FULL) {
+            c.inc();
         }
     }
     let mut replies = replies;

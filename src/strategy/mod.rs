@@ -42,6 +42,14 @@ impl std::fmt::Debug for Pending {
     }
 }
 
+/// A client's command replaced by a strategy's script.
+#[derive(Debug, Clone)]
+pub struct Rewritten {
+    pub bytes: Bytes,
+    /// Write-behind: where a reply refusing the write for a full queue is counted.
+    pub refusals: Option<prometheus::IntCounter>,
+}
+
 /// The configured strategies, for the router.
 #[derive(Default)]
 pub struct Strategies {
@@ -51,10 +59,13 @@ pub struct Strategies {
 
 impl Strategies {
     /// The bytes to send instead of `req` (or the error to answer), when a strategy owns it.
-    pub fn rewrite(&self, command: &str, req: &Request) -> Option<Result<Bytes, ProxyError>> {
+    pub fn rewrite(&self, command: &str, req: &Request) -> Option<Result<Rewritten, ProxyError>> {
         if let Some(c) = &self.counters {
             if let Some(bytes) = c.rewrite(command, req) {
-                return Some(Ok(bytes));
+                return Some(Ok(Rewritten {
+                    bytes,
+                    refusals: None,
+                }));
             }
         }
         self.behind.as_ref()?.rewrite(command, req)

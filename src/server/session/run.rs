@@ -186,15 +186,16 @@ impl Session {
         }
         match decision {
             // Sent alone, as an inline command is: the bytes are not the chunk's.
-            Decision::Rewrite(bytes) => {
+            Decision::Rewrite(r) => {
                 self.flush_run(chunk).await?;
-                let after = inv.map(|w| {
+                let after = (inv.is_some() || r.refusals.is_some()).then(|| {
                     Box::new(AfterReply {
-                        writes: vec![w],
+                        writes: inv.into_iter().collect(),
+                        refusals: r.refusals,
                         ..AfterReply::default()
                     })
                 });
-                self.send_to(Dest::Shared, bytes, 1, after).await?;
+                self.send_to(Dest::Shared, r.bytes, 1, after).await?;
             }
             _ => {
                 let dest = if info.is_read() && !info.is_write() && self.replica_reads {

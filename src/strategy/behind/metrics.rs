@@ -11,6 +11,7 @@ pub(super) struct Families {
     dead: IntCounterVec,
     claimed: IntCounterVec,
     lag_refusals: IntCounterVec,
+    full_refusals: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounterVec {
@@ -63,6 +64,11 @@ impl Families {
                 "cacheside_write_behind_lag_refusals_total",
                 "Write-behind writes refused because the queue's oldest entry was older than write_behind_max_lag, by mapping.",
             ),
+            full_refusals: counter(
+                r,
+                "cacheside_write_behind_full_refusals_total",
+                "Write-behind writes refused because the stream held write_behind_max_queue entries, by mapping.",
+            ),
             claimed: counter(
                 r,
                 "cacheside_write_behind_claimed_total",
@@ -80,6 +86,7 @@ impl Families {
             dead: self.dead.with_label_values(&[name]),
             claimed: self.claimed.with_label_values(&[name]),
             lag_refusals: self.lag_refusals.with_label_values(&[name]),
+            full_refusals: self.full_refusals.with_label_values(&[name]),
         }
     }
 }
@@ -92,4 +99,5 @@ pub(super) struct BehindMetrics {
     pub(super) dead: IntCounter,
     pub(super) claimed: IntCounter,
     pub(super) lag_refusals: IntCounter,
+    pub(super) full_refusals: IntCounter,
 }

@@ -25,6 +25,7 @@ use crate::error::ProxyError;
 use crate::loader::KeyPattern;
 use crate::protocol::request::encode_command;
 use crate::protocol::Request;
+use crate::strategy::Rewritten;
 use bytes::Bytes;
 use metrics::BehindMetrics;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +74,9 @@ for i = 1, #KEYS do
   if redis.call('GET', KEYS[i]) == ARGV[i] then n = n + redis.call('DEL', KEYS[i]) end
 end
 return n";
+
+/// The reply of a write refused by [`SET_SCRIPT`] or [`DEL_SCRIPT`] for a full queue.
+pub const QUEUE_FULL: &[u8] = b"-ERR cacheside: write-behind queue full\r\n";
 
 /// Checked settings of one write-behind mapping.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,7 +149,7 @@ impl Behind {
 
     /// For SET/SETEX/PSETEX of a write-behind key: the script to send instead, or the error a
     /// form that cannot be queued gets. `None` for anything else.
-    pub fn rewrite(&self, command: &str, req: &Request) -> Option<Result<Bytes, ProxyError>> {
+    pub fn rewrite(&self, command: &str, req: &Request) -> Option<Result<Rewritten, ProxyError>> {
         // Where the value is among the arguments after the key.
         let value = match (command, req.argc()) {
             ("SET", n) if n >= 3 => 0,
@@ -182,11 +186,14 @@ impl Behind {
             req.arg(0),
         ];
         args.extend((2..req.argc()).map(|i| req.arg(i)));
-        Some(Ok(encode_command(&args)))
+        Some(Ok(Rewritten {
+            bytes: encode_command(&args),
+            refusals: Some(q.metrics.full_refusals.clone()),
+        }))
     }
 
     /// For DEL/UNLINK naming keys of mappings with a `delete_query`: [`DEL_SCRIPT`].
-    fn delete(&self, req: &Request) -> Option<Result<Bytes, ProxyError>> {
+    fn delete(&self, req: &Request) -> Option<Result<Rewritten, ProxyError>> {
         let keys: Vec<&[u8]> = (1..req.argc()).map(|i| req.arg(i)).collect();
         let queues: Vec<Option<&Arc<Queue>>> = keys
             .iter()
@@ -238,6 +245,10 @@ impl Behind {
         args.push(req.arg(0));
         args.push(max.as_bytes());
         args.extend(indices.iter().map(|i| i.as_bytes()));
-        Some(Ok(encode_command(&args)))
+        Some(Ok(Rewritten {
+            bytes: encode_command(&args),
+            // A refusal names no stream: counted on the first.
+            refusals: streams.first().map(|q| q.metrics.full_refusals.clone()),
+        }))
     }
 }

@@ -38,7 +38,7 @@ fn set_setex_and_psetex_become_the_script_with_the_value_index() {
         )
         .unwrap()
         .unwrap();
-    let a = args(&out);
+    let a = args(&out.bytes);
     assert_eq!(&a[..3], ["EVAL", SET_SCRIPT, "2"]);
     assert_eq!(
         &a[3..],
@@ -62,7 +62,7 @@ fn set_setex_and_psetex_become_the_script_with_the_value_index() {
         )
         .unwrap()
         .unwrap();
-    let a = args(&out);
+    let a = args(&out.bytes);
     assert_eq!(&a[6..], ["5", "SETEX", "60", "v2"]);
     assert_eq!(a[5 + 4], "v2");
 }
@@ -140,7 +140,7 @@ fn del_and_unlink_of_keys_with_a_delete_query_become_the_delete_script() {
         )
         .unwrap()
         .unwrap();
-    let a = args(&out);
+    let a = args(&out.bytes);
     // KEYS: the client's three keys, the one stream, three markers.
     assert_eq!(&a[..3], ["EVAL", DEL_SCRIPT, "7"]);
     assert_eq!(
@@ -161,8 +161,24 @@ fn del_and_unlink_of_keys_with_a_delete_query_become_the_delete_script() {
         .rewrite("UNLINK", &Request::from_args(&["UNLINK", "item:9"]))
         .unwrap()
         .unwrap();
-    assert_eq!(args(&out)[6], "UNLINK");
+    assert_eq!(args(&out.bytes)[6], "UNLINK");
     assert!(b
         .rewrite("DEL", &Request::from_args(&["DEL", "other:1"]))
         .is_none());
+}
+
+#[test]
+fn both_scripts_refuse_a_full_queue_with_the_reply_that_is_counted() {
+    let text = std::str::from_utf8(&QUEUE_FULL[1..QUEUE_FULL.len() - 2]).unwrap();
+    for script in [SET_SCRIPT, DEL_SCRIPT] {
+        assert!(script.contains(&format!("redis.error_reply('{text}')")));
+    }
+    let b = behind();
+    for args in [&["SET", "item:1", "v"][..], &["DEL", "item:1"]] {
+        let r = b
+            .rewrite(args[0], &Request::from_args(args))
+            .unwrap()
+            .unwrap();
+        assert!(r.refusals.is_some(), "{args:?} counts its refusals");
+    }
 }
