@@ -101,6 +101,20 @@ async fn a_queued_del_reads_as_gone_at_once_and_then_deletes_the_row() {
         assert_eq!(v, None, "{k} stays deleted");
     }
     assert_eq!(query::<String>(&mut c, &["GET", "item:4"]).await, "four");
+    // Version rows are pruned once the stream is empty: the table stays bounded.
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let db = pg.client().await;
+            let n: i64 = db
+                .query_one("SELECT count(*) FROM cacheside_write_versions", &[])
+                .await
+                .unwrap()
+                .get(0);
+            n == 0
+        })
+        .await,
+        "the version rows are pruned"
+    );
     support::assert_no_panics();
 }
 

@@ -15,6 +15,7 @@
 mod apply;
 mod gauges;
 mod metrics;
+mod prune;
 #[cfg(test)]
 mod tests;
 mod worker;

@@ -50,6 +50,7 @@ pub fn spawn(
                 db: db.clone(),
                 consumer: Bytes::from(format!("{host}-{:08x}", rand::random::<u32>())),
                 attempts: HashMap::new(),
+                applied: None,
             };
             [
                 tokio::spawn(w.run(stop.clone())),
@@ -70,6 +71,8 @@ struct Worker {
     consumer: Bytes,
     /// Failed attempts per entry id (this sidecar's count; bounded).
     attempts: HashMap<Bytes, u32>,
+    /// The newest entry acknowledged since version rows were last pruned (see `prune`).
+    applied: Option<StreamId>,
 }
 
 /// What a round found.
@@ -93,6 +96,7 @@ impl Worker {
         }
         let mut backoff = Duration::from_millis(50);
         let mut claimed_at = Instant::now();
+        let mut pruned_at = Instant::now();
         loop {
             if *stop.borrow() {
                 return;
@@ -106,6 +110,20 @@ impl Worker {
             }
             if matches!(round, Round::Idle) {
                 round = self.round(b">").await;
+            }
+            // Version rows: pruned when the stream runs empty, and now and then under load.
+            let due = match round {
+                Round::Idle => pruned_at.elapsed() >= Duration::from_secs(1),
+                Round::Done => pruned_at.elapsed() >= super::prune::EVERY,
+                Round::Failed => false,
+            };
+            if let Some(applied) = self.applied.filter(|_| due) {
+                pruned_at = Instant::now();
+                if let Some(n) = super::prune::run(&self.q, &self.upstream, &self.db, applied).await
+                {
+                    tracing::debug!(mapping = %self.q.settings.mapping, rows = n, "write-behind: version rows pruned");
+                    self.applied = None;
+                }
             }
             let pause = match round {
                 Round::Done => {
@@ -302,6 +320,12 @@ impl Worker {
         if !self.ack(&done).await {
             return Round::Failed;
         }
+        let newest = entries
+            .iter()
+            .filter(|e| done.contains(&e.id_text))
+            .map(|e| e.id)
+            .max();
+        self.applied = self.applied.max(newest);
         self.q.metrics.flushed.inc_by(flushed);
         if failed_keys.is_empty() {
             Round::Done
