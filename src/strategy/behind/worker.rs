@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-const GROUP: &[u8] = b"cacheside";
+pub(super) const GROUP: &[u8] = b"cacheside";
 /// Entries per read.
 const BATCH: usize = 256;
 /// Pause when the stream has nothing for this consumer (no BLOCK: the connections are shared).
@@ -97,6 +97,7 @@ impl Worker {
         let mut backoff = Duration::from_millis(50);
         let mut claimed_at = Instant::now();
         let mut pruned_at = Instant::now();
+        let mut consumers_at = Instant::now();
         loop {
             if *stop.borrow() {
                 return;
@@ -123,6 +124,15 @@ impl Worker {
                 {
                     tracing::debug!(mapping = %self.q.settings.mapping, rows = n, "write-behind: version rows pruned");
                     self.applied = None;
+                }
+            }
+            if consumers_at.elapsed() >= super::prune::EVERY {
+                consumers_at = Instant::now();
+                if let Some(n) = super::prune::forget_gone_consumers(&self.q, &self.upstream)
+                    .await
+                    .filter(|n| *n > 0)
+                {
+                    tracing::info!(mapping = %self.q.settings.mapping, consumers = n, "write-behind: removed the group's consumers of sidecars that are gone");
                 }
             }
             let pause = match round {
