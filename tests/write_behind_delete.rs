@@ -1,7 +1,8 @@
 //! Write-behind deletes (`write = "behind"` with a `delete_query`): DEL/UNLINK of a mapped key
 //! answers Redis's count, is queued in the mapping's stream with the SETs, and reads as gone at
 //! once through read-through, although the row stays in PostgreSQL until the worker deletes it;
-//! then the row is gone, and a SET after the DEL brings it back in order.
+//! then the row is gone, and a SET after the DEL brings it back in order. Other writes of a
+//! write-behind key are refused.
 
 mod support;
 
@@ -133,5 +134,19 @@ async fn without_a_delete_query_a_del_changes_redis_only() {
     // The row is still the database's: read through again.
     assert_eq!(query::<String>(&mut c, &["GET", "item:1"]).await, "one");
     assert_eq!(rows(&pg).await.len(), 1);
+    // Writes that would change Redis and never the database are refused; expiry passes.
+    let mut raw = proxy.raw().await;
+    raw.send(b"MSET other:1 a item:2 b\r\n").await;
+    raw.expect(b"-ERR cacheside: mapping item is write-behind: MSET is not queued to the database; use SET, SETEX, PSETEX or DEL\r\n")
+        .await;
+    raw.send(b"APPEND item:1 x\r\n").await;
+    raw.expect(b"-ERR cacheside: mapping item is write-behind: APPEND is not queued to the database; use SET, SETEX, PSETEX or DEL\r\n")
+        .await;
+    assert_eq!(
+        query::<i64>(&mut direct, &["EXISTS", "other:1", "item:2"]).await,
+        0
+    );
+    raw.send(b"EXPIRE item:1 100\r\n").await;
+    raw.expect(b":1\r\n").await;
     support::assert_no_panics();
 }

@@ -218,7 +218,7 @@ impl Router {
         }
         if let Some(strategies) = &self.strategies {
             if matches!(decision, Decision::Forward | Decision::Pinned) {
-                if let Some(rewritten) = strategies.rewrite(info.name, req) {
+                if let Some(rewritten) = strategies.rewrite(info, req) {
                     return match (rewritten, decision) {
                         (Err(e), _) => (Decision::Fail(e), info),
                         (Ok(r), Decision::Forward) => (Decision::Rewrite(r), info),

@@ -59,16 +59,23 @@ pub struct Strategies {
 
 impl Strategies {
     /// The bytes to send instead of `req` (or the error to answer), when a strategy owns it.
-    pub fn rewrite(&self, command: &str, req: &Request) -> Option<Result<Rewritten, ProxyError>> {
+    pub fn rewrite(
+        &self,
+        info: &crate::protocol::command::CommandInfo,
+        req: &Request,
+    ) -> Option<Result<Rewritten, ProxyError>> {
         if let Some(c) = &self.counters {
-            if let Some(bytes) = c.rewrite(command, req) {
+            if let Some(bytes) = c.rewrite(info.name, req) {
                 return Some(Ok(Rewritten {
                     bytes,
                     refusals: None,
                 }));
             }
         }
-        self.behind.as_ref()?.rewrite(command, req)
+        let behind = self.behind.as_ref()?;
+        behind
+            .rewrite(info.name, req)
+            .or_else(|| behind.refusal(info, req).map(Err))
     }
 
     pub fn is_empty(&self) -> bool {

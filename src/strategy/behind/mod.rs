@@ -252,4 +252,37 @@ impl Behind {
             refusals: streams.first().map(|q| q.metrics.full_refusals.clone()),
         }))
     }
+
+    /// Any other write of a write-behind key, except the expiry commands: refused, since it
+    /// would change Redis and never reach the database.
+    pub fn refusal(
+        &self,
+        info: &crate::protocol::command::CommandInfo,
+        req: &Request,
+    ) -> Option<ProxyError> {
+        const QUEUED_OR_EXPIRY: &[&str] = &[
+            "SET",
+            "SETEX",
+            "PSETEX",
+            "DEL",
+            "UNLINK",
+            "EXPIRE",
+            "PEXPIRE",
+            "EXPIREAT",
+            "PEXPIREAT",
+            "PERSIST",
+        ];
+        if !info.is_write() || QUEUED_OR_EXPIRY.contains(&info.name) {
+            return None;
+        }
+        let q = info.key_indices(req).into_iter().find_map(|i| {
+            self.list
+                .iter()
+                .find(|q| q.settings.pattern.matches(req.arg(i)).is_some())
+        })?;
+        Some(ProxyError::Command(format!(
+            "ERR cacheside: mapping {} is write-behind: {} is not queued to the database; use SET, SETEX, PSETEX or DEL",
+            q.settings.mapping, info.name
+        )))
+    }
 }

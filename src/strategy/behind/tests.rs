@@ -182,3 +182,30 @@ fn both_scripts_refuse_a_full_queue_with_the_reply_that_is_counted() {
         assert!(r.refusals.is_some(), "{args:?} counts its refusals");
     }
 }
+
+#[test]
+fn other_writes_of_a_write_behind_key_are_refused_and_expiry_passes() {
+    use crate::protocol::command::lookup;
+    let b = behind();
+    let refused = |args: &[&str]| {
+        let req = Request::from_args(args);
+        b.refusal(lookup(req.arg(0)), &req).map(|e| e.to_string())
+    };
+    let e = refused(&["MSET", "other:1", "a", "item:2", "b"]).expect("MSET refused");
+    assert!(
+        e.contains("mapping item is write-behind: MSET is not queued"),
+        "{e}"
+    );
+    assert!(refused(&["APPEND", "item:1", "x"]).is_some());
+    assert!(refused(&["INCR", "item:1"]).is_some());
+    assert!(refused(&["RENAME", "item:1", "other:1"]).is_some());
+    for ok in [
+        &["EXPIRE", "item:1", "10"][..],
+        &["PERSIST", "item:1"],
+        &["GET", "item:1"],
+        &["MSET", "other:1", "a"],
+        &["DEL", "item:1"],
+    ] {
+        assert!(refused(ok).is_none(), "{ok:?} passes");
+    }
+}
