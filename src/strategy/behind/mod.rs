@@ -1,5 +1,6 @@
-//! Write-behind (`[[mapping]] write = "behind"`): a SET of a mapped key is acknowledged once it
-//! is durably queued, and a worker in every sidecar applies the queue to PostgreSQL.
+//! Write-behind (`[[mapping]] write = "behind"`): a SET of a mapped key (and, with a
+//! `delete_query`, a DEL) is acknowledged once it is durably queued, and a worker in every
+//! sidecar applies the queue to PostgreSQL. Other writes of a mapped key are refused.
 //!
 //! The queue is a Redis Stream on the upstream, `cacheside:wb:<mapping>`, read through the
 //! consumer group `cacheside`. The write and its XADD are one script ([`SET_SCRIPT`]), so a
@@ -148,8 +149,9 @@ impl Behind {
         self.list.is_empty()
     }
 
-    /// For SET/SETEX/PSETEX of a write-behind key: the script to send instead, or the error a
-    /// form that cannot be queued gets. `None` for anything else.
+    /// For SET/SETEX/PSETEX of a write-behind key (and DEL/UNLINK with a `delete_query`): the
+    /// script to send instead, or the error a form that cannot be queued gets. `None` for
+    /// anything else.
     pub fn rewrite(&self, command: &str, req: &Request) -> Option<Result<Rewritten, ProxyError>> {
         // Where the value is among the arguments after the key.
         let value = match (command, req.argc()) {
