@@ -88,6 +88,9 @@ async function withoutRowChange(pair) {
     }
   }
 }
+// A product without its views: each GET counts one, and the [[counter]] flush (every 1 s)
+// changes the row's views column (its NOTIFY evicts the cached row).
+const sansViews = (p) => ({ ...p, views: undefined });
 const lag = (e) => (e.firstTry ? 'on the first read' : `after ${e.ms} ms`);
 
 async function main() {
@@ -162,17 +165,23 @@ async function main() {
   assert.equal(r.status, 201, `POST /products: ${JSON.stringify(r.body)}`);
   const created = r.body;
   assert.equal(created.id, 100);
+  // Each GET counts a view, and the [[counter]] flush (every 1 s) then changes the row's views
+  // (its NOTIFY evicts the cached row): views are the counter's, checked below.
   const n0 = await counters();
   let e = await eventually(async () => {
     const got = await http('GET', '/products/100');
     assert.equal(got.status, 200);
-    assert.deepEqual(got.body, created, 'GET returns what POST returned');
+    assert.deepEqual(sansViews(got.body), sansViews(created), 'GET returns what POST returned');
   });
   const n1 = await counters();
-  assert.deepEqual((await http('GET', '/products/100')).body, created);
-  const n2 = await counters();
   assert.ok(n1.productQueries - n0.productQueries >= 1, 'the cold read ran no query');
-  assert.equal(n2.productQueries - n1.productQueries, 0, 'the warm read ran a query');
+  await withoutRowChange(async () => {
+    await http('GET', '/products/100');
+    const w1 = await counters();
+    assert.deepEqual(sansViews((await http('GET', '/products/100')).body), sansViews(created));
+    const w2 = await counters();
+    assert.equal(w2.productQueries - w1.productQueries, 0, 'the warm read ran a query');
+  });
   pass(
     `POST /products created 100; GET /products/100 shows it ${lag(e)} ` +
       `(${n1.productQueries - n0.productQueries} query), the next GET 0 queries`
@@ -192,7 +201,7 @@ async function main() {
   const updated = r.body;
   e = await eventually(async () => {
     const got = await http('GET', '/products/100');
-    assert.deepEqual(got.body, updated);
+    assert.deepEqual(sansViews(got.body), sansViews(updated));
   });
   pass(`PUT /products/100 renamed it; GET /products/100 shows the update ${lag(e)}`);
 
