@@ -240,6 +240,26 @@ pub const UNKNOWN: CommandInfo = CommandInfo {
     route: Route::Forward,
 };
 
+/// Where the commands [`lookup`] finds without a search are in the table.
+struct Fast {
+    get: usize,
+    set: usize,
+    mget: usize,
+}
+
+static FAST: std::sync::LazyLock<Fast> = std::sync::LazyLock::new(|| {
+    let at = |n: &str| {
+        TABLE
+            .binary_search_by(|c| c.name.cmp(n))
+            .expect("the command table holds GET, SET and MGET")
+    };
+    Fast {
+        get: at("GET"),
+        set: at("SET"),
+        mget: at("MGET"),
+    }
+});
+
 /// Looks a command up by name, ignoring ASCII case, without allocating.
 pub fn lookup(name: &[u8]) -> &'static CommandInfo {
     let mut upper = [0u8; 24];
@@ -250,6 +270,13 @@ pub fn lookup(name: &[u8]) -> &'static CommandInfo {
         *d = s.to_ascii_uppercase();
     }
     let key = &upper[..name.len()];
+    // Most requests are one of these: no search.
+    match key {
+        b"GET" => return &TABLE[FAST.get],
+        b"SET" => return &TABLE[FAST.set],
+        b"MGET" => return &TABLE[FAST.mget],
+        _ => {}
+    }
     match TABLE.binary_search_by(|c| c.name.as_bytes().cmp(key)) {
         Ok(i) => &TABLE[i],
         Err(_) => &UNKNOWN,
@@ -280,6 +307,9 @@ mod tests {
     fn lookup_ignores_case_and_unknown_commands_forward() {
         assert_eq!(lookup(b"get").name, "GET");
         assert_eq!(lookup(b"GeT").name, "GET");
+        assert_eq!(lookup(b"set").name, "SET");
+        assert_eq!(lookup(b"mGet").name, "MGET");
+        assert_eq!(lookup(b"GETSET").name, "GETSET");
         assert_eq!(lookup(b"NOSUCHCOMMAND").route, Route::Forward);
         assert_eq!(lookup(&[b'x'; 100]).route, Route::Forward);
     }

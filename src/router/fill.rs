@@ -13,6 +13,7 @@ use crate::protocol::Request;
 use crate::tier::hot::{Cached, Fill, HotTier, Rule, Stamp, View};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
+use std::time::Instant;
 
 mod batch;
 mod load;
@@ -71,20 +72,49 @@ pub enum Outcome {
     Skip,
 }
 
-/// Whether invalidations are pending (see `HotTier::invalidations_pending`), asked at most once
-/// per read from the client: every request of one read was sent after whatever reply the
-/// client had seen, so one check after the read covers them all and saves a syscall per hit.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Fence(Option<bool>);
+/// What is known once per read from the client (one `read()` of its socket, every request of a
+/// pipelined batch): whether invalidations are pending (see `HotTier::invalidations_pending`),
+/// asked at most once, and the time the read began, which hits' freshness is checked against.
+/// Every request of one read was sent after whatever reply the client had seen, so one check
+/// after the read covers them all and saves a syscall per hit, and one clock read serves them.
+#[derive(Debug, Clone, Copy)]
+pub struct Fence {
+    pending: Option<bool>,
+    at: Instant,
+}
+
+impl Default for Fence {
+    fn default() -> Self {
+        Self {
+            pending: None,
+            at: Instant::now(),
+        }
+    }
+}
 
 impl Fence {
-    /// Forgets the answer: the session calls this for each new read from the client.
+    /// Forgets the answer and reads the clock: the session calls this for each new read from
+    /// the client.
     pub fn reset(&mut self) {
-        self.0 = None;
+        *self = Self::default();
+    }
+
+    /// Reads the clock again, keeping the answer: for a request handled after the session may
+    /// have waited (on the upstream, the writer, a pinned connection), so no wait makes an
+    /// expired entry look fresh.
+    pub fn retime(&mut self) {
+        self.at = Instant::now();
+    }
+
+    /// When the current read from the client began (or was last [`retime`](Self::retime)d).
+    pub fn at(&self) -> Instant {
+        self.at
     }
 
     fn pending(&mut self, tier: &HotTier) -> bool {
-        *self.0.get_or_insert_with(|| tier.invalidations_pending())
+        *self
+            .pending
+            .get_or_insert_with(|| tier.invalidations_pending())
     }
 }
 
@@ -98,6 +128,7 @@ pub async fn read(
     fence: &mut Fence,
     out: &mut BytesMut,
 ) -> Outcome {
+    let now = fence.at();
     let single = |view: View| (req.arg(1), view);
     let (key, view) = match (name, req.argc()) {
         ("GET", 2) => single(View::Get),
@@ -125,7 +156,7 @@ pub async fn read(
     // finds is not older than it. (Checked after, an invalidation applied between the two
     // would let the value it removed be served.)
     if let (Some(t), Some(_)) = (tier, &rule) {
-        if !fence.pending(t) && t.get_into(key, &view, proto, out).await {
+        if !fence.pending(t) && t.get_into(key, &view, now, proto, out).await {
             return Outcome::Hit;
         }
     }
@@ -199,6 +230,7 @@ async fn mget(
     fence: &mut Fence,
     out: &mut BytesMut,
 ) -> Outcome {
+    let now = fence.at();
     let n = req.argc() - 1;
     let cacheable = |k: &[u8]| tier.is_some_and(|t| t.caches(k));
     let mapped = |k: &[u8]| loader.is_some_and(|l| l.resolve(k).is_some());
@@ -214,7 +246,7 @@ async fn mget(
     for i in 1..=n {
         let key = req.arg_bytes(i);
         if let (Some(t), true, true) = (tier, lookups, cacheable(&key)) {
-            if let Some(hit) = t.get(&key, &View::Get).await {
+            if let Some(hit) = t.get_at(&key, &View::Get, now).await {
                 parts.push(Part::Hit(hit));
                 continue;
             }

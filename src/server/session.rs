@@ -75,6 +75,13 @@ pub(super) struct Session {
     fills_queued: bool,
     /// Cluster mode: the open transaction is on the node of its first key (see `rehome`).
     multi_homed: bool,
+    /// Requests of the current read from the client answered from the hot tier: their latency
+    /// is recorded once the read is handled, from when it began.
+    hot_answered: u32,
+    read_began: std::time::Instant,
+    /// Every request of the current read so far was a hit answered at once: the session has
+    /// not waited since the read's clock was read.
+    hits_only: bool,
 }
 
 impl Session {
@@ -118,6 +125,9 @@ impl Session {
             replica_reads,
             fills_queued: false,
             multi_homed: false,
+            hot_answered: 0,
+            read_began: std::time::Instant::now(),
+            hits_only: true,
         }
     }
 
@@ -210,6 +220,8 @@ impl Session {
     /// request needs.
     async fn process(&mut self) -> Result<usize, Stop> {
         self.st.fence.reset();
+        self.read_began = self.st.fence.at();
+        self.hits_only = true;
         let mut parsed = std::mem::take(&mut self.parsed);
         let mut pos = 0;
         let mut need = 0;
@@ -242,6 +254,16 @@ impl Session {
             }
         }
         self.parsed = parsed;
+        let done = std::time::Instant::now();
+        // A hot hit's latency: from the read of its request until its reply is ready, which
+        // is when the read's requests are handled (two clock reads per read, not two per hit).
+        for _ in 0..std::mem::take(&mut self.hot_answered) {
+            self.ctx
+                .metrics
+                .latency
+                .hot
+                .observe((done - self.read_began).as_secs_f64());
+        }
         let (st, cmd) = (&self.st, self.last_cmd);
         self.me.client.show(|s| {
             s.name.clone_from(&st.name);
@@ -250,7 +272,7 @@ impl Session {
             s.pubsub = st.subscribed;
             s.resp = st.proto.number();
             s.cmd = cmd;
-            s.last = Instant::now().into_std();
+            s.last = done;
         });
         if result.is_ok() {
             if let Err(stop) = self.flush_run(&chunk).await {
@@ -282,19 +304,21 @@ impl Session {
         // A hit goes straight into the gathered replies when nothing is queued before it;
         // otherwise into `hits`, to follow the run ahead of it.
         let direct = self.run.is_none() && !self.pinned_active;
+        if !self.hits_only {
+            self.st.fence.retime();
+        }
         let hits = if direct {
             &mut self.ready
         } else {
             &mut self.hits
         };
-        // Only a hot tier answers `Cached`: without one, no clock read per request.
-        let routed = self.ctx.router.hot().map(|_| Instant::now());
         let (decision, info) = self
             .ctx
             .router
             .route(&mut self.st, &req, self.pinned_active, hits)
             .await;
         self.last_cmd = info.name;
+        self.hits_only &= direct && matches!(decision, Decision::Cached);
         match decision {
             Decision::Forward | Decision::Rewrite(_) => {
                 self.forward(decision, info, chunk, span, req).await
@@ -312,13 +336,7 @@ impl Session {
             }
             Decision::Cached => {
                 self.ctx.metrics.command(info.family, Outcome::Cached);
-                if let Some(t) = routed {
-                    self.ctx
-                        .metrics
-                        .latency
-                        .hot
-                        .observe(t.elapsed().as_secs_f64());
-                }
+                self.hot_answered += 1;
                 if direct {
                     return Ok(());
                 }

@@ -22,7 +22,7 @@ use std::sync::RwLock;
 /// Shards of the map: a power of two.
 const SHARDS: usize = 64;
 /// One hit in this many (per thread) is also recorded as a moka read.
-pub(super) const SAMPLE: u32 = 16;
+pub(super) const SAMPLE: u32 = 32;
 
 /// Keys up to this long are held inside the map's bucket.
 const INLINE: usize = 30;

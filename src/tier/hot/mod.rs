@@ -339,7 +339,12 @@ impl HotTier {
 
     /// A view of `key`, if held and fresh. Counts a hot hit or miss.
     pub async fn get(&self, key: &[u8], view: &View) -> Option<Cached> {
-        let found = self.read(key, view, Cached::clone);
+        self.get_at(key, view, Instant::now()).await
+    }
+
+    /// [`get`](Self::get), fresh as of `now`.
+    pub async fn get_at(&self, key: &[u8], view: &View, now: Instant) -> Option<Cached> {
+        let found = self.read(key, view, now, Cached::clone);
         self.count(key, found.is_some()).await;
         found
     }
@@ -351,11 +356,12 @@ impl HotTier {
         &self,
         key: &[u8],
         view: &View,
+        now: Instant,
         proto: Proto,
         out: &mut BytesMut,
     ) -> bool {
         let hit = self
-            .read(key, view, |c| c.render_into(proto, out))
+            .read(key, view, now, |c| c.render_into(proto, out))
             .is_some();
         self.count(key, hit).await;
         hit
@@ -373,13 +379,18 @@ impl HotTier {
         }
     }
 
-    /// Applies `f` to a view of `key`, if held and fresh.
-    fn read<R>(&self, key: &[u8], view: &View, f: impl FnOnce(&Cached) -> R) -> Option<R> {
+    /// Applies `f` to a view of `key`, if held and fresh as of `now`.
+    fn read<R>(
+        &self,
+        key: &[u8],
+        view: &View,
+        now: Instant,
+        f: impl FnOnce(&Cached) -> R,
+    ) -> Option<R> {
         let hash = self.front.hash(key);
         if !self.is_coherent() || self.write_in_flight(hash) {
             return None;
         }
-        let now = Instant::now();
         self.front
             .with(key, hash, |slots| {
                 let fresh = |v: &View| {
