@@ -8,6 +8,7 @@
 
 mod batch;
 mod nodes;
+mod order;
 pub mod slot;
 mod split;
 pub mod topology;
@@ -43,7 +44,10 @@ pub struct Cluster {
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
     seed: Arc<str>,
-    topology: RwLock<Option<Arc<Topology>>>,
+    /// The slot map, and how many times it changed (see `order`).
+    topology: RwLock<Option<(Arc<Topology>, u64)>>,
+    /// Each client's order across redirections.
+    orders: order::Orders,
     /// Every node ever routed to (primaries, and targets of MOVED/ASK), by address.
     nodes: Mutex<HashMap<Arc<str>, Arc<Node>>>,
     /// Replicas read from (`upstream.read_from`), by address.
@@ -62,6 +66,7 @@ impl Cluster {
             metrics,
             seed,
             topology: RwLock::new(None),
+            orders: order::Orders::default(),
             nodes: Mutex::new(HashMap::new()),
             readers: Mutex::new(HashMap::new()),
             refreshing: AtomicBool::new(false),
@@ -72,6 +77,11 @@ impl Cluster {
     }
 
     pub fn topology(&self) -> Option<Arc<Topology>> {
+        self.topology_gen().map(|(t, _)| t)
+    }
+
+    /// The slot map and its generation (one more each time it changes).
+    fn topology_gen(&self) -> Option<(Arc<Topology>, u64)> {
         self.topology
             .read()
             .expect("topology lock is never poisoned")
@@ -139,9 +149,10 @@ impl Cluster {
                         .topology
                         .write()
                         .expect("topology lock is never poisoned");
-                    if cur.as_deref() != Some(&t) {
+                    if cur.as_ref().map(|(t, _)| &**t) != Some(&t) {
                         tracing::info!(primaries = ?t.primaries, "cluster slot map read");
-                        *cur = Some(Arc::new(t));
+                        let generation = cur.as_ref().map_or(0, |(_, g)| g + 1);
+                        *cur = Some((Arc::new(t), generation));
                     }
                     return Ok(());
                 }
@@ -204,7 +215,7 @@ impl Cluster {
         read: bool,
     ) -> ReplyRx {
         let (tx, rx) = oneshot::channel();
-        let Some(topo) = self.topology() else {
+        let Some((topo, generation)) = self.topology_gen() else {
             self.refresh_soon();
             let _ = tx.send(Err(self.not_mapped()));
             return rx;
@@ -216,21 +227,55 @@ impl Cluster {
             )));
             return rx;
         };
-        let mut batch = Batch::new(proto, affinity, read);
-        for req in &reqs {
-            batch.add(split::plan(req, &topo));
-        }
-        let sends = batch.dispatch(self, &topo, bytes);
+        let mut ticket = self.orders.begin(affinity, generation);
         let me = self.clone();
+        if ticket.hold {
+            // Routed once every earlier batch of the client is done, by the map of then.
+            tokio::spawn(async move {
+                ticket.after_earlier().await;
+                let topo = me.topology().unwrap_or(topo);
+                let (batch, sends) = me.route(proto, affinity, read, &reqs, &topo, bytes);
+                let out = me.clone().gather(batch, sends, &mut ticket).await;
+                let _ = tx.send(Ok(out));
+                ticket.finish().await;
+            });
+            return rx;
+        }
+        let (batch, sends) = self.route(proto, affinity, read, &reqs, &topo, bytes);
         tokio::spawn(async move {
-            let out = me.gather(batch, sends).await;
+            let out = me.clone().gather(batch, sends, &mut ticket).await;
             let _ = tx.send(Ok(out));
+            ticket.finish().await;
         });
         rx
     }
 
-    /// Awaits every node's replies, follows redirections, merges each request's parts.
-    async fn gather(self: Arc<Self>, mut batch: Batch, sends: Vec<Sent>) -> Bytes {
+    /// Plans the client's requests on `topo` and queues them on the nodes' pools.
+    fn route(
+        &self,
+        proto: Proto,
+        affinity: u64,
+        read: bool,
+        reqs: &[Request],
+        topo: &Topology,
+        bytes: Bytes,
+    ) -> (Batch, Vec<Sent>) {
+        let mut batch = Batch::new(proto, affinity, read);
+        for req in reqs {
+            batch.add(split::plan(req, topo));
+        }
+        let sends = batch.dispatch(self, topo, bytes);
+        (batch, sends)
+    }
+
+    /// Awaits every node's replies, follows redirections (after every earlier batch of the
+    /// client is done, see `order`), merges each request's parts.
+    async fn gather(
+        self: Arc<Self>,
+        mut batch: Batch,
+        sends: Vec<Sent>,
+        ticket: &mut order::Ticket,
+    ) -> Bytes {
         let mut got = Vec::with_capacity(sends.len());
         for sent in sends {
             let r = sent.rx.await;
@@ -272,6 +317,16 @@ impl Cluster {
                     }
                 }
             }
+        }
+        let redirected = batch
+            .replies
+            .iter()
+            .flatten()
+            .flatten()
+            .any(|r| redirection(r).is_some());
+        if redirected {
+            self.orders.unsettle(ticket);
+            ticket.after_earlier().await;
         }
         let mut out = BytesMut::new();
         for (r, req) in batch.reqs.iter().enumerate() {
