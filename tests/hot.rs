@@ -333,6 +333,8 @@ async fn losing_the_invalidation_connection_flushes_then_recovers() {
     let _: () = direct.set("product:k", "2").await.unwrap();
     assert_eq!(get(&mut c, "product:k").await.as_deref(), Some("2"));
     assert!(scrape(&proxy, "cacheside_invalidations_total{source=\"flush\"}").await >= 1.0);
+    // Counted among the upstream errors (the killed connection reads as closed).
+    assert!(scrape(&proxy, "cacheside_upstream_errors_total{kind=\"closed\"}").await >= 1.0);
     wait_coherent(&proxy).await;
     let _: () = direct.set("product:k", "3").await.unwrap();
     assert_eq!(get(&mut c, "product:k").await.as_deref(), Some("3"));

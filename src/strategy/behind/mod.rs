@@ -209,27 +209,28 @@ impl Behind {
         if queues.iter().all(Option::is_none) {
             return None;
         }
-        // Each queue once, by its place among the streams.
-        let mut streams: Vec<&Arc<Queue>> = Vec::new();
-        for q in queues.iter().flatten() {
-            if !streams.iter().any(|s| Arc::ptr_eq(s, q)) {
-                if let Some(refused) = q.lag_refusal() {
-                    return Some(Err(refused));
-                }
-                streams.push(q);
-            }
-        }
+        // Each queue once; each key names its queue by its place among the streams (ARGV:
+        // 0 for a key no write-behind mapping deletes, else its stream's KEYS index).
         let n = keys.len();
-        let indices: Vec<String> = queues
-            .iter()
-            .map(|q| match q {
-                Some(q) => streams
-                    .iter()
-                    .position(|s| Arc::ptr_eq(s, q))
-                    .map(|at| (n + 1 + at).to_string()),
-                None => Some("0".to_string()),
-            })
-            .collect::<Option<_>>()?;
+        let mut streams: Vec<&Arc<Queue>> = Vec::new();
+        let mut indices: Vec<String> = Vec::with_capacity(n);
+        for q in &queues {
+            let Some(q) = q else {
+                indices.push("0".to_string());
+                continue;
+            };
+            let place = match streams.iter().position(|s| Arc::ptr_eq(s, q)) {
+                Some(p) => p,
+                None => {
+                    if let Some(refused) = q.lag_refusal() {
+                        return Some(Err(refused));
+                    }
+                    streams.push(q);
+                    streams.len() - 1
+                }
+            };
+            indices.push((n + 1 + place).to_string());
+        }
         let markers: Vec<Bytes> = keys
             .iter()
             .map(|k| crate::loader::negative_key(k))

@@ -105,6 +105,7 @@ pub fn spawn(tier: Arc<HotTier>, upstream: Arc<Upstream>, mode: Coherence, chann
                     tracing::warn!(reason = %why, "CLIENT TRACKING refused; hot tier bypassed (set hot.coherence = \"broadcast\" or \"auto\")")
                 }
                 End::Lost(e) => {
+                    tier.metrics.upstream_failure(e.failure());
                     tracing::warn!(error = %e, "hot tier invalidation connection lost; tier flushed and bypassed until it is back")
                 }
                 End::Reauth => {

@@ -156,7 +156,10 @@ impl Cluster {
                     }
                     return Ok(());
                 }
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    self.metrics.upstream_failure(e.failure());
+                    last = Some(e);
+                }
             }
         }
         let err = last.unwrap_or_else(|| self.not_mapped());
