@@ -177,6 +177,7 @@ impl Flusher {
                 }
             }
         }
+        c.metrics.sweeps.inc();
         Some(found)
     }
 

@@ -1,0 +1,403 @@
+//! `[[counter]]` on a Redis Cluster: INCR-family commands get Redis's own replies, every key of
+//! cacheside's bookkeeping lives in its counter key's slot (on that slot's primary), deltas
+//! reach PostgreSQL exactly once across sidecars and SIGKILLs, and what a dead sidecar left in
+//! slots nobody else writes is found by the other sidecars' sweeps.
+
+mod support;
+
+use cacheside::config::units::Human;
+use cacheside::config::CounterConfig;
+use cacheside::tier::redis::cluster::slot;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::cluster::RedisCluster;
+use support::counters::{db_views, eventually, Sidecar};
+use support::postgres::PgServer;
+use support::{query, Proxy};
+
+/// Keys with and without a hash tag name the same product: the braces are stripped.
+const FLUSH_QUERY: &str = "UPDATE products SET views = views + $2 WHERE id = btrim($1, '{}')::int";
+
+/// Product `id`'s counter key: even ids with a hash tag (`product:{8}:views`), odd ones without.
+fn key(id: i32) -> String {
+    if id % 2 == 0 {
+        format!("product:{{{id}}}:views")
+    } else {
+        format!("product:{id}:views")
+    }
+}
+
+fn views(flush_every: Human, sweep_every: Human) -> CounterConfig {
+    CounterConfig {
+        name: Some("views".into()),
+        key: "product:{id}:views".into(),
+        flush_query: FLUSH_QUERY.into(),
+        flush_every,
+        flush_threshold: None,
+        sweep_every,
+    }
+}
+
+/// A config file for a sidecar process on the cluster.
+fn toml(flush_every: &str, sweep_every: &str) -> String {
+    format!(
+        "[upstream]\nmode = \"cluster\"\n[[counter]]\nname = \"views\"\nkey = \"product:{{id}}:views\"\nflush_query = \"{FLUSH_QUERY}\"\nflush_every = \"{flush_every}\"\nsweep_every = \"{sweep_every}\"\n"
+    )
+}
+
+async fn in_process(cluster: &RedisCluster, pg: &PgServer, counter: CounterConfig) -> Proxy {
+    Proxy::start_with(&cluster.url(), |c| {
+        c.upstream.mode = "cluster".into();
+        c.postgres.url = Some(pg.url());
+        c.counter = vec![counter];
+    })
+    .await
+}
+
+/// The pending-delta key of counter key `k` (in `k`'s slot).
+fn pending(k: &str) -> String {
+    if k.contains('{') {
+        format!("cacheside:counter:pending:{k}")
+    } else {
+        format!("cacheside:counter:pending:{{{k}}}")
+    }
+}
+
+/// The port of the primary serving `k`'s slot, from a slot map read once.
+fn owner(primaries: &[(u16, Vec<(u16, u16)>)], k: &str) -> u16 {
+    let s = slot::of(k.as_bytes());
+    primaries
+        .iter()
+        .find(|(_, ranges)| ranges.iter().any(|&(a, b)| a <= s && s <= b))
+        .map(|(port, _)| *port)
+        .expect("every slot has a primary")
+}
+
+/// Every primary's keys matching `pattern`, each with the port of the node that holds it.
+async fn keys_on_nodes(cluster: &RedisCluster, pattern: &str) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
+    for (port, _) in cluster.primaries() {
+        let mut node = cluster.node(port).await;
+        let keys: Vec<String> = query(&mut node, &["KEYS", pattern]).await;
+        out.extend(keys.into_iter().map(|k| (port, k)));
+    }
+    out
+}
+
+/// Records in every moves hash of the cluster.
+async fn moves_recorded(cluster: &RedisCluster) -> i64 {
+    let mut n = 0;
+    for (port, hash) in keys_on_nodes(cluster, "cacheside:counter:moves:*").await {
+        let mut node = cluster.node(port).await;
+        n += query::<i64>(&mut node, &["HLEN", &hash]).await;
+    }
+    n
+}
+
+/// Sweeps of every slot this in-process sidecar completed.
+async fn sweeps(p: &Proxy) -> f64 {
+    let (_, text) = p.admin_get("/metrics").await;
+    support::metric(&text, "cacheside_counter_sweeps_total{counter=\"views\"}").unwrap_or(0.0)
+}
+
+async fn read_line(raw: &mut support::Raw) -> String {
+    let mut line = Vec::new();
+    while !line.ends_with(b"\r\n") {
+        line.extend(raw.read_exact_len(1).await);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_on_a_cluster_get_redis_replies_and_reach_postgres_exactly() {
+    let cluster = RedisCluster::start();
+    let pg = PgServer::start();
+    let before = db_views(&pg, 1..=200).await;
+    // Flushed only by the drain: what is pending can be read meanwhile.
+    let proxy = in_process(&cluster, &pg, views(Human::secs(3600), Human::secs(3600))).await;
+    // Its start sweep is over, so it flushes nothing before the drain.
+    assert!(
+        eventually(Duration::from_secs(20), async || sweeps(&proxy).await
+            >= 1.0)
+        .await
+    );
+    let primaries = cluster.primaries();
+    for (k, cmd, arg) in [
+        (key(1), "RPUSH", "x"),
+        (key(2), "SET", "abc"),
+        (key(3), "SET", "9223372036854775807"),
+    ] {
+        let mut n = cluster.node(owner(&primaries, &k)).await;
+        let _: () = query(&mut n, &[cmd, k.as_str(), arg]).await;
+    }
+    // Each error, byte for byte as the key's own primary gives it for the command itself.
+    for cmd in [
+        format!("INCR {}", key(1)),
+        format!("INCRBY {} 5", key(2)),
+        format!("INCRBY {} five", key(4)),
+        format!("INCR {}", key(3)),
+        format!("DECRBY {} -9223372036854775808", key(4)),
+    ] {
+        let k = cmd.split(' ').nth(1).unwrap_or_default();
+        let mut d = support::Raw(
+            tokio::net::TcpStream::connect(("127.0.0.1", owner(&primaries, k)))
+                .await
+                .unwrap(),
+        );
+        d.send(format!("{cmd}\r\n").as_bytes()).await;
+        let want = read_line(&mut d).await;
+        assert!(want.starts_with('-'), "{cmd}: {want}");
+        let mut raw = proxy.raw().await;
+        raw.send(format!("{cmd}\r\n").as_bytes()).await;
+        assert_eq!(read_line(&mut raw).await, want, "{cmd}");
+    }
+
+    // Products 5..=200, one INCRBY each, pipelined over every slot they hash to.
+    let mut c = proxy.client().await;
+    let mut pipe = redis::pipe();
+    for id in 5..=200 {
+        pipe.cmd("INCRBY").arg(key(id)).arg(id);
+    }
+    let got: Vec<i64> = pipe.query_async(&mut c).await.unwrap();
+    assert_eq!(got, (5..=200).map(i64::from).collect::<Vec<_>>());
+    // Inside a transaction, and from a RESP3 client, with the key's own reply.
+    let (v,): (i64,) = redis::pipe()
+        .atomic()
+        .cmd("INCRBY")
+        .arg(key(6))
+        .arg(3)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, 9);
+    let mut c3 = proxy.client_resp3().await;
+    assert_eq!(query::<i64>(&mut c3, &["DECR", &key(7)]).await, 6);
+
+    // Every key of cacheside's is on the primary of its slot, which is its counter key's.
+    let own = keys_on_nodes(&cluster, "cacheside:counter:*").await;
+    let mut nodes = HashSet::new();
+    let mut dirty = HashSet::new();
+    let mut pendings = HashSet::new();
+    for (port, k) in &own {
+        assert_eq!(*port, owner(&primaries, k), "{k}");
+        nodes.insert(*port);
+        if k.starts_with("cacheside:counter:dirty:") {
+            let mut n = cluster.node(*port).await;
+            let members: Vec<String> = query(&mut n, &["SMEMBERS", k]).await;
+            for m in members {
+                assert_eq!(slot::of(m.as_bytes()), slot::of(k.as_bytes()), "{m} in {k}");
+                dirty.insert(m);
+            }
+        } else {
+            pendings.insert(k.clone());
+        }
+    }
+    assert_eq!(nodes.len(), 3, "spread over every primary");
+    let want: HashSet<String> = (5..=200).map(key).collect();
+    assert_eq!(dirty, want, "failed commands marked nothing dirty");
+    let want: HashSet<String> = want.iter().map(|k| pending(k)).collect();
+    assert_eq!(pendings, want, "failed commands added no pending delta");
+
+    // The drain flushes everything: the rows gain exactly what was acknowledged.
+    proxy.shutdown().await;
+    let sum: i64 = (5..=200).map(i64::from).sum::<i64>() + 3 - 1;
+    assert_eq!(db_views(&pg, 1..=200).await - before, sum);
+    assert_eq!(keys_on_nodes(&cluster, "cacheside:counter:*").await, vec![]);
+    support::assert_no_panics();
+}
+
+/// The shape of tests/counters.rs's crash test, on a cluster: 200 keys (half with a hash tag)
+/// over every slot they hash to get 32,000 INCRs from 16 tasks through two sidecar processes.
+/// A is SIGKILLed three times while B's clients keep writing, flushers running every 20 ms,
+/// and restarted each time (its start sweep applies what it left recorded). Every INCR sent is
+/// acknowledged, and the database must gain exactly that many views.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deltas_reach_postgres_exactly_once_on_a_cluster_across_sidecar_kills() {
+    const KEYS: i32 = 200;
+    const ROUNDS: usize = 4;
+    const PER_TASK_A: usize = 500; // x 8 tasks x 4 rounds = 16,000
+    const PER_TASK_B: usize = 2_000; // x 8 tasks = 16,000
+    let cluster = RedisCluster::start();
+    let pg = PgServer::start();
+    let before = db_views(&pg, 1..=KEYS).await;
+    let acked = Arc::new(AtomicU64::new(0));
+    let config = toml("20ms", "1m");
+    let mut a = Sidecar::start_url(&cluster.url(), &pg, &config);
+    let b = Sidecar::start_url(&cluster.url(), &pg, &config);
+
+    let run = |url: String, n: usize, seed: usize, acked: Arc<AtomicU64>| {
+        tokio::spawn(async move {
+            let mut c = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            for i in 0..n {
+                let k = key(1 + ((i * 7 + seed) % KEYS as usize) as i32);
+                let r: redis::RedisResult<i64> =
+                    redis::cmd("INCR").arg(&k).query_async(&mut c).await;
+                r.unwrap_or_else(|e| panic!("INCR {k}: {e}"));
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let b_tasks: Vec<_> = (0..8)
+        .map(|t| run(b.url(), PER_TASK_B, t, acked.clone()))
+        .collect();
+    let mut left_recorded = 0;
+    for round in 0..ROUNDS {
+        let a_tasks: Vec<_> = (0..8)
+            .map(|t| run(a.url(), PER_TASK_A, 100 + t + round, acked.clone()))
+            .collect();
+        for t in a_tasks {
+            t.await.expect("A's clients acknowledged");
+        }
+        if round < ROUNDS - 1 {
+            a.kill();
+            // Moves A took but had not finished applying: left for recovery.
+            left_recorded += moves_recorded(&cluster).await;
+            a = Sidecar::start_url(&cluster.url(), &pg, &config);
+        }
+    }
+    for t in b_tasks {
+        t.await.expect("B's clients acknowledged");
+    }
+    let acked = acked.load(Ordering::Relaxed) as i64;
+    assert_eq!(acked, 32_000);
+    let mut in_redis = 0;
+    let primaries = cluster.primaries();
+    for id in 1..=KEYS {
+        let k = key(id);
+        let mut n = cluster.node(owner(&primaries, &k)).await;
+        in_redis += query::<Option<i64>>(&mut n, &["GET", &k])
+            .await
+            .unwrap_or(0);
+    }
+    assert_eq!(
+        in_redis, acked,
+        "Redis counted every acknowledged INCR once"
+    );
+    let synced = eventually(Duration::from_secs(60), async || {
+        db_views(&pg, 1..=KEYS).await - before == acked
+    })
+    .await;
+    let got = db_views(&pg, 1..=KEYS).await - before;
+    eprintln!("moves recorded but not applied when A was killed: {left_recorded}; database gained {got} of {acked}");
+    assert!(
+        synced,
+        "the database gained {got} views for {acked} acknowledged INCRs"
+    );
+    // Nothing is left dirty or recorded in any slot, and nothing more arrives.
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            keys_on_nodes(&cluster, "cacheside:counter:dirty:*")
+                .await
+                .is_empty()
+                && moves_recorded(&cluster).await == 0
+        })
+        .await
+    );
+    drop((a, b));
+    assert_eq!(db_views(&pg, 1..=KEYS).await - before, acked);
+}
+
+/// A sidecar that never flushed (flush_every = 1h) is SIGKILLed after INCRs over 40 keys: their
+/// deltas are left in slots no running sidecar writes to, with one move record it took and never
+/// applied. B's periodic sweep (every second) finds and flushes them; then, with B gone, what the
+/// next such sidecar leaves is flushed by the start sweep of C (whose periodic sweep is an hour
+/// away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_in_slots_nobody_writes_are_flushed_by_sweeps() {
+    let cluster = RedisCluster::start();
+    let pg = PgServer::start();
+    let before = db_views(&pg, 1..=200).await;
+    let b = in_process(&cluster, &pg, views(Human::millis(50), Human::secs(1))).await;
+    // B's start sweep is over before anything is left: only a periodic one can find it.
+    assert!(
+        eventually(Duration::from_secs(20), async || sweeps(&b).await >= 1.0).await,
+        "B's start sweep ran"
+    );
+
+    // A dead sidecar's leftovers: deltas of products `ids` (id views each) and a move record
+    // of 42 views for product `moved`, taken a minute ago (stale).
+    let primaries = cluster.primaries();
+    let leave = async |ids: std::ops::RangeInclusive<i32>, moved: i32| {
+        let nodes: HashSet<u16> = ids.clone().map(|id| owner(&primaries, &key(id))).collect();
+        assert_eq!(nodes.len(), 3, "the keys' slots are on every primary");
+        let mut a = Sidecar::start_url(&cluster.url(), &pg, &toml("1h", "1h"));
+        let mut c = a.client().await;
+        let mut pipe = redis::pipe();
+        for id in ids.clone() {
+            pipe.cmd("INCRBY").arg(key(id)).arg(id);
+        }
+        let _: Vec<i64> = pipe.query_async(&mut c).await.unwrap();
+        a.kill();
+        let k = key(moved);
+        let s = slot::of(k.as_bytes());
+        let hash = format!("cacheside:counter:moves:{{{}}}:views", slot::slot_tag(s));
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            - 60_000;
+        let mut n = cluster.node(owner(&primaries, &k)).await;
+        let _: () = query(
+            &mut n,
+            &[
+                "HSET",
+                &hash,
+                &format!("dead{moved}"),
+                &format!("{at}:42:{k}"),
+            ],
+        )
+        .await;
+        ids.map(i64::from).sum::<i64>() + 42
+    };
+
+    let left = leave(1..=40, 60).await;
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            db_views(&pg, 1..=200).await - before == left
+        })
+        .await,
+        "B's periodic sweep flushed them: {} of {left}",
+        db_views(&pg, 1..=200).await - before
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            keys_on_nodes(&cluster, "cacheside:counter:dirty:*")
+                .await
+                .is_empty()
+                && moves_recorded(&cluster).await == 0
+        })
+        .await
+    );
+    b.shutdown().await;
+
+    let left = left + leave(101..=140, 160).await;
+    // Nobody runs: the leftovers wait in every primary.
+    let dirty = keys_on_nodes(&cluster, "cacheside:counter:dirty:*").await;
+    let nodes: HashSet<u16> = dirty.iter().map(|(p, _)| *p).collect();
+    assert_eq!(nodes.len(), 3, "{dirty:?}");
+    let c = in_process(&cluster, &pg, views(Human::millis(50), Human::secs(3600))).await;
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            db_views(&pg, 1..=200).await - before == left
+        })
+        .await,
+        "C's start sweep flushed them: {} of {left}",
+        db_views(&pg, 1..=200).await - before
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || moves_recorded(&cluster)
+            .await
+            == 0)
+        .await
+    );
+    assert_eq!(sweeps(&c).await, 1.0, "only C's start sweep ran");
+    c.shutdown().await;
+    assert_eq!(db_views(&pg, 1..=200).await - before, left);
+    support::assert_no_panics();
+}
