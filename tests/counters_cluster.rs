@@ -401,3 +401,60 @@ async fn leftovers_in_slots_nobody_writes_are_flushed_by_sweeps() {
     assert_eq!(db_views(&pg, 1..=200).await - before, left);
     support::assert_no_panics();
 }
+
+/// A resharding moves a slot's keys, cacheside's with them (the pending delta, the slot's dirty
+/// set): INCRs before and after the move reach the database once, from the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counters_slot_moved_to_another_primary_keeps_its_pending_deltas() {
+    let cluster = RedisCluster::start();
+    let pg = PgServer::start();
+    let before = db_views(&pg, 8..=8).await;
+    let proxy = in_process(&cluster, &pg, views(Human::secs(3600), Human::secs(3600))).await;
+    assert!(
+        eventually(Duration::from_secs(20), async || sweeps(&proxy).await
+            >= 1.0)
+        .await
+    );
+    let mut c = proxy.client().await;
+    let k = key(8);
+    for n in 1..=10 {
+        assert_eq!(query::<i64>(&mut c, &["INCR", &k]).await, n);
+    }
+    let s = slot::of(k.as_bytes());
+    let from = cluster.primary_of(s);
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .map(|(p, _)| p)
+        .find(|&p| p != from)
+        .expect("another primary");
+    cluster.migrate(s, to, None);
+    cluster.finish_migration(s, to);
+    let moved: Vec<String> = keys_on_nodes(&cluster, "cacheside:counter:*")
+        .await
+        .into_iter()
+        .map(|(port, k)| {
+            assert_eq!(port, to, "{k}");
+            k
+        })
+        .collect();
+    assert_eq!(
+        moved.len(),
+        2,
+        "the pending delta and the dirty set: {moved:?}"
+    );
+    assert!(moved.contains(&pending(&k)), "{moved:?}");
+    // Through cacheside, which follows the MOVED, onto the same pending delta.
+    for n in 11..=15 {
+        assert_eq!(query::<i64>(&mut c, &["INCR", &k]).await, n);
+    }
+    let mut node = cluster.node(to).await;
+    assert_eq!(
+        query::<Option<i64>>(&mut node, &["GET", &pending(&k)]).await,
+        Some(15)
+    );
+    proxy.shutdown().await;
+    assert_eq!(db_views(&pg, 8..=8).await - before, 15);
+    assert_eq!(keys_on_nodes(&cluster, "cacheside:counter:*").await, vec![]);
+    support::assert_no_panics();
+}
