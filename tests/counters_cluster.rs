@@ -403,7 +403,8 @@ async fn leftovers_in_slots_nobody_writes_are_flushed_by_sweeps() {
 }
 
 /// A resharding moves a slot's keys, cacheside's with them (the pending delta, the slot's dirty
-/// set): INCRs before and after the move reach the database once, from the new primary.
+/// set): INCRs before and after the move reach the database once, from the new primary; an INCR
+/// while the slot's keys are split between two primaries gets -TRYAGAIN and counts nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counters_slot_moved_to_another_primary_keeps_its_pending_deltas() {
     let cluster = RedisCluster::start();
@@ -453,8 +454,44 @@ async fn a_counters_slot_moved_to_another_primary_keeps_its_pending_deltas() {
         query::<Option<i64>>(&mut node, &["GET", &pending(&k)]).await,
         Some(15)
     );
+
+    // Half way back: the counter key is on `from` already, its pending delta and dirty set
+    // not yet. Redis answers the script -TRYAGAIN (its keys are split); after cacheside's
+    // retries the client gets it, and nothing was counted.
+    cluster.migrate(s, from, Some(&[k.as_str()]));
+    let r: redis::RedisResult<i64> = redis::cmd("INCR").arg(&k).query_async(&mut c).await;
+    let counted = match r {
+        Ok(v) => {
+            assert_eq!(v, 16);
+            1
+        }
+        Err(e) => {
+            assert!(e.to_string().to_uppercase().contains("TRYAGAIN"), "{e}");
+            0
+        }
+    };
+    let dirty = format!("cacheside:counter:dirty:{{{}}}:views", slot::slot_tag(s));
+    let out = support::cluster::cli(
+        to,
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &from.to_string(),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            &pending(&k),
+            &dirty,
+        ],
+    );
+    assert!(out.contains("OK"), "MIGRATE: {out}");
+    cluster.finish_migration(s, from);
+    for n in 16..=18 {
+        assert_eq!(query::<i64>(&mut c, &["INCR", &k]).await, n + counted);
+    }
     proxy.shutdown().await;
-    assert_eq!(db_views(&pg, 8..=8).await - before, 15);
+    assert_eq!(db_views(&pg, 8..=8).await - before, 18 + counted);
     assert_eq!(keys_on_nodes(&cluster, "cacheside:counter:*").await, vec![]);
     support::assert_no_panics();
 }
