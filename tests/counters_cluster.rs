@@ -48,8 +48,18 @@ fn toml(flush_every: &str, sweep_every: &str) -> String {
 }
 
 async fn in_process(cluster: &RedisCluster, pg: &PgServer, counter: CounterConfig) -> Proxy {
+    in_mode(cluster, pg, counter, "cluster").await
+}
+
+/// In-process, with `upstream.mode = mode` ("auto" finds the cluster at start).
+async fn in_mode(
+    cluster: &RedisCluster,
+    pg: &PgServer,
+    counter: CounterConfig,
+    mode: &str,
+) -> Proxy {
     Proxy::start_with(&cluster.url(), |c| {
-        c.upstream.mode = "cluster".into();
+        c.upstream.mode = mode.into();
         c.postgres.url = Some(pg.url());
         c.counter = vec![counter];
     })
@@ -304,10 +314,10 @@ async fn deltas_reach_postgres_exactly_once_on_a_cluster_across_sidecar_kills() 
 }
 
 /// A sidecar that never flushed (flush_every = 1h) is SIGKILLed after INCRs over 40 keys: their
-/// deltas are left in slots no running sidecar writes to, with one move record it took and never
-/// applied. B's periodic sweep (every second) finds and flushes them; then, with B gone, what the
-/// next such sidecar leaves is flushed by the start sweep of C (whose periodic sweep is an hour
-/// away).
+/// deltas are left in slots no running sidecar writes to, beside a move record such as it would
+/// have taken and never applied (written by the test, a minute old). B's periodic sweep (every second) finds and flushes them; then, with B gone, what the
+/// next such sidecar leaves is flushed by the start sweep of C (`upstream.mode = "auto"`, whose
+/// periodic sweep is an hour away).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leftovers_in_slots_nobody_writes_are_flushed_by_sweeps() {
     let cluster = RedisCluster::start();
@@ -381,7 +391,14 @@ async fn leftovers_in_slots_nobody_writes_are_flushed_by_sweeps() {
     let dirty = keys_on_nodes(&cluster, "cacheside:counter:dirty:*").await;
     let nodes: HashSet<u16> = dirty.iter().map(|(p, _)| *p).collect();
     assert_eq!(nodes.len(), 3, "{dirty:?}");
-    let c = in_process(&cluster, &pg, views(Human::millis(50), Human::secs(3600))).await;
+    // C finds the cluster itself (`auto`), and keeps its counters.
+    let c = in_mode(
+        &cluster,
+        &pg,
+        views(Human::millis(50), Human::secs(3600)),
+        "auto",
+    )
+    .await;
     assert!(
         eventually(Duration::from_secs(20), async || {
             db_views(&pg, 1..=200).await - before == left
