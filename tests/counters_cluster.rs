@@ -33,8 +33,11 @@ async fn counters_on_a_cluster_get_redis_replies_and_reach_postgres_exactly() {
     let pg = PgServer::start();
     let before = db_views(&pg, 1..=200).await;
     // Flushed only by the drain: what is pending can be read meanwhile.
-    let proxy = in_process(&cluster, &pg, views(Human::secs(3600), Human::secs(3600))).await;
-    // Its start sweep is over, so it flushes nothing before the drain.
+    // flush_threshold 1,000: no key but one below gets that far.
+    let mut counter = views(Human::secs(3600), Human::secs(3600));
+    counter.flush_threshold = Some(1_000);
+    let proxy = in_process(&cluster, &pg, counter).await;
+    // Its start sweep is over, so it flushes nothing before the drain (or the threshold).
     assert!(
         eventually(Duration::from_secs(20), async || sweeps(&proxy).await
             >= 1.0)
@@ -117,9 +120,20 @@ async fn counters_on_a_cluster_get_redis_replies_and_reach_postgres_exactly() {
     let want: HashSet<String> = want.iter().map(|k| pending(k)).collect();
     assert_eq!(pendings, want, "failed commands added no pending delta");
 
+    assert_eq!(db_views(&pg, 1..=200).await, before, "nothing flushed yet");
+    // Past flush_threshold, a key is flushed at once, from its slot's dirty set and pending key.
+    let nine = db_views(&pg, 9..=9).await;
+    let _: i64 = query(&mut c, &["INCRBY", &key(9), "1000"]).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || db_views(&pg, 9..=9).await
+            == nine + 1009)
+        .await,
+        "flushed early"
+    );
+
     // The drain flushes everything: the rows gain exactly what was acknowledged.
     proxy.shutdown().await;
-    let sum: i64 = (5..=200).map(i64::from).sum::<i64>() + 3 - 1;
+    let sum: i64 = (5..=200).map(i64::from).sum::<i64>() + 3 - 1 + 1000;
     assert_eq!(db_views(&pg, 1..=200).await - before, sum);
     assert_eq!(keys_on_nodes(&cluster, "cacheside:counter:*").await, vec![]);
     support::assert_no_panics();
