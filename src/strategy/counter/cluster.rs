@@ -20,6 +20,7 @@ use crate::protocol::scan::Value;
 use crate::protocol::Proto;
 use crate::tier::redis::cluster::slot::SLOTS;
 use bytes::Bytes;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -50,92 +51,101 @@ fn array(reply: &Bytes) -> Option<Vec<Bytes>> {
 }
 
 impl Flusher {
-    /// One flush of a counter on a cluster. Each round reads its slots in groups of `PROBE`:
-    /// records due in the moves hashes to recheck are applied first, then the dirty keys are
-    /// taken and applied; slots whose batch was full are read again next round, up to
-    /// `ROUNDS * BATCH` keys per cycle (the next cycle starts where this one stopped). On any
-    /// failure the cycle ends and every slot stays in the set.
+    /// One flush of a counter on a cluster, in two steps as on one Redis. First the moves hashes
+    /// to recheck are read and their due records applied; if the database fails, nothing is
+    /// taken. Then the dirty sets are read in groups of `PROBE` slots and their keys taken and
+    /// applied; slots whose batch was full are read again next round, up to `ROUNDS * BATCH`
+    /// keys per cycle (the next cycle starts where this one stopped). On any failure the cycle
+    /// ends and every slot stays in the set.
     pub(super) async fn cluster_cycle(&mut self, c: &Arc<Counter>) {
         let now = Instant::now();
         let name = c.settings.name.as_str();
-        let mut todo: Vec<(u16, Option<Duration>)> = {
+        let (slots, recheck): (Vec<u16>, Vec<(u16, Duration)>) = {
             let Ok(mut a) = c.active.lock() else {
                 return;
             };
             for s in c.marks.take() {
                 a.touch(s, now + GRACE);
             }
-            a.slots().into_iter().map(|s| (s, a.rechecked(s))).collect()
+            let slots = a.slots();
+            let recheck = slots
+                .iter()
+                .filter_map(|&s| a.rechecked(s).map(|stale| (s, stale)))
+                .collect();
+            (slots, recheck)
         };
-        let batch = BATCH.to_string();
+        // Slots found holding something (a record, a dirty key, an error): kept in the set.
+        let mut busy = HashSet::new();
         let mut clean = Vec::new();
-        let mut empty = Vec::new();
+        for chunk in recheck.chunks(PROBE) {
+            let mut pipeline = Vec::new();
+            for &(slot, _) in chunk {
+                pipeline
+                    .extend_from_slice(&encode_command(&[&b"HGETALL"[..], &moves_key(name, slot)]));
+            }
+            let Ok(replies) = call(&self.upstream, Bytes::from(pipeline), chunk.len() as u32).await
+            else {
+                return;
+            };
+            let mut due = Vec::new();
+            for (&(slot, stale), r) in chunk.iter().zip(&replies) {
+                if array(r).is_none() {
+                    busy.insert(slot);
+                    continue;
+                }
+                let (d, waiting) = self.due(&moves_key(name, slot), r, stale);
+                if waiting == 0 {
+                    clean.push(slot);
+                }
+                if waiting > 0 || !d.is_empty() {
+                    busy.insert(slot);
+                }
+                due.extend(d);
+            }
+            if !self.apply_all(c, due).await {
+                return;
+            }
+        }
+        let batch = BATCH.to_string();
         let mut budget = ROUNDS * BATCH;
+        let mut todo = slots.clone();
         while !todo.is_empty() {
             let mut more = Vec::new();
             for chunk in todo.chunks(PROBE) {
                 if budget == 0 {
-                    if let (Ok(mut a), Some(first)) = (c.active.lock(), chunk.first()) {
-                        a.resume_at(first.0);
+                    if let (Ok(mut a), Some(&first)) = (c.active.lock(), chunk.first()) {
+                        a.resume_at(first);
                     }
                     return;
                 }
                 let mut pipeline = Vec::new();
-                let mut n = 0u32;
-                for &(slot, stale) in chunk {
-                    if stale.is_some() {
-                        pipeline.extend_from_slice(&encode_command(&[
-                            &b"HGETALL"[..],
-                            &moves_key(name, slot),
-                        ]));
-                        n += 1;
-                    }
+                for &slot in chunk {
                     pipeline.extend_from_slice(&encode_command(&[
                         &b"SRANDMEMBER"[..],
                         &dirty_key(name, slot),
                         batch.as_bytes(),
                     ]));
-                    n += 1;
                 }
-                let Ok(replies) = call(&self.upstream, Bytes::from(pipeline), n).await else {
+                let Ok(replies) =
+                    call(&self.upstream, Bytes::from(pipeline), chunk.len() as u32).await
+                else {
                     return;
                 };
-                let mut replies = replies.into_iter();
-                let mut due = Vec::new();
                 let mut keys = Vec::new();
-                for &(slot, stale) in chunk {
-                    let mut busy = false;
-                    if let Some(stale) = stale {
-                        let Some(r) = replies.next() else { return };
-                        if array(&r).is_none() {
-                            busy = true;
-                        } else {
-                            let (d, waiting) = self.due(&moves_key(name, slot), &r, stale);
-                            if waiting == 0 {
-                                clean.push(slot);
-                            }
-                            busy |= waiting > 0 || !d.is_empty();
-                            due.extend(d);
+                for (&slot, r) in chunk.iter().zip(&replies) {
+                    match array(r) {
+                        None => {
+                            busy.insert(slot);
                         }
-                    }
-                    let Some(r) = replies.next() else { return };
-                    match array(&r) {
-                        None => busy = true,
                         Some(k) if k.is_empty() => {}
                         Some(k) => {
-                            busy = true;
+                            busy.insert(slot);
                             if k.len() >= BATCH {
-                                more.push((slot, None));
+                                more.push(slot);
                             }
                             keys.extend(k);
                         }
                     }
-                    if !busy {
-                        empty.push(slot);
-                    }
-                }
-                if !self.apply_all(c, due).await {
-                    return;
                 }
                 keys.truncate(budget);
                 budget -= keys.len();
@@ -147,6 +157,7 @@ impl Flusher {
             }
             todo = more;
         }
+        let empty: Vec<u16> = slots.into_iter().filter(|s| !busy.contains(s)).collect();
         if let Ok(mut a) = c.active.lock() {
             a.settle(&clean, &empty, Instant::now());
         }
