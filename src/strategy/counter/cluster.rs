@@ -1,6 +1,6 @@
 //! The flusher on a Redis Cluster: the moves of `flush.rs`, run per slot. Each cycle reads the
-//! dirty sets (and, where there may be records to recover, the moves hashes) of the slots in
-//! the counter's [`Active`](super::slots::Active) set, pipelined: the cluster routing sends each
+//! moves hashes where records may wait, then the dirty sets, of the slots in the counter's
+//! [`Active`](super::slots::Active) set, pipelined: the cluster routing sends each
 //! command to its slot's primary, grouped per primary, and follows `-MOVED`/`-ASK` when a slot
 //! moves. A slot's dirty set, moves hash and pending deltas share the slot, so they move with
 //! it and the scripts keep working on the new primary.
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Slots read per round trip in a cycle (one or two commands each).
+/// Slots read per round trip in a cycle (one command each).
 const PROBE: usize = 128;
 /// Slots asked per round trip by a sweep (one EXISTS each).
 const SWEEP_CHUNK: usize = 1024;
