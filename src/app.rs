@@ -144,8 +144,9 @@ pub async fn serve_with(
         None => tracing::info!("no upstream configured (upstream.url): standalone mode"),
     }
     // On a cluster (`mode = "cluster"`, or found by `auto`) the hot tier is kept coherent by
-    // broadcast on a shard channel, and read-through's leases and markers live in their key's
-    // slot; counters and write-behind are not supported there yet.
+    // broadcast on a shard channel, read-through's leases and markers live in their key's
+    // slot, and counters keep their bookkeeping per slot; write-behind is not supported there
+    // yet.
     let cluster = upstream.as_ref().is_some_and(|u| u.cluster().is_some());
     let hot = match &upstream {
         Some(u) if !cfg.hot.rules.is_empty() => {
@@ -219,23 +220,32 @@ pub async fn serve_with(
             }
         }
     }
+    // `mode = "cluster"` with write-behind is refused by validation; a cluster found by `auto`
+    // at start runs without it.
+    let behind = !cfg.write_behind.is_empty() && !cluster;
+    if cluster && !cfg.write_behind.is_empty() {
+        tracing::error!("the upstream is a Redis Cluster: write = \"behind\" is not supported there yet and is off");
+    }
     let strategies = match (&upstream, &cfg.postgres) {
-        (Some(u), Some(db))
-            if (!cfg.counters.is_empty() || !cfg.write_behind.is_empty()) && !cluster =>
-        {
+        (Some(u), Some(db)) if !cfg.counters.is_empty() || behind => {
             match Database::new(db.clone()) {
                 Ok(db) => {
                     let s = Strategies {
-                        counters: (!cfg.counters.is_empty())
-                            .then(|| Counters::new(cfg.counters.clone(), metrics.registry())),
-                        behind: (!cfg.write_behind.is_empty())
+                        counters: (!cfg.counters.is_empty()).then(|| {
+                            Counters::new(
+                                cfg.counters.clone(),
+                                metrics.registry(),
+                                u.cluster_flag(),
+                            )
+                        }),
+                        behind: behind
                             .then(|| Behind::new(cfg.write_behind.clone(), metrics.registry())),
                     };
                     let s = Arc::new(s);
                     router = router.with_strategies(s.clone());
                     tracing::info!(
                         counters = cfg.counters.len(),
-                        write_behind = cfg.write_behind.len(),
+                        write_behind = if behind { cfg.write_behind.len() } else { 0 },
                         "write strategies enabled"
                     );
                     Some((s, u.clone(), Arc::new(db)))
@@ -246,12 +256,7 @@ pub async fn serve_with(
                 }
             }
         }
-        _ => {
-            if cluster && !(cfg.counters.is_empty() && cfg.write_behind.is_empty()) {
-                tracing::error!("the upstream is a Redis Cluster: [[counter]] and write-behind are not supported there yet and are off");
-            }
-            None
-        }
+        _ => None,
     };
     if upstream.is_none() {
         let policy = if cfg.hot.lru {

@@ -25,11 +25,19 @@ pub struct CounterConfig {
     /// Flush a key early once the deltas routed through this sidecar reach this (absolute).
     #[serde(default)]
     pub flush_threshold: Option<u64>,
+    /// Cluster mode: how often one sidecar of the fleet looks in every slot for deltas left by
+    /// sidecars that died.
+    #[serde(default = "CounterConfig::default_sweep_every")]
+    pub sweep_every: Human,
 }
 
 impl CounterConfig {
     fn default_flush_every() -> Human {
         Human::secs(1)
+    }
+
+    pub fn default_sweep_every() -> Human {
+        Human::secs(60)
     }
 }
 
@@ -97,12 +105,14 @@ pub(super) fn counters(c: &Config) -> Result<Vec<CounterSettings>, ConfigError> 
                 "0 must be >= 1",
             ));
         }
+        let sweep_every = super::validate::positive(&key("sweep_every"), k.sweep_every.get())?;
         out.push(CounterSettings {
             name,
             pattern,
             flush_query: k.flush_query.clone(),
             flush_every,
             flush_threshold: k.flush_threshold,
+            sweep_every,
         });
     }
     if !out.is_empty()
@@ -305,6 +315,40 @@ mod tests {
         .unwrap();
         assert_eq!(v.counters[0].name, "p:{id}:views");
         assert_eq!(v.counters[0].flush_every, std::time::Duration::from_secs(1));
+        assert_eq!(
+            v.counters[0].sweep_every,
+            std::time::Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn counters_run_on_a_cluster_and_write_behind_does_not_yet() {
+        let cluster = BASE.replace(
+            "url = \"redis://h\"\n",
+            "url = \"redis://h\"\nmode = \"cluster\"\n",
+        );
+        let counter = "[[counter]]\nname = \"views\"\nkey = \"p:{id}:views\"\nflush_query = \"UPDATE t SET v = v + $2 WHERE id = $1\"\nsweep_every = \"30s\"\n";
+        let v = Config::from_toml(&format!("{cluster}{counter}"), "t")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(v.counters[0].sweep_every, Duration::from_secs(30));
+        let behind = "[[mapping]]\nname = \"p\"\nkey = \"p:{id}\"\nquery = \"SELECT 1\"\nttl = \"1h\"\nwrite = \"behind\"\nwrite_query = \"INSERT $1 $2\"\n";
+        let e = err(&format!("{cluster}{counter}{behind}"));
+        assert!(
+            e.starts_with("upstream.mode: \"cluster\" does not support write = \"behind\" yet"),
+            "{e}"
+        );
+        // Found by `auto` at start, a cluster keeps its counters (write-behind is then off).
+        assert!(Config::from_toml(&format!("{BASE}{counter}{behind}"), "t")
+            .unwrap()
+            .validate()
+            .is_ok());
+        let e = err(&format!(
+            "{BASE}{}sweep_every = \"0s\"\n",
+            counter.replace("sweep_every = \"30s\"\n", "")
+        ));
+        assert_eq!(e, "counter[0].sweep_every: \"0s\" must be > 0");
     }
 
     #[test]

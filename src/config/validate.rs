@@ -280,13 +280,13 @@ impl Config {
         if upstream
             .as_ref()
             .is_some_and(|u| u.mode == UpstreamMode::Cluster)
-            && (!counters.is_empty() || !write_behind.is_empty())
+            && !write_behind.is_empty()
         {
-            // Counters and write-behind use scripts over keys of several slots (a key and its
-            // pending delta or queue).
+            // Write-behind's script writes a key and the one queue (a stream) of its mapping,
+            // which lives in another slot. (Counters keep their bookkeeping per slot.)
             return Err(ConfigError::invalid(
                 "upstream.mode",
-                "\"cluster\" does not support [[counter]] or write = \"behind\" yet",
+                "\"cluster\" does not support write = \"behind\" yet (its queue is one stream, in one slot); use write = \"through\", or a [[counter]] for counts",
             ));
         }
         if upstream

@@ -5,7 +5,8 @@ use bytes::{Bytes, BytesMut};
 /// `prefix` + `key`, hashed to `key`'s slot: a key with its own hash tag (`{...}` with
 /// something inside) keeps it; any other key becomes the tag (`prefix{key}`), since Redis
 /// hashes a tagless key whole. (A tagless key that contains `}` cannot be wrapped into the same
-/// slot; only cluster mode, which counters do not support yet, would care.)
+/// slot; on a cluster, counters name their pending deltas with `slot::companion`, which gives
+/// the same name for every other key.)
 pub(crate) fn tagged(prefix: &[u8], key: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(prefix.len() + key.len() + 2);
     out.extend_from_slice(prefix);

@@ -18,6 +18,7 @@ pub fn views(flush_every: Human, threshold: Option<u64>) -> CounterConfig {
         flush_query: FLUSH_QUERY.into(),
         flush_every,
         flush_threshold: threshold,
+        sweep_every: CounterConfig::default_sweep_every(),
     }
 }
 
@@ -48,6 +49,11 @@ impl Sidecar {
 
     /// A cacheside process with this config file (upstream and database given as flags).
     pub fn start_toml(redis: &RedisServer, pg: &PgServer, toml: &str) -> Self {
+        Self::start_url(&redis.url(), pg, toml)
+    }
+
+    /// A cacheside process in front of the upstream at `url` (one Redis or a cluster's seed).
+    pub fn start_url(url: &str, pg: &PgServer, toml: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("proxy.toml");
         std::fs::write(&path, toml).expect("write config");
@@ -57,7 +63,7 @@ impl Sidecar {
                 "--config",
                 path.to_str().expect("utf-8 path"),
                 "--upstream",
-                &redis.url(),
+                url,
                 "--postgres",
                 &pg.url(),
                 "--listen",

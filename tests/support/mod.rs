@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod coherence;
 pub mod commands;
 pub mod counters;
+pub mod counters_cluster;
 pub mod fake;
 pub mod history;
 pub mod iam;

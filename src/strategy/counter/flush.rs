@@ -14,17 +14,21 @@
 //! leaves the record too: its id is found in the table, so it is deleted without being applied
 //! twice. Two sidecars applying one record at once are serialized by the primary key: the
 //! second insert waits for the first transaction and then finds the id.
+//!
+//! On a cluster the same moves run per slot (see `cluster.rs`); this file holds what both modes
+//! share: the loop, the take, and the apply.
 
 use super::apply;
 use super::metrics::Outcome;
-use super::{pending_key, Counter, Counters};
+use super::{Counter, Counters};
 use crate::loader::{call, Database, DbError};
 use crate::protocol::request::encode_command;
 use crate::protocol::scan::Value;
 use crate::protocol::Proto;
+use crate::tier::redis::cluster::slot;
 use crate::tier::redis::Upstream;
 use bytes::Bytes;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -46,14 +50,18 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// is counted when it is routed, and may run in Redis just after the first take.
 const FOLLOW_UP: Duration = Duration::from_millis(250);
 /// Keys taken per round trip, and rounds per cycle (the rest waits for the next cycle).
-const BATCH: usize = 256;
-const ROUNDS: usize = 64;
+pub(super) const BATCH: usize = 256;
+pub(super) const ROUNDS: usize = 64;
 /// A record younger than this may still be applied by the sidecar that took it.
 const STALE_MIN: Duration = Duration::from_secs(10);
+/// Failed moves remembered for a retry next cycle; past it, they wait for the stale age.
+const FAILED_MAX: usize = 10_000;
 
 /// One delta taken from Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Move {
+    /// The moves hash that holds its record.
+    pub(super) hash: Bytes,
     pub(super) id: String,
     pub(super) key: Bytes,
     pub(super) delta: i64,
@@ -62,13 +70,14 @@ pub(super) struct Move {
 }
 
 impl Move {
-    /// A record of the moves hash: `<ms>:<delta>:<key>`.
-    pub(super) fn parse(id: &[u8], record: &[u8]) -> Option<Self> {
+    /// A record of the moves hash `hash`: `<ms>:<delta>:<key>`.
+    pub(super) fn parse(hash: &Bytes, id: &[u8], record: &[u8]) -> Option<Self> {
         let mut parts = record.splitn(3, |&b| b == b':');
         let at = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
         let delta = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
         let key = Bytes::copy_from_slice(parts.next()?);
         Some(Self {
+            hash: hash.clone(),
             id: String::from_utf8(id.to_vec()).ok()?,
             key,
             delta,
@@ -89,16 +98,25 @@ pub fn spawn(
         upstream,
         db,
         failed: HashSet::new(),
+        swept: false,
     };
     tokio::spawn(f.run(stop))
 }
 
-struct Flusher {
-    counters: Arc<Counters>,
-    upstream: Arc<Upstream>,
+pub(super) struct Flusher {
+    pub(super) counters: Arc<Counters>,
+    pub(super) upstream: Arc<Upstream>,
     db: Arc<Database>,
     /// Ids of this sidecar's moves that failed: retried next cycle, not after the stale age.
-    failed: HashSet<String>,
+    pub(super) failed: HashSet<String>,
+    /// Cluster mode: whether the start sweep (every slot, records of any age) has run.
+    pub(super) swept: bool,
+}
+
+/// The age from which another sidecar's move records are applied: it may still be applying
+/// younger ones itself.
+pub(super) fn stale_age(c: &Counter) -> Duration {
+    c.settings.flush_every.saturating_mul(5).max(STALE_MIN)
 }
 
 fn now_ms() -> u64 {
@@ -118,9 +136,14 @@ impl Flusher {
             }
         }
         let counters = self.counters.clone();
-        // Whatever a crashed sidecar left recorded is applied first, whatever its age.
-        for c in &counters.list {
-            self.recover(c, Duration::ZERO).await;
+        // Whatever a crashed sidecar left recorded is applied first, whatever its age (on a
+        // cluster: the start sweep, which `auto` may only reach once it finds the cluster).
+        if counters.is_cluster() {
+            self.start_sweep().await;
+        } else {
+            for c in &counters.list {
+                self.recover(c, Duration::ZERO).await;
+            }
         }
         let start = Instant::now();
         let mut due: Vec<Instant> = counters
@@ -128,12 +151,19 @@ impl Flusher {
             .iter()
             .map(|c| start + c.settings.flush_every)
             .collect();
+        let mut sweep_due: Vec<Instant> = counters
+            .list
+            .iter()
+            .map(|c| start + super::cluster::sweep_wait(c))
+            .collect();
         let mut pruned = start;
         // Keys flushed early, to take once more at the instant given (see FOLLOW_UP).
         let mut follow_up: Vec<(Instant, usize, Bytes)> = Vec::new();
         loop {
+            let sweeps = sweep_due.iter().filter(|_| counters.is_cluster());
             let next = due
                 .iter()
+                .chain(sweeps)
                 .copied()
                 .chain(follow_up.iter().map(|f| f.0))
                 .min()
@@ -163,10 +193,17 @@ impl Flusher {
                             self.take_and_apply(c, vec![key]).await;
                         }
                     }
+                    if counters.is_cluster() && !self.swept {
+                        self.start_sweep().await;
+                    }
                     for (i, c) in counters.list.iter().enumerate() {
                         if due[i] <= now {
                             self.cycle(c).await;
                             due[i] = Instant::now() + c.settings.flush_every;
+                        }
+                        if counters.is_cluster() && sweep_due[i] <= now {
+                            self.periodic_sweep(c).await;
+                            sweep_due[i] = Instant::now() + super::cluster::sweep_wait(c);
                         }
                     }
                     if now.duration_since(pruned) >= PRUNE_EVERY {
@@ -209,8 +246,10 @@ impl Flusher {
         if let Ok(mut local) = c.local.lock() {
             local.clear();
         }
-        let stale = (c.settings.flush_every * 5).max(STALE_MIN);
-        if !self.recover(c, stale).await {
+        if self.counters.is_cluster() {
+            return self.cluster_cycle(c).await;
+        }
+        if !self.recover(c, stale_age(c)).await {
             return;
         }
         for _ in 0..ROUNDS {
@@ -234,65 +273,118 @@ impl Flusher {
         let Ok(r) = call(&self.upstream, cmd, 1).await else {
             return false;
         };
-        let fields = strings(&r[0]);
+        let (due, _) = self.due(&c.moves, &r[0], stale);
+        self.apply_all(c, due).await
+    }
+
+    /// The records of an HGETALL reply of moves hash `hash` to apply now: those older than
+    /// `stale`, and this sidecar's failed ones. Also how many records wait (younger).
+    pub(super) fn due(&self, hash: &Bytes, reply: &Bytes, stale: Duration) -> (Vec<Move>, usize) {
         let now = now_ms();
         let stale_ms = stale.as_millis() as u64;
         let mut due = Vec::new();
-        for pair in fields.chunks_exact(2) {
-            let Some(m) = Move::parse(&pair[0], &pair[1]) else {
+        let mut waiting = 0;
+        for pair in strings(reply).chunks_exact(2) {
+            let Some(m) = Move::parse(hash, &pair[0], &pair[1]) else {
                 // Not a record of ours: left alone rather than guessed at.
                 continue;
             };
             if self.failed.contains(&m.id) || now.saturating_sub(m.at) >= stale_ms {
                 due.push(m);
+            } else {
+                waiting += 1;
             }
         }
-        self.apply_all(c, due).await
+        (due, waiting)
     }
 
     /// Takes the pending deltas of `keys` and applies each; false if the database failed.
-    async fn take_and_apply(&mut self, c: &Arc<Counter>, keys: Vec<Bytes>) -> bool {
+    pub(super) async fn take_and_apply(&mut self, c: &Arc<Counter>, keys: Vec<Bytes>) -> bool {
+        let cluster = self.counters.is_cluster();
         let now = now_ms().to_string();
         let mut pipeline = Vec::new();
-        let mut ids = Vec::with_capacity(keys.len());
-        for key in &keys {
+        let mut taken = Vec::with_capacity(keys.len());
+        for key in keys {
             let id = format!("{:032x}", rand::random::<u128>());
+            let names = c.names(&key, cluster);
             pipeline.extend_from_slice(&encode_command(&[
                 b"EVAL",
                 TAKE_SCRIPT.as_bytes(),
                 b"3",
-                &pending_key(key),
-                &c.dirty,
-                &c.moves,
-                key,
+                &names.pending,
+                &names.dirty,
+                &names.moves,
+                &key,
                 id.as_bytes(),
                 now.as_bytes(),
             ]));
-            ids.push(id);
+            taken.push((key, id, names.moves));
         }
-        let Ok(replies) = call(&self.upstream, Bytes::from(pipeline), keys.len() as u32).await
-        else {
+        let n = taken.len() as u32;
+        let Ok(replies) = call(&self.upstream, Bytes::from(pipeline), n).await else {
+            for (key, _, _) in &taken {
+                self.unsure(c, key, cluster);
+            }
             return true;
         };
         let at = now_ms();
-        let mut moves = Vec::with_capacity(keys.len());
-        for ((key, id), reply) in keys.into_iter().zip(ids).zip(replies) {
-            let Some(delta) = Value::parse(&reply, Proto::Resp2)
-                .and_then(|(v, _)| v.string())
+        let mut moves = Vec::with_capacity(taken.len());
+        for ((key, id, hash), reply) in taken.into_iter().zip(replies) {
+            let value = Value::parse(&reply, Proto::Resp2).map(|(v, _)| v);
+            if value.as_ref().is_some_and(|v| v.is_null()) {
+                continue;
+            }
+            let Some(delta) = value
+                .and_then(|v| v.string())
                 .and_then(|s| std::str::from_utf8(s).ok()?.parse::<i64>().ok())
             else {
+                // An error (a cluster that is down, a slot moving): the take may not have run,
+                // or ran and its reply was lost.
+                self.unsure(c, &key, cluster);
                 continue;
             };
-            moves.push(Move { id, key, delta, at });
+            moves.push(Move {
+                hash,
+                id,
+                key,
+                delta,
+                at,
+            });
         }
         self.apply_all(c, moves).await
+    }
+
+    /// A take whose outcome is unknown. On one Redis the key stays dirty or its record is
+    /// recovered after the stale age; on a cluster its slot must stay looked at for that to
+    /// happen.
+    fn unsure(&self, c: &Counter, key: &[u8], cluster: bool) {
+        if cluster {
+            let slot = slot::of(key);
+            c.marks.mark(slot);
+            if let Ok(mut a) = c.active.lock() {
+                a.recheck(slot, stale_age(c), Instant::now());
+            }
+        }
+    }
+
+    /// A move left recorded after a failure: retried next cycle by this sidecar (bounded: past
+    /// `FAILED_MAX`, failed moves wait for the stale age like anyone else's).
+    fn remember_failed(&mut self, c: &Counter, m: &Move) {
+        if self.failed.len() < FAILED_MAX {
+            self.failed.insert(m.id.clone());
+        }
+        if self.counters.is_cluster() {
+            if let Ok(mut a) = c.active.lock() {
+                a.recheck(slot::of(&m.hash), stale_age(c), Instant::now());
+            }
+        }
     }
 
     /// Applies moves in batches of one transaction each, in key order (two sidecars recovering
     /// the same records lock them in the same order). A batch whose statement fails is applied
     /// again one move per transaction. False if the database failed: the moves not applied stay
     /// recorded and are retried next cycle.
-    async fn apply_all(&mut self, c: &Arc<Counter>, mut moves: Vec<Move>) -> bool {
+    pub(super) async fn apply_all(&mut self, c: &Arc<Counter>, mut moves: Vec<Move>) -> bool {
         moves.sort_by(|a, b| (&a.key, &a.id).cmp(&(&b.key, &b.id)));
         let (_, limit) = self.db.statement_settings();
         let mut chunks = moves.chunks(BATCH);
@@ -321,17 +413,25 @@ impl Flusher {
                     return false;
                 }
             };
-            let mut hdel: Vec<&[u8]> = vec![b"HDEL", &c.moves];
+            // One HDEL per moves hash (one on one Redis; one per slot on a cluster).
+            let mut hdels: HashMap<&Bytes, Vec<&[u8]>> = HashMap::new();
             for (m, o) in chunk.iter().zip(&outcomes) {
                 c.metrics.outcome(*o, 1);
                 if *o == Outcome::Applied {
                     c.metrics.flushed.inc_by(m.delta.unsigned_abs());
                 }
                 self.failed.remove(&m.id);
-                hdel.push(m.id.as_bytes());
+                hdels
+                    .entry(&m.hash)
+                    .or_insert_with(|| vec![&b"HDEL"[..], &m.hash[..]])
+                    .push(m.id.as_bytes());
+            }
+            let mut pipeline = Vec::new();
+            for hdel in hdels.values() {
+                pipeline.extend_from_slice(&encode_command(hdel));
             }
             // If this fails the records stay: a later recovery finds their ids applied.
-            let _ = call(&self.upstream, encode_command(&hdel), 1).await;
+            let _ = call(&self.upstream, Bytes::from(pipeline), hdels.len() as u32).await;
         }
         true
     }
@@ -340,10 +440,7 @@ impl Flusher {
     fn keep_failed<'m>(&mut self, c: &Counter, moves: impl Iterator<Item = &'m Move>) {
         for m in moves {
             c.metrics.outcome(Outcome::Error, 1);
-            // Bounded: past this, failed moves wait for the stale age like anyone else's.
-            if self.failed.len() < 10_000 {
-                self.failed.insert(m.id.clone());
-            }
+            self.remember_failed(c, m);
         }
     }
 
@@ -364,16 +461,13 @@ impl Flusher {
         };
         c.metrics.outcome(outcome, 1);
         if outcome == Outcome::Error {
-            // Bounded: past this, failed moves wait for the stale age like anyone else's.
-            if self.failed.len() < 10_000 {
-                self.failed.insert(m.id);
-            }
+            self.remember_failed(c, &m);
             return false;
         }
         if outcome == Outcome::Applied {
             c.metrics.flushed.inc_by(m.delta.unsigned_abs());
         }
-        let cmd = encode_command(&[&b"HDEL"[..], &c.moves, m.id.as_bytes()]);
+        let cmd = encode_command(&[&b"HDEL"[..], &m.hash, m.id.as_bytes()]);
         // If this fails the record stays: a later recovery finds the id applied.
         let _ = call(&self.upstream, cmd, 1).await;
         self.failed.remove(&m.id);
@@ -382,7 +476,7 @@ impl Flusher {
 }
 
 /// The strings of an array reply (SRANDMEMBER, HGETALL); empty for anything else.
-fn strings(reply: &Bytes) -> Vec<Bytes> {
+pub(super) fn strings(reply: &Bytes) -> Vec<Bytes> {
     let Some((v, _)) = Value::parse(reply, Proto::Resp2) else {
         return Vec::new();
     };

@@ -38,6 +38,7 @@ impl Outcome {
 pub(super) struct Families {
     flushed: IntCounterVec,
     flushes: IntCounterVec,
+    sweeps: IntCounterVec,
 }
 
 impl Families {
@@ -59,16 +60,30 @@ impl Families {
             &["counter", "outcome"],
         )
         .expect("valid metric");
+        let sweeps = IntCounterVec::new(
+            Opts::new(
+                "cacheside_counter_sweeps_total",
+                "Cluster mode: sweeps of every slot this sidecar completed, by counter (at start, then when it held the fleet's lease).",
+            ),
+            &["counter"],
+        )
+        .expect("valid metric");
         // Registered once per process registry (one `Counters` is built per run); a second
         // registration would fail and leave these series unexported, never panic.
         let _ = r.register(Box::new(flushed.clone()));
         let _ = r.register(Box::new(flushes.clone()));
-        Self { flushed, flushes }
+        let _ = r.register(Box::new(sweeps.clone()));
+        Self {
+            flushed,
+            flushes,
+            sweeps,
+        }
     }
 
     pub(super) fn counter(&self, name: &str) -> CounterMetrics {
         CounterMetrics {
             flushed: self.flushed.with_label_values(&[name]),
+            sweeps: self.sweeps.with_label_values(&[name]),
             outcomes: Outcome::ALL
                 .iter()
                 .map(|o| self.flushes.with_label_values(&[name, o.as_str()]))
@@ -80,6 +95,7 @@ impl Families {
 /// One counter's series, resolved once.
 pub(super) struct CounterMetrics {
     pub(super) flushed: IntCounter,
+    pub(super) sweeps: IntCounter,
     outcomes: Vec<IntCounter>,
 }
 

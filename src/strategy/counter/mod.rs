@@ -13,10 +13,16 @@
 //! - `cacheside:counter:dirty:c`: the set of keys with a pending delta;
 //! - `cacheside:counter:moves:c`: moves taken from Redis but not yet known applied in
 //!   PostgreSQL, `id -> "<ms>:<delta>:<key>"` (see [`flush`]).
+//!
+//! On a Redis Cluster every key one script touches must share a slot, so the dirty set and the
+//! moves hash are kept per slot (see [`slots`]): `cacheside:counter:dirty:{t}:c` and
+//! `cacheside:counter:moves:{t}:c`, where `t` is a short tag that hashes to `k`'s slot.
 
 mod apply;
+mod cluster;
 mod flush;
 mod metrics;
+mod slots;
 #[cfg(test)]
 mod tests;
 
@@ -27,7 +33,9 @@ use crate::protocol::request::encode_command;
 use crate::protocol::Request;
 use bytes::Bytes;
 use metrics::CounterMetrics;
+use slots::{Active, SlotMarks};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -57,16 +65,54 @@ pub struct CounterSettings {
     pub flush_query: String,
     pub flush_every: Duration,
     pub flush_threshold: Option<u64>,
+    /// Cluster mode: how often one sidecar of the fleet looks in every slot for deltas and
+    /// moves that no running sidecar knows of (left by one that died).
+    pub sweep_every: Duration,
 }
 
 /// One counter, compiled.
 pub(crate) struct Counter {
     pub(crate) settings: CounterSettings,
+    /// One Redis: the counter's dirty set and moves hash.
     dirty: Bytes,
     moves: Bytes,
     metrics: CounterMetrics,
     /// `flush_threshold`: deltas sent through this sidecar since the key's last flush.
     local: Mutex<HashMap<Bytes, i64>>,
+    /// Cluster mode: the slots this sidecar routed INCRs to since the flusher last looked.
+    marks: SlotMarks,
+    /// Cluster mode: the slots the flusher looks at (only the flusher locks it).
+    active: Mutex<Active>,
+}
+
+/// Where one counter key's delta lives: its pending key, and the dirty set and moves hash it
+/// is recorded in (all in the key's slot in cluster mode).
+pub(crate) struct Names {
+    pub(crate) pending: Bytes,
+    pub(crate) dirty: Bytes,
+    pub(crate) moves: Bytes,
+}
+
+impl Counter {
+    /// The names for `key`: the counter's own dirty set and moves hash on one Redis (the names
+    /// of every release so far), those of `key`'s slot on a cluster.
+    pub(crate) fn names(&self, key: &[u8], cluster: bool) -> Names {
+        if !cluster {
+            return Names {
+                pending: crate::strategy::tagged(PENDING_PREFIX, key),
+                dirty: self.dirty.clone(),
+                moves: self.moves.clone(),
+            };
+        }
+        let slot = crate::tier::redis::cluster::slot::of(key);
+        Names {
+            // The same name as `tagged` gives, except for a key that cannot be wrapped into its
+            // own slot (`a}b`, the empty key), which gets its slot's tag instead.
+            pending: crate::tier::redis::cluster::slot::companion(PENDING_PREFIX, key).into(),
+            dirty: slots::dirty_key(&self.settings.name, slot),
+            moves: slots::moves_key(&self.settings.name, slot),
+        }
+    }
 }
 
 /// Every `[[counter]]`, and the keys waiting for an early flush.
@@ -74,16 +120,21 @@ pub struct Counters {
     list: Vec<Arc<Counter>>,
     urgent: Mutex<Vec<(usize, Bytes)>>,
     wake: Notify,
-}
-
-/// The pending-delta key of counter key `key`.
-pub(crate) fn pending_key(key: &[u8]) -> Bytes {
-    crate::strategy::tagged(PENDING_PREFIX, key)
+    /// The upstream's: set once it runs as a cluster (`auto` may find one after the start).
+    cluster: Arc<AtomicBool>,
 }
 
 impl Counters {
-    pub fn new(settings: Vec<CounterSettings>, registry: &prometheus::Registry) -> Arc<Self> {
+    /// `cluster` is the upstream's cluster flag ([`crate::tier::redis::Upstream::cluster_flag`]):
+    /// it picks the names of each INCR's keys when it is routed.
+    pub fn new(
+        settings: Vec<CounterSettings>,
+        registry: &prometheus::Registry,
+        cluster: Arc<AtomicBool>,
+    ) -> Arc<Self> {
         let families = metrics::Families::register(registry);
+        // The table of slot tags, built now rather than by the first INCR on a cluster.
+        let _ = crate::tier::redis::cluster::slot::slot_tag(0);
         let list = settings
             .into_iter()
             .map(|s| {
@@ -92,6 +143,8 @@ impl Counters {
                     moves: Bytes::from(format!("cacheside:counter:moves:{}", s.name)),
                     metrics: families.counter(&s.name),
                     local: Mutex::default(),
+                    marks: SlotMarks::default(),
+                    active: Mutex::default(),
                     settings: s,
                 })
             })
@@ -100,7 +153,13 @@ impl Counters {
             list,
             urgent: Mutex::default(),
             wake: Notify::new(),
+            cluster,
         })
+    }
+
+    /// Whether the upstream runs as a cluster now.
+    fn is_cluster(&self) -> bool {
+        self.cluster.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -142,13 +201,20 @@ impl Counters {
                 self.track(i, c, key, d, limit);
             }
         }
+        let cluster = self.is_cluster();
+        if cluster {
+            // Before the command is sent: the flusher looks at the slot from its next cycle
+            // on, for a while (see `slots::Active`).
+            c.marks.mark(crate::tier::redis::cluster::slot::of(key));
+        }
+        let names = c.names(key, cluster);
         Some(encode_command(&[
             b"EVAL",
             INCR_SCRIPT.as_bytes(),
             b"3",
             key,
-            &pending_key(key),
-            &c.dirty,
+            &names.pending,
+            &names.dirty,
             op,
             by,
         ]))

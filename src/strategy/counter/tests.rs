@@ -2,6 +2,10 @@ use super::flush::Move;
 use super::*;
 
 fn counters(threshold: Option<u64>) -> Arc<Counters> {
+    counters_on(threshold, false)
+}
+
+fn counters_on(threshold: Option<u64>, cluster: bool) -> Arc<Counters> {
     Counters::new(
         vec![CounterSettings {
             name: "views".into(),
@@ -9,8 +13,10 @@ fn counters(threshold: Option<u64>) -> Arc<Counters> {
             flush_query: "UPDATE products SET views = views + $2 WHERE id = $1".into(),
             flush_every: Duration::from_secs(1),
             flush_threshold: threshold,
+            sweep_every: Duration::from_secs(60),
         }],
         &prometheus::Registry::new(),
+        Arc::new(AtomicBool::new(cluster)),
     )
 }
 
@@ -51,6 +57,62 @@ fn each_incr_family_command_becomes_the_script_with_its_own_increment() {
 }
 
 #[test]
+fn on_a_cluster_every_key_of_the_script_shares_the_counter_keys_slot() {
+    use crate::tier::redis::cluster::slot;
+    let c = counters_on(None, true);
+    for key in [
+        "product:7:views",
+        "product:{7}:views",
+        "product:a}b:views",
+        "product:{}:views",
+    ] {
+        let out = c
+            .rewrite("INCR", &Request::from_args(&["INCR", key]))
+            .expect("a counter key is rewritten");
+        let a = args(&out);
+        let s = slot::of(key.as_bytes());
+        for k in &a[3..6] {
+            assert_eq!(slot::of(k), s, "{key}: {}", String::from_utf8_lossy(k));
+        }
+        assert!(a[5].starts_with(b"cacheside:counter:dirty:{"), "{key}");
+        assert!(a[5].ends_with(b"}:views"), "{key}");
+        // The pending key is named as on one Redis wherever that hashes right.
+        if !key.contains('}') || key.contains("{7}") {
+            assert_eq!(
+                a[4],
+                c.list[0].names(key.as_bytes(), false).pending.to_vec()
+            );
+        }
+        // The slot is marked for the flusher.
+        assert!(c.list[0].marks.take().contains(&s));
+    }
+    // The take script's keys, as the flusher names them, share the slot too.
+    let n = c.list[0].names(b"product:{7}:views", true);
+    let s = slot::of(b"{7}");
+    assert_eq!(
+        [&n.pending, &n.dirty, &n.moves].map(|k| slot::of(k)),
+        [s, s, s]
+    );
+}
+
+#[test]
+fn on_one_redis_the_names_are_those_of_every_release_so_far() {
+    let c = counters(None);
+    let n = c.list[0].names(b"product:7:views", false);
+    assert_eq!(
+        &n.pending[..],
+        b"cacheside:counter:pending:{product:7:views}"
+    );
+    assert_eq!(&n.dirty[..], b"cacheside:counter:dirty:views");
+    assert_eq!(&n.moves[..], b"cacheside:counter:moves:views");
+    c.rewrite("INCR", &Request::from_args(&["INCR", "product:7:views"]));
+    assert!(
+        c.list[0].marks.take().is_empty(),
+        "no slots outside cluster mode"
+    );
+}
+
+#[test]
 fn other_keys_commands_and_arities_pass_through() {
     let c = counters(None);
     let r = |a: &[&str]| c.rewrite(a[0], &Request::from_args(a));
@@ -83,11 +145,14 @@ fn a_key_past_the_threshold_is_queued_once_for_an_early_flush() {
 
 #[test]
 fn move_records_parse_keys_with_colons_and_negative_deltas() {
-    let m = Move::parse(b"ab12", b"1700000000000:-42:product:7:views").unwrap();
+    let hash = Bytes::from_static(b"cacheside:counter:moves:views");
+    let m = Move::parse(&hash, b"ab12", b"1700000000000:-42:product:7:views").unwrap();
+    assert_eq!(m.hash, hash);
     assert_eq!(m.id, "ab12");
     assert_eq!(m.at, 1_700_000_000_000);
     assert_eq!(m.delta, -42);
     assert_eq!(&m.key[..], b"product:7:views");
-    assert!(Move::parse(b"x", b"garbage").is_none());
-    assert!(Move::parse(b"x", b"1:notanumber:k").is_none());
+    assert!(Move::parse(&hash, b"x", b"garbage").is_none());
+    assert!(Move::parse(&hash, b"x", b"1:notanumber:k").is_none());
+    assert!(Move::parse(&hash, &[0xff], b"1:1:k").is_none());
 }

@@ -46,8 +46,9 @@ pub fn companion(prefix: &[u8], key: &[u8]) -> Vec<u8> {
 }
 
 /// A short brace-free text whose CRC16 falls in `slot`: the smallest such base-36 number,
-/// found once for every slot on first use (about 170,000 CRCs of a few bytes each).
-fn slot_tag(slot: u16) -> &'static str {
+/// found once for every slot on first use (about 170,000 CRCs of a few bytes each). A slot
+/// past the last is taken modulo `SLOTS`.
+pub fn slot_tag(slot: u16) -> &'static str {
     static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let tags = TAGS.get_or_init(|| {
         let mut tags = vec![String::new(); SLOTS];
@@ -64,7 +65,7 @@ fn slot_tag(slot: u16) -> &'static str {
         }
         tags
     });
-    &tags[slot as usize]
+    &tags[slot as usize % SLOTS]
 }
 
 fn base36(mut n: u64) -> String {
