@@ -325,3 +325,62 @@ async fn a_key_past_flush_threshold_is_flushed_early() {
         "100 views flushed without waiting an hour"
     );
 }
+
+/// A key whose `flush_query` keeps failing (here a CHECK constraint its row would break) is
+/// retried every cycle, while the other keys' deltas keep reaching the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_statement_fails_does_not_hold_up_the_others() {
+    let redis = RedisServer::start();
+    let pg = PgServer::start();
+    pg.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE capped (id int PRIMARY KEY, n int NOT NULL CHECK (n < 100));
+             INSERT INTO capped VALUES (1, 0), (2, 0);",
+        )
+        .await
+        .expect("create the capped table");
+    let proxy = Proxy::start_with(&redis.url(), |c| {
+        c.postgres.url = Some(pg.url());
+        c.counter = vec![cacheside::config::CounterConfig {
+            name: Some("capped".into()),
+            key: "capped:{id}".into(),
+            flush_query: "UPDATE capped SET n = n + $2 WHERE id = $1".into(),
+            flush_every: Human::millis(50),
+            flush_threshold: None,
+            sweep_every: cacheside::config::CounterConfig::default_sweep_every(),
+        }];
+    })
+    .await;
+    let n = async |id: i32| -> i32 {
+        let c = pg.client().await;
+        let row = c
+            .query_one("SELECT n FROM capped WHERE id = $1", &[&id])
+            .await
+            .expect("read n");
+        row.get(0)
+    };
+    let mut c = proxy.client().await;
+    // Key 1's statement fails (500 breaks the CHECK); key 2's succeeds, cycle after cycle.
+    let _: i64 = query(&mut c, &["INCRBY", "capped:1", "500"]).await;
+    for round in 1..=3 {
+        let _: i64 = query(&mut c, &["INCR", "capped:2"]).await;
+        assert!(
+            eventually(Duration::from_secs(20), async || n(2).await == round).await,
+            "key 2's delta {round} reached the database while key 1 fails"
+        );
+        let _: i64 = query(&mut c, &["INCRBY", "capped:1", "1"]).await;
+    }
+    assert_eq!(n(1).await, 0, "key 1's statement never succeeds");
+    let text = proxy.admin_get("/metrics").await.1;
+    let errors = metric(
+        &text,
+        "cacheside_counter_flushes_total{counter=\"capped\",outcome=\"error\"}",
+    );
+    assert!(errors.unwrap_or(0.0) >= 1.0, "{text}");
+    // Key 1's later deltas wait in Redis as one pending number, not as a record per cycle.
+    let moves: std::collections::HashMap<String, String> =
+        query(&mut c, &["HGETALL", "cacheside:counter:moves:capped"]).await;
+    assert_eq!(moves.len(), 1, "one failing record for key 1: {moves:?}");
+    support::assert_no_panics();
+}

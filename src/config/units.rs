@@ -32,14 +32,24 @@ impl Serialize for Human {
     }
 }
 
+/// The longest duration a setting may be: added to the clock as a deadline, a longer one
+/// could overflow it.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 impl<'de> Deserialize<'de> for Human {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map(Human).map_err(|e| {
+        let d = humantime::parse_duration(s.trim()).map_err(|e| {
             de::Error::custom(format!(
                 "{s:?} is not a duration like \"250ms\" or \"30s\": {e}"
             ))
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(de::Error::custom(format!(
+                "{s:?} is longer than the longest duration a setting may have (10 years)"
+            )));
+        }
+        Ok(Human(d))
     }
 }
 
@@ -135,5 +145,15 @@ mod tests {
         let h: Human = toml::Value::String("250ms".into()).try_into().unwrap();
         assert_eq!(h, Human::millis(250));
         assert_eq!(h.to_string(), "250ms");
+    }
+
+    #[test]
+    fn durations_past_ten_years_are_refused() {
+        let ok: Result<Human, _> = toml::Value::String("3650days".into()).try_into();
+        assert_eq!(ok.unwrap(), Human::secs(3650 * 86_400));
+        let e = toml::Value::String("100000000000years".into())
+            .try_into::<Human>()
+            .unwrap_err();
+        assert!(e.to_string().contains("longest duration"), "{e}");
     }
 }

@@ -240,6 +240,20 @@ impl<'a> Value<'a> {
     }
 }
 
+/// The strings of an array reply (SRANDMEMBER, HGETALL) in RESP2, sharing its buffer; empty
+/// for anything else.
+pub fn strings(reply: &bytes::Bytes) -> Vec<bytes::Bytes> {
+    let Some((v, _)) = Value::parse(reply, Proto::Resp2) else {
+        return Vec::new();
+    };
+    let Some(items) = v.items() else {
+        return Vec::new();
+    };
+    items
+        .filter_map(|i| i.string().map(|s| reply.slice_ref(s)))
+        .collect()
+}
+
 /// The value of an integer reply in RESP2 (`None` for a reply of any other type).
 pub fn integer(reply: &[u8]) -> Option<i64> {
     Value::parse(reply, Proto::Resp2)?.0.integer()

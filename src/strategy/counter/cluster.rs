@@ -11,12 +11,12 @@
 //! takes the lease `cacheside:counter:sweep:<name>` first). A sweep is 16,384 `EXISTS dirty
 //! moves`, 1,024 per round trip, each group split per primary by the routing.
 
-use super::flush::{stale_age, strings, Flusher, BATCH, ROUNDS};
+use super::flush::{stale_age, Flusher, BATCH, ROUNDS};
 use super::slots::{dirty_key, moves_key};
 use super::Counter;
 use crate::loader::call;
 use crate::protocol::request::encode_command;
-use crate::protocol::scan::Value;
+use crate::protocol::scan::{strings, Value};
 use crate::protocol::Proto;
 use crate::tier::redis::cluster::slot::SLOTS;
 use bytes::Bytes;

@@ -23,7 +23,7 @@ use super::metrics::Outcome;
 use super::{Counter, Counters};
 use crate::loader::{call, Database, DbError};
 use crate::protocol::request::encode_command;
-use crate::protocol::scan::Value;
+use crate::protocol::scan::{strings, Value};
 use crate::protocol::Proto;
 use crate::tier::redis::cluster::slot;
 use crate::tier::redis::Upstream;
@@ -98,6 +98,7 @@ pub fn spawn(
         upstream,
         db,
         failed: HashSet::new(),
+        failed_keys: HashSet::new(),
         swept: false,
     };
     tokio::spawn(f.run(stop))
@@ -109,6 +110,9 @@ pub(super) struct Flusher {
     db: Arc<Database>,
     /// Ids of this sidecar's moves that failed: retried next cycle, not after the stale age.
     pub(super) failed: HashSet<String>,
+    /// The keys of those moves: their new deltas stay pending in Redis (one number per key)
+    /// until the failed move applies, rather than piling up one more failing record a cycle.
+    failed_keys: HashSet<Bytes>,
     /// Cluster mode: whether the start sweep (every slot, records of any age) has run.
     pub(super) swept: bool,
 }
@@ -299,7 +303,11 @@ impl Flusher {
     }
 
     /// Takes the pending deltas of `keys` and applies each; false if the database failed.
-    pub(super) async fn take_and_apply(&mut self, c: &Arc<Counter>, keys: Vec<Bytes>) -> bool {
+    pub(super) async fn take_and_apply(&mut self, c: &Arc<Counter>, mut keys: Vec<Bytes>) -> bool {
+        keys.retain(|k| !self.failed_keys.contains(k));
+        if keys.is_empty() {
+            return true;
+        }
         let cluster = self.counters.is_cluster();
         let now = now_ms().to_string();
         let mut pipeline = Vec::new();
@@ -372,6 +380,7 @@ impl Flusher {
     fn remember_failed(&mut self, c: &Counter, m: &Move) {
         if self.failed.len() < FAILED_MAX {
             self.failed.insert(m.id.clone());
+            self.failed_keys.insert(m.key.clone());
         }
         if self.counters.is_cluster() {
             if let Ok(mut a) = c.active.lock() {
@@ -421,6 +430,7 @@ impl Flusher {
                     c.metrics.flushed.inc_by(m.delta.unsigned_abs());
                 }
                 self.failed.remove(&m.id);
+                self.failed_keys.remove(&m.key);
                 hdels
                     .entry(&m.hash)
                     .or_insert_with(|| vec![&b"HDEL"[..], &m.hash[..]])
@@ -445,24 +455,28 @@ impl Flusher {
     }
 
     /// Applies one move and forgets its record; false if the database failed (the record
-    /// stays, to be retried).
+    /// stays, to be retried). A statement that fails for this move alone (a constraint, a
+    /// value its column refuses) keeps the record too, to be retried next cycle, but the
+    /// others go on: one bad key does not hold up the rest.
     async fn apply(&mut self, c: &Arc<Counter>, m: Move) -> bool {
         let (_, limit) = self.db.statement_settings();
-        let outcome = match tokio::time::timeout(limit * 3, apply::one(&self.db, c, &m)).await {
-            Ok(Ok(o)) => o,
+        let (outcome, db_up) = match tokio::time::timeout(limit * 3, apply::one(&self.db, c, &m))
+            .await
+        {
+            Ok(Ok(o)) => (o, true),
             Ok(Err(e)) => {
                 tracing::warn!(counter = %c.settings.name, error = %e, "counter flush failed; will retry");
-                Outcome::Error
+                (Outcome::Error, matches!(e, DbError::Query(_)))
             }
             Err(_) => {
                 tracing::warn!(counter = %c.settings.name, "counter flush timed out; will retry");
-                Outcome::Error
+                (Outcome::Error, false)
             }
         };
         c.metrics.outcome(outcome, 1);
         if outcome == Outcome::Error {
             self.remember_failed(c, &m);
-            return false;
+            return db_up;
         }
         if outcome == Outcome::Applied {
             c.metrics.flushed.inc_by(m.delta.unsigned_abs());
@@ -471,19 +485,7 @@ impl Flusher {
         // If this fails the record stays: a later recovery finds the id applied.
         let _ = call(&self.upstream, cmd, 1).await;
         self.failed.remove(&m.id);
+        self.failed_keys.remove(&m.key);
         true
     }
-}
-
-/// The strings of an array reply (SRANDMEMBER, HGETALL); empty for anything else.
-pub(super) fn strings(reply: &Bytes) -> Vec<Bytes> {
-    let Some((v, _)) = Value::parse(reply, Proto::Resp2) else {
-        return Vec::new();
-    };
-    let Some(items) = v.items() else {
-        return Vec::new();
-    };
-    items
-        .filter_map(|i| i.string().map(|s| reply.slice_ref(s)))
-        .collect()
 }
