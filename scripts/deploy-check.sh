@@ -121,6 +121,26 @@ PY
 "$promtool" check rules "$out/dashboard-rules.yaml" >/dev/null
 echo "ok   dashboard queries parse (promtool)"
 
+echo "== PostgreSQL triggers"
+# deploy/postgres/notify.sql is what `cacheside db install-notify --print` writes for the
+# example product service's mappings, under a comment header: the two must stay in step.
+if [[ -x "$bin" ]]; then
+  CACHESIDE_POSTGRES_URL=postgres://app@127.0.0.1:1/app \
+    "$bin" db install-notify --config examples/products/proxy.toml --print \
+    > "$out/notify.sql" 2> "$out/notify.log" || {
+    cat "$out/notify.log"
+    echo "FAIL cacheside db install-notify --print"
+    exit 1
+  }
+  if ! diff -u <(grep -v '^-- ' deploy/postgres/notify.sql) <(grep -v '^-- ' "$out/notify.sql"); then
+    echo "FAIL deploy/postgres/notify.sql differs from 'cacheside db install-notify --print' (regenerate it)"
+    exit 1
+  fi
+  echo "ok   deploy/postgres/notify.sql is what install-notify prints for examples/products"
+else
+  echo "NOT CHECKED deploy/postgres/notify.sql (no binary at $bin)"
+fi
+
 echo "== Terraform"
 if command -v terraform >/dev/null 2>&1; then
   terraform fmt -check -recursive -diff deploy/terraform 2>/dev/null
