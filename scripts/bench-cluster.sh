@@ -6,14 +6,17 @@
 # on a shard channel). Reports throughput, latency and the CPU time per request of the serving
 # processes: the three redis-servers for direct, cacheside (or cacheside-hot) for the others.
 #
-# Usage (from the repo root): scripts/bench-cluster.sh [--requests N] [--keep-logs]
+# Usage (from the repo root): scripts/bench-cluster.sh [--requests N] [--tls] [--keep-logs]
 #
 #   --requests N   requests per redis-benchmark run (default: 100000 at -P 1, 400000 at -P 16)
+#   --tls          the cluster speaks TLS only (clients and bus, as ElastiCache with encryption
+#                  in transit): direct runs use redis-benchmark --tls, cacheside a rediss:// URL
+#                  (its own listener stays plaintext on loopback, as a sidecar's does)
 #   --keep-logs    keep the temporary directory with configs and server logs
 #
 # Needs: cargo, redis-server (Debian package redis-server), redis-cli and redis-benchmark
-# (redis-tools), getconf (libc-bin). Nothing is installed by this script. Every process shares
-# the machine: compare targets within one run.
+# (redis-tools), getconf (libc-bin), and openssl for --tls. Nothing is installed by this
+# script. Every process shares the machine: compare targets within one run.
 
 set -euo pipefail
 # shellcheck source=scripts/bench-lib.sh
@@ -25,6 +28,7 @@ KEYSPACE=100000
 REQ_P1=100000
 REQ_P16=400000
 KEEP_LOGS=0
+TLS=0
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -41,8 +45,12 @@ while [[ $# -gt 0 ]]; do
             KEEP_LOGS=1
             shift
             ;;
+        --tls)
+            TLS=1
+            shift
+            ;;
         -h | --help)
-            sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -57,6 +65,7 @@ need redis-cli redis-tools
 need redis-benchmark redis-tools
 need cargo "cargo (or rustup)"
 need getconf libc-bin
+[[ $TLS -eq 1 ]] && need openssl openssl
 [[ $missing -eq 0 ]] || exit 1
 CLK_TCK=$(getconf CLK_TCK)
 cd "$(dirname "$0")/.."
@@ -68,6 +77,24 @@ CACHESIDE=target/release/cacheside
 
 # --- the cluster: 3 primaries, no replicas ----------------------------------------------------
 
+# With --tls: a CA and a certificate for 127.0.0.1 (the address the nodes announce), and the
+# arguments every redis-cli / redis-benchmark talking to a node needs.
+NODE_CLI=()
+UPSTREAM_SCHEME=redis
+UPSTREAM_TLS=""
+if [[ $TLS -eq 1 ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=bench-ca" \
+        -keyout "$TMP/ca.key" -out "$TMP/ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$TMP/node.key" -out "$TMP/node.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$TMP/san.ext"
+    openssl x509 -req -days 1 -in "$TMP/node.csr" -CA "$TMP/ca.crt" -CAkey "$TMP/ca.key" \
+        -CAcreateserial -extfile "$TMP/san.ext" -out "$TMP/node.crt" 2>/dev/null
+    NODE_CLI=(--tls --cacert "$TMP/ca.crt")
+    UPSTREAM_SCHEME=rediss
+    UPSTREAM_TLS="tls_ca_file = \"$TMP/ca.crt\""
+fi
+
 NODE_PORTS=()
 NODE_PIDS=()
 while [[ ${#NODE_PORTS[@]} -lt 3 ]]; do
@@ -77,16 +104,23 @@ while [[ ${#NODE_PORTS[@]} -lt 3 ]]; do
     if ((p + 10000 >= 32768)) || (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null; then
         continue
     fi
-    redis-server --bind 127.0.0.1 --port "$p" --save "" --appendonly no --daemonize no \
+    if [[ $TLS -eq 1 ]]; then
+        listen=(--port 0 --tls-port "$p" --tls-cluster yes --tls-auth-clients no
+            --tls-cert-file "$TMP/node.crt" --tls-key-file "$TMP/node.key"
+            --tls-ca-cert-file "$TMP/ca.crt")
+    else
+        listen=(--port "$p")
+    fi
+    redis-server --bind 127.0.0.1 "${listen[@]}" --save "" --appendonly no --daemonize no \
         --cluster-enabled yes --cluster-config-file "$TMP/nodes-$p.conf" \
         --logfile "$TMP/redis-$p.log" --dir "$TMP" &
     PIDS+=($!)
     NODE_PIDS+=($!)
     NODE_PORTS+=("$p")
-    wait_ping "redis-server $p" "$p" "${PIDS[-1]}" "$TMP/redis-$p.log"
+    wait_ping "redis-server $p" "$p" "${PIDS[-1]}" "$TMP/redis-$p.log" "${NODE_CLI[@]}"
 done
 echo "== creating the cluster on ${NODE_PORTS[*]}" >&2
-redis-cli --cluster create $(printf '127.0.0.1:%s ' "${NODE_PORTS[@]}") --cluster-yes \
+redis-cli "${NODE_CLI[@]}" --cluster create $(printf '127.0.0.1:%s ' "${NODE_PORTS[@]}") --cluster-yes \
     >"$TMP/cluster-create.log" 2>&1 || {
     echo "$BENCH_NAME: redis-cli --cluster create failed:" >&2
     cat "$TMP/cluster-create.log" >&2
@@ -95,7 +129,7 @@ redis-cli --cluster create $(printf '127.0.0.1:%s ' "${NODE_PORTS[@]}") --cluste
 for i in $(seq 1 100); do
     ok=1
     for p in "${NODE_PORTS[@]}"; do
-        redis-cli -p "$p" cluster info | grep -q '^cluster_state:ok' || ok=0
+        redis-cli "${NODE_CLI[@]}" -p "$p" cluster info | grep -q '^cluster_state:ok' || ok=0
     done
     [[ $ok -eq 1 ]] && break
     sleep 0.1
@@ -104,14 +138,14 @@ SEED=${NODE_PORTS[0]}
 
 start_cacheside() { # start_cacheside NAME PORT CONFIG-TEXT
     printf '%s\n' "$3" >"$TMP/$1.toml"
-    "$CACHESIDE" --config "$TMP/$1.toml" --upstream "redis://127.0.0.1:$SEED" \
+    "$CACHESIDE" --config "$TMP/$1.toml" --upstream "$UPSTREAM_SCHEME://127.0.0.1:$SEED" \
         --listen "127.0.0.1:$2" --admin-listen "" --log-level warn >"$TMP/$1.log" 2>&1 &
     PIDS+=($!)
     wait_ping "$1" "$2" "${PIDS[-1]}" "$TMP/$1.log"
 }
 
 CS_PORT=$(free_port)
-start_cacheside cacheside "$CS_PORT" $'[upstream]\nmode = "cluster"'
+start_cacheside cacheside "$CS_PORT" $'[upstream]\nmode = "cluster"\n'"$UPSTREAM_TLS"
 CS_PID=${PIDS[-1]}
 
 echo "== writing $KEYSPACE keys of $DATA_SIZE bytes through cacheside" >&2
@@ -127,8 +161,11 @@ awk -v n="$KEYSPACE" -v size="$DATA_SIZE" 'BEGIN {
     exit 1
 }
 
-RESULTS="$TMP/results.tsv" # test pipeline target rps p50 p99 requests cpu-ticks
+RESULTS="$TMP/results.tsv" # test pipeline target rps p50 p99 requests cpu-ticks group
 : >"$RESULTS"
+# The group a run belongs to: ratios compare targets of one group (direct runs again beside
+# cacheside-hot, so each group has its own direct figures).
+GROUP=main
 
 ticks_of() { # ticks_of TARGET: CPU ticks of the processes serving TARGET
     local total=0 pid
@@ -143,7 +180,7 @@ ticks_of() { # ticks_of TARGET: CPU ticks of the processes serving TARGET
 bench_one() { # bench_one TEST PIPELINE REQUESTS TARGET
     local test=$1 pipe=$2 n=$3 t=$4 args out line rps p50 p99 cpu0 cpu1
     case "$t" in
-        direct) args=(-p "$SEED" --cluster) ;;
+        direct) args=(-p "$SEED" --cluster "${NODE_CLI[@]}") ;;
         cacheside) args=(-p "$CS_PORT") ;;
         cacheside-hot) args=(-p "$HOT_PORT") ;;
     esac
@@ -163,8 +200,8 @@ bench_one() { # bench_one TEST PIPELINE REQUESTS TARGET
         exit 1
     }
     IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"$line"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$test" "$pipe" "$t" "$rps" "$p50" "$p99" "$n" \
-        "$((cpu1 - cpu0))" >>"$RESULTS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$test" "$pipe" "$t" "$rps" "$p50" "$p99" \
+        "$n" "$((cpu1 - cpu0))" "$GROUP" >>"$RESULTS"
 }
 
 run() { # run TEST TARGET...: -P 1 and -P 16, the targets' order alternating
@@ -185,7 +222,7 @@ run set direct cacheside
 # cacheside-hot starts after the SETs (it would be told of each of them) and is warmed with one
 # GET of every key, pipelined through redis-benchmark's own key pattern.
 HOT_PORT=$(free_port)
-start_cacheside cacheside-hot "$HOT_PORT" $'[upstream]\nmode = "cluster"\n[hot]\nmax_size = "256MiB"\ncoherence = "broadcast"\n[[cache]]\nkeys = "key:*"\nttl = "300s"'
+start_cacheside cacheside-hot "$HOT_PORT" $'[upstream]\nmode = "cluster"\n'"$UPSTREAM_TLS"$'\n[hot]\nmax_size = "256MiB"\ncoherence = "broadcast"\n[[cache]]\nkeys = "key:*"\nttl = "300s"'
 HOT_PID=${PIDS[-1]}
 for i in $(seq 1 100); do
     redis-cli -p "$HOT_PORT" info | tr -d '\r' | grep -q '^hot_state:active' && break
@@ -194,6 +231,7 @@ done
 echo "== warming cacheside-hot" >&2
 seq 0 $((KEYSPACE - 1)) | awk '{ k = sprintf("key:%012d", $1); printf "*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n", length(k), k }' |
     redis-cli -p "$HOT_PORT" --pipe >"$TMP/warm.log" 2>&1
+GROUP=hot
 run get direct cacheside-hot
 
 # --- report ------------------------------------------------------------------------------------
@@ -202,20 +240,22 @@ echo
 echo "| test | pipeline | target | rps | p50 ms | p99 ms | CPU µs/req |"
 echo "|------|---------:|--------|----:|-------:|-------:|-----------:|"
 awk -F'\t' -v tck="$CLK_TCK" '{
-    printf "| %s | %s | %s | %.0f | %s | %s | %.2f |\n", toupper($1), $2, $3, $4, $5, $6, $8 * 1e6 / tck / $7
+    label = toupper($1) ($9 == "hot" ? " (hot)" : "")
+    printf "| %s | %s | %s | %.0f | %s | %s | %.2f |\n", label, $2, $3, $4, $5, $6, $8 * 1e6 / tck / $7
 }' "$RESULTS"
 echo
 echo "| test | pipeline | target | target/direct rps | target/direct CPU/req |"
 echo "|------|---------:|--------|------------------:|----------------------:|"
 awk -F'\t' -v tck="$CLK_TCK" '
-    { key = $1 FS $2; cpu = $8 * 1e6 / tck / $7 }
+    { key = $1 FS $2 FS $9; cpu = $8 * 1e6 / tck / $7 }
     $3 == "direct" { drps[key] = $4; dcpu[key] = cpu; next }
     { rows[++n] = key FS $3 FS $4 FS cpu }
     END {
         for (i = 1; i <= n; i++) {
             split(rows[i], f, FS)
-            k = f[1] FS f[2]
+            k = f[1] FS f[2] FS f[3]
             if (!(k in drps)) continue
-            printf "| %s | %s | %s | %.2f | %.2f |\n", toupper(f[1]), f[2], f[3], f[4] / drps[k], f[5] / dcpu[k]
+            label = toupper(f[1]) (f[3] == "hot" ? " (hot)" : "")
+            printf "| %s | %s | %s | %.2f | %.2f |\n", label, f[2], f[4], f[5] / drps[k], f[6] / dcpu[k]
         }
     }' "$RESULTS"

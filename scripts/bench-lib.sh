@@ -54,10 +54,10 @@ free_port() {
     return 1
 }
 
-wait_ping() { # wait_ping NAME PORT PID LOG
+wait_ping() { # wait_ping NAME PORT PID LOG [REDIS-CLI-ARGS...] (e.g. --tls --cacert F)
     local i
     for i in $(seq 1 100); do
-        if [[ "$(redis-cli -h 127.0.0.1 -p "$2" ping 2>/dev/null)" == "PONG" ]]; then
+        if [[ "$(redis-cli -h 127.0.0.1 -p "$2" "${@:5}" ping 2>/dev/null)" == "PONG" ]]; then
             return 0
         fi
         if ! kill -0 "$3" 2>/dev/null; then
