@@ -114,7 +114,7 @@ impl HotTier {
         };
         let slot = Slot {
             view,
-            value,
+            value: front::Stored::new(value),
             deadline: now + ttl,
         };
         let hash = self.front.hash(&f.key);

@@ -13,8 +13,9 @@
 //! moka still learns what is read: one hit in [`SAMPLE`] per thread is also a moka read, so its
 //! admission and eviction policy keeps the keys' relative popularity.
 
-use super::{Slot, Slots};
-use bytes::Bytes;
+use super::{Cached, Slot, Slots};
+use crate::protocol::reply::Proto;
+use bytes::{Bytes, BytesMut};
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
 use std::sync::RwLock;
@@ -54,6 +55,69 @@ impl Key {
         match self {
             Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Key::Shared(b) => b,
+        }
+    }
+}
+
+/// Replies up to this long are held inside the map's bucket.
+const INLINE_REPLY: usize = 118;
+
+/// A view's reply as the map holds it. A short one is held in the bucket, beside the key the
+/// probe compares, so copying it out is no second memory access (with 100,000 keys, the read
+/// of a value held apart was a cache miss and the largest cost of a hit); a longer one is
+/// shared.
+#[derive(Debug, Clone)]
+pub(super) enum Stored {
+    Inline { len: u8, bytes: [u8; INLINE_REPLY] },
+    Shared(Cached),
+}
+
+impl Stored {
+    pub fn new(c: Cached) -> Self {
+        match &c {
+            Cached::Value(b) if b.len() <= INLINE_REPLY => {
+                let mut bytes = [0; INLINE_REPLY];
+                bytes[..b.len()].copy_from_slice(b);
+                Stored::Inline {
+                    len: b.len() as u8,
+                    bytes,
+                }
+            }
+            _ => Stored::Shared(c),
+        }
+    }
+
+    /// The reply's bytes; `None` for a null (rendered in each client's protocol).
+    fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Stored::Inline { len, bytes } => Some(&bytes[..usize::from(*len)]),
+            Stored::Shared(Cached::Value(b)) => Some(b),
+            Stored::Shared(Cached::Nil) => None,
+        }
+    }
+
+    pub fn is_nil(&self) -> bool {
+        self.bytes().is_none()
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes().map_or(0, <[u8]>::len)
+    }
+
+    /// Appends the reply in `proto` to `out`.
+    pub fn render_into(&self, proto: Proto, out: &mut BytesMut) {
+        match self {
+            Stored::Inline { len, bytes } => out.extend_from_slice(&bytes[..usize::from(*len)]),
+            Stored::Shared(c) => c.render_into(proto, out),
+        }
+    }
+
+    pub fn to_cached(&self) -> Cached {
+        match self {
+            Stored::Inline { len, bytes } => {
+                Cached::Value(Bytes::copy_from_slice(&bytes[..usize::from(*len)]))
+            }
+            Stored::Shared(c) => c.clone(),
         }
     }
 }
@@ -155,4 +219,38 @@ pub(super) fn sampled() -> bool {
         c.set(n);
         n % SAMPLE == 0
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_replies_are_held_inline_and_read_back_the_same() {
+        for n in [0usize, 1, 100, INLINE_REPLY - 8, INLINE_REPLY - 7, 4096] {
+            let body = vec![b'v'; n];
+            let mut reply = format!("${n}\r\n").into_bytes();
+            reply.extend_from_slice(&body);
+            reply.extend_from_slice(b"\r\n");
+            let c = Cached::Value(Bytes::from(reply.clone()));
+            let s = Stored::new(c.clone());
+            assert_eq!(
+                matches!(s, Stored::Inline { .. }),
+                reply.len() <= INLINE_REPLY,
+                "{n}"
+            );
+            assert_eq!(s.len(), reply.len());
+            assert_eq!(s.to_cached(), c);
+            let mut out = BytesMut::new();
+            s.render_into(Proto::Resp3, &mut out);
+            assert_eq!(&out[..], &reply[..]);
+            assert!(!s.is_nil());
+        }
+        let nil = Stored::new(Cached::Nil);
+        assert!(nil.is_nil());
+        assert_eq!(nil.len(), 0);
+        let mut out = BytesMut::new();
+        nil.render_into(Proto::Resp3, &mut out);
+        assert_eq!(&out[..], b"_\r\n");
+    }
 }

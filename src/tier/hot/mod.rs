@@ -53,8 +53,9 @@ use std::time::{Duration, Instant};
 
 /// Stripes of invalidation epochs: a power of two, 32 KiB.
 const STRIPES: usize = 4096;
-/// Bytes counted per entry beyond its key and values (moka's node, our vectors).
-const ENTRY_OVERHEAD: usize = 160;
+/// Bytes counted per entry beyond its key and values (moka's node, our vectors, the read
+/// map's bucket, which holds short replies inline: 88 bytes more than when it did not).
+const ENTRY_OVERHEAD: usize = 248;
 /// Bytes counted per view beyond its value.
 const VIEW_OVERHEAD: usize = 48;
 
@@ -127,7 +128,7 @@ impl Cached {
 #[derive(Debug, Clone)]
 struct Slot {
     view: View,
-    value: Cached,
+    value: front::Stored,
     deadline: Instant,
 }
 
@@ -344,7 +345,7 @@ impl HotTier {
 
     /// [`get`](Self::get), fresh as of `now`.
     pub async fn get_at(&self, key: &[u8], view: &View, now: Instant) -> Option<Cached> {
-        let found = self.read(key, view, now, Cached::clone);
+        let found = self.read(key, view, now, front::Stored::to_cached);
         self.count(key, found.is_some()).await;
         found
     }
@@ -385,7 +386,7 @@ impl HotTier {
         key: &[u8],
         view: &View,
         now: Instant,
-        f: impl FnOnce(&Cached) -> R,
+        f: impl FnOnce(&front::Stored) -> R,
     ) -> Option<R> {
         let hash = self.front.hash(key);
         if !self.is_coherent() || self.write_in_flight(hash) {
@@ -404,10 +405,9 @@ impl HotTier {
                     View::Exists => match fresh(&View::Exists) {
                         Some(c) => Some(f(c)),
                         None => fresh(&View::Get).map(|g| {
-                            f(&Cached::Value(Bytes::from_static(match g {
-                                Cached::Value(_) => b":1\r\n",
-                                Cached::Nil => b":0\r\n",
-                            })))
+                            f(&front::Stored::Shared(Cached::Value(Bytes::from_static(
+                                if g.is_nil() { b":0\r\n" } else { b":1\r\n" },
+                            ))))
                         }),
                     },
                     v => fresh(v).map(f),
