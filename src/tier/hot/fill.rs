@@ -88,14 +88,15 @@ impl HotTier {
         let now = Instant::now();
         // Stored bytes are copied out of the I/O buffers they arrived in: a slice would keep a
         // whole read buffer alive while the byte bound counted only the slice. Key, field and
-        // value share one allocation, so a hit's key comparison brings its value into cache.
+        // a reply too long for the read map's bucket share one allocation; a short reply is
+        // copied into the bucket (`front::Stored`), so the allocation leaves it out.
         let field = match &f.view {
             View::HGet(field) => &field[..],
             _ => &[],
         };
         let value = match &f.value {
-            Cached::Value(b) => &b[..],
-            Cached::Nil => &[],
+            Cached::Value(b) if !front::Stored::fits(b) => &b[..],
+            _ => &[],
         };
         let mut one = BytesMut::with_capacity(f.key.len() + field.len() + value.len());
         one.extend_from_slice(&f.key);
@@ -109,6 +110,7 @@ impl HotTier {
             v => v,
         };
         let value = match f.value {
+            Cached::Value(b) if front::Stored::fits(&b) => Cached::Value(b),
             Cached::Value(_) => Cached::Value(one),
             Cached::Nil => Cached::Nil,
         };

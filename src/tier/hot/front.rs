@@ -73,9 +73,14 @@ pub(super) enum Stored {
 }
 
 impl Stored {
+    /// Whether `reply` is held in the bucket.
+    pub fn fits(reply: &[u8]) -> bool {
+        reply.len() <= INLINE_REPLY
+    }
+
     pub fn new(c: Cached) -> Self {
         match &c {
-            Cached::Value(b) if b.len() <= INLINE_REPLY => {
+            Cached::Value(b) if Self::fits(b) => {
                 let mut bytes = [0; INLINE_REPLY];
                 bytes[..b.len()].copy_from_slice(b);
                 Stored::Inline {
