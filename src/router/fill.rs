@@ -13,9 +13,10 @@ use crate::protocol::Request;
 use crate::tier::hot::{Cached, Fill, HotTier, Rule, Stamp, View};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
-use std::time::Instant;
 
 mod batch;
+mod fence;
+pub use fence::Fence;
 mod load;
 #[cfg(test)]
 mod tests;
@@ -70,52 +71,6 @@ pub enum Outcome {
     Miss(Box<FillPlan>),
     /// Nothing to do for the tier or the loader: forward as usual.
     Skip,
-}
-
-/// What is known once per read from the client (one `read()` of its socket, every request of a
-/// pipelined batch): whether invalidations are pending (see `HotTier::invalidations_pending`),
-/// asked at most once, and the time the read began, which hits' freshness is checked against.
-/// Every request of one read was sent after whatever reply the client had seen, so one check
-/// after the read covers them all and saves a syscall per hit, and one clock read serves them.
-#[derive(Debug, Clone, Copy)]
-pub struct Fence {
-    pending: Option<bool>,
-    at: Instant,
-}
-
-impl Default for Fence {
-    fn default() -> Self {
-        Self {
-            pending: None,
-            at: Instant::now(),
-        }
-    }
-}
-
-impl Fence {
-    /// Forgets the answer and reads the clock: the session calls this for each new read from
-    /// the client.
-    pub fn reset(&mut self) {
-        *self = Self::default();
-    }
-
-    /// Reads the clock again, keeping the answer: for a request handled after the session may
-    /// have waited (on the upstream, the writer, a pinned connection), so no wait makes an
-    /// expired entry look fresh.
-    pub fn retime(&mut self) {
-        self.at = Instant::now();
-    }
-
-    /// When the current read from the client began (or was last [`retime`](Self::retime)d).
-    pub fn at(&self) -> Instant {
-        self.at
-    }
-
-    fn pending(&mut self, tier: &HotTier) -> bool {
-        *self
-            .pending
-            .get_or_insert_with(|| tier.invalidations_pending())
-    }
 }
 
 /// Serves `req` from the tier, or plans its fill. `name` is the table name of the command.

@@ -13,7 +13,7 @@
 //! moka still learns what is read: one hit in [`SAMPLE`] per thread is also a moka read, so its
 //! admission and eviction policy keeps the keys' relative popularity.
 
-use super::{Cached, Slot, Slots};
+use super::{Slot, Slots};
 use crate::protocol::reply::Proto;
 use bytes::{Bytes, BytesMut};
 use hashbrown::HashTable;
@@ -55,6 +55,44 @@ impl Key {
         match self {
             Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Key::Shared(b) => b,
+        }
+    }
+}
+
+/// A cached reply: the upstream's bytes, or a null (rendered in each client's protocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    Value(Bytes),
+    Nil,
+}
+
+impl Cached {
+    /// The reply bytes in `proto`.
+    pub fn render(&self, proto: Proto) -> Bytes {
+        match self {
+            Cached::Value(b) => b.clone(),
+            Cached::Nil => Bytes::from_static(match proto {
+                Proto::Resp2 => b"$-1\r\n",
+                Proto::Resp3 => b"_\r\n",
+            }),
+        }
+    }
+
+    /// Appends the reply bytes in `proto` to `out`.
+    pub fn render_into(&self, proto: Proto, out: &mut BytesMut) {
+        match self {
+            Cached::Value(b) => out.extend_from_slice(b),
+            Cached::Nil => out.extend_from_slice(match proto {
+                Proto::Resp2 => b"$-1\r\n",
+                Proto::Resp3 => b"_\r\n",
+            }),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Cached::Value(b) => b.len(),
+            Cached::Nil => 0,
         }
     }
 }

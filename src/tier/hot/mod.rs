@@ -36,6 +36,7 @@ pub use announce::{Inline, Publish};
 pub use broadcast::Broadcast;
 pub(crate) use fence::Applying;
 pub use fill::{Fill, Stamp};
+pub use front::Cached;
 pub use pattern::Pattern;
 pub use write::WriteGuard;
 
@@ -85,44 +86,6 @@ pub enum View {
     HGet(Bytes),
     /// HGETALL is an array in RESP2 and a map in RESP3: one view per protocol.
     HGetAll(Proto),
-}
-
-/// A cached reply: the upstream's bytes, or a null (rendered in each client's protocol).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cached {
-    Value(Bytes),
-    Nil,
-}
-
-impl Cached {
-    /// The reply bytes in `proto`.
-    pub fn render(&self, proto: Proto) -> Bytes {
-        match self {
-            Cached::Value(b) => b.clone(),
-            Cached::Nil => Bytes::from_static(match proto {
-                Proto::Resp2 => b"$-1\r\n",
-                Proto::Resp3 => b"_\r\n",
-            }),
-        }
-    }
-
-    /// Appends the reply bytes in `proto` to `out`.
-    pub fn render_into(&self, proto: Proto, out: &mut BytesMut) {
-        match self {
-            Cached::Value(b) => out.extend_from_slice(b),
-            Cached::Nil => out.extend_from_slice(match proto {
-                Proto::Resp2 => b"$-1\r\n",
-                Proto::Resp3 => b"_\r\n",
-            }),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Cached::Value(b) => b.len(),
-            Cached::Nil => 0,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
