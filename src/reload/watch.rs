@@ -74,7 +74,9 @@ fn watch_dir(file: &Path, changed: Arc<Notify>) -> Option<notify::RecommendedWat
         _ => PathBuf::from("."),
     };
     let mut w = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Opening and reading a file is no change to it, and reading the config file here
+        // raises those events: heard, they would make every read ask for the next one.
+        if event.is_ok_and(|e| !e.kind.is_access()) {
             changed.notify_one();
         }
     }) {
@@ -93,5 +95,35 @@ fn watch_dir(file: &Path, changed: Arc<Notify>) -> Option<notify::RecommendedWat
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config file's directory; reload with SIGHUP");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watch_dir;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::sync::Notify;
+
+    #[tokio::test]
+    async fn reading_the_file_is_not_a_change_but_writing_it_is() {
+        let dir = std::env::temp_dir().join(format!("cacheside-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("proxy.toml");
+        std::fs::write(&file, "[server]\n").unwrap();
+        let changed = Arc::new(Notify::new());
+        let _w = watch_dir(&file, changed.clone()).expect("inotify watch");
+        for _ in 0..3 {
+            std::fs::read(&file).unwrap();
+        }
+        let heard = tokio::time::timeout(Duration::from_millis(500), changed.notified()).await;
+        assert!(
+            heard.is_err(),
+            "reading the config file was taken for a change"
+        );
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:6380\"\n").unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(10), changed.notified()).await;
+        assert!(heard.is_ok(), "a write to the config file was not heard");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
