@@ -360,3 +360,45 @@ async fn standalone_mode_given_for_a_cluster_passes_its_redirections_through() {
     let got = String::from_utf8(raw.read_exact_len(6).await).unwrap();
     assert_eq!(got, "-MOVED");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_without_an_endpoint_is_followed_to_the_host_that_answered() {
+    let (cluster, proxy) = start().await;
+    let mut c = proxy.client().await;
+    let _: () = q(&mut c, &["SET", "nohost", "before"]).await;
+    // Nodes behind a load balancer do not know the endpoint clients reach them by, and name
+    // only the port in their redirections: `-MOVED 3999 :7001`.
+    for p in cluster.primaries().into_iter().map(|(p, _)| p) {
+        let out = cli(
+            p,
+            &[
+                "CONFIG",
+                "SET",
+                "cluster-preferred-endpoint-type",
+                "unknown-endpoint",
+            ],
+        );
+        assert_eq!(out.trim(), "OK", "{out}");
+    }
+    let s = slot::of(b"nohost");
+    let from = cluster.primary_of(s);
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .map(|(p, _)| p)
+        .find(|&p| p != from)
+        .unwrap();
+    cluster.migrate(s, to, None);
+    cluster.finish_migration(s, to);
+    let direct = cli(from, &["GET", "nohost"]);
+    assert_eq!(
+        direct.trim(),
+        format!("MOVED {s} :{to}"),
+        "the old primary's answer"
+    );
+    // cacheside still maps the slot to its old primary: the port-only MOVED is followed.
+    assert_eq!(q::<String>(&mut c, &["GET", "nohost"]).await, "before");
+    let _: () = q(&mut c, &["SET", "nohost", "after"]).await;
+    let mut node = cluster.node(to).await;
+    assert_eq!(q::<String>(&mut node, &["GET", "nohost"]).await, "after");
+}

@@ -18,7 +18,10 @@ pub(super) enum Redirect {
     TryAgain,
 }
 
-pub(super) fn redirection(frame: &[u8]) -> Option<Redirect> {
+/// The redirection `frame` asks for; `from` is the node that sent it (`host:port`), whose host
+/// a redirection without an endpoint (`-MOVED 3999 :6380`) means. Without `from` such a one is
+/// not followed.
+pub(super) fn redirection(frame: &[u8], from: Option<&str>) -> Option<Redirect> {
     if frame.starts_with(b"-TRYAGAIN") {
         return Some(Redirect::TryAgain);
     }
@@ -30,17 +33,26 @@ pub(super) fn redirection(frame: &[u8]) -> Option<Redirect> {
     let line = rest.strip_suffix(b"\r\n")?;
     let addr = line.split(|&b| b == b' ').nth(1)?;
     let addr = std::str::from_utf8(addr).ok()?;
-    // A node without an endpoint to announce says `:port`: the node that answered is meant,
-    // which is not followed (it is passed to the client as it is).
-    if addr.starts_with(':') {
-        return None;
-    }
-    let addr = Arc::from(addr);
+    let addr: Arc<str> = match addr.strip_prefix(':') {
+        // A node that does not know the endpoint clients reach it by (behind a load balancer,
+        // `cluster-preferred-endpoint-type unknown-endpoint`): same host, this port.
+        Some(port) => {
+            port.parse::<u16>().ok()?;
+            let (host, _) = from?.rsplit_once(':')?;
+            format!("{host}:{port}").into()
+        }
+        None => addr.into(),
+    };
     Some(if ask {
         Redirect::Ask(addr)
     } else {
         Redirect::Moved(addr)
     })
+}
+
+/// Whether `frame` is a redirection (with an endpoint or without).
+pub(super) fn redirects(frame: &[u8]) -> bool {
+    redirection(frame, Some("node:0")).is_some()
 }
 
 /// Whether `bytes` is exactly `count` valid replies, none of them a redirection to follow.
@@ -50,7 +62,7 @@ pub(super) fn plain(bytes: &[u8], count: usize, proto: Proto) -> bool {
         let Ok(Some(f)) = reply::frame(&bytes[pos..], proto) else {
             return false;
         };
-        if f.kind == ReplyKind::Error && redirection(&bytes[pos..pos + f.len]).is_some() {
+        if f.kind == ReplyKind::Error && redirects(&bytes[pos..pos + f.len]) {
             return false;
         }
         pos += f.len;
@@ -104,28 +116,44 @@ mod tests {
         assert!(!plain(b"+OK\r\n", 2, p));
         assert!(!plain(b"+OK\r\n+OK\r\n", 1, p));
         assert!(!plain(b"?\r\n", 1, p));
-        // A MOVED without an endpoint names the node that answered: passed on as it is.
-        assert!(plain(b"-MOVED 1 :7001\r\n", 1, p));
+        // A MOVED without an endpoint is followed too, to the host that answered.
+        assert!(!plain(b"-MOVED 1 :7001\r\n", 1, p));
     }
 
     #[test]
     fn redirections_are_read_from_moved_and_ask_errors() {
         assert_eq!(
-            redirection(b"-MOVED 3999 127.0.0.1:6381\r\n"),
+            redirection(b"-MOVED 3999 127.0.0.1:6381\r\n", None),
             Some(Redirect::Moved("127.0.0.1:6381".into()))
         );
         assert_eq!(
-            redirection(b"-ASK 3999 10.0.0.1:7000\r\n"),
+            redirection(b"-ASK 3999 10.0.0.1:7000\r\n", Some("10.0.0.2:7001")),
             Some(Redirect::Ask("10.0.0.1:7000".into()))
         );
         assert_eq!(
-            redirection(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n"),
+            redirection(
+                b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+                None
+            ),
             Some(Redirect::TryAgain)
         );
-        assert_eq!(redirection(b"-ERR MOVED\r\n"), None);
-        assert_eq!(redirection(b"-MOVED 1 :7000\r\n"), None);
-        assert_eq!(redirection(b"-MOVED\r\n"), None);
-        assert_eq!(redirection(b"+OK\r\n"), None);
+        assert_eq!(redirection(b"-ERR MOVED\r\n", None), None);
+        assert_eq!(redirection(b"-MOVED\r\n", None), None);
+        assert_eq!(redirection(b"+OK\r\n", None), None);
+        // Without an endpoint: the host of the node that answered, the port given.
+        let from = Some("cache.example:7000");
+        assert_eq!(
+            redirection(b"-MOVED 1 :7002\r\n", from),
+            Some(Redirect::Moved("cache.example:7002".into()))
+        );
+        assert_eq!(
+            redirection(b"-ASK 1 :7002\r\n", Some("[::1]:7000")),
+            Some(Redirect::Ask("[::1]:7002".into()))
+        );
+        assert_eq!(redirection(b"-MOVED 1 :7002\r\n", None), None);
+        assert_eq!(redirection(b"-MOVED 1 :x\r\n", from), None);
+        assert!(redirects(b"-MOVED 1 :7002\r\n"));
+        assert!(!redirects(b"-ERR MOVED\r\n"));
     }
 
     #[test]

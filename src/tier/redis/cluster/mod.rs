@@ -22,7 +22,7 @@ use crate::protocol::reply::{self, Proto};
 use crate::protocol::Request;
 use batch::{Batch, Sent};
 use bytes::{Bytes, BytesMut};
-use frames::{parse_batch, plain, redirection, repeat, Redirect};
+use frames::{parse_batch, plain, redirection, redirects, repeat, Redirect};
 use nodes::Node;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -328,7 +328,7 @@ impl Cluster {
             .iter()
             .flatten()
             .flatten()
-            .any(|r| redirection(r).is_some());
+            .any(|r| redirects(r));
         if redirected {
             self.orders.unsettle(ticket);
             ticket.after_earlier().await;
@@ -367,7 +367,7 @@ impl Cluster {
         mut at: Option<Arc<str>>,
     ) -> Bytes {
         for attempt in 1..=MAX_REDIRECTS as u32 {
-            let (ask, addr) = match redirection(&got) {
+            let (ask, addr) = match redirection(&got, at.as_deref()) {
                 Some(Redirect::Moved(addr)) => {
                     self.metrics.cluster_moved.inc();
                     self.metrics.upstream_failure(UpstreamFailure::Moved);
