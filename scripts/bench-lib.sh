@@ -74,6 +74,22 @@ wait_ping() { # wait_ping NAME PORT PID LOG [REDIS-CLI-ARGS...] (e.g. --tls --ca
 
 # cpu_ticks PID: utime + stime of the process (all its threads), in clock ticks. Fields 14 and
 # 15 of /proc/PID/stat; counted after the ")" that ends field 2, which may contain spaces.
+# children_cpu_ms: sets CHILD_MS to the user + system CPU, in ms, of every child this shell has
+# waited for (bash's `times`; a command substitution's children count once it ends). Call it
+# directly, not in $(...): a subshell's `times` knows only its own children.
+children_cpu_ms() {
+    local line f="${TMPDIR:-/tmp}/bench-times.$$"
+    times >"$f"
+    line=$(sed -n 2p "$f")
+    rm -f "$f"
+    # "0m1.170s 0m0.440s": the children's user and system time
+    CHILD_MS=$(awk -v t="$line" 'BEGIN {
+        split(t, f, " "); ms = 0
+        for (i = 1; i <= 2; i++) { split(f[i], m, "m"); sub("s", "", m[2]); ms += (m[1] * 60 + m[2]) * 1000 }
+        printf "%d", ms
+    }')
+}
+
 cpu_ticks() {
     local stat f
     stat=$(<"/proc/$1/stat") || {

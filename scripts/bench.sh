@@ -258,7 +258,8 @@ fi
 
 # --- benchmark -------------------------------------------------------------------------------
 
-RESULTS="$TMP/results.tsv" # group test pipeline target rps p50 p99 requests cpu-ticks
+# group test pipeline target rps p50 p99 requests cpu-ticks load-generator-cores
+RESULTS="$TMP/results.tsv"
 : >"$RESULTS"
 round=0
 
@@ -281,9 +282,12 @@ run_group() {
 }
 
 bench_one() { # bench_one GROUP TEST PIPELINE REQUESTS TARGET
-    local group=$1 test=$2 pipe=$3 n=$4 t=$5 out line rps p50 p99 cpu0 cpu1
+    local group=$1 test=$2 pipe=$3 n=$4 t=$5 out line rps p50 p99 cpu0 cpu1 gen0 gen1 wall0 wall1
     echo "== $test -P $pipe -n $n -> $t" >&2
     cpu0=$(cpu_ticks "${PID[$t]}")
+    children_cpu_ms
+    gen0=$CHILD_MS
+    wall0=$(date +%s%3N)
     out=$(redis-benchmark -h 127.0.0.1 -p "${PORT[$t]}" -c "$CLIENTS" -n "$n" \
         -d "$DATA_SIZE" -r "$KEYSPACE" -P "$pipe" -t "$test" --csv \
         2>>"$TMP/redis-benchmark.stderr") || {
@@ -291,6 +295,9 @@ bench_one() { # bench_one GROUP TEST PIPELINE REQUESTS TARGET
         tail -n 20 "$TMP/redis-benchmark.stderr" >&2
         exit 1
     }
+    wall1=$(date +%s%3N)
+    children_cpu_ms
+    gen1=$CHILD_MS
     cpu1=$(cpu_ticks "${PID[$t]}")
     # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",
     # "p99_latency_ms","max_latency_ms"
@@ -301,8 +308,10 @@ bench_one() { # bench_one GROUP TEST PIPELINE REQUESTS TARGET
         exit 1
     }
     IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"$line"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$group" "$test" "$pipe" "$t" "$rps" \
-        "$p50" "$p99" "$n" "$((cpu1 - cpu0))" >>"$RESULTS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$group" "$test" "$pipe" "$t" "$rps" \
+        "$p50" "$p99" "$n" "$((cpu1 - cpu0))" \
+        "$(awk -v c="$((gen1 - gen0))" -v w="$((wall1 - wall0))" 'BEGIN { printf "%.2f", (w > 0 ? c / w : 0) }')" \
+        >>"$RESULTS"
 }
 
 TESTS=("${MAIN_TESTS[@]}")
@@ -445,13 +454,16 @@ echo "CPU µs/req: utime+stime (/proc/PID/stat) of the process the client talks 
         'BEGIN { printf "%.3g", 1e6 / t / n }') µs/req at -P 1," \
     "±$(awk -v t="$CLK_TCK" -v n="$REQ_P16" 'BEGIN { printf "%.3g", 1e6 / t / n }') µs/req at -P 16"
 echo
-echo "| test | pipeline | target | rps | p50 ms | p99 ms | CPU µs/req |"
-echo "|------|---------:|--------|----:|-------:|-------:|-----------:|"
+echo "load gen cores: redis-benchmark's own user + system CPU over the run's wall time (1.00 = a"
+echo "whole core: the load generator, not the target, bounds that run's rps)"
+echo
+echo "| test | pipeline | target | rps | p50 ms | p99 ms | CPU µs/req | load gen cores |"
+echo "|------|---------:|--------|----:|-------:|-------:|-----------:|---------------:|"
 row() { # row GROUP TEST PIPELINE TARGET LABEL
     awk -F'\t' -v g="$1" -v a="$2" -v b="$3" -v c="$4" -v l="$5" -v tck="$CLK_TCK" \
         '$1 == g && $2 == a && $3 == b && $4 == c {
-            printf "| %s | %s | %s | %.0f | %.3f | %.3f | %.2f |\n", l, $3, $4, $5, $6, $7,
-                $9 * 1e6 / tck / $8
+            printf "| %s | %s | %s | %.0f | %.3f | %.3f | %.2f | %s |\n", l, $3, $4, $5, $6, $7,
+                $9 * 1e6 / tck / $8, $10
         }' "$RESULTS"
 }
 for test in "${MAIN_TESTS[@]}"; do
