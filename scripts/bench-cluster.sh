@@ -6,12 +6,16 @@
 # on a shard channel). Reports throughput, latency and the CPU time per request of the serving
 # processes: the three redis-servers for direct, cacheside (or cacheside-hot) for the others.
 #
-# Usage (from the repo root): scripts/bench-cluster.sh [--requests N] [--tls] [--keep-logs]
+# Usage (from the repo root): scripts/bench-cluster.sh [--requests N] [--tls] [--replicas]
+#                                                       [--keep-logs]
 #
 #   --requests N   requests per redis-benchmark run (default: 100000 at -P 1, 400000 at -P 16)
 #   --tls          the cluster speaks TLS only (clients and bus, as ElastiCache with encryption
 #                  in transit): direct runs use redis-benchmark --tls, cacheside a rediss:// URL
 #                  (its own listener stays plaintext on loopback, as a sidecar's does)
+#   --replicas     each primary gets a replica, and GETs also run through cacheside-replica
+#                  (upstream.read_from = "replica"); the GET calls each replica served are
+#                  reported (INFO commandstats). Direct CPU counts all six redis-servers.
 #   --keep-logs    keep the temporary directory with configs and server logs
 #
 # Needs: cargo, redis-server (Debian package redis-server), redis-cli and redis-benchmark
@@ -29,6 +33,7 @@ REQ_P1=100000
 REQ_P16=400000
 KEEP_LOGS=0
 TLS=0
+REPLICAS=0
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -49,8 +54,12 @@ while [[ $# -gt 0 ]]; do
             TLS=1
             shift
             ;;
+        --replicas)
+            REPLICAS=1
+            shift
+            ;;
         -h | --help)
-            sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -75,7 +84,7 @@ echo "== building cacheside (cargo build --release)" >&2
 cargo build --release --bin cacheside >&2
 CACHESIDE=target/release/cacheside
 
-# --- the cluster: 3 primaries, no replicas ----------------------------------------------------
+# --- the cluster: 3 primaries, with --replicas a replica each -----------------------------------
 
 # With --tls: a CA and a certificate for 127.0.0.1 (the address the nodes announce), and the
 # arguments every redis-cli / redis-benchmark talking to a node needs.
@@ -97,7 +106,7 @@ fi
 
 NODE_PORTS=()
 NODE_PIDS=()
-while [[ ${#NODE_PORTS[@]} -lt 3 ]]; do
+while [[ ${#NODE_PORTS[@]} -lt $((3 * (1 + REPLICAS))) ]]; do
     p=$(free_port)
     # The cluster bus listens on port + 10000: kept below the ephemeral range (32768 and up),
     # where an outgoing connection's local port can hold it without listening.
@@ -121,6 +130,7 @@ while [[ ${#NODE_PORTS[@]} -lt 3 ]]; do
 done
 echo "== creating the cluster on ${NODE_PORTS[*]}" >&2
 redis-cli "${NODE_CLI[@]}" --cluster create $(printf '127.0.0.1:%s ' "${NODE_PORTS[@]}") --cluster-yes \
+    --cluster-replicas "$REPLICAS" \
     >"$TMP/cluster-create.log" 2>&1 || {
     echo "$BENCH_NAME: redis-cli --cluster create failed:" >&2
     cat "$TMP/cluster-create.log" >&2
@@ -173,6 +183,7 @@ ticks_of() { # ticks_of TARGET: CPU ticks of the processes serving TARGET
         direct) for pid in "${NODE_PIDS[@]}"; do total=$((total + $(cpu_ticks "$pid"))); done ;;
         cacheside) total=$(cpu_ticks "$CS_PID") ;;
         cacheside-hot) total=$(cpu_ticks "$HOT_PID") ;;
+        cacheside-replica) total=$(cpu_ticks "$REPLICA_PID") ;;
     esac
     echo "$total"
 }
@@ -183,6 +194,7 @@ bench_one() { # bench_one TEST PIPELINE REQUESTS TARGET
         direct) args=(-p "$SEED" --cluster "${NODE_CLI[@]}") ;;
         cacheside) args=(-p "$CS_PORT") ;;
         cacheside-hot) args=(-p "$HOT_PORT") ;;
+        cacheside-replica) args=(-p "$REPLICA_PORT") ;;
     esac
     echo "== $test -P $pipe -n $n -> $t" >&2
     cpu0=$(ticks_of "$t")
@@ -216,7 +228,41 @@ run() { # run TEST TARGET...: -P 1 and -P 16, the targets' order alternating
     done
 }
 
-run get direct cacheside
+# get_calls ROLE: GET calls served so far by the nodes whose ROLE is master or slave.
+get_calls() {
+    local p total=0 n
+    for p in "${NODE_PORTS[@]}"; do
+        [[ "$(redis-cli "${NODE_CLI[@]}" -p "$p" role | head -n 1)" == "$1" ]] || continue
+        n=$(redis-cli "${NODE_CLI[@]}" -p "$p" info commandstats | tr -d '\r' |
+            awk -F'[=,:]' '$1 == "cmdstat_get" { print $3 }')
+        total=$((total + ${n:-0}))
+    done
+    echo "$total"
+}
+
+if [[ $REPLICAS -eq 1 ]]; then
+    # Replicas serve reads once synced and listed online (having replicated something: the
+    # keys written above).
+    for i in $(seq 1 100); do
+        synced=0
+        for p in "${NODE_PORTS[@]}"; do
+            redis-cli "${NODE_CLI[@]}" -p "$p" info replication | tr -d '\r' |
+                grep -q '^master_link_status:up' && synced=$((synced + 1))
+        done
+        online=$(redis-cli "${NODE_CLI[@]}" -p "$SEED" cluster shards | grep -c '^online$' || true)
+        [[ $synced -eq 3 && $online -eq 6 ]] && break
+        sleep 0.2
+    done
+    REPLICA_PORT=$(free_port)
+    start_cacheside cacheside-replica "$REPLICA_PORT" \
+        $'[upstream]\nmode = "cluster"\nread_from = "replica"\n'"$UPSTREAM_TLS"
+    REPLICA_PID=${PIDS[-1]}
+    GETS_ON_REPLICAS_BEFORE=$(get_calls slave)
+    run get direct cacheside cacheside-replica
+    GETS_ON_REPLICAS=$(($(get_calls slave) - GETS_ON_REPLICAS_BEFORE))
+else
+    run get direct cacheside
+fi
 run set direct cacheside
 
 # cacheside-hot starts after the SETs (it would be told of each of them) and is warmed with one
@@ -235,6 +281,12 @@ GROUP=hot
 run get direct cacheside-hot
 
 # --- report ------------------------------------------------------------------------------------
+
+if [[ $REPLICAS -eq 1 ]]; then
+    echo
+    echo "GET calls served by the replicas during the main GET runs: $GETS_ON_REPLICAS" \
+        "(cacheside-replica sent $((REQ_P1 + REQ_P16)) GETs; direct and cacheside read primaries)"
+fi
 
 echo
 echo "| test | pipeline | target | rps | p50 ms | p99 ms | CPU µs/req |"
