@@ -153,6 +153,10 @@ impl Session {
         let mut draining = *shutdown.borrow();
         // Its own handle, so waiting for a kill does not borrow the session.
         let me = self.me.client.clone();
+        // Both waits live as long as the loop: made anew for each read, each would join and
+        // leave its waiter list (a lock each time) once per request at pipeline depth 1.
+        let mut killed = std::pin::pin!(me.killed());
+        let mut shutdown_seen = std::pin::pin!(shutdown.changed());
         loop {
             if self.buf.len() > self.ctx.max_query_buffer {
                 let e = ProxyError::QueryBuffer {
@@ -172,12 +176,13 @@ impl Session {
             }
             tokio::select! {
                 biased;
-                _ = shutdown.changed(), if !draining => {
+                // Resolves once (the drain began, or the sender is gone); not polled after.
+                _ = &mut shutdown_seen, if !draining => {
                     draining = true;
                     continue;
                 }
                 // CLIENT KILL picked this client: closed as Redis closes it.
-                _ = me.killed() => return Stop { graceful: false },
+                () = &mut killed => return Stop { graceful: false },
                 lost = pinned_lost(&mut self.pinned) => {
                     if self.pinned_active || self.release_pending {
                         return self.fail_and_close(ProxyError::PinnedLost(lost)).await;
