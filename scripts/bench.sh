@@ -6,9 +6,12 @@
 # Each run also reports the CPU time the serving process (redis-server, nutcracker, cacheside)
 # spent per request: utime+stime from /proc/<pid>/stat before and after the run.
 #
-# Usage (from the repo root): scripts/bench.sh [--requests N] [--delay D] [--keep-logs]
+# Usage (from the repo root): scripts/bench.sh [--requests N] [--rounds R] [--delay D] [--keep-logs]
 #
 #   --requests N   requests per redis-benchmark run (default: 200000 at -P 1, 800000 at -P 16)
+#   --rounds R     runs of every test against every target, interleaved (default 3); each
+#                  figure reported is the median of its R runs, and the ratio tables give the
+#                  lowest and highest per-round ratio beside the median's
 #   --delay D      reach Redis only through examples/latency_relay.rs, which holds every chunk
 #                  for D in each direction (e.g. 250us; 0s measures the relay alone): the
 #                  direct runs, twemproxy's and both cacheside's upstream all go through it.
@@ -32,10 +35,11 @@ KEYSPACE=100000
 REQ_P1=200000
 REQ_P16=800000
 KEEP_LOGS=0
+ROUNDS=3
 DELAY=${BENCH_DELAY:-}
 
 usage() {
-    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 while [[ $# -gt 0 ]]; do
@@ -74,6 +78,14 @@ while [[ $# -gt 0 ]]; do
         --keep-logs)
             KEEP_LOGS=1
             shift
+            ;;
+        --rounds)
+            [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]*$ ]] || {
+                echo "bench.sh: --rounds needs a positive integer" >&2
+                exit 2
+            }
+            ROUNDS=$2
+            shift 2
             ;;
         -h | --help)
             usage
@@ -258,7 +270,7 @@ fi
 
 # --- benchmark -------------------------------------------------------------------------------
 
-# group test pipeline target rps p50 p99 requests cpu-ticks load-generator-cores
+# group test pipeline target rps p50 p99 requests cpu-ticks load-generator-cores round
 RESULTS="$TMP/results.tsv"
 : >"$RESULTS"
 round=0
@@ -266,9 +278,10 @@ round=0
 # run_group GROUP TARGET... : redis-benchmark runs of the tests in TESTS at -P 1 and -P 16 against
 # every TARGET, the order rotated each round so no target always runs first (or last).
 run_group() {
-    local group=$1 test pipe n k t
+    local group=$1 test pipe n k t r
     shift
     local targets=("$@")
+    for ((r = 1; r <= ROUNDS; r++)); do
     for test in "${TESTS[@]}"; do
         for pipe in 1 16; do
             if [[ $pipe -eq 1 ]]; then n=$REQ_P1; else n=$REQ_P16; fi
@@ -278,6 +291,7 @@ run_group() {
             done
             round=$((round + 1))
         done
+    done
     done
 }
 
@@ -308,10 +322,10 @@ bench_one() { # bench_one GROUP TEST PIPELINE REQUESTS TARGET
         exit 1
     }
     IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"$line"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$group" "$test" "$pipe" "$t" "$rps" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$group" "$test" "$pipe" "$t" "$rps" \
         "$p50" "$p99" "$n" "$((cpu1 - cpu0))" \
         "$(awk -v c="$((gen1 - gen0))" -v w="$((wall1 - wall0))" 'BEGIN { printf "%.2f", (w > 0 ? c / w : 0) }')" \
-        >>"$RESULTS"
+        "$round" >>"$RESULTS"
 }
 
 TESTS=("${MAIN_TESTS[@]}")
@@ -435,6 +449,39 @@ fi
 
 # --- report ----------------------------------------------------------------------------------
 
+# Medians over the rounds (same columns as RESULTS, one row per group, test, pipeline and
+# target), and per-round ratios' lowest and highest (group test pipeline numerator
+# denominator min max), the rounds paired by their cell (the same test and depth, one round).
+RUNS="$RESULTS"
+RESULTS="$TMP/median.tsv"
+SPREAD="$TMP/spread.tsv"
+python3 - "$RUNS" "$RESULTS" "$SPREAD" <<'PY'
+import statistics, sys
+from collections import defaultdict
+runs, median_out, spread_out = sys.argv[1:4]
+cells = defaultdict(list)
+by_round = defaultdict(dict)
+for line in open(runs):
+    f = line.rstrip("\n").split("\t")
+    g, test, pipe, target = f[:4]
+    cells[(g, test, pipe, target)].append(f)
+    by_round[(g, test, pipe, f[10])][target] = float(f[4])
+with open(median_out, "w") as out:
+    for (g, test, pipe, target), rows in cells.items():
+        med = lambda i: statistics.median(float(r[i]) for r in rows)
+        out.write("\t".join([g, test, pipe, target, "%.2f" % med(4), "%.3f" % med(5),
+                              "%.3f" % med(6), rows[0][7], "%g" % med(8), "%.2f" % med(9)]) + "\n")
+ratios = defaultdict(list)
+for (g, test, pipe, _), rps in by_round.items():
+    for a in rps:
+        for b in rps:
+            if a != b and rps[b] > 0:
+                ratios[(g, test, pipe, a, b)].append(rps[a] / rps[b])
+with open(spread_out, "w") as out:
+    for (g, test, pipe, a, b), v in ratios.items():
+        out.write("\t".join([g, test, pipe, a, b, "%.2f" % min(v), "%.2f" % max(v)]) + "\n")
+PY
+
 cores=$(nproc 2>/dev/null || echo "?")
 echo
 echo "redis-benchmark: -c $CLIENTS -d $DATA_SIZE -r $KEYSPACE, -n $REQ_P1 at -P 1, -n $REQ_P16 at -P 16;" \
@@ -454,6 +501,7 @@ echo "CPU µs/req: utime+stime (/proc/PID/stat) of the process the client talks 
         'BEGIN { printf "%.3g", 1e6 / t / n }') µs/req at -P 1," \
     "±$(awk -v t="$CLK_TCK" -v n="$REQ_P16" 'BEGIN { printf "%.3g", 1e6 / t / n }') µs/req at -P 16"
 echo
+echo "Each figure: the median of $ROUNDS runs, the targets interleaved in every round."
 echo "load gen cores: redis-benchmark's own user + system CPU over the run's wall time (1.00 = a"
 echo "whole core: the load generator, not the target, bounds that run's rps)"
 echo
@@ -483,21 +531,28 @@ done
 # each test in TESTS (space-separated) at -P 1 and -P 16.
 ratios() {
     awk -F'\t' -v g="$1" -v tests="$2" -v x="$3" '
+        FNR == NR { if ($1 == g) spread[$2 SUBSEP $3 SUBSEP $4 SUBSEP $5] = $6 "–" $7; next }
         $1 == g { k = $2 SUBSEP $3 SUBSEP $4; rps[k] = $5; cpu[k] = ($8 > 0 ? $9 / $8 : 0) }
         function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "n/a" }
+        function rps_ratio(t, p, a, b,    k, s) {
+            k = t SUBSEP p SUBSEP
+            s = spread[k a SUBSEP b]
+            return ratio(rps[k a], rps[k b]) (s != "" ? " (" s ")" : "")
+        }
         END {
             nt = split(tests, ts, " ")
             for (i = 1; i <= nt; i++) for (p = 1; p <= 16; p += 15) {
                 k = ts[i] SUBSEP p SUBSEP
                 printf "| %s | %d | %s | %s | %s | %s | %s |\n", toupper(ts[i]), p,
-                    ratio(rps[k x], rps[k "direct"]), ratio(rps[k x], rps[k "twemproxy"]),
-                    ratio(rps[k "direct"], rps[k "twemproxy"]),
+                    rps_ratio(ts[i], p, x, "direct"), rps_ratio(ts[i], p, x, "twemproxy"),
+                    rps_ratio(ts[i], p, "direct", "twemproxy"),
                     ratio(cpu[k x], cpu[k "direct"]), ratio(cpu[k x], cpu[k "twemproxy"])
             }
-        }' "$RESULTS"
+        }' "$SPREAD" "$RESULTS"
 }
 
 echo
+echo "rps ratios: of the medians, then (lowest–highest) of the $ROUNDS rounds' own ratios."
 echo "direct/twemproxy rps: how far a forwarding proxy can get past twemproxy at most, since every"
 echo "request it forwards still runs on Redis (the ceiling of cacheside/twemproxy for passthrough)"
 echo
@@ -520,7 +575,7 @@ echo "cacheside-hot tier after the warm-up (INFO, # cacheside): hot_entries:$HOT
 echo "cacheside-hot RSS: ${RSS_BEFORE} KiB before the warm-up, ${RSS_AFTER} KiB after" \
     "($(awk -v a="$RSS_BEFORE" -v b="$RSS_AFTER" -v e="$HOT_ENTRIES" 'BEGIN {
         print (e > 0 ? sprintf("%.1f", (b - a) * 1024 / e) : "n/a") }') bytes/entry of process growth)"
-hot_reqs=$((REQ_P1 + REQ_P16))
+hot_reqs=$(((REQ_P1 + REQ_P16) * ROUNDS))
 echo "cacheside-hot during the GET (hot group) runs: hot_hits +$((HITS_AFTER - HITS_BEFORE))," \
     "hot_misses +$((MISSES_AFTER - MISSES_BEFORE)) for $hot_reqs GETs" \
     "($(awk -v h="$((HITS_AFTER - HITS_BEFORE))" -v n="$hot_reqs" 'BEGIN { printf "%.1f", 100 * h / n }')% served from the tier)"
