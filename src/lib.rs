@@ -14,7 +14,8 @@
 //! - [`server`]: accept loop with a connection limit; per client a session (read, parse, route;
 //!   its pinned path in `session/pinned.rs`, runs of requests in `session/run.rs`, its end of the
 //!   reply queue in `session/queue.rs`) and a writer (ordered replies, one write per batch;
-//!   reads that need loads from one read of the client complete together).
+//!   reads that need loads from one read of the client complete together), polled together
+//!   over the queue of `queue.rs`.
 //! - [`protocol`]: request parsing, the command table (`command/table.rs`), the one reply reader
 //!   ([`protocol::scan`]: iterative framing and typed views) and reply building. No I/O.
 //! - [`router`]: where each command is answered: locally (including CLIENT LIST/INFO/KILL about

@@ -1,6 +1,7 @@
 //! The client-facing RESP listener: accept loop with a connection limit, one session per client,
 //! and the drain on shutdown.
 
+mod queue;
 mod session;
 mod writer;
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 /// What every session shares.
 pub struct Ctx {
@@ -171,10 +172,12 @@ async fn run_client(
         }
     };
     let (rd, wr) = stream.into_split();
-    let (out_tx, out_rx) = mpsc::channel(ctx.max_pending_replies);
+    let (out_tx, out_rx) = queue::pair(ctx.max_pending_replies);
     // The writer runs in the session's task, not its own: handing it a reply wakes no other
-    // task (and no other thread), and a request read and answered at once costs one wake-up.
+    // task (and no other thread), and a request read and answered at once costs one wake-up
+    // (see `queue.rs`).
     let writer = writer::run(wr, out_rx, ctx.clone());
+    let link = out_tx.link();
     let mut s = session::Session::new(ctx, rd, out_tx, (peer, local, fd));
     tracing::debug!(client = s.client_id(), %peer, "client connected");
     let id = s.client_id();
@@ -190,7 +193,7 @@ async fn run_client(
         drop(out_dropped);
         pinned_holder
     };
-    let (pinned_holder, ()) = tokio::join!(reading, writer);
+    let pinned_holder = queue::Together::new(link, reading, writer).await;
     drop(pinned_holder);
     tracing::debug!(client = id, "client disconnected");
 }

@@ -27,7 +27,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How long a client must stay quiet during a drain before its connection is closed.
@@ -43,7 +43,7 @@ pub(super) struct Session {
     st: ClientState,
     rd: ReadHalf,
     buf: BytesMut,
-    out: mpsc::Sender<Out>,
+    out: crate::server::queue::Tx,
     pinned: Option<Pinned>,
     pinned_proto: Proto,
     /// The pinned connection carries this client's commands now.
@@ -88,7 +88,7 @@ impl Session {
     pub(super) fn new(
         ctx: Arc<Ctx>,
         rd: ReadHalf,
-        out: mpsc::Sender<Out>,
+        out: crate::server::queue::Tx,
         peer: (std::net::SocketAddr, std::net::SocketAddr, i32),
     ) -> Self {
         let id = ctx.next_client_id();
@@ -141,7 +141,7 @@ impl Session {
     }
 
     /// Splits into the pinned connection and the reply queue, so the queue can close first.
-    pub(super) fn into_parts(self) -> (Option<Pinned>, mpsc::Sender<Out>) {
+    pub(super) fn into_parts(self) -> (Option<Pinned>, crate::server::queue::Tx) {
         (self.pinned, self.out)
     }
 

@@ -3,7 +3,7 @@
 //! write). Hot-tier work tied to a reply (storing a fill, evicting what a write touched) happens
 //! here, before the client sees the reply.
 
-use super::Ctx;
+use super::{queue, Ctx};
 use crate::error::{reply_bytes, ProxyError};
 use crate::protocol::reply::{self, Proto};
 use crate::router::fill::{self, FillPlan};
@@ -68,7 +68,7 @@ pub struct AfterReply {
 }
 
 /// Writes until the queue ends, a `Close` comes, or the client stops reading.
-pub async fn run(mut wr: WriteHalf, mut rx: mpsc::Receiver<Out>, ctx: Arc<Ctx>) {
+pub async fn run(mut wr: WriteHalf, mut rx: queue::Rx, ctx: Arc<Ctx>) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     // An item taken from the queue while gathering reads, to handle next.
     let mut carry = None;
@@ -136,7 +136,7 @@ pub async fn run(mut wr: WriteHalf, mut rx: mpsc::Receiver<Out>, ctx: Arc<Ctx>) 
             if buf.len() > 1024 * 1024 && flush(&mut wr, &mut buf).await.is_err() {
                 return;
             }
-            next = carry.take().or_else(|| rx.try_recv().ok());
+            next = carry.take().or_else(|| rx.try_recv());
         }
         if flush(&mut wr, &mut buf).await.is_err() {
             return;
@@ -154,7 +154,7 @@ type FillItem = (ReplyRx, Box<FillPlan>, Instant, Proto);
 /// before any load is awaited.
 async fn fills(
     first: FillItem,
-    queue: &mut mpsc::Receiver<Out>,
+    queue: &mut queue::Rx,
     carry: &mut Option<Out>,
     wr: &mut WriteHalf,
     buf: &mut BytesMut,
