@@ -112,7 +112,7 @@ async fn tracking_is_refused_on_a_cluster_and_the_tier_bypassed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_read_through_any_sidecar_is_older_than_an_acknowledged_write_on_a_cluster() {
     let cluster = RedisCluster::start();
-    coherence::check(&cluster.url(), "broadcast").await;
+    coherence::check(&cluster.url(), "broadcast", false).await;
     support::assert_no_panics();
 }
 
