@@ -7,7 +7,8 @@ mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{cache_rule, coherence, history, metric, query, Proxy, RedisServer};
+use support::process::Process;
+use support::{cache_rule, coherence, eventually, history, metric, query, Proxy, RedisServer};
 
 const BASE: &str = "cacheside:invalidate";
 
@@ -144,6 +145,69 @@ async fn a_rule_without_a_namespace_subscribes_to_the_pattern_and_is_invalidated
     let v: String = query(&mut r, &["GET", "x:1"]).await;
     assert_eq!(v, "v2", "x's channel reaches the pattern's subscriber");
     wait_heard(&any, before + 1.0).await;
+    support::assert_no_panics();
+}
+
+/// A reload whose rules cache another namespace subscribes to its channel before the tier
+/// serves its keys again, and leaves the channel of the namespace no longer cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_rules_of_another_namespace_move_the_subscription() {
+    let redis = RedisServer::start();
+    let writer = sidecar(&redis.url(), &["a:*", "b:*"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (file, log) = (dir.path().join("proxy.toml"), dir.path().join("log"));
+    let rules = |rule: &str| {
+        format!("[hot]\ncoherence = \"broadcast\"\nchannel_per_prefix = true\n\n[[cache]]\nkeys = \"{rule}\"\nttl = \"60s\"\n")
+    };
+    std::fs::write(&file, rules("a:*")).expect("write config");
+    let p = Process::start_with_file(&file, &redis.url(), &log);
+    let (ca, cb) = (format!("{{{BASE}}}:a"), format!("{{{BASE}}}:b"));
+    let subscribed = eventually(Duration::from_secs(10), async || {
+        numsub(&redis, &[BASE, &ca, &cb]).await == vec![2, 2, 1]
+    });
+    assert!(subscribed.await, "the process subscribed to a's channel");
+
+    std::fs::write(&file, rules("b:*")).expect("write config");
+    p.signal("HUP");
+    let moved = eventually(Duration::from_secs(10), async || {
+        numsub(&redis, &[BASE, &ca, &cb]).await == vec![2, 1, 2]
+    });
+    assert!(moved.await, "after the reload: b's channel, not a's");
+    let coherent = eventually(Duration::from_secs(10), async || {
+        let m = p.admin("GET", "/metrics").await.1;
+        metric(&m, "cacheside_cache_coherent") == Some(1.0)
+    });
+    assert!(coherent.await, "coherent again");
+
+    let mut w = writer.client().await;
+    let _: () = query(&mut w, &["SET", "b:1", "v1"]).await;
+    let url = format!("redis://127.0.0.1:{}", p.port);
+    let mut c = redis::Client::open(url.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let hits = async || {
+        let m = p.admin("GET", "/metrics").await.1;
+        metric(
+            &m,
+            "cacheside_cache_gets_total{result=\"hit\",tier=\"hot\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let before = hits().await;
+    let served_hot = eventually(Duration::from_secs(10), async || {
+        let v: String = query(&mut c, &["GET", "b:1"]).await;
+        assert_eq!(v, "v1");
+        hits().await > before
+    });
+    assert!(served_hot.await, "b:1 is cached under the reloaded rule");
+    let _: () = query(&mut w, &["SET", "b:1", "v2"]).await;
+    let v: String = query(&mut c, &["GET", "b:1"]).await;
+    assert_eq!(
+        v, "v2",
+        "the write through another sidecar reached the reloaded one"
+    );
     support::assert_no_panics();
 }
 
