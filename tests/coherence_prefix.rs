@@ -101,16 +101,31 @@ async fn a_sidecar_hears_only_the_namespaces_it_caches() {
     cached(&c, "b:1", "v1").await;
     let (b_before, c_before) = (heard(&b).await, heard(&c).await);
 
-    // a:1 is announced on a's channel, then b:1 on b's: C hears b:1 after a:1 was published,
-    // on the same connection, so once it has heard b:1 it would have heard a:1 too.
+    // Announced in this order: a:1 on a's channel, three b keys on b's, five a keys on a's.
+    // Each sidecar applies what it hears in that order, on one connection; a count that
+    // reaches the keys of the namespace it caches shows that nothing before them was heard.
     let _: () = query(&mut through_a, &["SET", "a:1", "v2"]).await;
     let mut through_b = b.client().await;
     let v: String = query(&mut through_b, &["GET", "a:1"]).await;
     assert_eq!(v, "v2", "B's cached a:1 was invalidated by A's write");
-    let _: () = query(&mut through_a, &["SET", "b:1", "v2"]).await;
-    wait_heard(&c, c_before + 1.0).await;
-    assert_eq!(heard(&c).await, c_before + 1.0, "C heard b:1 and not a:1");
-    assert_eq!(heard(&b).await, b_before + 1.0, "B heard a:1 and not b:1");
+    let bs = ["MSET", "b:1", "v2", "b:2", "v2", "b:3", "v2"];
+    let _: () = query(&mut through_a, &bs).await;
+    let r#as = [
+        "MSET", "a:2", "1", "a:3", "1", "a:4", "1", "a:5", "1", "a:6", "1",
+    ];
+    let _: () = query(&mut through_a, &r#as).await;
+    wait_heard(&c, c_before + 3.0).await;
+    assert_eq!(
+        heard(&c).await,
+        c_before + 3.0,
+        "C heard the b keys, not a:1"
+    );
+    wait_heard(&b, b_before + 6.0).await;
+    assert_eq!(
+        heard(&b).await,
+        b_before + 6.0,
+        "B heard the a keys, not the b keys"
+    );
     let mut through_c = c.client().await;
     let v: String = query(&mut through_c, &["GET", "b:1"]).await;
     assert_eq!(v, "v2");
