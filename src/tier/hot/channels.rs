@@ -175,4 +175,35 @@ mod tests {
         let want: Vec<Vec<u8>> = vec![b"c".to_vec(), b"{c}:a".to_vec(), b"{c}:b".to_vec()];
         assert_eq!(sent, want);
     }
+
+    #[tokio::test]
+    async fn in_ttl_mode_new_namespaces_leave_the_tier_in_use() {
+        use crate::tier::hot::settings::{Coherence, HotSettings};
+        let rule = |p: &str| RuleSettings {
+            pattern: p.into(),
+            ttl: Duration::from_secs(1),
+            max_value_size: 1,
+        };
+        let settings = HotSettings {
+            max_bytes: 1 << 20,
+            lru: false,
+            coherence: Coherence::Ttl,
+            channel: "c".into(),
+            broadcast_batching: true,
+            channel_per_prefix: true,
+            rules: vec![rule("a:*")],
+        };
+        let registry = prometheus::Registry::new();
+        let t = crate::tier::hot::HotTier::new(
+            &settings,
+            Arc::new(crate::metrics::Metrics::new(registry)),
+        );
+        // What `coherence::spawn` does in ttl mode; nothing listens for a resubscription.
+        t.set_coherent(true).await;
+        t.replace_rules(&[rule("b:*")]).await;
+        assert!(
+            t.is_coherent(),
+            "no channel to subscribe to again: the tier stays in use"
+        );
+    }
 }

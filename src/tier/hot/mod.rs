@@ -170,7 +170,7 @@ pub struct HotTier {
     announcer: announce::Announcer,
     /// `hot.broadcast_batching`.
     batching: bool,
-    /// `hot.channel_per_prefix`.
+    /// `hot.channel_per_prefix`, where messages are heard at all (not in `ttl` mode).
     per_prefix: bool,
     /// A duplicate of the invalidation connection's socket, to peek for unread invalidations.
     watch: std::sync::RwLock<Option<std::net::TcpStream>>,
@@ -222,7 +222,8 @@ impl HotTier {
             publisher: std::sync::OnceLock::new(),
             announcer: announce::Announcer::default(),
             batching: settings.broadcast_batching,
-            per_prefix: settings.channel_per_prefix,
+            per_prefix: settings.channel_per_prefix
+                && settings.coherence != settings::Coherence::Ttl,
             watch: std::sync::RwLock::new(None),
             applying: AtomicBool::new(false),
             metrics: metrics.clone(),
