@@ -1,6 +1,6 @@
 //! Stand-in for a fleet's invalidation connections: `--count` connections that SUBSCRIBE to
-//! `--channel` on `--redis` and read (and discard) every message, as sidecars in broadcast mode
-//! do. Used by `scripts/bench-fanout.sh` to measure what broadcast coherence costs Redis.
+//! `--channel` (repeatable: each connection subscribes to every one) on `--redis` and read (and
+//! discard) every message, as sidecars in broadcast mode do. Used by `scripts/bench-fanout.sh` to measure what broadcast coherence costs Redis.
 //!
 //! ```text
 //! cargo run --release --example fanout_subscribers -- \
@@ -24,8 +24,9 @@ struct Args {
     /// Redis address, host:port.
     #[arg(long)]
     redis: String,
-    #[arg(long, default_value = "cacheside:invalidate")]
-    channel: String,
+    /// Channels each connection subscribes to.
+    #[arg(long = "channel", default_value = "cacheside:invalidate")]
+    channels: Vec<String>,
     /// Subscriber connections to open.
     #[arg(long)]
     count: usize,
@@ -48,11 +49,12 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> ExitCode {
     let read = Arc::new(AtomicU64::new(0));
-    let subscribe = format!(
-        "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{}\r\n",
-        args.channel.len(),
-        args.channel
-    );
+    let mut subscribe = format!("*{}\r\n$9\r\nSUBSCRIBE\r\n", args.channels.len() + 1);
+    for c in &args.channels {
+        subscribe.push_str(&format!("${}\r\n{c}\r\n", c.len()));
+    }
+    // The last confirmation counts every channel.
+    let confirmed = format!(":{}\r", args.channels.len());
     let mut ready = Vec::with_capacity(args.count);
     for _ in 0..args.count {
         let mut s = match TcpStream::connect(&args.redis).await {
@@ -74,7 +76,10 @@ async fn run(args: Args) -> ExitCode {
     for mut s in ready {
         let mut buf = vec![0u8; 256];
         let mut got = Vec::new();
-        while !got.windows(3).any(|w| w == b":1\r") {
+        while !got
+            .windows(confirmed.len())
+            .any(|w| w == confirmed.as_bytes())
+        {
             match s.read(&mut buf).await {
                 Ok(0) | Err(_) => {
                     eprintln!(

@@ -6,6 +6,11 @@
 # the run, divided by the writes), with hot.broadcast_batching on and off, for each N.
 #
 # Usage (from the repo root): scripts/bench-fanout.sh [--subscribers "10 100 1000"] [--requests N]
+#                             [--per-prefix]
+#
+# --per-prefix: cacheside runs with hot.channel_per_prefix = true (it announces the written
+# key:* keys on "{cacheside:invalidate}:key"), and the N stand-ins are sidecars that cache
+# another namespace: each subscribes to the base channel and to "{cacheside:invalidate}:other".
 #
 # Needs: cargo, redis-server, redis-cli and redis-benchmark (Debian redis-server, redis-tools),
 # curl. Nothing is installed by this script. Run it on a quiet machine: every process shares it.
@@ -18,11 +23,13 @@ set -euo pipefail
 
 SUBSCRIBERS="10 100 1000"
 REQUESTS=100000
+PER_PREFIX=false
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --subscribers) SUBSCRIBERS=$2; shift 2 ;;
         --requests) REQUESTS=$2; shift 2 ;;
-        -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --per-prefix) PER_PREFIX=true; shift ;;
+        -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-fanout.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -58,6 +65,8 @@ cargo build --release --bin cacheside --example fanout_subscribers >&2
 CACHESIDE=target/release/cacheside
 SUBS=target/release/examples/fanout_subscribers
 HZ=$(getconf CLK_TCK)
+CHANNELS=(--channel cacheside:invalidate)
+if $PER_PREFIX; then CHANNELS+=(--channel "{cacheside:invalidate}:other"); fi
 
 rows=()
 for n in $SUBSCRIBERS; do
@@ -68,13 +77,14 @@ for n in $SUBSCRIBERS; do
         rpid=$!; PIDS+=("$rpid")
         for _ in $(seq 50); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.1; done
         redis-cli -p "$rp" config set client-output-buffer-limit "pubsub 0 0 0" >/dev/null
-        "$SUBS" --redis "127.0.0.1:$rp" --count "$n" >"$TMP/subs.log" 2>&1 &
+        "$SUBS" --redis "127.0.0.1:$rp" --count "$n" "${CHANNELS[@]}" >"$TMP/subs.log" 2>&1 &
         spid=$!; PIDS+=("$spid")
         for _ in $(seq 300); do grep -q subscribed "$TMP/subs.log" && break; sleep 0.1; done
         cat >"$TMP/cs.toml" <<EOF
 [hot]
 coherence = "broadcast"
 broadcast_batching = $batching
+channel_per_prefix = $PER_PREFIX
 [[cache]]
 keys = "key:*"
 ttl = "60s"
@@ -96,8 +106,8 @@ EOF
         keys=$(metric "$ap" cacheside_broadcast_announced_keys_total)
         cpu=$(python3 -c "print(f'{($c1-$c0)*1e6/$HZ/$REQUESTS:.1f}')")
         per=$(python3 -c "s=float('${sent:-0}'); print(f'{float(\"${keys:-0}\")/s:.1f}' if s else '-')")
-        rows+=("| $n | $batching | $rps | $cpu | ${sent:-0} | $per |")
-        echo "== $n subscribers, batching $batching: $rps writes/s, Redis $cpu µs CPU per written key" >&2
+        rows+=("| $n | $PER_PREFIX | $batching | $rps | $cpu | ${sent:-0} | $per |")
+        echo "== $n subscribers, channel per prefix $PER_PREFIX, batching $batching: $rps writes/s, Redis $cpu µs CPU per written key" >&2
         kill "$cpid" "$spid" "$rpid" 2>/dev/null || true
         wait "$cpid" "$spid" "$rpid" 2>/dev/null || true
         PIDS=()
@@ -107,6 +117,6 @@ done
 echo
 echo "redis-benchmark SET through one cacheside (broadcast mode, 50 clients, -P 1, $REQUESTS writes, 100-byte values)"
 echo
-echo "| subscribers | batching | writes/s | Redis CPU µs per written key | batched PUBLISHes | keys per batched PUBLISH |"
-echo "|---:|---|---:|---:|---:|---:|"
+echo "| subscribers | channel per prefix | batching | writes/s | Redis CPU µs per written key | batched PUBLISHes | keys per batched PUBLISH |"
+echo "|---:|---|---|---:|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"

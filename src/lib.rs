@@ -25,7 +25,8 @@
 //!   connection, or on the client's pinned connection.
 //! - [`tier::hot`]: the in-process tier and its coherence (`front.rs`: the sharded read map in
 //!   front of moka, `write.rs`: write guards, `fill.rs`: stamped fills, `fence.rs`: pending
-//!   invalidations, `broadcast.rs`; on a Redis Cluster, broadcast on a shard channel); [`tier::store`]: standalone mode (`strings.rs`,
+//!   invalidations, `broadcast.rs` and `subscribe.rs`: announcing and hearing writes, `channels.rs`:
+//!   a channel per key namespace; on a Redis Cluster, broadcast on a shard channel); [`tier::store`]: standalone mode (`strings.rs`,
 //!   `expire.rs`, `info.rs` by command family).
 //! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects, the
 //!   handshake (AUTH with a password re-read from its file on every connect), ElastiCache IAM

@@ -112,7 +112,44 @@ async fn tracking_is_refused_on_a_cluster_and_the_tier_bypassed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_read_through_any_sidecar_is_older_than_an_acknowledged_write_on_a_cluster() {
     let cluster = RedisCluster::start();
-    coherence::check(&cluster.url(), "broadcast").await;
+    coherence::check(&cluster.url(), "broadcast", false).await;
+    support::assert_no_panics();
+}
+
+/// Shard channels have no patterns: with `hot.channel_per_prefix`, a rule that can match any
+/// namespace (`*`) cannot be kept coherent on a cluster found by `auto`, so the tier is bypassed
+/// (an explicit `mode = "cluster"` is refused by the config check instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_without_a_namespace_bypasses_the_tier_on_a_cluster_with_a_channel_per_prefix() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let start = |rule: &'static str| {
+        Proxy::start_with(&url, move |c| {
+            c.hot.coherence = "broadcast".into();
+            c.hot.channel_per_prefix = true;
+            c.cache = vec![support::cache_rule(rule, 60)];
+        })
+    };
+    // A sidecar whose rule names its namespace is coherent on this cluster.
+    history::wait_coherent(&start("hot:*").await).await;
+    let p = start("*").await;
+    let mut c = p.client().await;
+    let _: () = q(&mut c, &["SET", "hot:t", "1"]).await;
+    for _ in 0..5 {
+        let v: String = q(&mut c, &["GET", "hot:t"]).await;
+        assert_eq!(v, "1");
+    }
+    let m = p.admin_get("/metrics").await.1;
+    assert_eq!(metric(&m, "cacheside_cache_coherent"), Some(0.0));
+    assert_eq!(hot_hits(&p).await, 0.0);
+}
+
+/// `hot.channel_per_prefix`: each namespace's shard channel `{channel}:<ns>` hashes to the base
+/// channel's slot, so one SSUBSCRIBE on one primary still hears every announcement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_read_is_older_than_an_acknowledged_write_on_a_cluster_with_a_channel_per_prefix() {
+    let cluster = RedisCluster::start();
+    coherence::check(&cluster.url(), "broadcast", true).await;
     support::assert_no_panics();
 }
 

@@ -76,6 +76,7 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("hot.coherence", Kind::Str),
     ("hot.channel", Kind::Str),
     ("hot.broadcast_batching", Kind::Bool),
+    ("hot.channel_per_prefix", Kind::Bool),
     ("postgres.url", Kind::Str),
     ("postgres.password_file", Kind::Str),
     ("postgres.pool_size", Kind::Int),

@@ -228,6 +228,8 @@ pub struct HotConfig {
     pub channel: String,
     /// Broadcast mode: writes answered while an announcement is in flight share the next one.
     pub broadcast_batching: bool,
+    /// Broadcast mode: announce a key on its namespace's channel `{channel}:<ns>`.
+    pub channel_per_prefix: bool,
 }
 
 impl Default for HotConfig {
@@ -238,6 +240,7 @@ impl Default for HotConfig {
             coherence: "auto".into(),
             channel: "cacheside:invalidate".into(),
             broadcast_batching: true,
+            channel_per_prefix: false,
         }
     }
 }

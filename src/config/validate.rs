@@ -112,6 +112,17 @@ fn validate_hot(c: &Config) -> Result<HotSettings, ConfigError> {
     if h.channel.is_empty() {
         return Err(ConfigError::invalid("hot.channel", "must not be empty"));
     }
+    // `{channel}:<ns>` must hash to the base channel's slot, and `{channel}:*` must be a
+    // pattern that matches only those channels.
+    if h.channel_per_prefix && h.channel.contains(['{', '}', '*', '?', '[', ']', '\\']) {
+        return Err(ConfigError::invalid(
+            "hot.channel",
+            format!(
+                "{:?} must not contain any of {{ }} * ? [ ] \\ with hot.channel_per_prefix",
+                h.channel
+            ),
+        ));
+    }
     let mut rules = Vec::new();
     for (i, r) in c.cache.iter().enumerate() {
         let key = |k: &str| format!("cache[{i}].{k}");
@@ -144,6 +155,7 @@ fn validate_hot(c: &Config) -> Result<HotSettings, ConfigError> {
         coherence,
         channel: h.channel.clone(),
         broadcast_batching: h.broadcast_batching,
+        channel_per_prefix: h.channel_per_prefix,
         rules,
     })
 }
@@ -299,6 +311,22 @@ impl Config {
                 "hot.coherence",
                 "\"tracking\" does not work on a Redis Cluster (use \"broadcast\" or \"auto\")",
             ));
+        }
+        if upstream
+            .as_ref()
+            .is_some_and(|u| u.mode == UpstreamMode::Cluster)
+            && hot.channel_per_prefix
+            && hot.coherence != Coherence::Ttl
+        {
+            if let Some(r) = hot.rules.iter().find(|r| {
+                let p = crate::tier::hot::Pattern::parse(&r.pattern).expect("checked above");
+                !p.is_literal() && !p.literal_prefix().contains(&b':')
+            }) {
+                return Err(ConfigError::invalid(
+                    "hot.channel_per_prefix",
+                    format!("on a Redis Cluster every [[cache]] rule must name its namespace (\"ns:...\"): {:?} can match any (shard channels have no patterns)", r.pattern),
+                ));
+            }
         }
         let mut warm = Vec::new();
         for (i, w) in self.warm.iter().enumerate() {

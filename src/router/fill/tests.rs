@@ -15,6 +15,7 @@ async fn tier() -> Arc<HotTier> {
             coherence: Coherence::Ttl,
             channel: "c".into(),
             broadcast_batching: true,
+            channel_per_prefix: false,
             rules: vec![RuleSettings {
                 pattern: "p:*".into(),
                 ttl: Duration::from_secs(30),

@@ -88,6 +88,24 @@ impl HotTier {
         rx.await.unwrap_or(false)
     }
 
+    /// The keys of a batch in the groups announced apart: all together, or with
+    /// `hot.channel_per_prefix` one group per namespace (keys without one together, on the base
+    /// channel), so each group's messages go on its namespace's channel.
+    fn key_groups<'k>(&self, keys: &'k [Bytes]) -> Vec<Vec<Bytes>> {
+        if !self.broadcast().is_some_and(|b| b.per_prefix) {
+            return vec![keys.to_vec()];
+        }
+        let mut groups: std::collections::BTreeMap<Option<&'k [u8]>, Vec<Bytes>> =
+            Default::default();
+        for k in keys {
+            groups
+                .entry(super::channels::namespace(k))
+                .or_default()
+                .push(k.clone());
+        }
+        groups.into_values().collect()
+    }
+
     /// Sends batches as keys are queued, one batch in flight at a time. Runs for the tier's life.
     pub(super) async fn run_announcer(&self, publish: &Publish) {
         loop {
@@ -111,7 +129,9 @@ impl HotTier {
             let messages: Vec<Bytes> = if q.flush {
                 self.broadcast_command(&[], true).into_iter().collect()
             } else {
-                keys.chunks(KEYS_PER_MESSAGE)
+                self.key_groups(&keys)
+                    .iter()
+                    .flat_map(|g| g.chunks(KEYS_PER_MESSAGE))
                     .filter_map(|c| self.broadcast_command(c, false))
                     .collect()
             };

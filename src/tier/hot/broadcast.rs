@@ -1,6 +1,6 @@
 //! Broadcast coherence, sending side: announcing the keys this sidecar's writes changed.
 
-use super::{HotTier, Publish, WriteGuard};
+use super::{channels, HotTier, Publish, WriteGuard};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -13,6 +13,8 @@ pub struct Broadcast {
     /// slot, where every sidecar subscribes; announcements then always follow the writes' replies
     /// (a write's node is not the channel's, so a PUBLISH in its pipeline would not be ordered).
     pub shard: bool,
+    /// `hot.channel_per_prefix`: keys of one namespace are announced on its own channel.
+    pub per_prefix: bool,
 }
 
 impl Broadcast {
@@ -34,11 +36,26 @@ impl Broadcast {
         crate::protocol::request::encode_command(&[&b"EXISTS"[..], &self.channel])
     }
 
-    /// `PUBLISH <channel> <message>` (`SPUBLISH` on a cluster).
+    /// `PUBLISH <channel> <message>` (`SPUBLISH` on a cluster). Per prefix: on the channel of
+    /// the keys' namespace when they all share one, else on the base channel.
     pub fn publish(&self, keys: &[Bytes], flush: bool) -> Bytes {
         let verb: &[u8] = if self.shard { b"SPUBLISH" } else { b"PUBLISH" };
-        crate::protocol::request::encode_command(&[verb, &self.channel, &self.message(keys, flush)])
+        let own = self.per_prefix && !flush;
+        let channel = match own.then(|| shared_namespace(keys)).flatten() {
+            Some(ns) => channels::channel(&self.channel, ns),
+            None => self.channel.to_vec(),
+        };
+        crate::protocol::request::encode_command(&[verb, &channel, &self.message(keys, flush)])
     }
+}
+
+/// The namespace every key of `keys` has, if they all have the same one.
+fn shared_namespace(keys: &[Bytes]) -> Option<&[u8]> {
+    let (first, rest) = keys.split_first()?;
+    let ns = channels::namespace(first)?;
+    rest.iter()
+        .all(|k| channels::namespace(k) == Some(ns))
+        .then_some(ns)
 }
 
 impl HotTier {

@@ -17,14 +17,14 @@
 //! means exactly "invalidations may be pending", as on plain TCP. The price is a hit going
 //! upstream while the tail of a record is on its way, as it does for the tail of a frame.
 
+use super::channels::Subscriptions;
 use super::settings::Coherence;
-use super::{Broadcast, HotTier};
+use super::{subscribe, HotTier};
 use crate::error::UpstreamError;
 use crate::metrics::InvalidationSource;
 use crate::protocol::reply::{self, Proto};
-use crate::protocol::request::{self, encode_command, Limits, Step};
+use crate::protocol::request::encode_command;
 use crate::protocol::scan::Value;
-use crate::tier::redis::cluster::Cluster;
 use crate::tier::redis::conn::{self, Handshake};
 use crate::tier::redis::{Settings, Upstream};
 use crate::transport::Stream;
@@ -33,7 +33,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Why a coherence connection ended.
-enum End {
+pub(super) enum End {
     /// The upstream refused CLIENT TRACKING (or RESP3): try broadcast instead.
     Refused(String),
     Lost(UpstreamError),
@@ -75,20 +75,31 @@ pub fn spawn(tier: Arc<HotTier>, upstream: Arc<Upstream>, mode: Coherence, chann
             }
             tier.tracking
                 .store(tracking, std::sync::atomic::Ordering::SeqCst);
+            let subs = Subscriptions::of(&tier.rules());
+            if !tracking && tier.per_prefix && subs.pattern && cluster.is_some() {
+                // Shard channels have no patterns: a rule that can match any namespace cannot
+                // hear every namespace's writes. Bypassed until the rules change.
+                tier.set_coherent(false).await;
+                tracing::error!("hot.channel_per_prefix on a Redis Cluster needs every [[cache]] rule to name its namespace (\"ns:...\"); hot tier bypassed");
+                tier.retrack.notified().await;
+                continue;
+            }
             let run = async {
                 if tracking {
                     run_tracking(&tier, &settings).await
                 } else {
-                    run_broadcast(&tier, &settings, cluster.as_ref(), &channel, &id).await
+                    let c = cluster.as_ref();
+                    subscribe::run_broadcast(&tier, &settings, c, &channel, &id, &subs).await
                 }
             };
             // A subscribed RESP2 connection cannot AUTH again, so under IAM this connection is
             // replaced before ElastiCache's limit instead; the tier is flushed meanwhile, as
-            // after any reconnect (once every 10 to 11 hours).
+            // after any reconnect (once every 10 to 11 hours). With channel_per_prefix, new
+            // rules that need other channels restart broadcast as they restart tracking.
             let end = tokio::select! {
                 end = run => end,
                 _ = reauth_deadline(&settings) => End::Reauth,
-                () = tier.retrack.notified(), if tracking => End::Retrack,
+                () = tier.retrack.notified(), if tracking || tier.per_prefix => End::Retrack,
             };
             if tier.is_coherent() {
                 attempt = 0;
@@ -112,6 +123,11 @@ pub fn spawn(tier: Arc<HotTier>, upstream: Arc<Upstream>, mode: Coherence, chann
                     tracing::info!(
                         "hot tier invalidation connection replaced to authenticate again (IAM)"
                     );
+                    attempt = 0;
+                    continue;
+                }
+                End::Retrack if !tracking => {
+                    tracing::info!("cache rules changed: broadcast subscribes again to the channels of their namespaces");
                     attempt = 0;
                     continue;
                 }
@@ -143,7 +159,7 @@ async fn reauth_deadline(settings: &Settings) {
 
 /// Gives the tier a duplicate of the socket to peek at (see `HotTier::invalidations_pending`);
 /// under TLS, the TCP socket under the session.
-fn watch(tier: &HotTier, stream: &Stream) {
+pub(super) fn watch(tier: &HotTier, stream: &Stream) {
     let dup = socket2::SockRef::from(stream.tcp())
         .try_clone()
         .ok()
@@ -152,7 +168,11 @@ fn watch(tier: &HotTier, stream: &Stream) {
     tier.watch_socket(dup);
 }
 
-async fn open(settings: &Settings, addr: &Arc<str>, proto: Proto) -> Result<Stream, End> {
+pub(super) async fn open(
+    settings: &Settings,
+    addr: &Arc<str>,
+    proto: Proto,
+) -> Result<Stream, End> {
     let hs = Handshake {
         settings,
         proto,
@@ -217,14 +237,14 @@ async fn call(
     }
 }
 
-fn lost(addr: &Arc<str>, e: std::io::Error) -> End {
+pub(super) fn lost(addr: &Arc<str>, e: std::io::Error) -> End {
     End::Lost(UpstreamError::Unavailable {
         addr: addr.clone(),
         detail: e.to_string().into(),
     })
 }
 
-fn protocol(addr: &Arc<str>, e: impl std::fmt::Display) -> UpstreamError {
+pub(super) fn protocol(addr: &Arc<str>, e: impl std::fmt::Display) -> UpstreamError {
     UpstreamError::Protocol {
         addr: addr.clone(),
         detail: e.to_string().into(),
@@ -287,7 +307,7 @@ async fn run_tracking(tier: &HotTier, settings: &Settings) -> End {
 /// Reads more after the complete frames in `buf` were applied. Bytes already off the socket
 /// and not applied yet (a partial frame in `buf`; over TLS, part of a record or decrypted
 /// plaintext inside the session) keep the flag raised (hits wait) until they are read and applied.
-async fn next<'t>(
+pub(super) async fn next<'t>(
     applying: super::Applying<'t>,
     stream: &mut Stream,
     buf: &mut BytesMut,
@@ -362,113 +382,5 @@ async fn apply_tracking(tier: &HotTier, frame: Value<'_>) {
             }
         }
         None => {}
-    }
-}
-
-/// Subscribes to `channel` (on a cluster: SSUBSCRIBE on the primary of the channel's slot, where
-/// every sidecar's SPUBLISH goes) and applies what other sidecars announce.
-async fn run_broadcast(
-    tier: &HotTier,
-    settings: &Settings,
-    cluster: Option<&Arc<Cluster>>,
-    channel: &str,
-    id: &Bytes,
-) -> End {
-    let addr: Arc<str> = match cluster.map(|c| c.addr_for(Some(channel.as_bytes()))) {
-        None => settings.url.addr().into(),
-        Some(Ok(a)) => a,
-        Some(Err(e)) => return End::Lost(e),
-    };
-    let mut stream = match open(settings, &addr, Proto::Resp2).await {
-        Ok(s) => s,
-        Err(e) => return e,
-    };
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let verb = if cluster.is_some() {
-        "SSUBSCRIBE"
-    } else {
-        "SUBSCRIBE"
-    };
-    match call(
-        &mut stream,
-        &mut buf,
-        &encode_command(&[verb, channel]),
-        Proto::Resp2,
-        &addr,
-    )
-    .await
-    {
-        Ok((_, false)) => {}
-        Ok((err, true)) => {
-            // A slot map that moved on (-MOVED): read again before the next attempt.
-            if let Some(c) = cluster {
-                c.refresh_soon();
-            }
-            return End::Lost(protocol(&addr, String::from_utf8_lossy(&err)));
-        }
-        Err(e) => return e,
-    }
-    tier.start_broadcast(Broadcast {
-        channel: Bytes::copy_from_slice(channel.as_bytes()),
-        id: id.clone(),
-        shard: cluster.is_some(),
-    });
-    watch(tier, &stream);
-    // As for tracking: frames read with the SUBSCRIBE reply are applied before any hit.
-    let mut applying = tier.applying();
-    tier.set_coherent(true).await;
-    tracing::info!(upstream = %addr, channel, "hot tier coherent: broadcast invalidation");
-    loop {
-        while let Some(f) = match reply::frame(&buf, Proto::Resp2) {
-            Ok(f) => f,
-            Err(e) => return End::Lost(protocol(&addr, e)),
-        } {
-            let bytes = buf.split_to(f.len);
-            let message = Value::parse(&bytes, Proto::Resp2)
-                .and_then(|(v, _)| v.items())
-                .filter(|items| items.len() == 3)
-                .map(|items| items.map(|v| v.string()).collect::<Vec<_>>());
-            match message.as_deref() {
-                Some([Some(b"message" | b"smessage"), _, Some(payload)]) => {
-                    apply_broadcast(tier, payload, id).await
-                }
-                // The channel's slot moved to another primary (resharding, failover): what is
-                // published there from now on is unheard here.
-                Some([Some(b"sunsubscribe"), ..]) => {
-                    if let Some(c) = cluster {
-                        c.refresh_soon();
-                    }
-                    return End::Lost(UpstreamError::Closed { addr });
-                }
-                _ => {}
-            }
-        }
-        applying = match next(applying, &mut stream, &mut buf, tier, &addr).await {
-            Ok(guard) => guard,
-            Err(end) => return end,
-        };
-    }
-}
-
-/// A message `[id, "K", key...]` or `[id, "F"]` from a sidecar (ours are skipped: our writes
-/// invalidated locally already).
-async fn apply_broadcast(tier: &HotTier, payload: &[u8], own_id: &Bytes) {
-    let Ok(Step::Request(p)) = request::parse(payload, 0, &Limits::default()) else {
-        return;
-    };
-    let chunk = Bytes::copy_from_slice(payload);
-    let msg = request::Request::from_parsed(&chunk, p);
-    if msg.arg(0) == &own_id[..] {
-        return;
-    }
-    match msg.arg(1) {
-        b"F" => tier.invalidate_all(InvalidationSource::Flush).await,
-        b"K" => {
-            for i in 2..msg.argc() {
-                tier.invalidate(msg.arg(i), InvalidationSource::Broadcast)
-                    .await;
-            }
-        }
-        _ => {}
     }
 }

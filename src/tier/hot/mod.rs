@@ -20,6 +20,7 @@
 
 mod announce;
 mod broadcast;
+mod channels;
 pub mod coherence;
 mod fence;
 mod fill;
@@ -28,6 +29,7 @@ pub mod info;
 mod pattern;
 mod rules;
 pub mod settings;
+mod subscribe;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -168,6 +170,8 @@ pub struct HotTier {
     announcer: announce::Announcer,
     /// `hot.broadcast_batching`.
     batching: bool,
+    /// `hot.channel_per_prefix`, where messages are heard at all (not in `ttl` mode).
+    per_prefix: bool,
     /// A duplicate of the invalidation connection's socket, to peek for unread invalidations.
     watch: std::sync::RwLock<Option<std::net::TcpStream>>,
     /// Raised by the coherence task from before it reads its socket until what it read is
@@ -218,6 +222,8 @@ impl HotTier {
             publisher: std::sync::OnceLock::new(),
             announcer: announce::Announcer::default(),
             batching: settings.broadcast_batching,
+            per_prefix: settings.channel_per_prefix
+                && settings.coherence != settings::Coherence::Ttl,
             watch: std::sync::RwLock::new(None),
             applying: AtomicBool::new(false),
             metrics: metrics.clone(),

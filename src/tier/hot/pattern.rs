@@ -53,6 +53,11 @@ impl Pattern {
         }
     }
 
+    /// Whether the pattern matches one key only (no wildcard, no escape).
+    pub fn is_literal(&self) -> bool {
+        matches!(self, Pattern::Glob(g) if !g.iter().any(|c| matches!(c, b'*' | b'?' | b'[' | b'\\')))
+    }
+
     /// The literal prefix every matching key starts with (for CLIENT TRACKING BCAST PREFIX).
     pub fn literal_prefix(&self) -> &[u8] {
         match self {

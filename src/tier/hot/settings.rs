@@ -32,6 +32,8 @@ pub struct HotSettings {
     pub channel: String,
     /// Broadcast mode: writes answered while an announcement is in flight share the next one.
     pub broadcast_batching: bool,
+    /// Broadcast mode: announce keys on a channel per key namespace (`{channel}:<ns>`).
+    pub channel_per_prefix: bool,
     /// Enabled rules, in file order: the first match wins.
     pub rules: Vec<RuleSettings>,
 }

@@ -2,13 +2,14 @@
 
 use super::*;
 
-fn tier(max: u64) -> Arc<HotTier> {
+pub(super) fn tier(max: u64) -> Arc<HotTier> {
     let settings = HotSettings {
         max_bytes: max,
         lru: false,
         coherence: settings::Coherence::Ttl,
         channel: "c".into(),
         broadcast_batching: true,
+        channel_per_prefix: false,
         rules: vec![RuleSettings {
             pattern: "p:*".into(),
             ttl: Duration::from_secs(30),
@@ -340,6 +341,7 @@ async fn writes_that_overlap_an_announcement_share_the_next_publish() {
         shard: false,
         channel: Bytes::from_static(b"c"),
         id: Bytes::from_static(b"me"),
+        per_prefix: false,
     });
     let (sent, keys) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     t.set_publisher(counting_publisher(
@@ -376,6 +378,7 @@ async fn a_failed_publish_fails_the_writes_it_announced() {
         shard: false,
         channel: Bytes::from_static(b"c"),
         id: Bytes::from_static(b"me"),
+        per_prefix: false,
     });
     let (sent, keys) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     t.set_publisher(counting_publisher(sent, keys, Duration::ZERO, false));
