@@ -204,12 +204,7 @@ async fn a_moved_slot_is_followed_without_an_error_reaching_the_client() {
     let _: () = q(&mut c, &["SET", "foo", "before"]).await;
     let s = slot::of(b"foo");
     let from = cluster.primary_of(s);
-    let to = cluster
-        .primaries()
-        .into_iter()
-        .map(|(p, _)| p)
-        .find(|&p| p != from)
-        .unwrap();
+    let to = cluster.other_primary(from);
     cluster.migrate(s, to, None);
     cluster.finish_migration(s, to);
     assert_eq!(cluster.primary_of(s), to);
@@ -231,12 +226,7 @@ async fn a_slot_half_migrated_is_followed_with_asking() {
     let _: () = q(&mut c, &["SET", "{ask}stays", "2"]).await;
     let s = slot::of(b"ask");
     let from = cluster.primary_of(s);
-    let to = cluster
-        .primaries()
-        .into_iter()
-        .map(|(p, _)| p)
-        .find(|&p| p != from)
-        .unwrap();
+    let to = cluster.other_primary(from);
     cluster.migrate(s, to, Some(&["{ask}moved"]));
     // The source still serves the slot: it answers ASK for the key it no longer has.
     assert_eq!(q::<String>(&mut c, &["GET", "{ask}moved"]).await, "1");
@@ -262,12 +252,7 @@ async fn a_multi_key_command_on_a_slot_split_by_a_migration_is_retried_until_it_
     let _: () = q(&mut c, &["MSET", "{try}a", "1", "{try}b", "2"]).await;
     let s = slot::of(b"try");
     let from = cluster.primary_of(s);
-    let to = cluster
-        .primaries()
-        .into_iter()
-        .map(|(p, _)| p)
-        .find(|&p| p != from)
-        .unwrap();
+    let to = cluster.other_primary(from);
     cluster.migrate(s, to, Some(&["{try}a"]));
     // The source has one key of two: it answers TRYAGAIN until the slot has moved.
     let mut direct = cluster.node(from).await;
@@ -382,12 +367,7 @@ async fn a_moved_without_an_endpoint_is_followed_to_the_host_that_answered() {
     }
     let s = slot::of(b"nohost");
     let from = cluster.primary_of(s);
-    let to = cluster
-        .primaries()
-        .into_iter()
-        .map(|(p, _)| p)
-        .find(|&p| p != from)
-        .unwrap();
+    let to = cluster.other_primary(from);
     cluster.migrate(s, to, None);
     cluster.finish_migration(s, to);
     let direct = cli(from, &["GET", "nohost"]);

@@ -361,12 +361,7 @@ async fn a_counters_slot_moved_to_another_primary_keeps_its_pending_deltas() {
     }
     let s = slot::of(k.as_bytes());
     let from = cluster.primary_of(s);
-    let to = cluster
-        .primaries()
-        .into_iter()
-        .map(|(p, _)| p)
-        .find(|&p| p != from)
-        .expect("another primary");
+    let to = cluster.other_primary(from);
     cluster.migrate(s, to, None);
     cluster.finish_migration(s, to);
     let moved: Vec<String> = keys_on_nodes(&cluster, "cacheside:counter:*")

@@ -202,6 +202,15 @@ impl RedisCluster {
     /// Moves `slot` from its primary to the primary `to`, keys and all, and tells every
     /// primary. With `finish = false` it stops half-way (the slot MIGRATING at its source,
     /// IMPORTING at `to`) after moving only `keys`.
+    /// A primary other than `port`: where a test moves a slot.
+    pub fn other_primary(&self, port: u16) -> u16 {
+        self.primaries()
+            .into_iter()
+            .map(|(p, _)| p)
+            .find(|&p| p != port)
+            .expect("a cluster of several primaries")
+    }
+
     pub fn migrate(&self, slot: u16, to: u16, keys: Option<&[&str]>) {
         let from = self.primary_of(slot);
         let from_id = cli(from, &["CLUSTER", "MYID"]);
