@@ -107,9 +107,8 @@ mod tests {
 
     #[tokio::test]
     async fn reading_the_file_is_not_a_change_but_writing_it_is() {
-        let dir = std::env::temp_dir().join(format!("cacheside-watch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("proxy.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proxy.toml");
         std::fs::write(&file, "[server]\n").unwrap();
         let changed = Arc::new(Notify::new());
         let _w = watch_dir(&file, changed.clone()).expect("inotify watch");
@@ -124,6 +123,5 @@ mod tests {
         std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:6380\"\n").unwrap();
         let heard = tokio::time::timeout(Duration::from_secs(10), changed.notified()).await;
         assert!(heard.is_ok(), "a write to the config file was not heard");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

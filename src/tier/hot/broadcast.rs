@@ -41,10 +41,11 @@ impl Broadcast {
     pub fn publish(&self, keys: &[Bytes], flush: bool) -> Bytes {
         let verb: &[u8] = if self.shard { b"SPUBLISH" } else { b"PUBLISH" };
         let own = self.per_prefix && !flush;
-        let channel = match own.then(|| shared_namespace(keys)).flatten() {
-            Some(ns) => channels::channel(&self.channel, ns),
-            None => self.channel.to_vec(),
-        };
+        let channel: std::borrow::Cow<'_, [u8]> =
+            match own.then(|| shared_namespace(keys)).flatten() {
+                Some(ns) => channels::channel(&self.channel, ns).into(),
+                None => self.channel[..].into(),
+            };
         crate::protocol::request::encode_command(&[verb, &channel, &self.message(keys, flush)])
     }
 }

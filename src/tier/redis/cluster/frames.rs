@@ -18,12 +18,15 @@ pub(super) enum Redirect {
     TryAgain,
 }
 
-/// The redirection `frame` asks for; `from` is the node that sent it (`host:port`), whose host
-/// a redirection without an endpoint (`-MOVED 3999 :6380`) means. Without `from` such a one is
-/// not followed.
-pub(super) fn redirection(frame: &[u8], from: Option<&str>) -> Option<Redirect> {
+/// What a redirection error names, before a port-only address is resolved.
+enum Named<'a> {
+    TryAgain,
+    To { ask: bool, addr: &'a str },
+}
+
+fn named(frame: &[u8]) -> Option<Named<'_>> {
     if frame.starts_with(b"-TRYAGAIN") {
-        return Some(Redirect::TryAgain);
+        return Some(Named::TryAgain);
     }
     let (ask, rest) = if let Some(r) = frame.strip_prefix(b"-MOVED ") {
         (false, r)
@@ -33,11 +36,24 @@ pub(super) fn redirection(frame: &[u8], from: Option<&str>) -> Option<Redirect> 
     let line = rest.strip_suffix(b"\r\n")?;
     let addr = line.split(|&b| b == b' ').nth(1)?;
     let addr = std::str::from_utf8(addr).ok()?;
+    if let Some(port) = addr.strip_prefix(':') {
+        port.parse::<u16>().ok()?;
+    }
+    Some(Named::To { ask, addr })
+}
+
+/// The redirection `frame` asks for; `from` is the node that sent it (`host:port`), whose host
+/// a redirection without an endpoint (`-MOVED 3999 :6380`) means. Without `from` such a one is
+/// not followed.
+pub(super) fn redirection(frame: &[u8], from: Option<&str>) -> Option<Redirect> {
+    let (ask, addr) = match named(frame)? {
+        Named::TryAgain => return Some(Redirect::TryAgain),
+        Named::To { ask, addr } => (ask, addr),
+    };
     let addr: Arc<str> = match addr.strip_prefix(':') {
         // A node that does not know the endpoint clients reach it by (behind a load balancer,
         // `cluster-preferred-endpoint-type unknown-endpoint`): same host, this port.
         Some(port) => {
-            port.parse::<u16>().ok()?;
             let (host, _) = from?.rsplit_once(':')?;
             format!("{host}:{port}").into()
         }
@@ -52,7 +68,7 @@ pub(super) fn redirection(frame: &[u8], from: Option<&str>) -> Option<Redirect> 
 
 /// Whether `frame` is a redirection (with an endpoint or without).
 pub(super) fn redirects(frame: &[u8]) -> bool {
-    redirection(frame, Some("node:0")).is_some()
+    named(frame).is_some()
 }
 
 /// Whether `bytes` is exactly `count` valid replies, none of them a redirection to follow.
