@@ -94,10 +94,8 @@ async fn hits_are_served_and_a_write_through_another_sidecar_evicts_them() {
     support::assert_no_panics();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tracking_is_refused_on_a_cluster_and_the_tier_bypassed() {
-    let cluster = RedisCluster::start();
-    let p = sidecar(&cluster, "tracking").await;
+/// Reads through `p` are answered from Redis, none from a tier that is not coherent.
+async fn assert_bypassed(p: &Proxy) {
     let mut c = p.client().await;
     let _: () = q(&mut c, &["SET", "hot:t", "1"]).await;
     for _ in 0..5 {
@@ -106,7 +104,14 @@ async fn tracking_is_refused_on_a_cluster_and_the_tier_bypassed() {
     }
     let m = p.admin_get("/metrics").await.1;
     assert_eq!(metric(&m, "cacheside_cache_coherent"), Some(0.0));
-    assert_eq!(hot_hits(&p).await, 0.0);
+    assert_eq!(hot_hits(p).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_is_refused_on_a_cluster_and_the_tier_bypassed() {
+    let cluster = RedisCluster::start();
+    let p = sidecar(&cluster, "tracking").await;
+    assert_bypassed(&p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,15 +138,7 @@ async fn a_rule_without_a_namespace_bypasses_the_tier_on_a_cluster_with_a_channe
     // A sidecar whose rule names its namespace is coherent on this cluster.
     history::wait_coherent(&start("hot:*").await).await;
     let p = start("*").await;
-    let mut c = p.client().await;
-    let _: () = q(&mut c, &["SET", "hot:t", "1"]).await;
-    for _ in 0..5 {
-        let v: String = q(&mut c, &["GET", "hot:t"]).await;
-        assert_eq!(v, "1");
-    }
-    let m = p.admin_get("/metrics").await.1;
-    assert_eq!(metric(&m, "cacheside_cache_coherent"), Some(0.0));
-    assert_eq!(hot_hits(&p).await, 0.0);
+    assert_bypassed(&p).await;
 }
 
 /// `hot.channel_per_prefix`: each namespace's shard channel `{channel}:<ns>` hashes to the base

@@ -196,12 +196,7 @@ async fn reloaded_rules_of_another_namespace_move_the_subscription() {
 
     let mut w = writer.client().await;
     let _: () = query(&mut w, &["SET", "b:1", "v1"]).await;
-    let url = format!("redis://127.0.0.1:{}", p.port);
-    let mut c = redis::Client::open(url.as_str())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut c = p.client().await;
     let hits = async || {
         let m = p.admin("GET", "/metrics").await.1;
         metric(

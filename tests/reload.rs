@@ -158,14 +158,9 @@ async fn reloads_under_load_apply_rules_and_reject_bad_configs_without_dropping_
     let logs = tempfile::tempdir().expect("log dir");
     let log = logs.path().join("cacheside.log");
     let p = Process::start_with_file(&map.file(), &redis.url(), &log);
-    let url = format!("redis://127.0.0.1:{}", p.port);
-    let mut c = redis::Client::open(url.as_str())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut c = p.client().await;
     let mut direct = redis.direct().await;
-    let load = start_load(&url).await;
+    let load = start_load(&format!("redis://127.0.0.1:{}", p.port)).await;
     let accepted = |text: &str| metric(text, "cacheside_client_connections_total");
     let open = |text: &str| metric(text, "cacheside_client_connections");
     let text = metrics(&p).await;
@@ -296,12 +291,7 @@ async fn a_reloaded_rule_with_a_new_prefix_is_kept_coherent_by_tracking() {
     };
     std::fs::write(&file, tracked("a:*")).expect("write config");
     let p = Process::start_with_file(&file, &redis.url(), &log);
-    let url = format!("redis://127.0.0.1:{}", p.port);
-    let mut c = redis::Client::open(url.as_str())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut c = p.client().await;
     let mut direct = redis.direct().await;
 
     std::fs::write(&file, tracked("b:*")).expect("write config");

@@ -55,12 +55,7 @@ async fn a_changed_query_serves_its_own_result_at_once() {
     let (file, log) = (dir.path().join("proxy.toml"), dir.path().join("log"));
     std::fs::write(&file, config(&pg, NAME, SLOW)).expect("write config");
     let p = Process::start_with_file(&file, &redis.url(), &log);
-    let url = format!("redis://127.0.0.1:{}", p.port);
-    let mut c = redis::Client::open(url.as_str())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut c = p.client().await;
 
     let v: String = query(&mut c, &["GET", "product:1"]).await;
     assert_eq!(v, "Product 1");

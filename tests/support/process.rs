@@ -96,6 +96,15 @@ impl Process {
         }
     }
 
+    /// A client connection to the process's listener.
+    pub async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect")
+    }
+
     pub async fn admin(&self, method: &str, path: &str) -> (u16, String) {
         http(self.admin, method, path).await
     }
