@@ -37,6 +37,8 @@ pub struct Client {
     created: Instant,
     shown: Mutex<Shown>,
     killed: Notify,
+    /// Set by CLIENT KILL, for waits that begin after it.
+    is_killed: std::sync::atomic::AtomicBool,
     /// The id upstream of the client's pinned connection (0: none), for CLIENT TRACKING's
     /// REDIRECT, which names a client by the id cacheside gave it.
     upstream_id: std::sync::atomic::AtomicI64,
@@ -54,9 +56,21 @@ impl Client {
         f(&mut self.shown.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// Resolves once `CLIENT KILL` picked this client.
+    /// Resolves once `CLIENT KILL` picked this client: every wait on it, however many the
+    /// session holds (its read loop's, a wait for a blocking command's outcome), begun before
+    /// the kill or after.
     pub async fn killed(&self) {
-        self.killed.notified().await
+        let notified = self.killed.notified();
+        if self.is_killed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        notified.await
+    }
+
+    fn kill(&self) {
+        self.is_killed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.killed.notify_waiters();
     }
 
     /// The client's CLIENT LIST line; `running` is the command it is running now, if it is the
@@ -144,6 +158,7 @@ impl Registry {
                 last: now,
             }),
             killed: Notify::new(),
+            is_killed: Default::default(),
             upstream_id: std::sync::atomic::AtomicI64::new(0),
         });
         self.lock().insert(id, client.clone());
@@ -258,7 +273,7 @@ impl Registry {
             let found = self.all().into_iter().find(|c| c.addr.to_string() == addr);
             return match found {
                 Some(c) => {
-                    c.killed.notify_one();
+                    c.kill();
                     Decision::Reply(Bytes::from_static(reply::OK))
                 }
                 None => fail("ERR No such client"),
@@ -313,7 +328,7 @@ impl Registry {
         let mut killed = 0i64;
         for c in self.all() {
             if f.picks(&c, st.id, now) {
-                c.killed.notify_one();
+                c.kill();
                 killed += 1;
             }
         }

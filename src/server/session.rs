@@ -6,6 +6,7 @@
 //! shared and pinned upstream connections waits on a barrier so the upstream executes commands
 //! in the order the client sent them.
 
+mod follow;
 mod pinned;
 mod queue;
 mod run;

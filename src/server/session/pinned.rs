@@ -29,6 +29,8 @@ impl Session {
             .first()
             .map(|&i| req.arg_bytes(i))
             .or_else(|| (info.name == "SSUBSCRIBE" && req.argc() > 1).then(|| req.arg_bytes(1)));
+        let follow = self.follows_redirects(info, key.is_some());
+        let started = tokio::time::Instant::now();
         if info.name == "MULTI" {
             self.multi_homed = false;
         } else if self.st.in_multi && !self.multi_homed {
@@ -41,7 +43,7 @@ impl Session {
         }
         if !self.pinned_active {
             self.flush_run(chunk).await?;
-            if let Err(e) = self.enter_pinned(key.as_deref()).await {
+            if let Err(e) = self.enter_pinned(key.as_deref(), None).await {
                 self.ctx.metrics.command(info.family, Outcome::Rejected);
                 return self
                     .reply(crate::error::reply_bytes(&ProxyError::Upstream(e)))
@@ -132,9 +134,16 @@ impl Session {
                 }));
             }
         }
+        // Cluster mode: a blocking command goes alone, and a redirection of it comes back here.
+        let watch = follow
+            .then(|| self.pinned.as_mut().map(|p| p.watch()))
+            .flatten();
         match decision {
             Decision::PinnedRewrite(bytes) => self.send_to(Dest::Pinned, bytes, 1, None).await?,
             _ => self.push_run(Dest::Pinned, chunk, span, &req, None).await?,
+        }
+        if watch.is_some() {
+            self.flush_run(chunk).await?;
         }
         if let (false, Some(cmd)) = (exec, publish) {
             self.flush_run_then(chunk, cmd).await?;
@@ -157,13 +166,21 @@ impl Session {
             self.pinned_active = false;
             self.release_pending = true;
         }
+        if let (Some(rx), Some(key)) = (watch, &key) {
+            self.follow_redirects(rx, &req, info, key, started).await?;
+        }
         Ok(())
     }
 
     /// Opens (or reuses) the pinned connection and starts relaying its frames to the client,
     /// after every shared command sent before has executed.
-    /// In cluster mode the connection goes to the primary of `key`'s slot.
-    async fn enter_pinned(&mut self, key: Option<&[u8]>) -> Result<(), UpstreamError> {
+    /// In cluster mode the connection goes to the primary of `key`'s slot, or to `at` (where a
+    /// redirection sent the client's request).
+    pub(super) async fn enter_pinned(
+        &mut self,
+        key: Option<&[u8]>,
+        at: Option<std::sync::Arc<str>>,
+    ) -> Result<(), UpstreamError> {
         if self.shared_dirty {
             self.barrier().await.map_err(|_| UpstreamError::Closed {
                 addr: "client".into(),
@@ -172,9 +189,9 @@ impl Session {
         // A kept connection of the other protocol, on another primary than the key's (cluster
         // mode), near IAM's 12-hour limit, or to a node a failover demoted (it holds no state
         // between pinned phases), is replaced.
-        let want = key.and_then(|k| {
+        let want = at.clone().or_else(|| {
             let c = self.ctx.upstream.as_ref()?.cluster()?;
-            c.addr_for(Some(k)).ok()
+            c.addr_for(Some(key?)).ok()
         });
         let elsewhere = matches!((&self.pinned, &want), (Some(p), Some(w)) if p.addr() != w);
         if self.pinned.as_ref().is_some_and(|p| {
@@ -194,11 +211,11 @@ impl Session {
                         addr: "none".into(),
                         detail: "no upstream configured".into(),
                     })?;
-            self.pinned = Some(
-                upstream
-                    .pin(self.st.proto, self.st.name.as_deref(), key)
-                    .await?,
-            );
+            let (proto, name) = (self.st.proto, self.st.name.as_deref());
+            self.pinned = Some(match at {
+                Some(addr) => upstream.pin_at(proto, name, addr).await?,
+                None => upstream.pin(proto, name, key).await?,
+            });
             self.pinned_proto = self.st.proto;
             let upstream_id = self.pinned.as_ref().and_then(|p| p.upstream_id());
             self.me.client.set_upstream_id(upstream_id);
@@ -237,7 +254,7 @@ impl Session {
         self.release_pending = true;
         self.barrier().await?;
         self.pinned = None;
-        if let Err(e) = self.enter_pinned(Some(key)).await {
+        if let Err(e) = self.enter_pinned(Some(key), None).await {
             return Err(self.fail_and_close(ProxyError::PinnedLost(e)).await);
         }
         if let Some(p) = &mut self.pinned {

@@ -47,13 +47,27 @@ impl Session {
     /// Waits until every reply queued so far has been written, so everything sent before has
     /// executed upstream. Reads ahead meanwhile, to notice a client that leaves.
     pub(super) async fn barrier(&mut self) -> Result<(), Stop> {
-        let (tx, mut rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel();
         self.queue(Out::Barrier(tx)).await?;
         self.shared_dirty = false;
         self.release_pending = false;
+        self.wait_reading(rx)
+            .await?
+            .map_err(|_| Stop { graceful: false })
+    }
+
+    /// Waits for `rx`, reading ahead meanwhile (what is read is handled after), so that a
+    /// client that leaves, or that CLIENT KILL picks, ends the wait.
+    pub(super) async fn wait_reading<T>(
+        &mut self,
+        mut rx: oneshot::Receiver<T>,
+    ) -> Result<Result<T, oneshot::error::RecvError>, Stop> {
+        let me = self.me.client.clone();
+        let mut killed = std::pin::pin!(me.killed());
         loop {
             tokio::select! {
-                r = &mut rx => return r.map_err(|_| Stop { graceful: false }),
+                r = &mut rx => return Ok(r),
+                () = &mut killed => return Err(Stop { graceful: false }),
                 r = self.rd.read_buf(&mut self.buf), if self.buf.len() <= self.ctx.max_query_buffer => {
                     if matches!(r, Ok(0) | Err(_)) {
                         return Err(Stop { graceful: false });

@@ -10,7 +10,7 @@ mod pool;
 pub use crate::config::validate::ReadFrom;
 pub use crate::config::validate::UpstreamMode as Mode;
 pub use crate::config::validate::UpstreamSettings as Settings;
-pub use pinned::{BeforeReply, Pinned};
+pub use pinned::{BeforeReply, Pinned, Redirected};
 pub(crate) use pool::backoff;
 pub use pool::{BatchResult, Pool, ReplyRx};
 
@@ -222,6 +222,17 @@ impl Upstream {
             Some(c) => c.addr_for(key)?,
             None => self.settings.url.addr().into(),
         };
+        self.pin_at(proto, client_name, addr).await
+    }
+
+    /// Opens a connection of one client's own to the node at `addr` (where a cluster
+    /// redirection sent a pinned request).
+    pub async fn pin_at(
+        &self,
+        proto: Proto,
+        client_name: Option<&[u8]>,
+        addr: Arc<str>,
+    ) -> Result<Pinned, UpstreamError> {
         Pinned::open(
             &self.settings,
             addr,

@@ -32,6 +32,16 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 pub use topology::Topology;
 
+/// Where a redirected request of a pinned connection is sent next (`Cluster::pinned_redirect`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct NextHop {
+    pub addr: Arc<str>,
+    /// `-ASK`: `ASKING` first.
+    pub asking: bool,
+    /// `-TRYAGAIN`: after this pause, to the same node.
+    pub pause: Duration,
+}
+
 /// Redirections followed for one command before its last error goes to the client.
 const MAX_REDIRECTS: usize = 5;
 /// The first pause before a `-TRYAGAIN` is retried; the next ones grow by as much.
@@ -352,6 +362,47 @@ impl Cluster {
             out.extend_from_slice(&split::merge(how, &replies, batch.proto));
         }
         out.freeze()
+    }
+
+    /// Where a request of a client's pinned connection to `from` goes after `frame` redirected
+    /// it, for its attempt number `attempt` (1 for the first redirection): counted, and the slot
+    /// map refreshed, as on shared connections. `None` for a frame that is no redirection, and
+    /// past `MAX_REDIRECTS` (the client then gets the frame).
+    pub fn pinned_redirect(
+        self: &Arc<Self>,
+        frame: &[u8],
+        from: &Arc<str>,
+        attempt: u32,
+    ) -> Option<NextHop> {
+        if attempt as usize > MAX_REDIRECTS {
+            return None;
+        }
+        Some(match redirection(frame, Some(from))? {
+            Redirect::Moved(addr) => {
+                self.metrics.cluster_moved.inc();
+                self.metrics.upstream_failure(UpstreamFailure::Moved);
+                self.refresh_soon();
+                NextHop {
+                    addr,
+                    asking: false,
+                    pause: Duration::ZERO,
+                }
+            }
+            Redirect::Ask(addr) => {
+                self.metrics.cluster_ask.inc();
+                self.metrics.upstream_failure(UpstreamFailure::Ask);
+                NextHop {
+                    addr,
+                    asking: true,
+                    pause: Duration::ZERO,
+                }
+            }
+            Redirect::TryAgain => NextHop {
+                addr: from.clone(),
+                asking: false,
+                pause: TRYAGAIN_PAUSE * attempt,
+            },
+        })
     }
 
     /// Follows `-MOVED` (refreshing the slot map) and `-ASK` (with ASKING) replies to `frame`,

@@ -22,7 +22,7 @@ use crate::transport::WriteHalf;
 use bytes::Bytes;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// Frames buffered between the relay task and the client's writer.
@@ -51,6 +51,19 @@ enum Ctl {
     Trim {
         at: u64,
     },
+    /// The reply to request number `at`, if a cluster redirection, goes to `tx` instead of
+    /// the client (see `Pinned::watch`).
+    Watch {
+        at: u64,
+        tx: oneshot::Sender<Redirected>,
+    },
+}
+
+/// A reply that redirected a watched request, held back from the client, with the work that
+/// was to run before that reply: it belongs to the request's next attempt.
+pub struct Redirected {
+    pub frame: Bytes,
+    pub work: Vec<BeforeReply>,
 }
 
 /// Work tied to a request's reply, done before the client sees it (the hot tier completing a
@@ -204,6 +217,17 @@ impl Pinned {
     pub fn trim_last(&mut self) {
         let at = self.sent;
         self.ctl(Ctl::Trim { at });
+    }
+
+    /// The last declared request's reply, if it is a cluster redirection (`-MOVED`, `-ASK`,
+    /// `-TRYAGAIN`), is not relayed: it comes back on the receiver, for the session to send the
+    /// request again where it is told to. Any other reply is relayed, and the receiver then
+    /// fails (as it does if the connection is lost first).
+    pub fn watch(&mut self) -> oneshot::Receiver<Redirected> {
+        let (tx, rx) = oneshot::channel();
+        let at = self.sent;
+        self.ctl(Ctl::Watch { at, tx });
+        rx
     }
 
     /// Queues a reply of the proxy's own, after the replies to everything sent so far; an

@@ -2,7 +2,7 @@
 //! in arrival order, counting replies per request and applying the session's control messages
 //! (emit, release, work before a reply, trims) at their place in the reply order.
 
-use super::{BeforeReply, Ctl};
+use super::{BeforeReply, Ctl, Redirected};
 use crate::error::UpstreamError;
 use crate::protocol::reply::{self, Expect, PubSub, SubKind};
 use crate::transport::ReadHalf;
@@ -12,13 +12,15 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 struct Relay {
     /// Work by the request number whose reply it precedes.
     before: VecDeque<(u64, BeforeReply)>,
     /// Requests whose reply drops its last element.
     trims: VecDeque<u64>,
+    /// Requests whose redirection goes back to the session, by request number.
+    watches: VecDeque<(u64, oneshot::Sender<Redirected>)>,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     queue: VecDeque<Ctl>,
     stream: Option<mpsc::Sender<Bytes>>,
@@ -56,6 +58,7 @@ impl Relay {
             Ctl::Expect(e, blocking) => self.owe(e, blocking),
             Ctl::BeforeReply { at, work } => self.before.push_back((at, work)),
             Ctl::Trim { at } => self.trims.push_back(at),
+            Ctl::Watch { at, tx } => self.watches.push_back((at, tx)),
             Ctl::Begin(tx) if self.queue.is_empty() => self.stream = Some(tx),
             other => self.queue.push_back(other),
         }
@@ -149,6 +152,46 @@ impl Relay {
         true
     }
 
+    /// Takes the reply to request `next` back from the client when it is a redirection the
+    /// session watches for: the request counts as answered, and the work due before its reply
+    /// goes with the redirection, to run before the reply of the request's next attempt.
+    fn redirected(&mut self, next: u64, frame: &Bytes) -> bool {
+        self.unwatch_answered();
+        let watched = self.watches.front().is_some_and(|(at, _)| *at == next)
+            && self.owed.front() == Some(&Expect::Frames(1))
+            && [&b"-MOVED "[..], b"-ASK ", b"-TRYAGAIN"]
+                .iter()
+                .any(|p| frame.starts_with(p));
+        let Some((_, tx)) = watched.then(|| self.watches.pop_front()).flatten() else {
+            return false;
+        };
+        self.owed.pop_front();
+        self.completed += 1;
+        self.retire_empty();
+        let mut work = Vec::new();
+        while self.before.front().is_some_and(|(at, _)| *at <= next) {
+            if let Some((_, w)) = self.before.pop_front() {
+                work.push(w);
+            }
+        }
+        let _ = tx.send(Redirected {
+            frame: frame.clone(),
+            work,
+        });
+        true
+    }
+
+    /// Drops the watches of requests answered (their receivers fail: no redirection).
+    fn unwatch_answered(&mut self) {
+        while self
+            .watches
+            .front()
+            .is_some_and(|(at, _)| *at <= self.completed)
+        {
+            self.watches.pop_front();
+        }
+    }
+
     /// Runs the work due before a reply to request number `next` is relayed.
     async fn before_due(&mut self, next: u64) {
         while self.before.front().is_some_and(|(at, _)| *at <= next) {
@@ -213,6 +256,7 @@ impl Relay {
                 Some(Ctl::Expect(e, blocking)) => self.owe(e, blocking),
                 Some(Ctl::BeforeReply { at, work }) => self.before.push_back((at, work)),
                 Some(Ctl::Trim { at }) => self.trims.push_back(at),
+                Some(Ctl::Watch { at, tx }) => self.watches.push_back((at, tx)),
                 None => return,
             }
         }
@@ -231,6 +275,7 @@ pub(super) async fn relay(
     let mut r = Relay {
         before: VecDeque::new(),
         trims: VecDeque::new(),
+        watches: VecDeque::new(),
         ctl,
         queue: VecDeque::new(),
         stream: None,
@@ -288,8 +333,13 @@ async fn run(r: &mut Relay, mut rd: ReadHalf, addr: Arc<str>) -> UpstreamError {
                     }
                     r.since = Some(tokio::time::Instant::now());
                     let next = r.completed + 1;
+                    if r.redirected(next, &bytes) {
+                        continue;
+                    }
                     r.before_due(next).await;
-                    if !r.account(&bytes) {
+                    let relayed = r.account(&bytes);
+                    r.unwatch_answered();
+                    if !relayed {
                         continue;
                     }
                     let bytes = r.trimmed(next, bytes);
