@@ -317,6 +317,7 @@ pub async fn serve_with(
         crate::reload::watch::spawn(src.file, reloader, stop_rx.clone());
     }
 
+    watch_tls_files(&cfg, &metrics);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, auth = cfg.client_auth.is_some(), tls = cfg.listen_tls.is_some(), "listening for Redis clients");
     }
@@ -418,4 +419,30 @@ pub async fn install_notify(v: &Validated, print_only: bool) -> Result<String, S
         .await
         .map_err(|e| format!("installing the triggers: {e}"))?;
     Ok(sql)
+}
+
+/// Checks the listener's and the upstream's TLS files for renewals (see `transport::renew`).
+fn watch_tls_files(cfg: &Validated, metrics: &Metrics) {
+    use crate::transport::renew;
+    let counts = crate::metrics::reload::tls_renewals(metrics.registry());
+    let counted = move |side: &'static str| {
+        let (ok, error) = (
+            counts.with_label_values(&[side, "ok"]),
+            counts.with_label_values(&[side, "error"]),
+        );
+        move |renewed: bool| if renewed { ok.inc() } else { error.inc() }
+    };
+    if let Some(tls) = &cfg.listen_tls {
+        let every = cfg.listen_tls_reload_interval;
+        renew::watch("listener", tls.renewing(), every, counted("listener"));
+    }
+    let Some(u) = &cfg.upstream else {
+        return;
+    };
+    let sides = [("upstream", Some(u)), ("reader", u.reader.as_deref())];
+    for (side, settings) in sides {
+        if let Some(tls) = settings.and_then(|s| s.tls.as_ref()) {
+            renew::watch(side, tls.renewing(), u.tls_reload_interval, counted(side));
+        }
+    }
 }

@@ -284,6 +284,9 @@ pub struct ServerConfig {
     /// Certificate chain (PEM) for TLS on the listener; with `tls_key_file`.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// How often the certificate files are read again (a renewed one is used for new
+    /// connections); `"0"`: never.
+    pub tls_reload_interval: Human,
 }
 
 impl Default for ServerConfig {
@@ -302,6 +305,7 @@ impl Default for ServerConfig {
             worker_threads: 1,
             tls_cert_file: None,
             tls_key_file: None,
+            tls_reload_interval: Human::secs(10),
         }
     }
 }
@@ -326,6 +330,8 @@ pub struct UpstreamConfig {
     pub tls_key_file: Option<PathBuf>,
     /// Accept any certificate (tests only; logged as a warning).
     pub tls_insecure_skip_verify: bool,
+    /// How often `tls_ca_file` and the client certificate's files are read again; `"0"`: never.
+    pub tls_reload_interval: Human,
     /// `[upstream.iam]`: ElastiCache IAM authentication instead of a password.
     pub iam: Option<IamConfig>,
     /// `auto` (detect from the seed node), `standalone` or `cluster`.
@@ -362,6 +368,7 @@ impl Default for UpstreamConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_insecure_skip_verify: false,
+            tls_reload_interval: Human::secs(10),
             iam: None,
             mode: "auto".into(),
             read_from: "primary".into(),

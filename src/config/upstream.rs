@@ -16,6 +16,8 @@ pub struct UpstreamSettings {
     pub password_file: Option<PathBuf>,
     /// Set for `rediss://`.
     pub tls: Option<UpstreamTls>,
+    /// How often the TLS files are checked for a renewal (zero: never).
+    pub tls_reload_interval: Duration,
     pub connections: usize,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
@@ -166,6 +168,7 @@ pub(super) fn validate(u: &UpstreamConfig) -> Result<Option<UpstreamSettings>, C
         url,
         password_file: u.password_file.clone(),
         tls,
+        tls_reload_interval: u.tls_reload_interval.get(),
         connections: u.connections,
         connect_timeout: positive("upstream.connect_timeout", u.connect_timeout.get())?,
         command_timeout: positive("upstream.command_timeout", u.command_timeout.get())?,

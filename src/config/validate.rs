@@ -30,6 +30,8 @@ pub struct Validated {
     pub listen: SocketAddr,
     /// `server.tls_cert_file` / `tls_key_file`: the listener speaks TLS.
     pub listen_tls: Option<crate::transport::ListenerTls>,
+    /// `server.tls_reload_interval` (zero: never).
+    pub listen_tls_reload_interval: Duration,
     pub admin_listen: Option<SocketAddr>,
     pub max_clients: usize,
     pub client_auth: Option<ClientAuth>,
@@ -355,6 +357,7 @@ impl Config {
             hot,
             listen,
             listen_tls,
+            listen_tls_reload_interval: s.tls_reload_interval.get(),
             admin_listen,
             max_clients: s.max_clients,
             client_auth,

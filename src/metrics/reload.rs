@@ -44,3 +44,18 @@ impl ReloadMetrics {
         }
     }
 }
+
+/// `cacheside_tls_renewals_total{side, result}`: TLS certificate files found changed.
+pub fn tls_renewals(r: &Registry) -> IntCounterVec {
+    super::register(
+        r,
+        IntCounterVec::new(
+            Opts::new(
+                "cacheside_tls_renewals_total",
+                "TLS certificate files (server.tls_*, upstream.tls_*) found changed, by side (listener, upstream, reader) and result (ok: used for new connections from now on; error: unusable, the ones in use stay).",
+            ),
+            &["side", "result"],
+        )
+        .expect("valid metric"),
+    )
+}

@@ -3,6 +3,7 @@
 //! in the certificate; an IP address must be one of its IP SANs), an optional client
 //! certificate, and failures described by their cause.
 
+use super::renew::{Check, Renewing};
 use super::socket::Socket;
 use super::unverified::Unverified;
 use super::{pem, provider, Stream, TlsSetupError};
@@ -35,10 +36,11 @@ pub enum Roots {
     Unverified,
 }
 
-/// How to open TLS to the upstream; built once at start, cheap to clone.
+/// How to open TLS to the upstream; built at start (and again when `tls_ca_file` or the client
+/// certificate's files change, see [`super::renew`]), cheap to clone.
 #[derive(Clone)]
 pub struct UpstreamTls {
-    connector: TlsConnector,
+    connector: Arc<Renewing<TlsConnector>>,
     server_name: ServerName<'static>,
     roots: Roots,
     client_cert: bool,
@@ -63,45 +65,37 @@ impl UpstreamTls {
                 format!("{host:?} cannot be checked against a certificate: {e}"),
             )
         })?;
-        let provider = provider();
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsSetupError::new("url", e.to_string()))?;
-        let (builder, roots) = if options.insecure_skip_verify {
-            let b = builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified(provider)));
-            (b, Roots::Unverified)
-        } else {
-            let (store, roots) = match options.ca_file {
-                Some(path) => (
-                    pem::roots(path).map_err(|m| TlsSetupError::new("tls_ca_file", m))?,
-                    Roots::File(path.to_path_buf()),
-                ),
-                None => system_roots(),
-            };
-            (builder.with_root_certificates(store), roots)
+        let owned = Owned {
+            ca_file: options.ca_file.map(Path::to_path_buf),
+            client_cert: options
+                .client_cert
+                .map(|(c, k)| (c.to_path_buf(), k.to_path_buf())),
+            insecure_skip_verify: options.insecure_skip_verify,
         };
-        let config = match options.client_cert {
-            None => builder.with_no_client_auth(),
-            Some((cert_file, key_file)) => {
-                let certs =
-                    pem::certs(cert_file).map_err(|m| TlsSetupError::new("tls_cert_file", m))?;
-                let key = pem::key(key_file).map_err(|m| TlsSetupError::new("tls_key_file", m))?;
-                builder.with_client_auth_cert(certs, key).map_err(|e| {
-                    TlsSetupError::new(
-                        "tls_key_file",
-                        format!("{}: does not fit the certificate: {e}", key_file.display()),
-                    )
-                })?
-            }
-        };
+        let (_, roots) = build(&owned)?;
+        let files: Vec<PathBuf> = owned
+            .ca_file
+            .iter()
+            .cloned()
+            .chain(
+                owned
+                    .client_cert
+                    .iter()
+                    .flat_map(|(c, k)| [c.clone(), k.clone()]),
+            )
+            .collect();
+        let connector = Renewing::new(files, move || build(&owned).map(|(c, _)| c))?;
         Ok(Self {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: Arc::new(connector),
             server_name,
             roots,
             client_cert: options.client_cert.is_some(),
         })
+    }
+
+    /// The files (`tls_ca_file`, the client certificate and key), for checks that renew them.
+    pub fn renewing(&self) -> Arc<dyn Check> {
+        self.connector.clone()
     }
 
     pub fn roots(&self) -> &Roots {
@@ -116,6 +110,7 @@ impl UpstreamTls {
     pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<Stream> {
         let s = self
             .connector
+            .get()
             .connect(self.server_name.clone(), Socket::new(tcp))
             .await?;
         Ok(Stream::TlsClient(Box::new(s)))
@@ -126,6 +121,50 @@ impl UpstreamTls {
         let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
         Some(explain(inner, &self.server_name))
     }
+}
+
+/// `upstream.tls_*`, owned, to build the configuration again when the files change.
+struct Owned {
+    ca_file: Option<PathBuf>,
+    client_cert: Option<(PathBuf, PathBuf)>,
+    insecure_skip_verify: bool,
+}
+
+fn build(options: &Owned) -> Result<(TlsConnector, Roots), TlsSetupError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::new("url", e.to_string()))?;
+    let (builder, roots) = if options.insecure_skip_verify {
+        let b = builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified(provider)));
+        (b, Roots::Unverified)
+    } else {
+        let (store, roots) = match &options.ca_file {
+            Some(path) => (
+                pem::roots(path).map_err(|m| TlsSetupError::new("tls_ca_file", m))?,
+                Roots::File(path.clone()),
+            ),
+            None => system_roots(),
+        };
+        (builder.with_root_certificates(store), roots)
+    };
+    let config = match &options.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert_file, key_file)) => {
+            let certs =
+                pem::certs(cert_file).map_err(|m| TlsSetupError::new("tls_cert_file", m))?;
+            let key = pem::key(key_file).map_err(|m| TlsSetupError::new("tls_key_file", m))?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                TlsSetupError::new(
+                    "tls_key_file",
+                    format!("{}: does not fit the certificate: {e}", key_file.display()),
+                )
+            })?
+        }
+    };
+    Ok((TlsConnector::from(Arc::new(config)), roots))
 }
 
 /// The system's roots, or Mozilla's when the system has none (a scratch or distroless image).

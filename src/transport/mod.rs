@@ -9,6 +9,7 @@
 mod acceptor;
 mod connector;
 pub(crate) mod pem;
+pub mod renew;
 mod socket;
 mod stream;
 pub(crate) mod unverified;
