@@ -110,6 +110,8 @@ pub struct Metrics {
     commands: Vec<IntCounter>,
     pub upstream_connections: IntGauge,
     pub pinned_connections: IntGauge,
+    /// Pinned connections handed to a client from the idle ones instead of opened.
+    pub pinned_reused: IntCounter,
     upstream_failures: Vec<IntCounter>,
     pub upstream_error_replies: IntCounter,
     /// Cluster mode: redirections followed, by kind (moved, ask); slot map reads.
@@ -386,7 +388,11 @@ impl Metrics {
             ),
             pinned_connections: gauge(
                 "cacheside_upstream_pinned_connections",
-                "Upstream connections pinned to one client (transactions, pub/sub, blocking commands).",
+                "Upstream connections pinned to one client (transactions, pub/sub, blocking commands), and those kept idle for the next client.",
+            ),
+            pinned_reused: counter(
+                "cacheside_upstream_pinned_reused_total",
+                "Pinned connections given to a client from those kept idle, instead of a new connection.",
             ),
             upstream_failures,
             upstream_error_replies: counter(

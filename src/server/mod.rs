@@ -177,6 +177,7 @@ async fn run_client(
     // task (and no other thread), and a request read and answered at once costs one wake-up
     // (see `queue.rs`).
     let writer = writer::run(wr, out_rx, ctx.clone());
+    let upstream = ctx.upstream.clone();
     let link = out_tx.link();
     let mut s = session::Session::new(ctx, rd, out_tx, (peer, local, fd));
     tracing::debug!(client = s.client_id(), %peer, "client connected");
@@ -184,8 +185,9 @@ async fn run_client(
     let reading = async move {
         let stop = s.serve(&mut shutdown).await;
         if !stop.graceful {
-            // Nobody is left to read what a pinned connection would still relay.
-            s.drop_pinned();
+            // Nobody is left to read what a pinned connection would still relay: closed, unless
+            // it holds nothing of this client's (then kept for another).
+            s.unpin();
         }
         // Closing the reply queue lets the writer deliver what is queued, then end. The pinned
         // connection (if any) lives until then so its replies get through.
@@ -194,6 +196,9 @@ async fn run_client(
         pinned_holder
     };
     let pinned_holder = queue::Together::new(link, reading, writer).await;
-    drop(pinned_holder);
+    // Kept for another client if it holds nothing of this one's; closed otherwise.
+    if let (Some(Some(p)), Some(u)) = (pinned_holder, upstream) {
+        u.unpin(p);
+    }
     tracing::debug!(client = id, "client disconnected");
 }

@@ -136,11 +136,6 @@ impl Session {
         self.st.id
     }
 
-    /// Drops the pinned connection (ending any stream it feeds).
-    pub(super) fn drop_pinned(&mut self) {
-        self.pinned = None;
-    }
-
     /// Splits into the pinned connection and the reply queue, so the queue can close first.
     pub(super) fn into_parts(self) -> (Option<Pinned>, crate::server::queue::Tx) {
         (self.pinned, self.out)

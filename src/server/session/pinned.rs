@@ -200,7 +200,7 @@ impl Session {
             if self.release_pending {
                 let _ = self.barrier().await;
             }
-            self.pinned = None;
+            self.unpin();
         }
         if self.pinned.is_none() {
             let upstream =
@@ -253,7 +253,13 @@ impl Session {
         self.pinned_active = false;
         self.release_pending = true;
         self.barrier().await?;
-        self.pinned = None;
+        // The transaction begun there is ended, and the connection kept for another client.
+        if let Some(p) = &mut self.pinned {
+            if p.discard().await.is_err() {
+                self.pinned = None;
+            }
+        }
+        self.unpin();
         if let Err(e) = self.enter_pinned(Some(key), None).await {
             return Err(self.fail_and_close(ProxyError::PinnedLost(e)).await);
         }
@@ -262,6 +268,17 @@ impl Session {
         }
         let multi = crate::protocol::request::encode_command(&["MULTI"]);
         self.send_to(Dest::Pinned, multi, 1, None).await
+    }
+
+    /// Gives the pinned connection back to the upstream, which keeps it for another client if
+    /// it holds nothing of this one's (`Pinned::idle`).
+    pub(in crate::server) fn unpin(&mut self) {
+        if let Some(p) = self.pinned.take() {
+            self.me.client.set_upstream_id(None);
+            if let Some(u) = &self.ctx.upstream {
+                u.unpin(p);
+            }
+        }
     }
 
     /// Sends the current (pinned) run with a command of cacheside's own after it, in one write.

@@ -32,6 +32,8 @@ pub struct Upstream {
     cluster: OnceLock<Arc<Cluster>>,
     /// Set with `cluster`, for the router (which answers SELECT as a cluster does).
     cluster_flag: Arc<AtomicBool>,
+    /// Pinned connections no client holds, for the next one (see `pinned::Idle`).
+    idle: pinned::Idle,
 }
 
 struct Standalone {
@@ -79,6 +81,7 @@ impl Upstream {
             standalone: OnceLock::new(),
             cluster: OnceLock::new(),
             cluster_flag: Arc::default(),
+            idle: Default::default(),
         });
         let seed: Arc<str> = up.settings.url.addr().into();
         match up.settings.mode {
@@ -233,6 +236,12 @@ impl Upstream {
         client_name: Option<&[u8]>,
         addr: Arc<str>,
     ) -> Result<Pinned, UpstreamError> {
+        while let Some(mut p) = self.idle.take(&addr, proto) {
+            if p.rename(client_name).await.is_ok() {
+                self.metrics.pinned_reused.inc();
+                return Ok(p);
+            }
+        }
         Pinned::open(
             &self.settings,
             addr,
@@ -242,6 +251,12 @@ impl Upstream {
         )
         .await
         .inspect_err(|e| self.metrics.upstream_failure(e.failure()))
+    }
+
+    /// Takes back a client's pinned connection it no longer needs: kept for the next client
+    /// if it holds nothing of this one's (see `Pinned::idle`), closed otherwise.
+    pub fn unpin(&self, p: Pinned) {
+        self.idle.put(p);
     }
 
     pub fn settings_arc(&self) -> Arc<Settings> {

@@ -11,7 +11,10 @@
 //! pinned (`emit`) and the end of the pinned phase (`release`) take effect once every request
 //! written before them is fully answered, and before any reply to a later one.
 
+mod idle;
 mod relay;
+
+pub(crate) use idle::Idle;
 
 use super::conn::{self, Handshake};
 use super::Settings;
@@ -86,6 +89,14 @@ pub struct Pinned {
     reauth_at: Option<tokio::time::Instant>,
     /// Set by the relay at a `-READONLY` reply (see `demoted`).
     demoted: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests fully answered, as the relay last published it (see `idle`).
+    completed: Arc<std::sync::atomic::AtomicU64>,
+    /// `release` was called and no `begin` since: no client's stream is attached.
+    released: bool,
+    /// Requests sent when `release` was last called: once they are answered, what follows is
+    /// cacheside's own (a DISCARD, a CLIENT SETNAME), whose replies nobody sees.
+    released_at: u64,
+    proto: Proto,
 }
 
 impl Pinned {
@@ -107,12 +118,14 @@ impl Pinned {
         let (rd, wr) = stream.into_split();
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let demoted = Arc::default();
+        let completed = Arc::default();
         let task = tokio::spawn(relay::relay(
             rd,
             ctl_rx,
             addr.clone(),
             settings.command_timeout,
             Arc::clone(&demoted),
+            Arc::clone(&completed),
         ));
         metrics.pinned_connections.inc();
         Ok(Self {
@@ -129,7 +142,44 @@ impl Pinned {
                 .as_ref()
                 .map(|iam| tokio::time::Instant::now() + iam.reauth_delay()),
             demoted,
+            completed,
+            released: true,
+            released_at: 0,
+            proto,
         })
+    }
+
+    /// Whether the connection holds nothing of any client's: released, every request of its
+    /// client answered (commands of cacheside's own sent since, such as `discard`, may still
+    /// be in flight: they run first), still up, and neither demoted nor due to authenticate
+    /// again. Such a connection can serve the next client that needs one to the same node
+    /// ([`Idle`]).
+    pub fn idle(&self) -> bool {
+        self.released
+            && self.completed.load(std::sync::atomic::Ordering::Acquire) >= self.released_at
+            && !self.dead
+            && !self.task.is_finished()
+            && !self.reauth_due()
+            && !self.demoted()
+    }
+
+    /// Ends a transaction the client left (its MULTI moved to another node), its reply unseen.
+    pub async fn discard(&mut self) -> Result<(), UpstreamError> {
+        self.expect(Expect::Hidden);
+        self.send(&crate::protocol::request::encode_command(&["DISCARD"]))
+            .await
+    }
+
+    /// Names the connection for its next client (`CLIENT SETNAME`, the empty name clearing
+    /// it), its reply unseen by anyone.
+    pub async fn rename(&mut self, name: Option<&[u8]>) -> Result<(), UpstreamError> {
+        self.expect(Expect::Hidden);
+        let cmd = crate::protocol::request::encode_command(&[
+            &b"CLIENT"[..],
+            b"SETNAME",
+            name.unwrap_or_default(),
+        ]);
+        self.send(&cmd).await
     }
 
     /// Whether the node answered `-READONLY` (a failover demoted it; the endpoint's name now
@@ -149,6 +199,11 @@ impl Pinned {
             .is_some_and(|at| tokio::time::Instant::now() >= at)
     }
 
+    /// The protocol the connection speaks (set by its handshake).
+    pub fn proto(&self) -> Proto {
+        self.proto
+    }
+
     /// The node this connection goes to.
     pub fn addr(&self) -> &Arc<str> {
         &self.addr
@@ -161,6 +216,7 @@ impl Pinned {
 
     /// Opens a stream of upstream frames for the client's writer; it ends at `release`.
     pub fn begin(&mut self) -> mpsc::Receiver<Bytes> {
+        self.released = false;
         let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
         self.ctl(Ctl::Begin(tx));
         rx
@@ -245,6 +301,8 @@ impl Pinned {
 
     /// Ends the current stream once every reply to what was sent has been relayed.
     pub fn release(&mut self) {
+        self.released = true;
+        self.released_at = self.sent;
         let after = self.sent;
         self.ctl(Ctl::Release { after });
     }

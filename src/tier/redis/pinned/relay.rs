@@ -9,7 +9,7 @@ use crate::transport::ReadHalf;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashSet;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +38,9 @@ struct Relay {
     shards: HashSet<Bytes>,
     /// Raised at a `-READONLY` reply: the node was demoted by a failover (see `Pinned::demoted`).
     demoted: Arc<AtomicBool>,
+    /// `completed`, published once the control messages due by then are applied (a release
+    /// among them), for `Pinned::idle`.
+    published: Arc<AtomicU64>,
 }
 
 impl Relay {
@@ -241,7 +244,7 @@ impl Relay {
         while let Some(front) = self.queue.front() {
             match front {
                 Ctl::Emit { after, .. } | Ctl::Release { after } if *after > self.completed => {
-                    return
+                    break
                 }
                 _ => {}
             }
@@ -257,9 +260,10 @@ impl Relay {
                 Some(Ctl::BeforeReply { at, work }) => self.before.push_back((at, work)),
                 Some(Ctl::Trim { at }) => self.trims.push_back(at),
                 Some(Ctl::Watch { at, tx }) => self.watches.push_back((at, tx)),
-                None => return,
+                None => break,
             }
         }
+        self.published.store(self.completed, Ordering::Release);
     }
 }
 
@@ -271,6 +275,7 @@ pub(super) async fn relay(
     addr: Arc<str>,
     timeout: std::time::Duration,
     demoted: Arc<AtomicBool>,
+    published: Arc<AtomicU64>,
 ) -> UpstreamError {
     let mut r = Relay {
         before: VecDeque::new(),
@@ -288,6 +293,7 @@ pub(super) async fn relay(
         patterns: HashSet::new(),
         shards: HashSet::new(),
         demoted,
+        published,
     };
     let err = run(&mut r, rd, addr).await;
     r.fail_owed(&err).await;
