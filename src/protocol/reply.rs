@@ -111,6 +111,28 @@ pub enum PubSub {
     },
 }
 
+/// A (un)subscribe confirmation as Redis writes it: `head` (`subscribe`, `sunsubscribe`, ...),
+/// the channel (null for an unsubscribe from nothing) and the client's count after it; an
+/// array in RESP2, a push in RESP3.
+pub fn subscription(
+    out: &mut BytesMut,
+    proto: Proto,
+    head: &[u8],
+    channel: Option<&[u8]>,
+    count: usize,
+) {
+    out.extend_from_slice(match proto {
+        Proto::Resp2 => b"*3\r\n",
+        Proto::Resp3 => b">3\r\n",
+    });
+    bulk(out, head);
+    match channel {
+        Some(c) => bulk(out, c),
+        None => null(out, proto),
+    }
+    integer(out, count as i64);
+}
+
 /// Classifies a complete frame (exactly `buf`) as pub/sub traffic, if it is.
 pub fn pubsub(buf: &[u8]) -> Option<PubSub> {
     // Only aggregates can be pub/sub frames; cheap check before reading.

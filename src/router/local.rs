@@ -202,16 +202,7 @@ pub(super) fn unsubscribe(st: &ClientState, name: &str, req: &Request) -> Decisi
     let head = name.to_ascii_lowercase();
     let mut out = BytesMut::new();
     let one = |out: &mut BytesMut, channel: Option<&[u8]>| {
-        out.extend_from_slice(match st.proto {
-            Proto::Resp2 => b"*3\r\n",
-            Proto::Resp3 => b">3\r\n",
-        });
-        reply::bulk(out, head.as_bytes());
-        match channel {
-            Some(c) => reply::bulk(out, c),
-            None => reply::null(out, st.proto),
-        }
-        reply::integer(out, 0);
+        reply::subscription(out, st.proto, head.as_bytes(), channel, 0);
     };
     if req.argc() == 1 {
         one(&mut out, None);

@@ -10,6 +10,7 @@ mod follow;
 mod pinned;
 mod queue;
 mod run;
+mod shards;
 
 use super::writer::{AfterReply, Out};
 use super::Ctx;
@@ -68,6 +69,8 @@ pub(super) struct Session {
     read_ahead: bool,
     /// This client in the registry CLIENT LIST/KILL read.
     me: Registration,
+    /// Cluster mode: shard subscriptions on primaries other than the pinned connection's.
+    shards: shards::Shards,
     /// The last command handled, for CLIENT LIST's `cmd`.
     last_cmd: &'static str,
     /// Read-only commands go to replicas (`upstream.read_from` with a reader endpoint).
@@ -122,6 +125,7 @@ impl Session {
             multi_cleanup: Vec::new(),
             read_ahead: false,
             me,
+            shards: Default::default(),
             last_cmd: "",
             replica_reads,
             fills_queued: false,

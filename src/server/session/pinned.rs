@@ -22,6 +22,9 @@ impl Session {
         info: &'static CommandInfo,
         decision: Decision,
     ) -> Result<(), Stop> {
+        if self.shard_command(info) {
+            return self.shard_request(chunk, req, info).await;
+        }
         // A shard channel lives in a slot like a key (cluster mode: its primary is the one
         // that can serve the subscription).
         let key = info

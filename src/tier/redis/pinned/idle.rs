@@ -41,8 +41,13 @@ impl Idle {
             return;
         }
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        // Connections a node closed meanwhile go, and with them the entries of nodes that are
+        // gone (a cluster's removed primaries), so the map holds only what can be given out.
+        conns.retain(|_, list| {
+            list.retain(Pinned::idle);
+            !list.is_empty()
+        });
         let list = conns.entry((p.addr().clone(), p.proto())).or_default();
-        list.retain(Pinned::idle);
         if list.len() < PER_NODE {
             list.push(p);
         }

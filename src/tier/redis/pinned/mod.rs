@@ -54,11 +54,12 @@ enum Ctl {
     Trim {
         at: u64,
     },
-    /// The reply to request number `at`, if a cluster redirection, goes to `tx` instead of
-    /// the client (see `Pinned::watch`).
+    /// The reply to request number `at`, if a cluster redirection (or whatever it is, with
+    /// `any`), goes to `tx` instead of the client (see `Pinned::watch`, `Pinned::take_reply`).
     Watch {
         at: u64,
         tx: oneshot::Sender<Redirected>,
+        any: bool,
     },
 }
 
@@ -93,6 +94,8 @@ pub struct Pinned {
     completed: Arc<std::sync::atomic::AtomicU64>,
     /// `release` was called and no `begin` since: no client's stream is attached.
     released: bool,
+    /// The stream `begin` opened, without keeping it open (see `stream`).
+    stream: Option<mpsc::WeakSender<Bytes>>,
     /// Requests sent when `release` was last called: once they are answered, what follows is
     /// cacheside's own (a DISCARD, a CLIENT SETNAME), whose replies nobody sees.
     released_at: u64,
@@ -144,6 +147,7 @@ impl Pinned {
             demoted,
             completed,
             released: true,
+            stream: None,
             released_at: 0,
             proto,
         })
@@ -216,10 +220,22 @@ impl Pinned {
 
     /// Opens a stream of upstream frames for the client's writer; it ends at `release`.
     pub fn begin(&mut self) -> mpsc::Receiver<Bytes> {
-        self.released = false;
         let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
-        self.ctl(Ctl::Begin(tx));
+        self.stream = Some(tx.downgrade());
+        self.begin_into(tx);
         rx
+    }
+
+    /// Relays this connection's frames into another connection's stream (a client's shard
+    /// subscriptions on other cluster nodes: their messages reach the client's one stream).
+    pub fn begin_into(&mut self, tx: mpsc::Sender<Bytes>) {
+        self.released = false;
+        self.ctl(Ctl::Begin(tx));
+    }
+
+    /// The stream of the current pinned phase, while it is open, for `begin_into`.
+    pub fn stream(&self) -> Option<mpsc::Sender<Bytes>> {
+        self.stream.as_ref()?.upgrade()
     }
 
     /// Hands the relay a control message; a relay that has ended takes none, and the
@@ -282,7 +298,16 @@ impl Pinned {
     pub fn watch(&mut self) -> oneshot::Receiver<Redirected> {
         let (tx, rx) = oneshot::channel();
         let at = self.sent;
-        self.ctl(Ctl::Watch { at, tx });
+        self.ctl(Ctl::Watch { at, tx, any: false });
+        rx
+    }
+
+    /// The last declared request's reply (one frame) comes back on the receiver instead of
+    /// going to the client, whatever it is; the receiver fails if the connection is lost first.
+    pub fn take_reply(&mut self) -> oneshot::Receiver<Redirected> {
+        let (tx, rx) = oneshot::channel();
+        let at = self.sent;
+        self.ctl(Ctl::Watch { at, tx, any: true });
         rx
     }
 

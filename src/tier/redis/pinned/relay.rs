@@ -20,7 +20,7 @@ struct Relay {
     /// Requests whose reply drops its last element.
     trims: VecDeque<u64>,
     /// Requests whose redirection goes back to the session, by request number.
-    watches: VecDeque<(u64, oneshot::Sender<Redirected>)>,
+    watches: VecDeque<(u64, oneshot::Sender<Redirected>, bool)>,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     queue: VecDeque<Ctl>,
     stream: Option<mpsc::Sender<Bytes>>,
@@ -61,7 +61,7 @@ impl Relay {
             Ctl::Expect(e, blocking) => self.owe(e, blocking),
             Ctl::BeforeReply { at, work } => self.before.push_back((at, work)),
             Ctl::Trim { at } => self.trims.push_back(at),
-            Ctl::Watch { at, tx } => self.watches.push_back((at, tx)),
+            Ctl::Watch { at, tx, any } => self.watches.push_back((at, tx, any)),
             Ctl::Begin(tx) if self.queue.is_empty() => self.stream = Some(tx),
             other => self.queue.push_back(other),
         }
@@ -160,14 +160,36 @@ impl Relay {
     /// goes with the redirection, to run before the reply of the request's next attempt.
     fn redirected(&mut self, next: u64, frame: &Bytes) -> bool {
         self.unwatch_answered();
-        let watched = self.watches.front().is_some_and(|(at, _)| *at == next)
-            && self.owed.front() == Some(&Expect::Frames(1))
-            && [&b"-MOVED "[..], b"-ASK ", b"-TRYAGAIN"]
-                .iter()
-                .any(|p| frame.starts_with(p));
-        let Some((_, tx)) = watched.then(|| self.watches.pop_front()).flatten() else {
+        // A message is never anyone's reply (on a subscribed connection, or pushed).
+        let subscribed = frame.first() == Some(&b'>')
+            || !(self.channels.is_empty() && self.patterns.is_empty() && self.shards.is_empty());
+        let message = subscribed && matches!(reply::pubsub(frame), Some(PubSub::Message));
+        let watched = !message
+            && self.watches.front().is_some_and(|(at, _, any)| {
+                *at == next
+                    && (*any
+                        || [&b"-MOVED "[..], b"-ASK ", b"-TRYAGAIN"]
+                            .iter()
+                            .any(|p| frame.starts_with(p)))
+            })
+            && self.owed.front() == Some(&Expect::Frames(1));
+        let Some((_, tx, _)) = watched.then(|| self.watches.pop_front()).flatten() else {
             return false;
         };
+        // A subscription confirmed counts for the frames that follow, as if relayed.
+        if let Some(PubSub::Confirm {
+            kind,
+            subscribe,
+            name: Some(name),
+        }) = reply::pubsub(frame)
+        {
+            let set = self.subscriptions(kind);
+            if subscribe {
+                set.insert(name);
+            } else {
+                set.remove(&name);
+            }
+        }
         self.owed.pop_front();
         self.completed += 1;
         self.retire_empty();
@@ -189,7 +211,7 @@ impl Relay {
         while self
             .watches
             .front()
-            .is_some_and(|(at, _)| *at <= self.completed)
+            .is_some_and(|(at, _, _)| *at <= self.completed)
         {
             self.watches.pop_front();
         }
@@ -259,10 +281,14 @@ impl Relay {
                 Some(Ctl::Expect(e, blocking)) => self.owe(e, blocking),
                 Some(Ctl::BeforeReply { at, work }) => self.before.push_back((at, work)),
                 Some(Ctl::Trim { at }) => self.trims.push_back(at),
-                Some(Ctl::Watch { at, tx }) => self.watches.push_back((at, tx)),
+                Some(Ctl::Watch { at, tx, any }) => self.watches.push_back((at, tx, any)),
                 None => break,
             }
         }
+        self.publish();
+    }
+
+    fn publish(&self) {
         self.published.store(self.completed, Ordering::Release);
     }
 }
@@ -340,10 +366,15 @@ async fn run(r: &mut Relay, mut rd: ReadHalf, addr: Arc<str>) -> UpstreamError {
                     r.since = Some(tokio::time::Instant::now());
                     let next = r.completed + 1;
                     if r.redirected(next, &bytes) {
+                        r.publish();
                         continue;
                     }
                     r.before_due(next).await;
                     let relayed = r.account(&bytes);
+                    // Before the reply goes out: once its client has it, the connection must
+                    // already read as answered (see `Pinned::idle`). Its frames still go to that
+                    // client's stream: a later client's `Begin` is applied only after `Release`.
+                    r.publish();
                     r.unwatch_answered();
                     if !relayed {
                         continue;

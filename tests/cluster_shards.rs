@@ -1,0 +1,134 @@
+//! Shard channels on a real Redis Cluster through cacheside, as one Redis serves them: a client
+//! subscribes to channels of every primary in one SSUBSCRIBE (a cluster node refuses that with
+//! CROSSSLOT), gets its confirmations in order with its own count, and every SPUBLISH reaches
+//! it; SUNSUBSCRIBE, named or bare, ends them on their nodes.
+
+mod support;
+
+use cacheside::tier::redis::cluster::slot;
+use std::collections::HashSet;
+use support::cluster::RedisCluster;
+use support::{query as q, Proxy};
+
+/// One channel per primary: `(channel, primary port)`.
+fn channel_per_primary(cluster: &RedisCluster) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for i in 0.. {
+        let ch = format!("ch:{i}");
+        if seen.insert(cluster.primary_of(slot::of(ch.as_bytes()))) {
+            out.push(ch);
+        }
+        if seen.len() == cluster.primaries().len() {
+            return out;
+        }
+    }
+    out
+}
+
+fn bulk(s: &str) -> String {
+    format!("${}\r\n{s}\r\n", s.len())
+}
+
+fn confirmation(head: &str, channel: &str, count: usize, resp3: bool) -> String {
+    let kind = if resp3 { '>' } else { '*' };
+    format!("{kind}3\r\n{}{}:{count}\r\n", bulk(head), bulk(channel))
+}
+
+fn message(channel: &str, payload: &str) -> String {
+    format!(
+        "*3\r\n{}{}{}",
+        bulk("smessage"),
+        bulk(channel),
+        bulk(payload)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_subscribes_to_shard_channels_of_every_primary_on_one_connection() {
+    let cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let chans = channel_per_primary(&cluster);
+    assert_eq!(chans.len(), 3);
+    let mut sub = proxy.raw().await;
+    sub.send(format!("SSUBSCRIBE {}\r\n", chans.join(" ")).as_bytes())
+        .await;
+    let want: String = chans
+        .iter()
+        .enumerate()
+        .map(|(i, c)| confirmation("ssubscribe", c, i + 1, false))
+        .collect();
+    sub.expect(want.as_bytes()).await;
+    // Subscribing again to one it has changes nothing, as in Redis.
+    sub.send(format!("SSUBSCRIBE {}\r\n", chans[1]).as_bytes())
+        .await;
+    sub.expect(confirmation("ssubscribe", &chans[1], 3, false).as_bytes())
+        .await;
+
+    let mut publisher = proxy.client().await;
+    for c in &chans {
+        let n: i64 = q(&mut publisher, &["SPUBLISH", c, &format!("to {c}")]).await;
+        assert_eq!(n, 1, "SPUBLISH {c} reached no subscriber");
+    }
+    let want: Vec<String> = chans
+        .iter()
+        .map(|c| message(c, &format!("to {c}")))
+        .collect();
+    let got = sub.read_exact_len(want.iter().map(String::len).sum()).await;
+    let got = String::from_utf8_lossy(&got).to_string();
+    for m in &want {
+        assert!(got.contains(m.as_str()), "{m:?} not in {got:?}");
+    }
+
+    // One named: ended on its node, the count goes down.
+    sub.send(format!("SUNSUBSCRIBE {}\r\n", chans[1]).as_bytes())
+        .await;
+    sub.expect(confirmation("sunsubscribe", &chans[1], 2, false).as_bytes())
+        .await;
+    let n: i64 = q(&mut publisher, &["SPUBLISH", &chans[1], "gone"]).await;
+    assert_eq!(n, 0);
+    let n: i64 = q(&mut publisher, &["SPUBLISH", &chans[2], "still"]).await;
+    assert_eq!(n, 1);
+    sub.expect(message(&chans[2], "still").as_bytes()).await;
+
+    // Bare: every one left, in the order subscribed.
+    sub.send(b"SUNSUBSCRIBE\r\n").await;
+    let want = confirmation("sunsubscribe", &chans[0], 1, false)
+        + &confirmation("sunsubscribe", &chans[2], 0, false);
+    sub.expect(want.as_bytes()).await;
+    for c in &chans {
+        let n: i64 = q(&mut publisher, &["SPUBLISH", c, "none"]).await;
+        assert_eq!(n, 0, "{c} still has a subscriber");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_shard_subscriptions_are_confirmed_with_pushes() {
+    let cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let chans = channel_per_primary(&cluster);
+    let mut sub = proxy.raw().await;
+    sub.send(b"HELLO 3\r\n").await;
+    let hello = sub.read_exact_len(1).await;
+    assert_eq!(hello, b"%");
+    // The rest of HELLO's map: read until the SSUBSCRIBE confirmations can be told apart.
+    sub.send(format!("SSUBSCRIBE {} {}\r\n", chans[0], chans[2]).as_bytes())
+        .await;
+    let want = confirmation("ssubscribe", &chans[0], 1, true)
+        + &confirmation("ssubscribe", &chans[2], 2, true);
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).ends_with(want.as_str()) {
+        got.extend(sub.read_exact_len(1).await);
+        assert!(got.len() < 4096, "{:?}", String::from_utf8_lossy(&got));
+    }
+    let mut publisher = proxy.client().await;
+    let n: i64 = q(&mut publisher, &["SPUBLISH", &chans[2], "pushed"]).await;
+    assert_eq!(n, 1);
+    let push = format!(
+        ">3\r\n{}{}{}",
+        bulk("smessage"),
+        bulk(&chans[2]),
+        bulk("pushed")
+    );
+    sub.expect(push.as_bytes()).await;
+}
