@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+pub use split::PER_KEY_SCRIPT;
 pub use topology::Topology;
 
 /// Redirections followed for one command before its last error goes to the client.
