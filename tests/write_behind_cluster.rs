@@ -207,8 +207,9 @@ async fn entries_in_slots_nobody_writes_are_applied_after_sweeps() {
             .map(|id| owner(&primaries, &format!("item:{id}")))
             .collect();
         assert_eq!(nodes.len(), 3, "the keys' slots are on every primary");
-        let holder = lock(&pg).await;
         let mut a = Sidecar::start_url(&cluster.url(), &pg, &config);
+        // Taken once A listens (its start prepares the mapping's query on the table).
+        let holder = lock(&pg).await;
         let mut c = a.client().await;
         let mut pipe = redis::pipe();
         for id in ids.clone() {
