@@ -20,7 +20,17 @@ use support::cluster::RedisCluster;
 use support::counters::{eventually, Sidecar};
 use support::counters_cluster::owner;
 use support::postgres::PgServer;
-use support::query;
+use support::{metric, query, Proxy};
+
+/// `cacheside_write_behind_<name>{mapping="item"}` of an in-process sidecar.
+async fn gauge(p: &Proxy, name: &str) -> f64 {
+    let (_, text) = p.admin_get("/metrics").await;
+    metric(
+        &text,
+        &format!("cacheside_write_behind_{name}{{mapping=\"item\"}}"),
+    )
+    .unwrap_or(-1.0)
+}
 
 /// Rows of `wb_items` equal `want` (ids absent from `want` have no row).
 async fn reaches(pg: &PgServer, want: &HashMap<i32, String>, limit: Duration) -> bool {
@@ -39,7 +49,9 @@ async fn sets_and_dels_over_every_primary_are_queued_in_their_slots_and_reach_po
     let mut pipe = redis::pipe();
     for id in 1..=60 {
         for round in 0..2 {
-            pipe.cmd("SET").arg(format!("item:{id}")).arg(format!("v{id}-{round}"));
+            pipe.cmd("SET")
+                .arg(format!("item:{id}"))
+                .arg(format!("v{id}-{round}"));
         }
         want.insert(id, format!("v{id}-1"));
     }
@@ -68,7 +80,15 @@ async fn sets_and_dels_over_every_primary_are_queued_in_their_slots_and_reach_po
     let _: () = query(&mut other, &["SET", "other:a", "x"]).await;
     let gone: i64 = query(
         &mut c,
-        &["DEL", "item:1", "item:2", "other:a", "other:missing", "item:999", "item:3"],
+        &[
+            "DEL",
+            "item:1",
+            "item:2",
+            "other:a",
+            "other:missing",
+            "item:999",
+            "item:3",
+        ],
     )
     .await;
     assert_eq!(gone, 4);
@@ -88,6 +108,16 @@ async fn sets_and_dels_over_every_primary_are_queued_in_their_slots_and_reach_po
         query::<Option<String>>(&mut other, &["GET", "other:a"]).await,
         None
     );
+    // The gauges sum the streams of every slot this sidecar wrote: 121 SETs, 7 deletions.
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            gauge(&proxy, "queue_depth").await == 128.0 && gauge(&proxy, "lag_seconds").await > 0.0
+        })
+        .await,
+        "depth {} lag {}",
+        gauge(&proxy, "queue_depth").await,
+        gauge(&proxy, "lag_seconds").await
+    );
 
     holder.batch_execute("ROLLBACK").await.unwrap();
     assert!(
@@ -96,7 +126,9 @@ async fn sets_and_dels_over_every_primary_are_queued_in_their_slots_and_reach_po
         rows(&pg).await
     );
     assert!(
-        eventually(Duration::from_secs(10), async || queued(&cluster).await == 0).await,
+        eventually(Duration::from_secs(10), async || queued(&cluster).await
+            == 0)
+        .await,
         "applied entries leave their streams"
     );
     proxy.shutdown().await;
@@ -178,8 +210,16 @@ async fn every_acknowledged_write_on_a_cluster_survives_a_sigkill() {
     eprintln!(
         "at the kill: {at_kill} entries queued over the slots' streams; {wrong} keys wrong at the end"
     );
-    assert!(applied, "{wrong} of {} keys are not their last acknowledged value", want.len());
-    assert!(eventually(Duration::from_secs(20), async || queued(&cluster).await == 0).await);
+    assert!(
+        applied,
+        "{wrong} of {} keys are not their last acknowledged value",
+        want.len()
+    );
+    assert!(
+        eventually(Duration::from_secs(20), async || queued(&cluster).await
+            == 0)
+        .await
+    );
     support::assert_no_panics();
 }
 
@@ -213,7 +253,9 @@ async fn entries_in_slots_nobody_writes_are_applied_after_sweeps() {
         let mut c = a.client().await;
         let mut pipe = redis::pipe();
         for id in ids.clone() {
-            pipe.cmd("SET").arg(format!("item:{id}")).arg(format!("left{id}"));
+            pipe.cmd("SET")
+                .arg(format!("item:{id}"))
+                .arg(format!("left{id}"));
             want.insert(id, format!("left{id}"));
         }
         let _: Vec<()> = pipe.query_async(&mut c).await.unwrap();
@@ -229,7 +271,11 @@ async fn entries_in_slots_nobody_writes_are_applied_after_sweeps() {
         "B's periodic sweep found them: {:?}",
         rows(&pg).await
     );
-    assert!(eventually(Duration::from_secs(10), async || queued(&cluster).await == 0).await);
+    assert!(
+        eventually(Duration::from_secs(10), async || queued(&cluster).await
+            == 0)
+        .await
+    );
     b.shutdown().await;
 
     leave(101..=140, &mut want).await;
@@ -293,7 +339,10 @@ async fn a_slot_moved_with_queued_entries_is_applied_in_order() {
             (ms.parse().unwrap(), seq.parse().unwrap())
         })
         .collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow across the move: {ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids grow across the move: {ids:?}"
+    );
     holder.batch_execute("ROLLBACK").await.unwrap();
     let want = HashMap::from([(8, "v8".to_string())]);
     assert!(
@@ -301,7 +350,11 @@ async fn a_slot_moved_with_queued_entries_is_applied_in_order() {
         "{:?}",
         rows(&pg).await
     );
-    assert!(eventually(Duration::from_secs(10), async || queued(&cluster).await == 0).await);
+    assert!(
+        eventually(Duration::from_secs(10), async || queued(&cluster).await
+            == 0)
+        .await
+    );
     let db = pg.client().await;
     let version: (i64, i64) = db
         .query_one(
@@ -317,6 +370,64 @@ async fn a_slot_moved_with_queued_entries_is_applied_in_order() {
         *last,
         "the version taken is the last entry's"
     );
+    proxy.shutdown().await;
+    support::assert_no_panics();
+}
+
+/// `write_behind_max_queue` on a cluster: each slot's stream is bounded by the script (the
+/// write is not made), and the depth summed over the slots this sidecar knows is bounded here,
+/// before Redis; both refusals are counted, and writes are accepted again once drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_slot_stream_and_a_full_sum_of_slots_refuse_writes() {
+    let cluster = RedisCluster::start();
+    let pg = PgServer::start();
+    let proxy = Proxy::start_with(&cluster.url(), |c| {
+        c.upstream.mode = "cluster".into();
+        support::behind::configure(c, &pg, |m| m.write_behind_max_queue = Some(3));
+    })
+    .await;
+    let mut c = proxy.client().await;
+    let holder = lock(&pg).await;
+    for v in ["a", "b", "c"] {
+        let _: () = query(&mut c, &["SET", "item:1", v]).await;
+    }
+    let set = async |c: &mut redis::aio::MultiplexedConnection, k: &str| {
+        redis::cmd("SET")
+            .arg(k)
+            .arg("late")
+            .query_async::<()>(c)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let e = set(&mut c, "item:1").await.unwrap_err();
+    assert!(e.contains("write-behind queue full"), "{e}");
+    assert_eq!(query::<String>(&mut c, &["GET", "item:1"]).await, "c");
+    // item:2 is in another slot, whose stream is empty: refused by the summed depth.
+    assert_ne!(stream_of("item:2"), stream_of("item:1"));
+    assert!(
+        eventually(Duration::from_secs(10), async || gauge(
+            &proxy,
+            "queue_depth"
+        )
+        .await
+            == 3.0)
+        .await
+    );
+    let e = set(&mut c, "item:2").await.unwrap_err();
+    assert!(e.contains("write-behind queue full"), "{e}");
+    let mut node = cluster.node(cluster.primary_of(slot::of(b"item:2"))).await;
+    assert!(!query::<bool>(&mut node, &["EXISTS", "item:2"]).await);
+    assert_eq!(gauge(&proxy, "full_refusals_total").await, 2.0);
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), async || set(&mut c, "item:2")
+            .await
+            .is_ok())
+        .await,
+        "accepted again once drained"
+    );
+    let want = HashMap::from([(1, "c".to_string()), (2, "late".to_string())]);
+    assert!(reaches(&pg, &want, Duration::from_secs(20)).await);
     proxy.shutdown().await;
     support::assert_no_panics();
 }

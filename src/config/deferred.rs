@@ -356,11 +356,10 @@ mod tests {
         .validate()
         .unwrap();
         assert_eq!(v.write_behind[0].sweep_every, Duration::from_secs(10));
-        let e = err(&format!("{cluster}{behind}write_behind_sweep_every = \"0s\"\n"));
-        assert_eq!(
-            e,
-            "mapping[0].write_behind_sweep_every: \"0s\" must be > 0"
-        );
+        let e = err(&format!(
+            "{cluster}{behind}write_behind_sweep_every = \"0s\"\n"
+        ));
+        assert_eq!(e, "mapping[0].write_behind_sweep_every: \"0s\" must be > 0");
         let e = err(&format!(
             "{BASE}{}sweep_every = \"0s\"\n",
             counter.replace("sweep_every = \"30s\"\n", "")

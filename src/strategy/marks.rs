@@ -57,5 +57,4 @@ mod tests {
         assert_eq!(m.take(), vec![0, 63, 64, 16383]);
         assert!(m.take().is_empty());
     }
-
 }

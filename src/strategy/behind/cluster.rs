@@ -128,8 +128,10 @@ impl Worker {
                 }
                 let (own, own_gone) = read_group(&r[0], s);
                 let (new, new_gone) = read_group(&r[1], s);
-                let got = !(own.is_empty() && new.is_empty())
-                    || !(own_gone.is_empty() && new_gone.is_empty());
+                let got = !(own.is_empty()
+                    && new.is_empty()
+                    && own_gone.is_empty()
+                    && new_gone.is_empty());
                 entries.extend(own.into_iter().chain(new));
                 gone.extend(
                     own_gone
@@ -215,30 +217,49 @@ impl Worker {
     }
 
     /// This consumer leaves the groups of the streams it no longer reads (found empty, so it
-    /// holds nothing there), so that a fleet's restarts do not pile up consumers per slot.
+    /// holds nothing there), with the consumers of sidecars that are gone (nothing pending,
+    /// idle an hour: see `prune`), so that a fleet's restarts and kills do not pile up
+    /// consumers in the slots' groups.
     async fn leave(&self, streams: &[Bytes]) {
         for chunk in streams.chunks(PROBE) {
             let mut pipeline = Vec::new();
             for s in chunk {
                 pipeline.extend_from_slice(&encode_command(&[
-                    &b"XGROUP"[..],
-                    b"DELCONSUMER",
+                    &b"XINFO"[..],
+                    b"CONSUMERS",
                     s,
                     GROUP,
-                    &self.consumer,
                 ]));
             }
-            // Best effort: a consumer left behind holds nothing and is removed later.
-            let _ = call(&self.upstream, Bytes::from(pipeline), chunk.len() as u32).await;
+            let Ok(r) = call(&self.upstream, Bytes::from(pipeline), chunk.len() as u32).await
+            else {
+                return;
+            };
+            let mut pipeline = Vec::new();
+            let mut n = 0;
+            for (s, r) in chunk.iter().zip(&r) {
+                let mut names = super::prune::gone_consumers(r);
+                names.push(self.consumer.to_vec());
+                for name in &names {
+                    pipeline.extend_from_slice(&encode_command(&[
+                        &b"XGROUP"[..],
+                        b"DELCONSUMER",
+                        s,
+                        GROUP,
+                        name,
+                    ]));
+                    n += 1;
+                }
+            }
+            // Best effort: a consumer left behind holds nothing, and goes with a later leave.
+            let _ = call(&self.upstream, Bytes::from(pipeline), n).await;
         }
     }
 
     /// Every stream of the mapping that holds entries, with its length; `None` if some part
     /// of the cluster could not be asked.
     async fn sweep(&self) -> Option<Vec<(Bytes, u64)>> {
-        let mut streams: Vec<Bytes> = (0..SLOTS as u16)
-            .map(|s| self.q.slot_stream(s))
-            .collect();
+        let mut streams: Vec<Bytes> = (0..SLOTS as u16).map(|s| self.q.slot_stream(s)).collect();
         streams.push(self.q.stream.clone());
         let mut found = Vec::new();
         for chunk in streams.chunks(SWEEP_CHUNK) {

@@ -126,7 +126,9 @@ async fn read_cluster(q: &Queue, upstream: &Upstream, streams: &mut Streams) {
             let Some(n) = r.first().and_then(|b| crate::protocol::scan::integer(b)) else {
                 continue;
             };
-            let oldest = r.get(1).and_then(|b| read_range(b, s).0.first().map(|e| e.id.0));
+            let oldest = r
+                .get(1)
+                .and_then(|b| read_range(b, s).0.first().map(|e| e.id.0));
             streams.read.insert((*s).clone(), (n.max(0) as u64, oldest));
         }
     }

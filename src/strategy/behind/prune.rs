@@ -77,7 +77,7 @@ pub(super) async fn forget_gone_consumers(q: &Queue, upstream: &Upstream) -> Opt
 
 /// The names in an XINFO CONSUMERS reply (RESP2: a list of flat name/value lists) of consumers
 /// with no pending entries, idle past [`GONE_AFTER`].
-fn gone_consumers(reply: &[u8]) -> Vec<Vec<u8>> {
+pub(super) fn gone_consumers(reply: &[u8]) -> Vec<Vec<u8>> {
     use crate::protocol::scan::Value;
     let Some((list, _)) = Value::parse(reply, crate::protocol::Proto::Resp2) else {
         return Vec::new();

@@ -149,8 +149,14 @@ mod tests {
         assert_eq!(set.due(now), vec![c.clone()]);
         let later = now + GRACE + Duration::from_millis(1);
         assert!(!set.settle(&c, Found::Unknown, later), "no answer: kept");
-        assert!(!set.settle(&c, Found::Len(2), later), "entries held elsewhere: kept");
-        assert!(set.settle(&a, Found::Len(0), later), "empty past its grace: gone");
+        assert!(
+            !set.settle(&c, Found::Len(2), later),
+            "entries held elsewhere: kept"
+        );
+        assert!(
+            set.settle(&a, Found::Len(0), later),
+            "empty past its grace: gone"
+        );
         assert!(set.settle(&c, Found::Len(0), later));
         // A mark after the read began brings it back (it is read again at once).
         set.marked(a.clone(), later);

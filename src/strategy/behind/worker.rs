@@ -26,8 +26,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 pub(super) const GROUP: &[u8] = b"cacheside";
 /// Entries per read.
@@ -242,7 +242,10 @@ impl Worker {
         if entries.is_empty() && gone.is_empty() {
             return Round::Idle;
         }
-        let gone = gone.into_iter().map(|id| (self.q.stream.clone(), id)).collect();
+        let gone = gone
+            .into_iter()
+            .map(|id| (self.q.stream.clone(), id))
+            .collect();
         self.process(entries, gone).await
     }
 
@@ -269,12 +272,19 @@ impl Worker {
         if entries.is_empty() && gone.is_empty() {
             return Round::Idle;
         }
-        let gone = gone.into_iter().map(|id| (self.q.stream.clone(), id)).collect();
+        let gone = gone
+            .into_iter()
+            .map(|id| (self.q.stream.clone(), id))
+            .collect();
         self.claimed(entries, gone).await
     }
 
     /// Applies entries taken over from another consumer.
-    pub(super) async fn claimed(&mut self, entries: Vec<Entry>, gone: Vec<(Bytes, Bytes)>) -> Round {
+    pub(super) async fn claimed(
+        &mut self,
+        entries: Vec<Entry>,
+        gone: Vec<(Bytes, Bytes)>,
+    ) -> Round {
         self.q.metrics.claimed.inc_by(entries.len() as u64);
         tracing::info!(mapping = %self.q.settings.mapping, entries = entries.len(), "write-behind: took over entries another sidecar held too long");
         self.process(entries, gone).await
@@ -355,15 +365,17 @@ impl Worker {
             if !self.dead_letter(e, why).await {
                 return Round::Failed;
             }
-            self.attempts
-                .remove(&(e.stream.clone(), e.id_text.clone()));
+            self.attempts.remove(&(e.stream.clone(), e.id_text.clone()));
             for other in entries.iter().filter(|o| o.key == e.key) {
                 done.push((other.stream.clone(), other.id_text.clone()));
             }
         }
         // Markers of applied (or dead-lettered) deletions go before the entries: a crash in
         // between leaves the entries to be applied again, which changes nothing.
-        let is_done = |e: &Entry| done.iter().any(|(s, id)| *s == e.stream && *id == e.id_text);
+        let is_done = |e: &Entry| {
+            done.iter()
+                .any(|(s, id)| *s == e.stream && *id == e.id_text)
+        };
         let unmark: Vec<&Entry> = entries.iter().filter(|e| e.delete && is_done(e)).collect();
         if !self.unmark(&unmark).await {
             return Round::Failed;
@@ -425,8 +437,11 @@ impl Worker {
                 .map(|e| crate::loader::negative_key(&e.key))
                 .collect();
             let n = group.len().to_string();
-            let mut args: Vec<&[u8]> =
-                vec![b"EVAL", super::scripts::UNMARK_SCRIPT.as_bytes(), n.as_bytes()];
+            let mut args: Vec<&[u8]> = vec![
+                b"EVAL",
+                super::scripts::UNMARK_SCRIPT.as_bytes(),
+                n.as_bytes(),
+            ];
             args.extend(markers.iter().map(|m| &m[..]));
             args.extend(group.iter().map(|e| &e.id_text[..]));
             pipeline.extend_from_slice(&encode_command(&args));

@@ -24,13 +24,13 @@ use batch::{Batch, Sent};
 use bytes::{Bytes, BytesMut};
 use frames::{parse_batch, plain, redirection, redirects, repeat, Redirect};
 use nodes::Node;
+pub use split::PER_KEY_SCRIPT;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-pub use split::PER_KEY_SCRIPT;
 pub use topology::Topology;
 
 /// Redirections followed for one command before its last error goes to the client.

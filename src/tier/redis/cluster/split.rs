@@ -104,7 +104,7 @@ fn per_key(req: &Request) -> Option<Plan> {
     }
     let numkeys: usize = std::str::from_utf8(req.arg(2)).ok()?.parse().ok()?;
     let groups = numkeys / 3;
-    if numkeys % 3 != 0 || req.argc() != 3 + numkeys + 1 + groups {
+    if !numkeys.is_multiple_of(3) || req.argc() != 3 + numkeys + 1 + groups {
         return None;
     }
     let shared = 3 + numkeys;

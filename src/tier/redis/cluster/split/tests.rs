@@ -221,7 +221,9 @@ fn a_per_key_script_over_slots_runs_once_per_slot_with_its_threes() {
     // Any other script, or a per-key one of the wrong shape, over several slots: CROSSSLOT.
     for r in [
         req(&["EVAL", "return 1", "2", "{a}1", "{b}1"]),
-        req(&["EVAL", &script, "6", "{a}1", "{a}s", "{a}m", "{b}1", "{b}s", "{b}m", "DEL", "5"]),
+        req(&[
+            "EVAL", &script, "6", "{a}1", "{a}s", "{a}m", "{b}1", "{b}s", "{b}m", "DEL", "5",
+        ]),
     ] {
         assert!(matches!(plan(&r, &topo()), Plan::Reply(_)));
     }
