@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::behind::rows;
 use support::behind_cluster::{
-    entries, in_process, lock, queued, stream, stream_of, streams, sweeps, toml,
+    entries, in_process, lock, pending, queued, stream, stream_of, streams, sweeps, toml,
 };
 use support::cluster::RedisCluster;
 use support::counters::{eventually, Sidecar};
@@ -260,8 +260,18 @@ async fn entries_in_slots_nobody_writes_are_applied_after_sweeps() {
         }
         let _: Vec<()> = pipe.query_async(&mut c).await.unwrap();
         // A's worker reads some (held pending, its statement waiting on the lock).
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            eventually(Duration::from_secs(10), async || pending(&cluster).await
+                > 0)
+            .await,
+            "A's worker read entries"
+        );
         a.kill();
+        let held = pending(&cluster).await;
+        eprintln!(
+            "A killed holding {held} of {} entries",
+            queued(&cluster).await
+        );
         holder.batch_execute("ROLLBACK").await.unwrap();
     };
 

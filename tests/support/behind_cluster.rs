@@ -64,6 +64,18 @@ pub async fn queued(cluster: &RedisCluster) -> i64 {
     n
 }
 
+/// Entries read by a consumer and not yet acknowledged, over every stream of the mapping.
+pub async fn pending(cluster: &RedisCluster) -> i64 {
+    let mut n = 0;
+    for (port, s) in streams(cluster).await {
+        let mut node = cluster.node(port).await;
+        let summary: (i64, redis::Value, redis::Value, redis::Value) =
+            query(&mut node, &["XPENDING", &s, "cacheside"]).await;
+        n += summary.0;
+    }
+    n
+}
+
 /// Each entry of stream `s` on the node at `port`: (id, key, value or None for a deletion).
 pub async fn entries(
     cluster: &RedisCluster,
