@@ -310,25 +310,33 @@ async fn entries_in_slots_nobody_writes_are_applied_after_sweeps() {
     support::assert_no_panics();
 }
 
-/// A slot whose stream holds entries (the worker's statements wait on a lock) moves to another
-/// primary, stream and all; writes after the move go to the same stream there, after the
-/// others; once the lock goes, the key's last write is in PostgreSQL.
+/// A slot whose stream holds entries (the worker's statements wait on a lock, holding some)
+/// moves to another primary, stream, group and pending entries and all; then that primary
+/// fails over to its replica. Writes after each go to the same stream, after the others, with
+/// larger ids; once the lock goes, the key's last write is in PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slot_moved_with_queued_entries_is_applied_in_order() {
+async fn a_slot_moved_and_failed_over_with_queued_entries_is_applied_in_order() {
     let cluster = RedisCluster::start();
     let pg = PgServer::start();
     let proxy = in_process(&cluster, &pg, Human::secs(30), Human::secs(3600)).await;
     let mut c = proxy.client().await;
     let holder = lock(&pg).await;
     let k = "item:8";
-    for n in 1..=5 {
-        let _: () = query(&mut c, &["SET", k, &format!("v{n}")]).await;
-    }
+    let mut set = async |range: std::ops::RangeInclusive<i32>| {
+        for n in range {
+            let _: () = query(&mut c, &["SET", k, &format!("v{n}")]).await;
+        }
+    };
+    set(1..=5).await;
     let s = slot::of(k.as_bytes());
     let from = cluster.primary_of(s);
     let to = cluster.other_primary(from);
-    // The worker has read them meanwhile: they are pending in the group, which moves too.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || pending(&cluster).await
+            > 0)
+        .await,
+        "the worker read entries: they are pending in the group, which moves too"
+    );
     cluster.migrate(s, to, None);
     cluster.finish_migration(s, to);
     assert_eq!(
@@ -336,12 +344,15 @@ async fn a_slot_moved_with_queued_entries_is_applied_in_order() {
         vec![(to, stream(s))],
         "the stream moved with its slot"
     );
-    for n in 6..=8 {
-        let _: () = query(&mut c, &["SET", k, &format!("v{n}")]).await;
-    }
-    let queued_there = entries(&cluster, to, &stream(s)).await;
+    set(6..=8).await;
+    let now = cluster.fail_over(to);
+    set(9..=10).await;
+    let queued_there = entries(&cluster, now, &stream(s)).await;
     let values: Vec<String> = queued_there.iter().filter_map(|e| e.2.clone()).collect();
-    assert_eq!(values, (1..=8).map(|n| format!("v{n}")).collect::<Vec<_>>());
+    assert_eq!(
+        values,
+        (1..=10).map(|n| format!("v{n}")).collect::<Vec<_>>()
+    );
     let ids: Vec<(u64, u64)> = queued_there
         .iter()
         .map(|(id, _, _)| {
@@ -351,10 +362,10 @@ async fn a_slot_moved_with_queued_entries_is_applied_in_order() {
         .collect();
     assert!(
         ids.windows(2).all(|w| w[0] < w[1]),
-        "ids grow across the move: {ids:?}"
+        "ids grow across the move and the failover: {ids:?}"
     );
     holder.batch_execute("ROLLBACK").await.unwrap();
-    let want = HashMap::from([(8, "v8".to_string())]);
+    let want = HashMap::from([(8, "v10".to_string())]);
     assert!(
         reaches(&pg, &want, Duration::from_secs(30)).await,
         "{:?}",
