@@ -1,14 +1,15 @@
 //! Cluster mode: the streams a write-behind worker reads, and when it reads each next.
 //!
 //! A stream joins the set when this sidecar's writes are routed to its slot (the marks) or a
-//! sweep finds entries in it. It is read again at once while it yields entries, every
-//! [`BUSY`] while it holds entries this worker cannot read (another sidecar holds them), and
-//! every [`RECHECK`] while it is empty but was written through this sidecar in the last
-//! [`GRACE`]. It leaves the set only when it is found empty (XLEN 0, so nothing is pending
-//! either) and no write of this sidecar was routed to it for [`GRACE`]: a write is marked when
-//! routed, before it runs in Redis, and a mark taken after the read began keeps the stream
-//! (or brings it back at the next round). Bounded by the number of slots, plus the one stream
-//! of a single Redis that a cluster found later by `auto` may hold.
+//! sweep finds entries in it. It is read at the next round after a mark, again at once while
+//! it yields entries, every [`BUSY`] while it holds entries this worker cannot read (another
+//! sidecar holds them; that sidecar applies them, or they are taken over), and once more at
+//! the end of its [`GRACE`] when found empty. It leaves the set only when it is found empty
+//! (XLEN 0, so nothing is pending either) and no write of this sidecar was routed to it for
+//! [`GRACE`]: a write is marked when routed, before it runs in Redis, and a mark taken after
+//! the read began keeps the stream (or brings it back at the next round). So a slot costs
+//! about two reads per burst of writes, not a read per round. Bounded by the number of slots,
+//! plus the one stream of a single Redis that a cluster found later by `auto` may hold.
 
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -17,10 +18,8 @@ use tokio::time::Instant;
 
 /// How long a stream written through this sidecar is read even when found empty.
 pub(super) const GRACE: Duration = Duration::from_secs(2);
-/// How often an empty stream in its grace is read.
-const RECHECK: Duration = Duration::from_millis(100);
 /// How often a stream is read whose entries another consumer holds.
-const BUSY: Duration = Duration::from_millis(250);
+const BUSY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 struct State {
@@ -111,7 +110,7 @@ impl Active {
             }
             Found::Len(_) if s.keep > now => {
                 s.len = 0;
-                s.next = now + RECHECK;
+                s.next = s.keep;
             }
             Found::Len(_) => {
                 self.streams.remove(stream);
@@ -140,13 +139,14 @@ mod tests {
         set.marked(c.clone(), now);
         assert_eq!(set.due(now), vec![a.clone(), b.clone(), c.clone()]);
         assert_eq!(set.holding(), vec![b.clone()]);
-        // Empty within its grace: kept, read again soon.
+        // Empty within its grace: kept, read again when the grace ends.
         assert!(!set.settle(&a, Found::Len(0), now));
         // Found by a sweep, never written here: gone once found empty.
         assert!(set.settle(&b, Found::Len(0), now));
         assert_eq!(set.len(), 2);
         assert!(!set.settle(&c, Found::Entries, now));
         assert_eq!(set.due(now), vec![c.clone()]);
+        assert_eq!(set.due(now + GRACE), vec![a.clone(), c.clone()]);
         let later = now + GRACE + Duration::from_millis(1);
         assert!(!set.settle(&c, Found::Unknown, later), "no answer: kept");
         assert!(
