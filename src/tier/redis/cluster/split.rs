@@ -104,7 +104,9 @@ fn per_key(req: &Request) -> Option<Plan> {
     }
     let numkeys: usize = std::str::from_utf8(req.arg(2)).ok()?.parse().ok()?;
     let groups = numkeys / 3;
-    if !numkeys.is_multiple_of(3) || req.argc() != 3 + numkeys + 1 + groups {
+    // Checked: numkeys is the client's number.
+    let argc = numkeys.checked_add(4)?.checked_add(groups)?;
+    if !numkeys.is_multiple_of(3) || req.argc() != argc {
         return None;
     }
     let shared = 3 + numkeys;

@@ -224,6 +224,8 @@ fn a_per_key_script_over_slots_runs_once_per_slot_with_its_threes() {
         req(&[
             "EVAL", &script, "6", "{a}1", "{a}s", "{a}m", "{b}1", "{b}s", "{b}m", "DEL", "5",
         ]),
+        // A number of keys no request can hold: refused, not an overflow.
+        req(&["EVAL", &script, "18446744073709551615", "{a}1", "{b}1"]),
     ] {
         assert!(matches!(plan(&r, &topo()), Plan::Reply(_)));
     }
