@@ -145,9 +145,7 @@ pub async fn serve_with(
     }
     // On a cluster (`mode = "cluster"`, or found by `auto`) the hot tier is kept coherent by
     // broadcast on a shard channel, read-through's leases and markers live in their key's
-    // slot, and counters keep their bookkeeping per slot; write-behind is not supported there
-    // yet.
-    let cluster = upstream.as_ref().is_some_and(|u| u.cluster().is_some());
+    // slot, and counters and write-behind keep their bookkeeping and queues per slot.
     let hot = match &upstream {
         Some(u) if !cfg.hot.rules.is_empty() => {
             let tier = HotTier::new(&cfg.hot, metrics.clone());
@@ -220,12 +218,7 @@ pub async fn serve_with(
             }
         }
     }
-    // `mode = "cluster"` with write-behind is refused by validation; a cluster found by `auto`
-    // at start runs without it.
-    let behind = !cfg.write_behind.is_empty() && !cluster;
-    if cluster && !cfg.write_behind.is_empty() {
-        tracing::error!("the upstream is a Redis Cluster: write = \"behind\" is not supported there yet and is off");
-    }
+    let behind = !cfg.write_behind.is_empty();
     let strategies = match (&upstream, &cfg.postgres) {
         (Some(u), Some(db)) if !cfg.counters.is_empty() || behind => {
             match Database::new(db.clone()) {
@@ -238,8 +231,13 @@ pub async fn serve_with(
                                 u.cluster_flag(),
                             )
                         }),
-                        behind: behind
-                            .then(|| Behind::new(cfg.write_behind.clone(), metrics.registry())),
+                        behind: behind.then(|| {
+                            Behind::new(
+                                cfg.write_behind.clone(),
+                                metrics.registry(),
+                                u.cluster_flag(),
+                            )
+                        }),
                     };
                     let s = Arc::new(s);
                     router = router.with_strategies(s.clone());

@@ -50,8 +50,11 @@
 //!   strategies that rewrite the client's command into a script plus a background worker:
 //!   `[[counter]]` INCRs that also record the delta, moved to PostgreSQL exactly once
 //!   (`counter/flush.rs`, `counter/apply.rs`); write-behind SETs queued in a Redis Stream and
-//!   applied last-write-wins (`behind/worker.rs`, `behind/apply.rs`; `behind/gauges.rs`: the
-//!   queue's depth and lag, which past `write_behind_max_lag` refuse new writes).
+//!   applied last-write-wins (`behind/scripts.rs`: the write and its XADD; `behind/worker.rs`,
+//!   `behind/entries.rs`, `behind/apply.rs`; `behind/gauges.rs`: the queue's depth and lag,
+//!   which past `write_behind_max_lag` refuse new writes; on a cluster one stream per slot,
+//!   `behind/cluster.rs` and `behind/slots.rs`: which slots a worker reads, and sweeps; slots
+//!   are marked by writes in `marks.rs`).
 //! - [`error`]: typed errors and the one function that maps them to replies.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener (/startupz /livez /readyz
 //!   /metrics, POST /quitquitquit).

@@ -168,6 +168,10 @@ pub(super) fn write_behind(c: &Config) -> Result<Vec<BehindSettings>, ConfigErro
                     m.write_behind_claim_idle.is_some(),
                 ),
                 ("write_behind_max_lag", m.write_behind_max_lag.is_some()),
+                (
+                    "write_behind_sweep_every",
+                    m.write_behind_sweep_every.is_some(),
+                ),
             ] {
                 if set {
                     return Err(ConfigError::invalid(
@@ -230,6 +234,10 @@ pub(super) fn write_behind(c: &Config) -> Result<Vec<BehindSettings>, ConfigErro
             Some(h) => super::validate::positive(&key("write_behind_claim_idle"), h.get())?,
             None => Duration::from_secs(30),
         };
+        let sweep_every = match m.write_behind_sweep_every {
+            Some(h) => super::validate::positive(&key("write_behind_sweep_every"), h.get())?,
+            None => Duration::from_secs(60),
+        };
         let max_lag = m
             .write_behind_max_lag
             .map(|h| h.get())
@@ -265,6 +273,7 @@ pub(super) fn write_behind(c: &Config) -> Result<Vec<BehindSettings>, ConfigErro
             max_queue,
             max_lag,
             claim_idle,
+            sweep_every,
         });
     }
     Ok(out)
@@ -322,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn counters_run_on_a_cluster_and_write_behind_does_not_yet() {
+    fn counters_and_write_behind_run_on_a_cluster() {
         let cluster = BASE.replace(
             "url = \"redis://h\"\n",
             "url = \"redis://h\"\nmode = \"cluster\"\n",
@@ -334,16 +343,23 @@ mod tests {
             .unwrap();
         assert_eq!(v.counters[0].sweep_every, Duration::from_secs(30));
         let behind = "[[mapping]]\nname = \"p\"\nkey = \"p:{id}\"\nquery = \"SELECT 1\"\nttl = \"1h\"\nwrite = \"behind\"\nwrite_query = \"INSERT $1 $2\"\n";
-        let e = err(&format!("{cluster}{counter}{behind}"));
-        assert!(
-            e.starts_with("upstream.mode: \"cluster\" does not support write = \"behind\" yet"),
-            "{e}"
-        );
-        // Found by `auto` at start, a cluster keeps its counters (write-behind is then off).
-        assert!(Config::from_toml(&format!("{BASE}{counter}{behind}"), "t")
+        let v = Config::from_toml(&format!("{cluster}{counter}{behind}"), "t")
             .unwrap()
             .validate()
-            .is_ok());
+            .unwrap();
+        assert_eq!(v.write_behind[0].sweep_every, Duration::from_secs(60));
+        let v = Config::from_toml(
+            &format!("{cluster}{behind}write_behind_sweep_every = \"10s\"\n"),
+            "t",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(v.write_behind[0].sweep_every, Duration::from_secs(10));
+        let e = err(&format!(
+            "{cluster}{behind}write_behind_sweep_every = \"0s\"\n"
+        ));
+        assert_eq!(e, "mapping[0].write_behind_sweep_every: \"0s\" must be > 0");
         let e = err(&format!(
             "{BASE}{}sweep_every = \"0s\"\n",
             counter.replace("sweep_every = \"30s\"\n", "")

@@ -177,6 +177,10 @@ pub struct MappingConfig {
     /// (unset or "0": no bound).
     #[serde(default)]
     pub write_behind_max_lag: Option<Human>,
+    /// `write = "behind"` on a Redis Cluster: how often one sidecar of the fleet looks in every
+    /// slot for entries no running sidecar reads (1m).
+    #[serde(default)]
+    pub write_behind_sweep_every: Option<Human>,
 }
 
 impl Default for MappingConfig {
@@ -202,6 +206,7 @@ impl Default for MappingConfig {
             write_behind_max_queue: None,
             write_behind_claim_idle: None,
             write_behind_max_lag: None,
+            write_behind_sweep_every: None,
         }
     }
 }

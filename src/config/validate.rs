@@ -294,18 +294,6 @@ impl Config {
         if upstream
             .as_ref()
             .is_some_and(|u| u.mode == UpstreamMode::Cluster)
-            && !write_behind.is_empty()
-        {
-            // Write-behind's script writes a key and the one queue (a stream) of its mapping,
-            // which lives in another slot. (Counters keep their bookkeeping per slot.)
-            return Err(ConfigError::invalid(
-                "upstream.mode",
-                "\"cluster\" does not support write = \"behind\" yet (its queue is one stream, in one slot); use write = \"through\", or a [[counter]] for counts",
-            ));
-        }
-        if upstream
-            .as_ref()
-            .is_some_and(|u| u.mode == UpstreamMode::Cluster)
             && !hot.rules.is_empty()
             && hot.coherence == Coherence::Tracking
         {

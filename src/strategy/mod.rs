@@ -18,6 +18,7 @@ pub mod behind;
 pub mod counter;
 mod delete;
 mod keys;
+mod marks;
 mod related;
 mod set_args;
 mod through;

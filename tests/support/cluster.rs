@@ -251,6 +251,36 @@ impl RedisCluster {
         self.wait_ok();
     }
 
+    /// A manual failover of the primary at `port`: its replica, once in sync, takes over
+    /// (`CLUSTER FAILOVER` waits for it to have every write of its primary). The new primary's
+    /// port.
+    pub fn fail_over(&self, port: u16) -> u16 {
+        let id = cli(port, &["CLUSTER", "MYID"]);
+        let replica = *self
+            .ports
+            .iter()
+            .find(|&&p| {
+                cli(p, &["CLUSTER", "NODES"])
+                    .lines()
+                    .any(|l| l.contains("myself,slave") && l.contains(id.trim()))
+            })
+            .expect("the primary has a replica");
+        let start = Instant::now();
+        while !cli(replica, &["INFO", "replication"]).contains("master_link_status:up") {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "replica never synced"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(cli(replica, &["CLUSTER", "FAILOVER"]).trim(), "OK");
+        while !cli(replica, &["ROLE"]).starts_with("master") {
+            assert!(start.elapsed() < Duration::from_secs(20), "no failover");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        replica
+    }
+
     /// Kills the node at `port` (as a crash would).
     pub fn kill(&mut self, port: u16) {
         if let Some(i) = self.ports.iter().position(|&p| p == port) {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod behind;
+pub mod behind_cluster;
 pub mod certs;
 pub mod cluster;
 pub mod coherence;

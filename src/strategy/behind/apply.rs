@@ -39,6 +39,8 @@ impl StreamId {
 /// One entry read from the stream.
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
+    /// The stream it was read from (on a cluster, its key's slot's).
+    pub(super) stream: Bytes,
     pub(super) id: StreamId,
     pub(super) id_text: Bytes,
     pub(super) key: Bytes,

@@ -12,6 +12,7 @@ pub(super) struct Families {
     claimed: IntCounterVec,
     lag_refusals: IntCounterVec,
     full_refusals: IntCounterVec,
+    sweeps: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounterVec {
@@ -26,7 +27,7 @@ impl Families {
         let depth = IntGaugeVec::new(
             Opts::new(
                 "cacheside_write_behind_queue_depth",
-                "Entries in the write-behind stream (queued or being applied), by mapping.",
+                "Entries in the write-behind stream (queued or being applied; on a cluster, summed over the slots this sidecar knows), by mapping.",
             ),
             &["mapping"],
         )
@@ -35,7 +36,7 @@ impl Families {
         let lag = prometheus::GaugeVec::new(
             Opts::new(
                 "cacheside_write_behind_lag_seconds",
-                "Age of the oldest entry in the write-behind stream (0 when empty), by mapping.",
+                "Age of the oldest entry in the write-behind stream (on a cluster, of the slots this sidecar knows; 0 when empty), by mapping.",
             ),
             &["mapping"],
         )
@@ -74,6 +75,11 @@ impl Families {
                 "cacheside_write_behind_claimed_total",
                 "Write-behind entries taken over from another sidecar that held them past write_behind_claim_idle, by mapping.",
             ),
+            sweeps: counter(
+                r,
+                "cacheside_write_behind_sweeps_total",
+                "Cluster mode: sweeps of every slot's write-behind stream this sidecar completed, by mapping (at start, then when it held the fleet's lease).",
+            ),
         }
     }
 
@@ -87,6 +93,7 @@ impl Families {
             claimed: self.claimed.with_label_values(&[name]),
             lag_refusals: self.lag_refusals.with_label_values(&[name]),
             full_refusals: self.full_refusals.with_label_values(&[name]),
+            sweeps: self.sweeps.with_label_values(&[name]),
         }
     }
 }
@@ -100,4 +107,5 @@ pub(super) struct BehindMetrics {
     pub(super) claimed: IntCounter,
     pub(super) lag_refusals: IntCounter,
     pub(super) full_refusals: IntCounter,
+    pub(super) sweeps: IntCounter,
 }

@@ -2,83 +2,50 @@
 //! `delete_query`, a DEL) is acknowledged once it is durably queued, and a worker in every
 //! sidecar applies the queue to PostgreSQL. Other writes of a mapped key are refused.
 //!
-//! The queue is a Redis Stream on the upstream, `cacheside:wb:<mapping>`, read through the
-//! consumer group `cacheside`. The write and its XADD are one script ([`SET_SCRIPT`]), so a
-//! write is never acknowledged without being queued, and a queued write is always in Redis.
-//! The stream outlives any sidecar, works on ElastiCache, and any sidecar takes over a dead
-//! one's entries (XAUTOCLAIM after `write_behind_claim_idle`). See [`worker`] for how entries
-//! reach the database exactly as last written.
+//! The queue is a Redis Stream on the upstream, read through the consumer group `cacheside`:
+//! on one Redis `cacheside:wb:<mapping>`; on a Redis Cluster one stream per hash slot,
+//! `cacheside:wb:{<tag>}:<mapping>` in the slot of the keys it queues (the tag is
+//! [`slot_tag`]), so that the write and its XADD are one script ([`scripts::SET_SCRIPT`]) on the
+//! key's node. A write is never acknowledged without being queued, and a queued write is always
+//! in Redis; all of a key's entries are in one stream, in the order Redis took them. The
+//! stream outlives any sidecar, works on ElastiCache, and any sidecar takes over a dead one's
+//! entries (XAUTOCLAIM after `write_behind_claim_idle`). See [`worker`] for how entries reach
+//! the database exactly as last written, and [`cluster`] for which slots a worker reads.
 //!
-//! Backpressure: the script refuses a write once the stream holds `write_behind_max_queue`
-//! entries (exact, in Redis); and while the oldest entry is older than `write_behind_max_lag`
-//! (as [`gauges`] last read it, twice a second) the write is refused here, before Redis.
+//! Backpressure: the script refuses a write once the key's stream holds
+//! `write_behind_max_queue` entries (exact, in Redis); and while the oldest entry is older than
+//! `write_behind_max_lag` (as [`gauges`] last read it, twice a second) the write is refused here,
+//! before Redis. On a cluster the script's bound is per slot's stream, and the write is also
+//! refused here while the depth summed over the slots this sidecar knows reaches the bound.
 
 mod apply;
+mod cluster;
+mod entries;
 mod gauges;
 mod metrics;
 mod prune;
+mod scripts;
+mod slots;
 #[cfg(test)]
 mod tests;
 mod worker;
 
+pub use scripts::QUEUE_FULL;
 pub use worker::spawn;
 
 use crate::error::ProxyError;
 use crate::loader::KeyPattern;
 use crate::protocol::request::encode_command;
 use crate::protocol::Request;
+use crate::strategy::marks::SlotMarks;
 use crate::strategy::Rewritten;
+use crate::tier::redis::cluster::slot::{self, slot_tag};
 use bytes::Bytes;
 use metrics::BehindMetrics;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use scripts::{DEL_SCRIPT, SET_SCRIPT};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// The client's SET/SETEX/PSETEX, and the XADD of the key and value, unless the queue is full.
-/// KEYS: key, stream. ARGV: max queue, index in ARGV of the value, the command, its arguments
-/// after the key. `pcall`: Redis's own error for a bad option is returned as it is, and nothing
-/// is queued; neither is a SET NX/XX that did not set.
-pub(crate) const SET_SCRIPT: &str = "if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[1]) then
-  return redis.error_reply('ERR cacheside: write-behind queue full')
-end
-local r = redis.pcall(ARGV[3], KEYS[1], unpack(ARGV, 4))
-if type(r) == 'table' and r.err then return r end
-if r then redis.call('XADD', KEYS[2], '*', 'k', KEYS[1], 'v', ARGV[tonumber(ARGV[2])]) end
-return r";
-
-/// DEL or UNLINK (ARGV[1]) of the client's keys, with a deletion queued for each key of a
-/// mapping that has a `delete_query`, unless a queue is full. KEYS: the client's keys, the
-/// streams, then each key's "not found" marker. ARGV[2]: max queue; ARGV[2 + i]: the index in
-/// KEYS of key i's stream, 0 for none. Each queued deletion sets the key's marker to the entry's
-/// id, so a read-through miss does not load the row the database still holds; the worker
-/// removes the marker once the row is deleted, if it still holds that id ([`UNMARK_SCRIPT`]).
-/// The marker's day-long expiry is only a net for a queue no worker drains any more.
-pub(crate) const DEL_SCRIPT: &str = "local n = #ARGV - 2
-for i = 1, n do
-  local s = tonumber(ARGV[2 + i])
-  if s > 0 and redis.call('XLEN', KEYS[s]) >= tonumber(ARGV[2]) then
-    return redis.error_reply('ERR cacheside: write-behind queue full')
-  end
-end
-local gone = redis.call(ARGV[1], unpack(KEYS, 1, n))
-for i = 1, n do
-  local s = tonumber(ARGV[2 + i])
-  if s > 0 then
-    local id = redis.call('XADD', KEYS[s], '*', 'k', KEYS[i], 'd', '1')
-    redis.call('SET', KEYS[#KEYS - n + i], id, 'PX', 86400000)
-  end
-end
-return gone";
-
-/// Removes "not found" markers (KEYS) that still hold the ids (ARGV) the worker applied.
-pub(crate) const UNMARK_SCRIPT: &str = "local n = 0
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[i] then n = n + redis.call('DEL', KEYS[i]) end
-end
-return n";
-
-/// The reply of a write refused by [`SET_SCRIPT`] or [`DEL_SCRIPT`] for a full queue.
-pub const QUEUE_FULL: &[u8] = b"-ERR cacheside: write-behind queue full\r\n";
 
 /// Checked settings of one write-behind mapping.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,19 +60,70 @@ pub struct BehindSettings {
     /// Writes are refused while the oldest queued entry is older than this (`None`: no bound).
     pub max_lag: Option<Duration>,
     pub claim_idle: Duration,
+    /// Cluster mode: how often one sidecar of the fleet looks in every slot for entries that
+    /// no running sidecar reads (left by one that died).
+    pub sweep_every: Duration,
 }
 
 /// One mapping's queue.
 pub(crate) struct Queue {
     pub(crate) settings: BehindSettings,
+    /// One Redis: the stream.
     pub(crate) stream: Bytes,
+    /// The dead-letter stream: one for the mapping, in one slot (only the worker writes it).
     pub(crate) dead: Bytes,
     metrics: BehindMetrics,
     /// The age of the oldest queued entry in ms, as last read by [`gauges`].
     lag_ms: AtomicU64,
+    /// The queue's depth, as last read by [`gauges`] (on a cluster: summed over known slots).
+    depth: AtomicU64,
+    /// The upstream's: set once it runs as a cluster (`auto` may find one after the start).
+    cluster: Arc<AtomicBool>,
+    /// Cluster mode: the slots this sidecar's writes were routed to since the worker looked.
+    marks: SlotMarks,
+    /// Cluster mode: the streams the worker reads now (its own slots and those a sweep
+    /// found), for the gauges.
+    known: Mutex<Vec<Bytes>>,
 }
 
 impl Queue {
+    fn is_cluster(&self) -> bool {
+        self.cluster.load(Ordering::Acquire)
+    }
+
+    /// `cacheside:wb:{t}:<mapping>`, in `slot` (the tag first: a mapping's name may hold
+    /// braces of its own).
+    pub(crate) fn slot_stream(&self, slot: u16) -> Bytes {
+        Bytes::from(format!(
+            "cacheside:wb:{{{}}}:{}",
+            slot_tag(slot),
+            self.settings.mapping
+        ))
+    }
+
+    /// The stream `key`'s entries go to. On a cluster the key's slot is marked first, before
+    /// the write is sent, so the worker reads it from its next round on.
+    fn stream_for(&self, key: &[u8]) -> Bytes {
+        if !self.is_cluster() {
+            return self.stream.clone();
+        }
+        let s = slot::of(key);
+        self.marks.mark(s);
+        self.slot_stream(s)
+    }
+
+    /// On a cluster, the refusal a write gets while the depth over the slots this sidecar
+    /// knows reaches `write_behind_max_queue` (each slot's stream is bounded by the script).
+    fn full_refusal(&self) -> Option<ProxyError> {
+        if !self.is_cluster() || self.depth.load(Ordering::Relaxed) < self.settings.max_queue {
+            return None;
+        }
+        self.metrics.full_refusals.inc();
+        Some(ProxyError::Command(
+            "ERR cacheside: write-behind queue full".into(),
+        ))
+    }
+
     /// The refusal a write gets while the queue lags past `write_behind_max_lag`.
     fn lag_refusal(&self) -> Option<ProxyError> {
         let max = self.settings.max_lag?;
@@ -128,8 +146,16 @@ pub struct Behind {
 }
 
 impl Behind {
-    pub fn new(settings: Vec<BehindSettings>, registry: &prometheus::Registry) -> Arc<Self> {
+    /// `cluster` is the upstream's cluster flag ([`crate::tier::redis::Upstream::cluster_flag`]):
+    /// it picks the stream of each write when it is routed.
+    pub fn new(
+        settings: Vec<BehindSettings>,
+        registry: &prometheus::Registry,
+        cluster: Arc<AtomicBool>,
+    ) -> Arc<Self> {
         let families = metrics::Families::register(registry);
+        // The table of slot tags, built now rather than by the first write on a cluster.
+        let _ = slot_tag(0);
         let list = settings
             .into_iter()
             .map(|s| {
@@ -138,6 +164,10 @@ impl Behind {
                     dead: Bytes::from(format!("cacheside:wb:{}:dead", s.mapping)),
                     metrics: families.mapping(&s.mapping),
                     lag_ms: AtomicU64::new(0),
+                    depth: AtomicU64::new(0),
+                    cluster: cluster.clone(),
+                    marks: SlotMarks::default(),
+                    known: Mutex::default(),
                     settings: s,
                 })
             })
@@ -172,9 +202,10 @@ impl Behind {
                 q.settings.mapping
             ))));
         }
-        if let Some(refused) = q.lag_refusal() {
+        if let Some(refused) = q.lag_refusal().or_else(|| q.full_refusal()) {
             return Some(Err(refused));
         }
+        let stream = q.stream_for(key);
         let max = q.settings.max_queue.to_string();
         // ARGV: max, value index, command, then the arguments after the key (from ARGV[4]).
         let index = (4 + value).to_string();
@@ -183,7 +214,7 @@ impl Behind {
             SET_SCRIPT.as_bytes(),
             b"2",
             key,
-            &q.stream,
+            &stream,
             max.as_bytes(),
             index.as_bytes(),
             req.arg(0),
@@ -195,7 +226,8 @@ impl Behind {
         }))
     }
 
-    /// For DEL/UNLINK naming keys of mappings with a `delete_query`: [`DEL_SCRIPT`].
+    /// For DEL/UNLINK naming keys of mappings with a `delete_query`: [`DEL_SCRIPT`], its keys
+    /// in threes (key, stream, marker), so that on a cluster it can run per slot.
     fn delete(&self, req: &Request) -> Option<Result<Rewritten, ProxyError>> {
         let keys: Vec<&[u8]> = (1..req.argc()).map(|i| req.arg(i)).collect();
         let queues: Vec<Option<&Arc<Queue>>> = keys
@@ -209,50 +241,42 @@ impl Behind {
         if queues.iter().all(Option::is_none) {
             return None;
         }
-        // Each queue once; each key names its queue by its place among the streams (ARGV:
-        // 0 for a key no write-behind mapping deletes, else its stream's KEYS index).
-        let n = keys.len();
-        let mut streams: Vec<&Arc<Queue>> = Vec::new();
-        let mut indices: Vec<String> = Vec::with_capacity(n);
-        for q in &queues {
-            let Some(q) = q else {
-                indices.push("0".to_string());
+        let mut first: Option<&Arc<Queue>> = None;
+        let mut seen: Vec<&Arc<Queue>> = Vec::new();
+        for q in queues.iter().flatten() {
+            if seen.iter().any(|s| Arc::ptr_eq(s, q)) {
                 continue;
-            };
-            let place = match streams.iter().position(|s| Arc::ptr_eq(s, q)) {
-                Some(p) => p,
-                None => {
-                    if let Some(refused) = q.lag_refusal() {
-                        return Some(Err(refused));
-                    }
-                    streams.push(q);
-                    streams.len() - 1
-                }
-            };
-            indices.push((n + 1 + place).to_string());
+            }
+            if let Some(refused) = q.lag_refusal().or_else(|| q.full_refusal()) {
+                return Some(Err(refused));
+            }
+            first.get_or_insert(q);
+            seen.push(q);
         }
-        let markers: Vec<Bytes> = keys
-            .iter()
-            .map(|k| crate::loader::negative_key(k))
-            .collect();
-        let numkeys = (n + streams.len() + n).to_string();
-        let max = streams
-            .iter()
-            .map(|q| q.settings.max_queue)
-            .min()
-            .unwrap_or(u64::MAX)
-            .to_string();
+        let mut names: Vec<Bytes> = Vec::with_capacity(keys.len() * 3);
+        let mut bounds: Vec<String> = Vec::with_capacity(keys.len());
+        for (k, q) in keys.iter().zip(&queues) {
+            let key = Bytes::copy_from_slice(k);
+            match q {
+                Some(q) => {
+                    names.extend([key, q.stream_for(k), crate::loader::negative_key(k)]);
+                    bounds.push(q.settings.max_queue.to_string());
+                }
+                None => {
+                    names.extend([key.clone(), key.clone(), key]);
+                    bounds.push("0".to_string());
+                }
+            }
+        }
+        let numkeys = names.len().to_string();
         let mut args: Vec<&[u8]> = vec![b"EVAL", DEL_SCRIPT.as_bytes(), numkeys.as_bytes()];
-        args.extend(&keys);
-        args.extend(streams.iter().map(|q| &q.stream[..]));
-        args.extend(markers.iter().map(|m| &m[..]));
+        args.extend(names.iter().map(|n| &n[..]));
         args.push(req.arg(0));
-        args.push(max.as_bytes());
-        args.extend(indices.iter().map(|i| i.as_bytes()));
+        args.extend(bounds.iter().map(|b| b.as_bytes()));
         Some(Ok(Rewritten {
             bytes: encode_command(&args),
             // A refusal names no stream: counted on the first.
-            refusals: streams.first().map(|q| q.metrics.full_refusals.clone()),
+            refusals: first.map(|q| q.metrics.full_refusals.clone()),
         }))
     }
 

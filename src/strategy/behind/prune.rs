@@ -3,9 +3,10 @@
 //! in the stream (entries leave it only once applied), and stream ids only grow, so a row whose
 //! version is below the oldest id in the stream can never turn anything away: it is deleted.
 //! With the stream empty, rows up to the newest entry this worker applied go the same way.
+//! (On a cluster the sweeper prunes, over every slot's stream: see `cluster.rs`.)
 
 use super::apply::StreamId;
-use super::worker::read_range;
+use super::entries::read_range;
 use super::Queue;
 use crate::loader::{call, Database};
 use crate::protocol::request::encode_command;
@@ -33,14 +34,19 @@ pub(super) async fn run(
     if r[0].starts_with(b"-") {
         return None;
     }
-    let (entries, gone) = read_range(&r[0]);
+    let (entries, gone) = read_range(&r[0], &q.stream);
     let oldest = entries
         .first()
         .map(|e| e.id)
         .or_else(|| gone.first().and_then(|g| StreamId::parse(g)));
     let below = oldest.unwrap_or(StreamId(applied.0, applied.1.saturating_add(1)));
+    delete_below(db, &q.settings.mapping, below).await
+}
+
+/// Deletes the mapping's version rows below `below`; the rows deleted, or `None`.
+pub(super) async fn delete_below(db: &Database, mapping: &str, below: StreamId) -> Option<u64> {
     let conn = db.connection().await.ok()?;
-    conn.execute(DELETE, &[&q.settings.mapping, &below.0, &below.1])
+    conn.execute(DELETE, &[&mapping, &below.0, &below.1])
         .await
         .ok()
 }
@@ -71,7 +77,7 @@ pub(super) async fn forget_gone_consumers(q: &Queue, upstream: &Upstream) -> Opt
 
 /// The names in an XINFO CONSUMERS reply (RESP2: a list of flat name/value lists) of consumers
 /// with no pending entries, idle past [`GONE_AFTER`].
-fn gone_consumers(reply: &[u8]) -> Vec<Vec<u8>> {
+pub(super) fn gone_consumers(reply: &[u8]) -> Vec<Vec<u8>> {
     use crate::protocol::scan::Value;
     let Some((list, _)) = Value::parse(reply, crate::protocol::Proto::Resp2) else {
         return Vec::new();

@@ -1,4 +1,5 @@
 use super::apply::StreamId;
+use super::scripts::{DEL_SCRIPT, QUEUE_FULL, SET_SCRIPT};
 use super::*;
 
 fn behind() -> Arc<Behind> {
@@ -12,8 +13,10 @@ fn behind() -> Arc<Behind> {
             max_queue: 1000,
             max_lag: Some(Duration::from_secs(60)),
             claim_idle: Duration::from_secs(30),
+            sweep_every: Duration::from_secs(60),
         }],
         &prometheus::Registry::new(),
+        Arc::default(),
     )
 }
 
@@ -92,8 +95,10 @@ fn writes_are_refused_while_the_queue_lags_past_the_bound_and_counted() {
             max_queue: 1000,
             max_lag: Some(Duration::from_secs(60)),
             claim_idle: Duration::from_secs(30),
+            sweep_every: Duration::from_secs(60),
         }],
         &registry,
+        Arc::default(),
     );
     let set = || b.rewrite("SET", &Request::from_args(&["SET", "item:1", "v"]));
     b.list[0].lag_ms.store(60_000, Ordering::Relaxed);
@@ -141,22 +146,24 @@ fn del_and_unlink_of_keys_with_a_delete_query_become_the_delete_script() {
         .unwrap()
         .unwrap();
     let a = args(&out.bytes);
-    // KEYS: the client's three keys, the one stream, three markers.
-    assert_eq!(&a[..3], ["EVAL", DEL_SCRIPT, "7"]);
+    // KEYS in threes: the key, its stream, its marker (an unmapped key: itself three times).
+    assert_eq!(&a[..3], ["EVAL", DEL_SCRIPT, "9"]);
     assert_eq!(
-        &a[3..10],
+        &a[3..12],
         [
             "item:1",
+            "cacheside:wb:item",
+            "cacheside:neg:{item:1}",
+            "other:2",
+            "other:2",
             "other:2",
             "item:3",
             "cacheside:wb:item",
-            "cacheside:neg:{item:1}",
-            "cacheside:neg:{other:2}",
             "cacheside:neg:{item:3}"
         ]
     );
-    // ARGV: the command, the queue bound, each key's stream index (0: not queued).
-    assert_eq!(&a[10..], ["DEL", "1000", "4", "0", "4"]);
+    // ARGV: the command, then each key's queue bound (0: not queued).
+    assert_eq!(&a[12..], ["DEL", "1000", "0", "1000"]);
     let out = b
         .rewrite("UNLINK", &Request::from_args(&["UNLINK", "item:9"]))
         .unwrap()
@@ -208,4 +215,50 @@ fn other_writes_of_a_write_behind_key_are_refused_and_expiry_passes() {
     ] {
         assert!(refused(ok).is_none(), "{ok:?} passes");
     }
+}
+
+#[test]
+fn on_a_cluster_each_key_is_queued_in_its_slots_stream_and_the_slot_is_marked() {
+    use crate::tier::redis::cluster::slot;
+    let b = behind();
+    b.list[0].cluster.store(true, Ordering::Release);
+    let stream = |k: &str| {
+        format!(
+            "cacheside:wb:{{{}}}:item",
+            slot::slot_tag(slot::of(k.as_bytes()))
+        )
+    };
+    let out = b
+        .rewrite("SET", &Request::from_args(&["SET", "item:1", "v"]))
+        .unwrap()
+        .unwrap();
+    let a = args(&out.bytes);
+    assert_eq!(a[4], stream("item:1"));
+    assert_eq!(slot::of(a[4].as_bytes()), slot::of(b"item:1"));
+    let out = b
+        .rewrite(
+            "DEL",
+            &Request::from_args(&["DEL", "item:2", "other:1", "item:3"]),
+        )
+        .unwrap()
+        .unwrap();
+    let a = args(&out.bytes);
+    assert_eq!(a[4], stream("item:2"));
+    assert_eq!(a[10], stream("item:3"));
+    let mut marked = b.list[0].marks.take();
+    marked.sort_unstable();
+    let mut want: Vec<u16> = ["item:1", "item:2", "item:3"]
+        .iter()
+        .map(|k| slot::of(k.as_bytes()))
+        .collect();
+    want.sort_unstable();
+    want.dedup();
+    assert_eq!(marked, want, "marked before the write is sent");
+    // The summed depth at the bound: refused here, and counted.
+    b.list[0].depth.store(1000, Ordering::Relaxed);
+    let Some(Err(e)) = b.rewrite("SET", &Request::from_args(&["SET", "item:1", "v"])) else {
+        panic!("refused");
+    };
+    assert_eq!(&crate::error::reply_bytes(&e)[..], QUEUE_FULL);
+    assert_eq!(b.list[0].metrics.full_refusals.get(), 1);
 }

@@ -10,24 +10,28 @@
 //! Entries are acknowledged and deleted from the stream only after the commit. A statement that
 //! fails is retried with backoff; after `write_behind_max_attempts` failures the entry moves to
 //! `cacheside:wb:<mapping>:dead` (XADD of key, value, id and error) and is acknowledged.
+//!
+//! On a Redis Cluster the rounds read the streams of many slots instead ([`super::cluster`]);
+//! applying and acknowledging is the same, each entry acknowledged in its own stream.
 
 use super::apply::{self, Applied, Entry, StreamId};
+use super::entries::{read_claim, read_group};
 use super::{Behind, Queue};
 use crate::loader::{call, Database};
 use crate::protocol::request::encode_command;
-use crate::protocol::scan::Value;
-use crate::protocol::Proto;
+use crate::tier::redis::cluster::slot;
 use crate::tier::redis::Upstream;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 pub(super) const GROUP: &[u8] = b"cacheside";
 /// Entries per read.
-const BATCH: usize = 256;
+pub(super) const BATCH: usize = 256;
 /// Pause when the stream has nothing for this consumer (no BLOCK: the connections are shared).
 const IDLE: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -51,6 +55,10 @@ pub fn spawn(
                 consumer: Bytes::from(format!("{host}-{:08x}", rand::random::<u32>())),
                 attempts: HashMap::new(),
                 applied: None,
+                active: super::slots::Active::default(),
+                swept: false,
+                sweep_due: Instant::now() + super::cluster::sweep_wait(&q.settings),
+                claimed_at: Instant::now(),
             };
             [
                 tokio::spawn(w.run(stop.clone())),
@@ -64,19 +72,27 @@ pub fn spawn(
         .collect()
 }
 
-struct Worker {
-    q: Arc<Queue>,
-    upstream: Arc<Upstream>,
-    db: Arc<Database>,
-    consumer: Bytes,
-    /// Failed attempts per entry id (this sidecar's count; bounded).
-    attempts: HashMap<Bytes, u32>,
+pub(super) struct Worker {
+    pub(super) q: Arc<Queue>,
+    pub(super) upstream: Arc<Upstream>,
+    pub(super) db: Arc<Database>,
+    pub(super) consumer: Bytes,
+    /// Failed attempts per entry (stream, id) (this sidecar's count; bounded).
+    attempts: HashMap<(Bytes, Bytes), u32>,
     /// The newest entry acknowledged since version rows were last pruned (see `prune`).
     applied: Option<StreamId>,
+    /// Cluster mode: the streams this worker reads.
+    pub(super) active: super::slots::Active,
+    /// Cluster mode: whether the start sweep (every slot) has run.
+    pub(super) swept: bool,
+    /// Cluster mode: when this worker next tries to take the sweep lease.
+    pub(super) sweep_due: Instant,
+    /// When entries idle past `claim_idle` were last claimed.
+    pub(super) claimed_at: Instant,
 }
 
 /// What a round found.
-enum Round {
+pub(super) enum Round {
     /// Nothing to do.
     Idle,
     /// Applied and acknowledged what it read.
@@ -95,18 +111,37 @@ impl Worker {
             }
         }
         let mut backoff = Duration::from_millis(50);
-        let mut claimed_at = Instant::now();
         let mut pruned_at = Instant::now();
         let mut consumers_at = Instant::now();
         loop {
             if *stop.borrow() {
                 return;
             }
+            if self.q.is_cluster() {
+                let round = self.cluster_step().await;
+                let pause = match round {
+                    Round::Done => {
+                        backoff = Duration::from_millis(50);
+                        continue;
+                    }
+                    Round::Idle => IDLE,
+                    Round::Failed => {
+                        let b = backoff;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        b
+                    }
+                };
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                continue;
+            }
             let mut round = self.round(b"0").await;
             if matches!(round, Round::Idle)
-                && claimed_at.elapsed() >= self.q.settings.claim_idle / 2
+                && self.claimed_at.elapsed() >= self.q.settings.claim_idle / 2
             {
-                claimed_at = Instant::now();
+                self.claimed_at = Instant::now();
                 round = self.claim().await;
             }
             if matches!(round, Round::Idle) {
@@ -203,10 +238,14 @@ impl Worker {
         let Ok(r) = call(&self.upstream, cmd, 1).await else {
             return Round::Failed;
         };
-        let (entries, gone) = read_entries(&r[0]);
+        let (entries, gone) = read_group(&r[0], &self.q.stream);
         if entries.is_empty() && gone.is_empty() {
             return Round::Idle;
         }
+        let gone = gone
+            .into_iter()
+            .map(|id| (self.q.stream.clone(), id))
+            .collect();
         self.process(entries, gone).await
     }
 
@@ -227,27 +266,37 @@ impl Worker {
         let Ok(r) = call(&self.upstream, cmd, 1).await else {
             return Round::Failed;
         };
-        let Some((v, _)) = Value::parse(&r[0], Proto::Resp2) else {
+        let Some((entries, gone)) = read_claim(&r[0], &self.q.stream) else {
             return Round::Failed;
         };
-        let Some(claimed) = v.items().and_then(|mut i| {
-            i.next();
-            i.next()
-        }) else {
-            return Round::Idle;
-        };
-        let (entries, gone) = entries_of(&r[0], claimed);
         if entries.is_empty() && gone.is_empty() {
             return Round::Idle;
         }
+        let gone = gone
+            .into_iter()
+            .map(|id| (self.q.stream.clone(), id))
+            .collect();
+        self.claimed(entries, gone).await
+    }
+
+    /// Applies entries taken over from another consumer.
+    pub(super) async fn claimed(
+        &mut self,
+        entries: Vec<Entry>,
+        gone: Vec<(Bytes, Bytes)>,
+    ) -> Round {
         self.q.metrics.claimed.inc_by(entries.len() as u64);
         tracing::info!(mapping = %self.q.settings.mapping, entries = entries.len(), "write-behind: took over entries another sidecar held too long");
         self.process(entries, gone).await
     }
 
-    /// Applies a batch and acknowledges what is done with. `gone`: ids whose entries were
-    /// deleted from the stream already (acknowledged only).
-    async fn process(&mut self, entries: Vec<Entry>, gone: Vec<Bytes>) -> Round {
+    /// Applies a batch and acknowledges what is done with. `gone`: (stream, id) of entries
+    /// deleted from their stream already (acknowledged only).
+    pub(super) async fn process(
+        &mut self,
+        entries: Vec<Entry>,
+        gone: Vec<(Bytes, Bytes)>,
+    ) -> Round {
         // The latest entry per key; the earlier ones are superseded by it.
         let mut latest: HashMap<&Bytes, &Entry> = HashMap::new();
         for e in &entries {
@@ -279,7 +328,7 @@ impl Worker {
                 return Round::Failed;
             }
         };
-        let mut done: Vec<Bytes> = gone;
+        let mut done: Vec<(Bytes, Bytes)> = gone;
         let mut dead: Vec<(&Entry, String)> = Vec::new();
         let mut failed_keys: Vec<&Bytes> = Vec::new();
         for (e, r) in latest.iter().zip(results) {
@@ -287,7 +336,10 @@ impl Worker {
                 Applied::Written | Applied::Older => {}
                 Applied::Poison(why) => dead.push((e, why)),
                 Applied::Failed(why) => {
-                    let n = self.attempts.entry(e.id_text.clone()).or_insert(0);
+                    let n = self
+                        .attempts
+                        .entry((e.stream.clone(), e.id_text.clone()))
+                        .or_insert(0);
                     *n += 1;
                     if *n >= self.q.settings.max_attempts {
                         dead.push((e, why));
@@ -305,7 +357,7 @@ impl Worker {
         let mut flushed = 0u64;
         for e in &entries {
             if !failed_keys.contains(&&e.key) && !dead.iter().any(|(d, _)| d.key == e.key) {
-                done.push(e.id_text.clone());
+                done.push((e.stream.clone(), e.id_text.clone()));
                 flushed += 1;
             }
         }
@@ -313,28 +365,25 @@ impl Worker {
             if !self.dead_letter(e, why).await {
                 return Round::Failed;
             }
-            self.attempts.remove(&e.id_text);
+            self.attempts.remove(&(e.stream.clone(), e.id_text.clone()));
             for other in entries.iter().filter(|o| o.key == e.key) {
-                done.push(other.id_text.clone());
+                done.push((other.stream.clone(), other.id_text.clone()));
             }
         }
         // Markers of applied (or dead-lettered) deletions go before the entries: a crash in
         // between leaves the entries to be applied again, which changes nothing.
-        let unmark: Vec<&Entry> = entries
-            .iter()
-            .filter(|e| e.delete && done.contains(&e.id_text))
-            .collect();
+        let is_done = |e: &Entry| {
+            done.iter()
+                .any(|(s, id)| *s == e.stream && *id == e.id_text)
+        };
+        let unmark: Vec<&Entry> = entries.iter().filter(|e| e.delete && is_done(e)).collect();
         if !self.unmark(&unmark).await {
             return Round::Failed;
         }
         if !self.ack(&done).await {
             return Round::Failed;
         }
-        let newest = entries
-            .iter()
-            .filter(|e| done.contains(&e.id_text))
-            .map(|e| e.id)
-            .max();
+        let newest = entries.iter().filter(|e| is_done(e)).map(|e| e.id).max();
         self.applied = self.applied.max(newest);
         self.q.metrics.flushed.inc_by(flushed);
         if failed_keys.is_empty() {
@@ -376,101 +425,51 @@ impl Worker {
         if deletions.is_empty() {
             return true;
         }
-        let markers: Vec<Bytes> = deletions
-            .iter()
-            .map(|e| crate::loader::negative_key(&e.key))
-            .collect();
-        let n = deletions.len().to_string();
-        let mut args: Vec<&[u8]> = vec![b"EVAL", super::UNMARK_SCRIPT.as_bytes(), n.as_bytes()];
-        args.extend(markers.iter().map(|m| &m[..]));
-        args.extend(deletions.iter().map(|e| &e.id_text[..]));
-        matches!(call(&self.upstream, encode_command(&args), 1).await, Ok(r) if !r[0].starts_with(b"-"))
+        // One script per slot: on a cluster each marker lives in its key's slot.
+        let mut by_slot: HashMap<u16, Vec<&Entry>> = HashMap::new();
+        for e in deletions {
+            by_slot.entry(slot::of(&e.key)).or_default().push(e);
+        }
+        let mut pipeline = Vec::new();
+        for group in by_slot.values() {
+            let markers: Vec<Bytes> = group
+                .iter()
+                .map(|e| crate::loader::negative_key(&e.key))
+                .collect();
+            let n = group.len().to_string();
+            let mut args: Vec<&[u8]> = vec![
+                b"EVAL",
+                super::scripts::UNMARK_SCRIPT.as_bytes(),
+                n.as_bytes(),
+            ];
+            args.extend(markers.iter().map(|m| &m[..]));
+            args.extend(group.iter().map(|e| &e.id_text[..]));
+            pipeline.extend_from_slice(&encode_command(&args));
+        }
+        let n = by_slot.len() as u32;
+        matches!(call(&self.upstream, Bytes::from(pipeline), n).await, Ok(r) if r.iter().all(|x| !x.starts_with(b"-")))
     }
 
-    /// XACK then XDEL: the stream holds only entries not yet applied, so XLEN is the backlog.
-    async fn ack(&self, ids: &[Bytes]) -> bool {
+    /// XACK then XDEL, per stream: a stream holds only entries not yet applied, so XLEN is the
+    /// backlog.
+    async fn ack(&self, ids: &[(Bytes, Bytes)]) -> bool {
         if ids.is_empty() {
             return true;
         }
-        let mut ack: Vec<&[u8]> = vec![b"XACK", &self.q.stream, GROUP];
-        ack.extend(ids.iter().map(|b| &b[..]));
-        let mut del: Vec<&[u8]> = vec![b"XDEL", &self.q.stream];
-        del.extend(ids.iter().map(|b| &b[..]));
-        let mut pipeline = encode_command(&ack).to_vec();
-        pipeline.extend_from_slice(&encode_command(&del));
-        matches!(call(&self.upstream, Bytes::from(pipeline), 2).await, Ok(r) if r.iter().all(|x| !x.starts_with(b"-")))
-    }
-}
-
-/// The entries of an XREADGROUP reply (`[[stream, [[id, [k, key, v, value]], ...]]]`), and the
-/// ids of entries deleted since they were delivered (their fields are nil).
-fn read_entries(reply: &Bytes) -> (Vec<Entry>, Vec<Bytes>) {
-    let Some((v, _)) = Value::parse(reply, Proto::Resp2) else {
-        return (Vec::new(), Vec::new());
-    };
-    let Some(stream) = v.items().and_then(|mut s| s.next()) else {
-        return (Vec::new(), Vec::new());
-    };
-    match stream.items().and_then(|mut i| {
-        i.next();
-        i.next()
-    }) {
-        Some(list) => entries_of(reply, list),
-        None => (Vec::new(), Vec::new()),
-    }
-}
-
-/// XRANGE's reply: a list of entries.
-pub(super) fn read_range(reply: &Bytes) -> (Vec<Entry>, Vec<Bytes>) {
-    match Value::parse(reply, Proto::Resp2) {
-        Some((v, _)) => entries_of(reply, v),
-        None => (Vec::new(), Vec::new()),
-    }
-}
-
-fn entries_of(reply: &Bytes, list: Value<'_>) -> (Vec<Entry>, Vec<Bytes>) {
-    let (mut entries, mut gone) = (Vec::new(), Vec::new());
-    let Some(items) = list.items() else {
-        return (entries, gone);
-    };
-    for item in items {
-        let Some(mut parts) = item.items() else {
-            continue;
-        };
-        let Some(id_text) = parts.next().and_then(|i| i.string()) else {
-            continue;
-        };
-        let id_text = reply.slice_ref(id_text);
-        let Some(id) = StreamId::parse(&id_text) else {
-            continue;
-        };
-        let fields = parts.next();
-        let mut key = None;
-        let mut value = None;
-        let mut delete = false;
-        if let Some(mut f) = fields.and_then(|f| f.items()) {
-            while let (Some(name), Some(v)) = (f.next(), f.next()) {
-                match (name.string(), v.string()) {
-                    (Some(b"k"), Some(k)) => key = Some(reply.slice_ref(k)),
-                    (Some(b"v"), Some(val)) => value = Some(reply.slice_ref(val)),
-                    (Some(b"d"), Some(_)) => delete = true,
-                    _ => {}
-                }
-            }
+        let mut by_stream: HashMap<&Bytes, Vec<&[u8]>> = HashMap::new();
+        for (s, id) in ids {
+            by_stream.entry(s).or_default().push(id);
         }
-        if delete && value.is_none() {
-            value = Some(Bytes::new());
+        let mut pipeline = Vec::new();
+        for (stream, ids) in &by_stream {
+            let mut ack: Vec<&[u8]> = vec![b"XACK", stream, GROUP];
+            ack.extend(ids);
+            let mut del: Vec<&[u8]> = vec![b"XDEL", stream];
+            del.extend(ids);
+            pipeline.extend_from_slice(&encode_command(&ack));
+            pipeline.extend_from_slice(&encode_command(&del));
         }
-        match (key, value) {
-            (Some(key), Some(value)) => entries.push(Entry {
-                id,
-                id_text,
-                key,
-                value,
-                delete,
-            }),
-            _ => gone.push(id_text),
-        }
+        let n = 2 * by_stream.len() as u32;
+        matches!(call(&self.upstream, Bytes::from(pipeline), n).await, Ok(r) if r.iter().all(|x| !x.starts_with(b"-")))
     }
-    (entries, gone)
 }

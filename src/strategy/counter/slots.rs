@@ -9,10 +9,9 @@
 //! sweep of all 16,384 slots found holding work (see `cluster.rs`). Everything is bounded by
 //! the number of slots.
 
-use crate::tier::redis::cluster::slot::{slot_tag, SLOTS};
+use crate::tier::redis::cluster::slot::slot_tag;
 use bytes::Bytes;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -30,44 +29,6 @@ pub(super) fn moves_key(name: &str, slot: u16) -> Bytes {
         "cacheside:counter:moves:{{{}}}:{name}",
         slot_tag(slot)
     ))
-}
-
-/// One bit per slot, set when an INCR of the counter is routed there; taken by the flusher.
-pub(super) struct SlotMarks(Box<[AtomicU64]>);
-
-impl Default for SlotMarks {
-    fn default() -> Self {
-        Self((0..SLOTS / 64).map(|_| AtomicU64::new(0)).collect())
-    }
-}
-
-impl SlotMarks {
-    pub(super) fn mark(&self, slot: u16) {
-        let s = slot as usize % SLOTS;
-        let bit = 1u64 << (s % 64);
-        let word = &self.0[s / 64];
-        // A hot slot's bit is set already: a read keeps the cache line shared between cores.
-        if word.load(Ordering::Relaxed) & bit == 0 {
-            word.fetch_or(bit, Ordering::Relaxed);
-        }
-    }
-
-    /// The marked slots, in order; the marks are cleared.
-    pub(super) fn take(&self) -> Vec<u16> {
-        let mut out = Vec::new();
-        for (i, word) in self.0.iter().enumerate() {
-            if word.load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            let mut bits = word.swap(0, Ordering::Relaxed);
-            while bits != 0 {
-                let b = bits.trailing_zeros() as usize;
-                out.push((i * 64 + b) as u16);
-                bits &= bits - 1;
-            }
-        }
-        out
-    }
 }
 
 /// The slots a flusher looks at each cycle.
@@ -157,16 +118,6 @@ mod tests {
         }
         assert!(dirty_key("views", 0).starts_with(b"cacheside:counter:dirty:{"));
         assert!(moves_key("views", 0).ends_with(b"}:views"));
-    }
-
-    #[test]
-    fn marks_are_taken_once_in_slot_order() {
-        let m = SlotMarks::default();
-        for s in [16383u16, 0, 64, 63, 64] {
-            m.mark(s);
-        }
-        assert_eq!(m.take(), vec![0, 63, 64, 16383]);
-        assert!(m.take().is_empty());
     }
 
     #[test]

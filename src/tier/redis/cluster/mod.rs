@@ -24,6 +24,7 @@ use batch::{Batch, Sent};
 use bytes::{Bytes, BytesMut};
 use frames::{parse_batch, plain, redirection, redirects, repeat, Redirect};
 use nodes::Node;
+pub use split::PER_KEY_SCRIPT;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};

@@ -86,8 +86,61 @@ pub fn plan(req: &Request, topo: &Topology) -> Plan {
         // MSET's pairs are complete (the key table saw them); a stray last argument is left
         // to the node, which answers Redis's arity error.
         "MSET" if req.argc() % 2 == 1 => split(req, 2, Merge::First),
+        "EVAL" => per_key(req).unwrap_or_else(|| refuse(CROSSSLOT)),
         _ => refuse(CROSSSLOT),
     }
+}
+
+/// The first line of a script of cacheside's that may run per slot, like DEL: its keys come in
+/// threes (a key and two keys of the key's slot), its arguments are one shared, then one per
+/// three keys, and its reply is an integer (summed). Write-behind's DEL/UNLINK is one.
+pub const PER_KEY_SCRIPT: &str = "-- cacheside: per key\n";
+
+/// An EVAL of a [`PER_KEY_SCRIPT`] over several slots: one EVAL per slot, with that slot's
+/// threes of keys and their arguments, in the client's order. `None` for any other EVAL.
+fn per_key(req: &Request) -> Option<Plan> {
+    if req.argc() < 3 || !req.arg(1).starts_with(PER_KEY_SCRIPT.as_bytes()) {
+        return None;
+    }
+    let numkeys: usize = std::str::from_utf8(req.arg(2)).ok()?.parse().ok()?;
+    let groups = numkeys / 3;
+    // Checked: numkeys is the client's number.
+    let argc = numkeys.checked_add(4)?.checked_add(groups)?;
+    if !numkeys.is_multiple_of(3) || req.argc() != argc {
+        return None;
+    }
+    let shared = 3 + numkeys;
+    let mut slots: Vec<(u16, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<u16, usize> = HashMap::new();
+    for g in 0..groups {
+        let s = slot::of(req.arg(3 + 3 * g));
+        let at = *index.entry(s).or_insert_with(|| {
+            slots.push((s, Vec::new()));
+            slots.len() - 1
+        });
+        slots[at].1.push(g);
+    }
+    let parts = slots
+        .into_iter()
+        .map(|(s, gs)| {
+            let mut out = BytesMut::new();
+            encode_array_header(&mut out, 3 + gs.len() * 4 + 1);
+            encode_bulk(&mut out, req.arg(0));
+            encode_bulk(&mut out, req.arg(1));
+            encode_bulk(&mut out, (gs.len() * 3).to_string().as_bytes());
+            for &g in &gs {
+                for k in 0..3 {
+                    encode_bulk(&mut out, req.arg(3 + 3 * g + k));
+                }
+            }
+            encode_bulk(&mut out, req.arg(shared));
+            for &g in &gs {
+                encode_bulk(&mut out, req.arg(shared + 1 + g));
+            }
+            part(Target::Slot(s), out.freeze())
+        })
+        .collect();
+    Some(Plan::Parts(parts, Merge::Sum))
 }
 
 fn part(target: Target, frame: Bytes) -> Part {

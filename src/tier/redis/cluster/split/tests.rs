@@ -200,3 +200,33 @@ fn a_huge_mget_over_every_slot_splits_in_linear_time() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_per_key_script_over_slots_runs_once_per_slot_with_its_threes() {
+    let script = format!("{PER_KEY_SCRIPT}return 1");
+    let r = req(&[
+        "EVAL", &script, "9", "{a}1", "{a}s", "{a}m", "{b}1", "{b}s", "{b}m", "{a}2", "{a}s",
+        "{a}n", "DEL", "5", "0", "6",
+    ]);
+    let (p, m) = parts(plan(&r, &topo()));
+    assert_eq!(m, Merge::Sum);
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[0].target, Target::Slot(slot::of(b"a")));
+    let a = req(&[
+        "EVAL", &script, "6", "{a}1", "{a}s", "{a}m", "{a}2", "{a}s", "{a}n", "DEL", "5", "6",
+    ]);
+    assert_eq!(p[0].frame, a.frame());
+    let b = req(&["EVAL", &script, "3", "{b}1", "{b}s", "{b}m", "DEL", "0"]);
+    assert_eq!(p[1].frame, b.frame());
+    // Any other script, or a per-key one of the wrong shape, over several slots: CROSSSLOT.
+    for r in [
+        req(&["EVAL", "return 1", "2", "{a}1", "{b}1"]),
+        req(&[
+            "EVAL", &script, "6", "{a}1", "{a}s", "{a}m", "{b}1", "{b}s", "{b}m", "DEL", "5",
+        ]),
+        // A number of keys no request can hold: refused, not an overflow.
+        req(&["EVAL", &script, "18446744073709551615", "{a}1", "{b}1"]),
+    ] {
+        assert!(matches!(plan(&r, &topo()), Plan::Reply(_)));
+    }
+}
