@@ -132,3 +132,27 @@ async fn resp3_shard_subscriptions_are_confirmed_with_pushes() {
     );
     sub.expect(push.as_bytes()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_node_of_a_shard_subscription_closes_the_client_as_redis_would() {
+    let mut cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let chans = channel_per_primary(&cluster);
+    let mut sub = proxy.raw().await;
+    sub.send(format!("SSUBSCRIBE {}\r\n", chans.join(" ")).as_bytes())
+        .await;
+    let want: String = chans
+        .iter()
+        .enumerate()
+        .map(|(i, c)| confirmation("ssubscribe", c, i + 1, false))
+        .collect();
+    sub.expect(want.as_bytes()).await;
+    // Not the node of the first channel (the client's pinned connection): one it added.
+    let node = cluster.primary_of(slot::of(chans[2].as_bytes()));
+    cluster.kill(node);
+    let rest = String::from_utf8_lossy(&sub.read_to_close().await).to_string();
+    assert!(
+        rest.starts_with("-ERR cacheside: upstream ") && rest.contains(&format!(":{node} ")),
+        "{rest:?}"
+    );
+}

@@ -190,6 +190,9 @@ impl Session {
                     self.pinned = None;
                     continue;
                 }
+                lost = self.shards.lost() => {
+                    return self.fail_and_close(ProxyError::PinnedLost(lost)).await;
+                }
                 r = self.rd.read_buf(&mut self.buf) => match r {
                     Ok(0) | Err(_) => return Stop { graceful: false },
                     Ok(_) => {}

@@ -26,6 +26,23 @@ pub(super) struct Shards {
     subs: Vec<(Bytes, Arc<str>)>,
 }
 
+impl Shards {
+    /// Resolves when one of the extra connections is lost (its node went away: the client's
+    /// subscriptions there are gone, as a direct client's connection would be); never while
+    /// there are none.
+    pub(super) async fn lost(&mut self) -> UpstreamError {
+        std::future::poll_fn(|cx| {
+            for p in &mut self.conns {
+                if let std::task::Poll::Ready(e) = p.poll_lost(cx) {
+                    return std::task::Poll::Ready(e);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
 impl Session {
     /// Whether `info` is a shard (un)subscription that this module answers: in cluster mode,
     /// outside a transaction, with replies on.

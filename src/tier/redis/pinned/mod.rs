@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::protocol::reply::{Expect, Proto};
 use crate::transport::WriteHalf;
 use bytes::Bytes;
+use std::future::Future;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
@@ -330,6 +331,18 @@ impl Pinned {
         self.released_at = self.sent;
         let after = self.sent;
         self.ctl(Ctl::Release { after });
+    }
+
+    /// `lost`, polled by hand (for several connections at once).
+    pub fn poll_lost(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<UpstreamError> {
+        std::pin::Pin::new(&mut self.task)
+            .poll(cx)
+            .map(|r| match r {
+                Ok(e) => e,
+                Err(_) => UpstreamError::Closed {
+                    addr: self.addr.clone(),
+                },
+            })
     }
 
     /// Resolves when the connection is lost, with the reason.
