@@ -156,3 +156,30 @@ async fn losing_the_node_of_a_shard_subscription_closes_the_client_as_redis_woul
         "{rest:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_and_quit_end_shard_subscriptions_on_every_node() {
+    let cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let chans = channel_per_primary(&cluster);
+    let subscribe = format!("SSUBSCRIBE {}\r\n", chans.join(" "));
+    let confirmed: String = chans
+        .iter()
+        .enumerate()
+        .map(|(i, c)| confirmation("ssubscribe", c, i + 1, false))
+        .collect();
+    let mut publisher = proxy.client().await;
+    let mut sub = proxy.raw().await;
+    sub.send(subscribe.as_bytes()).await;
+    sub.expect(confirmed.as_bytes()).await;
+    sub.send(b"RESET\r\nPING\r\n").await;
+    sub.expect(b"+RESET\r\n+PONG\r\n").await;
+    for c in &chans {
+        let n: i64 = q(&mut publisher, &["SPUBLISH", c, "after reset"]).await;
+        assert_eq!(n, 0, "{c} still has a subscriber after RESET");
+    }
+    sub.send(subscribe.as_bytes()).await;
+    sub.expect(confirmed.as_bytes()).await;
+    sub.send(b"QUIT\r\n").await;
+    assert_eq!(sub.read_to_close().await, b"+OK\r\n");
+}

@@ -216,6 +216,7 @@ impl Session {
     /// connection still holding state (a blocked command, an open transaction, subscriptions)
     /// is closed, which makes the upstream drop that state.
     async fn close_for_drain(&mut self) -> Stop {
+        self.shards = Default::default();
         if self.pinned_active {
             self.pinned = None;
             self.pinned_active = false;
@@ -424,6 +425,7 @@ impl Session {
                 self.ctx.metrics.command(info.family, Outcome::Local);
                 self.flush_run(chunk).await?;
                 self.reply(Bytes::from_static(reply::OK)).await?;
+                self.shards = Default::default();
                 if self.pinned_active {
                     if let Some(p) = &mut self.pinned {
                         p.release();
@@ -435,6 +437,9 @@ impl Session {
             Decision::Reset => {
                 self.ctx.metrics.command(info.family, Outcome::Local);
                 self.flush_run(chunk).await?;
+                // Shard subscriptions on other nodes end with their connections (which also
+                // hold the client's stream open).
+                self.shards = Default::default();
                 if self.pinned_active {
                     // The upstream drops the connection's subscriptions and transaction before
                     // it answers +RESET, as Redis does for a direct client; then the connection
@@ -470,6 +475,7 @@ impl Session {
 
     async fn fail_and_close(&mut self, err: ProxyError) -> Stop {
         let bytes = crate::error::reply_bytes(&err);
+        self.shards = Default::default();
         if self.pinned_active {
             self.pinned = None;
             self.pinned_active = false;
