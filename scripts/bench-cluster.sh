@@ -7,7 +7,7 @@
 # processes: the three redis-servers for direct, cacheside (or cacheside-hot) for the others.
 #
 # Usage (from the repo root): scripts/bench-cluster.sh [--requests N] [--tls] [--replicas]
-#                                                       [--keep-logs]
+#                                                       [--transactions] [--keep-logs]
 #
 #   --requests N   requests per redis-benchmark run (default: 100000 at -P 1, 400000 at -P 16)
 #   --tls          the cluster speaks TLS only (clients and bus, as ElastiCache with encryption
@@ -16,7 +16,14 @@
 #   --replicas     each primary gets a replica, and GETs also run through cacheside-replica
 #                  (upstream.read_from = "replica"); the GET calls each replica served are
 #                  reported (INFO commandstats). Direct CPU counts all six redis-servers.
+#   --transactions instead of GET/SET: transactions through cacheside (examples/txn_load.rs:
+#                  20 clients, MULTI / INCR / EXPIRE / EXEC on random keys for 10 s), with
+#                  connections kept and with a new connection per transaction; reports
+#                  transactions/s, latency, cacheside's CPU per transaction and the upstream
+#                  connections the nodes accepted meanwhile
 #   --keep-logs    keep the temporary directory with configs and server logs
+#
+# CACHESIDE_BIN=path runs that cacheside binary instead of building this tree's.
 #
 # Needs: cargo, redis-server (Debian package redis-server), redis-cli and redis-benchmark
 # (redis-tools), getconf (libc-bin), and openssl for --tls. Nothing is installed by this
@@ -34,6 +41,7 @@ REQ_P16=400000
 KEEP_LOGS=0
 TLS=0
 REPLICAS=0
+TRANSACTIONS=0
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -58,8 +66,12 @@ while [[ $# -gt 0 ]]; do
             REPLICAS=1
             shift
             ;;
+        --transactions)
+            TRANSACTIONS=1
+            shift
+            ;;
         -h | --help)
-            sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -80,9 +92,14 @@ CLK_TCK=$(getconf CLK_TCK)
 cd "$(dirname "$0")/.."
 bench_setup
 
-echo "== building cacheside (cargo build --release)" >&2
-cargo build --release --bin cacheside >&2
-CACHESIDE=target/release/cacheside
+if [[ -n "${CACHESIDE_BIN:-}" ]]; then
+    # Another build to compare (e.g. an earlier commit's): CACHESIDE_BIN=path/to/cacheside.
+    CACHESIDE=$CACHESIDE_BIN
+else
+    echo "== building cacheside (cargo build --release)" >&2
+    cargo build --release --bin cacheside >&2
+    CACHESIDE=target/release/cacheside
+fi
 
 # --- the cluster: 3 primaries, with --replicas a replica each -----------------------------------
 
@@ -157,6 +174,41 @@ start_cacheside() { # start_cacheside NAME PORT CONFIG-TEXT
 CS_PORT=$(free_port)
 start_cacheside cacheside "$CS_PORT" $'[upstream]\nmode = "cluster"\n'"$UPSTREAM_TLS"
 CS_PID=${PIDS[-1]}
+
+if [[ $TRANSACTIONS -eq 1 ]]; then
+    cargo build --release --example txn_load >&2
+    accepted() { # connections the nodes accepted so far
+        local p total=0 n
+        for p in "${NODE_PORTS[@]}"; do
+            n=$(redis-cli "${NODE_CLI[@]}" -p "$p" info stats | tr -d '\r' |
+                awk -F: '$1 == "total_connections_received" { print $2 }')
+            total=$((total + ${n:-0}))
+        done
+        echo "$total"
+    }
+    echo
+    echo "| connections | transactions/s | p50 ms | p99 ms | cacheside CPU µs/transaction | upstream connections opened |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for mode in kept reconnect; do
+        flag=()
+        [[ $mode == reconnect ]] && flag=(--reconnect)
+        c0=$(accepted)
+        cpu0=$(cpu_ticks "$CS_PID")
+        out=$(target/release/examples/txn_load --addr "127.0.0.1:$CS_PORT" --clients 20 \
+            --seconds 10 "${flag[@]}")
+        cpu1=$(cpu_ticks "$CS_PID")
+        # Each count above is read over a connection of redis-cli's own, one per node.
+        opened=$(($(accepted) - c0 - ${#NODE_PORTS[@]}))
+        read -r _ n _ secs _ errors <<<"$(head -n 1 <<<"$out")"
+        read -r _ p50 _ p99 <<<"$(tail -n 1 <<<"$out")"
+        [[ $errors -eq 0 ]] || echo "$BENCH_NAME: $errors transactions failed ($mode)" >&2
+        awk -v m="$mode" -v n="$n" -v s="$secs" -v p50="$p50" -v p99="$p99" -v o="$opened" \
+            -v t="$((cpu1 - cpu0))" -v tck="$CLK_TCK" 'BEGIN {
+            printf "| %s | %.0f | %s | %s | %.1f | %d |\n", m, n / s, p50, p99, t * 1e6 / tck / n, o
+        }'
+    done
+    exit 0
+fi
 
 echo "== writing $KEYSPACE keys of $DATA_SIZE bytes through cacheside" >&2
 awk -v n="$KEYSPACE" -v size="$DATA_SIZE" 'BEGIN {
