@@ -180,6 +180,29 @@ async fn transactions_moving_between_cluster_primaries_open_no_connection_each_t
         .map(|&p| connections_received(p))
         .sum::<u64>()
         - before;
+    // Each transaction began on its key's primary: one MULTI each, none moved (DISCARDed).
+    let calls = |cmd: &str| -> u64 {
+        primaries
+            .iter()
+            .map(|&p| {
+                cli(p, &["INFO", "commandstats"])
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    assert_eq!(calls("multi"), 180);
+    assert_eq!(calls("discard"), 0);
+    // An empty transaction costs nothing upstream.
+    let mut raw = proxy.raw().await;
+    raw.send(b"MULTI\r\nEXEC\r\nMULTI\r\nDISCARD\r\nMULTI\r\nPING\r\nEXEC\r\n")
+        .await;
+    raw.expect(b"+OK\r\n*0\r\n+OK\r\n+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n+PONG\r\n")
+        .await;
+    assert_eq!(calls("multi"), 181);
     // A few per primary at most (slot map reads among them), where a new connection per move
     // would be over a hundred.
     assert!(

@@ -7,6 +7,7 @@
 //! in the order the client sent them.
 
 mod follow;
+mod multi;
 mod pinned;
 mod queue;
 mod run;
@@ -79,6 +80,9 @@ pub(super) struct Session {
     fills_queued: bool,
     /// Cluster mode: the open transaction is on the node of its first key (see `rehome`).
     multi_homed: bool,
+    /// Cluster mode: MULTI answered and held back (see `multi.rs`); `true` once a command
+    /// could not be queued.
+    multi_deferred: Option<bool>,
     /// Requests of the current read from the client answered from the hot tier: their latency
     /// is recorded once the read is handled, from when it began.
     hot_answered: u32,
@@ -130,6 +134,7 @@ impl Session {
             replica_reads,
             fills_queued: false,
             multi_homed: false,
+            multi_deferred: None,
             hot_answered: 0,
             read_began: std::time::Instant::now(),
             hits_only: true,
@@ -324,7 +329,12 @@ impl Session {
         let (decision, info) = self
             .ctx
             .router
-            .route(&mut self.st, &req, self.pinned_active, hits)
+            .route(
+                &mut self.st,
+                &req,
+                self.pinned_active || self.multi_deferred.is_some(),
+                hits,
+            )
             .await;
         self.last_cmd = info.name;
         self.hits_only &= direct && matches!(decision, Decision::Cached);
@@ -437,8 +447,7 @@ impl Session {
             Decision::Reset => {
                 self.ctx.metrics.command(info.family, Outcome::Local);
                 self.flush_run(chunk).await?;
-                // Shard subscriptions on other nodes end with their connections (which also
-                // hold the client's stream open).
+                // Shard subscriptions elsewhere end with their connections (and their streams).
                 self.shards = Default::default();
                 if self.pinned_active {
                     // The upstream drops the connection's subscriptions and transaction before
@@ -460,6 +469,7 @@ impl Session {
                     self.reply(Bytes::from_static(reply::RESET)).await?;
                 }
                 self.st.reset();
+                self.multi_deferred = None;
                 Ok(())
             }
             Decision::Fail(e) => {

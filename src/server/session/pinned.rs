@@ -32,6 +32,15 @@ impl Session {
             .first()
             .map(|&i| req.arg_bytes(i))
             .or_else(|| (info.name == "SSUBSCRIBE" && req.argc() > 1).then(|| req.arg_bytes(1)));
+        if self.defers_multi(info) {
+            return self.defer_multi(&req, info).await;
+        }
+        if self
+            .begin_deferred(chunk, key.as_deref(), &req, info)
+            .await?
+        {
+            return Ok(());
+        }
         let follow = self.follows_redirects(info, key.is_some());
         let started = tokio::time::Instant::now();
         if info.name == "MULTI" {

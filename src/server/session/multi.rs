@@ -1,0 +1,93 @@
+//! Cluster mode: a transaction runs on the primary of its keys, and MULTI names none. MULTI is
+//! therefore answered here and held back; the first command queued after it takes the
+//! transaction to that command's primary, where MULTI is sent (its reply unseen) just before
+//! it. No transaction is begun on one node and moved to another (a round trip for MULTI's reply
+//! and a DISCARD of cacheside's own each time), and an empty one (MULTI, EXEC) costs nothing
+//! upstream. With WATCH the transaction stays where the WATCH went (`rehome` is not used
+//! either).
+
+use super::run::Dest;
+use super::{Session, Stop};
+use crate::error::ProxyError;
+use crate::metrics::Outcome;
+use crate::protocol::reply::Expect;
+use crate::protocol::request::encode_command;
+use crate::protocol::{CommandInfo, Request};
+use crate::router::ReplyMode;
+use bytes::Bytes;
+
+impl Session {
+    /// Whether this MULTI is held back until its first queued command.
+    pub(super) fn defers_multi(&self, info: &CommandInfo) -> bool {
+        info.name == "MULTI"
+            && !self.pinned_active
+            && !self.st.in_multi
+            && !self.st.watching
+            && self.st.reply_mode == ReplyMode::On
+            && self
+                .ctx
+                .upstream
+                .as_ref()
+                .is_some_and(|u| u.cluster().is_some())
+    }
+
+    /// MULTI, held back: the client's state opens the transaction, and the client gets `+OK`.
+    pub(super) async fn defer_multi(
+        &mut self,
+        req: &Request,
+        info: &'static CommandInfo,
+    ) -> Result<(), Stop> {
+        self.ctx.metrics.command(info.family, Outcome::Local);
+        let _ = self.st.note_pinned(info, req);
+        self.multi_deferred = Some(false);
+        self.reply(Bytes::from_static(crate::protocol::reply::OK))
+            .await
+    }
+
+    /// The next command of a held-back transaction. EXEC or DISCARD of an empty one is
+    /// answered here (`Ok(true)`); any other command begins the transaction on its key's
+    /// primary (any primary for a keyless one) and is then sent as usual (`Ok(false)`).
+    pub(super) async fn begin_deferred(
+        &mut self,
+        chunk: &Bytes,
+        key: Option<&[u8]>,
+        req: &Request,
+        info: &'static CommandInfo,
+    ) -> Result<bool, Stop> {
+        let Some(failed) = self.multi_deferred else {
+            return Ok(false);
+        };
+        let local = match info.name {
+            "EXEC" if failed => {
+                Some(&b"-EXECABORT Transaction discarded because of previous errors.\r\n"[..])
+            }
+            "EXEC" => Some(&b"*0\r\n"[..]),
+            "DISCARD" => Some(&b"+OK\r\n"[..]),
+            _ => None,
+        };
+        if let Some(reply) = local {
+            self.ctx.metrics.command(info.family, Outcome::Local);
+            let _ = self.st.note_pinned(info, req);
+            self.multi_deferred = None;
+            self.reply(Bytes::from_static(reply)).await?;
+            return Ok(true);
+        }
+        self.flush_run(chunk).await?;
+        if let Err(e) = self.enter_pinned(key, None).await {
+            // As a command refused while queuing: the transaction is then aborted at EXEC.
+            self.ctx.metrics.command(info.family, Outcome::Rejected);
+            self.multi_deferred = Some(true);
+            self.reply(crate::error::reply_bytes(&ProxyError::Upstream(e)))
+                .await?;
+            return Ok(true);
+        }
+        self.multi_deferred = None;
+        self.multi_homed = true;
+        if let Some(p) = &mut self.pinned {
+            p.expect(Expect::Hidden);
+        }
+        self.send_to(Dest::Pinned, encode_command(&["MULTI"]), 1, None)
+            .await?;
+        Ok(false)
+    }
+}
