@@ -35,6 +35,18 @@ fn confirmation(head: &str, channel: &str, count: usize, resp3: bool) -> String 
     format!("{kind}3\r\n{}{}:{count}\r\n", bulk(head), bulk(channel))
 }
 
+/// One SSUBSCRIBE of every channel (RESP2), and its confirmations in order.
+async fn subscribe_all(sub: &mut support::Raw, chans: &[String]) {
+    sub.send(format!("SSUBSCRIBE {}\r\n", chans.join(" ")).as_bytes())
+        .await;
+    let want: String = chans
+        .iter()
+        .enumerate()
+        .map(|(i, c)| confirmation("ssubscribe", c, i + 1, false))
+        .collect();
+    sub.expect(want.as_bytes()).await;
+}
+
 fn message(channel: &str, payload: &str) -> String {
     format!(
         "*3\r\n{}{}{}",
@@ -51,14 +63,7 @@ async fn a_client_subscribes_to_shard_channels_of_every_primary_on_one_connectio
     let chans = channel_per_primary(&cluster);
     assert_eq!(chans.len(), 3);
     let mut sub = proxy.raw().await;
-    sub.send(format!("SSUBSCRIBE {}\r\n", chans.join(" ")).as_bytes())
-        .await;
-    let want: String = chans
-        .iter()
-        .enumerate()
-        .map(|(i, c)| confirmation("ssubscribe", c, i + 1, false))
-        .collect();
-    sub.expect(want.as_bytes()).await;
+    subscribe_all(&mut sub, &chans).await;
     // Subscribing again to one it has changes nothing, as in Redis.
     sub.send(format!("SSUBSCRIBE {}\r\n", chans[1]).as_bytes())
         .await;
@@ -139,14 +144,7 @@ async fn losing_the_node_of_a_shard_subscription_closes_the_client_as_redis_woul
     let proxy = Proxy::start(&cluster.url()).await;
     let chans = channel_per_primary(&cluster);
     let mut sub = proxy.raw().await;
-    sub.send(format!("SSUBSCRIBE {}\r\n", chans.join(" ")).as_bytes())
-        .await;
-    let want: String = chans
-        .iter()
-        .enumerate()
-        .map(|(i, c)| confirmation("ssubscribe", c, i + 1, false))
-        .collect();
-    sub.expect(want.as_bytes()).await;
+    subscribe_all(&mut sub, &chans).await;
     // Not the node of the first channel (the client's pinned connection): one it added.
     let node = cluster.primary_of(slot::of(chans[2].as_bytes()));
     cluster.kill(node);
@@ -162,24 +160,16 @@ async fn reset_and_quit_end_shard_subscriptions_on_every_node() {
     let cluster = RedisCluster::start();
     let proxy = Proxy::start(&cluster.url()).await;
     let chans = channel_per_primary(&cluster);
-    let subscribe = format!("SSUBSCRIBE {}\r\n", chans.join(" "));
-    let confirmed: String = chans
-        .iter()
-        .enumerate()
-        .map(|(i, c)| confirmation("ssubscribe", c, i + 1, false))
-        .collect();
     let mut publisher = proxy.client().await;
     let mut sub = proxy.raw().await;
-    sub.send(subscribe.as_bytes()).await;
-    sub.expect(confirmed.as_bytes()).await;
+    subscribe_all(&mut sub, &chans).await;
     sub.send(b"RESET\r\nPING\r\n").await;
     sub.expect(b"+RESET\r\n+PONG\r\n").await;
     for c in &chans {
         let n: i64 = q(&mut publisher, &["SPUBLISH", c, "after reset"]).await;
         assert_eq!(n, 0, "{c} still has a subscriber after RESET");
     }
-    sub.send(subscribe.as_bytes()).await;
-    sub.expect(confirmed.as_bytes()).await;
+    subscribe_all(&mut sub, &chans).await;
     sub.send(b"QUIT\r\n").await;
     assert_eq!(sub.read_to_close().await, b"+OK\r\n");
 }

@@ -44,6 +44,29 @@ impl SlotMarks {
     }
 }
 
+/// Takes the fleet-wide lease `lease` for one periodic sweep of every slot (`SET NX PX`, held
+/// for 75% of `every`, so one sidecar of the fleet sweeps per period); whether this sidecar
+/// got it.
+pub(crate) async fn take_sweep_lease(
+    upstream: &crate::tier::redis::Upstream,
+    lease: &str,
+    every: std::time::Duration,
+) -> bool {
+    let ttl = (every.as_millis() * 3 / 4).max(1).to_string();
+    let cmd = crate::protocol::request::encode_command(&[
+        &b"SET"[..],
+        lease.as_bytes(),
+        b"1",
+        b"NX",
+        b"PX",
+        ttl.as_bytes(),
+    ]);
+    matches!(
+        crate::loader::call(upstream, cmd, 1).await,
+        Ok(r) if r.first().is_some_and(|r| r.starts_with(b"+OK"))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

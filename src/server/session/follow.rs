@@ -29,11 +29,7 @@ impl Session {
             && !self.pinned_active
             && self.st.can_release()
             && self.st.reply_mode == ReplyMode::On
-            && self
-                .ctx
-                .upstream
-                .as_ref()
-                .is_some_and(|u| u.cluster().is_some())
+            && self.on_cluster()
     }
 
     /// Waits for the outcome of a blocking command sent with a watch (`Pinned::watch`); while

@@ -24,11 +24,7 @@ impl Session {
             && !self.st.in_multi
             && !self.st.watching
             && self.st.reply_mode == ReplyMode::On
-            && self
-                .ctx
-                .upstream
-                .as_ref()
-                .is_some_and(|u| u.cluster().is_some())
+            && self.on_cluster()
     }
 
     /// MULTI, held back: the client's state opens the transaction, and the client gets `+OK`.

@@ -282,6 +282,14 @@ impl Session {
         self.send_to(Dest::Pinned, multi, 1, None).await
     }
 
+    /// Whether the upstream is a Redis Cluster.
+    pub(super) fn on_cluster(&self) -> bool {
+        self.ctx
+            .upstream
+            .as_ref()
+            .is_some_and(|u| u.cluster().is_some())
+    }
+
     /// Gives the pinned connection back to the upstream, which keeps it for another client if
     /// it holds nothing of this one's (`Pinned::idle`).
     pub(in crate::server) fn unpin(&mut self) {

@@ -50,11 +50,7 @@ impl Session {
         matches!(info.name, "SSUBSCRIBE" | "SUNSUBSCRIBE")
             && !self.st.in_multi
             && self.st.reply_mode == ReplyMode::On
-            && self
-                .ctx
-                .upstream
-                .as_ref()
-                .is_some_and(|u| u.cluster().is_some())
+            && self.on_cluster()
     }
 
     /// SSUBSCRIBE or SUNSUBSCRIBE, channel by channel, each on the node of its slot.

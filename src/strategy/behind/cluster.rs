@@ -42,8 +42,8 @@ const PRUNE_MARGIN: Duration = Duration::from_secs(60);
 
 /// Entries read per stream, so that a round trip reads about one batch however many streams
 /// it covers.
-fn per_stream(streams: usize) -> String {
-    (BATCH / streams.max(1)).clamp(8, BATCH).to_string()
+fn per_stream(streams: usize) -> usize {
+    (BATCH / streams.max(1)).clamp(8, BATCH)
 }
 
 /// The wait before a mapping's next periodic sweep: 80% to 100% of `sweep_every` (sidecars
@@ -100,17 +100,7 @@ impl Worker {
             let mut pipeline = Vec::new();
             for s in chunk {
                 for from in [&b"0"[..], b">"] {
-                    pipeline.extend_from_slice(&encode_command(&[
-                        &b"XREADGROUP"[..],
-                        b"GROUP",
-                        GROUP,
-                        &self.consumer,
-                        b"COUNT",
-                        count.as_bytes(),
-                        b"STREAMS",
-                        s,
-                        from,
-                    ]));
+                    pipeline.extend_from_slice(&self.read_command(s, count, from));
                 }
                 pipeline.extend_from_slice(&encode_command(&[&b"XLEN"[..], s]));
             }
@@ -176,7 +166,7 @@ impl Worker {
         let holding = self.active.holding();
         let mut any = false;
         for chunk in holding.chunks(PROBE) {
-            let count = per_stream(chunk.len());
+            let count = per_stream(chunk.len()).to_string();
             let mut pipeline = Vec::new();
             for s in chunk {
                 pipeline.extend_from_slice(&encode_command(&[
@@ -286,20 +276,9 @@ impl Worker {
     /// version rows.
     async fn periodic_sweep(&mut self) {
         let lease = format!("cacheside:wb:sweep:{}", self.q.settings.mapping);
-        let ttl = (self.q.settings.sweep_every.as_millis() * 3 / 4)
-            .max(1)
-            .to_string();
-        let cmd = encode_command(&[
-            &b"SET"[..],
-            lease.as_bytes(),
-            b"1",
-            b"NX",
-            b"PX",
-            ttl.as_bytes(),
-        ]);
-        match call(&self.upstream, cmd, 1).await {
-            Ok(r) if r.first().is_some_and(|r| r.starts_with(b"+OK")) => {}
-            _ => return,
+        let every = self.q.settings.sweep_every;
+        if !crate::strategy::marks::take_sweep_lease(&self.upstream, &lease, every).await {
+            return;
         }
         let before = self.slot_map();
         let Some(found) = self.sweep().await else {

@@ -34,6 +34,7 @@ pub(super) const GROUP: &[u8] = b"cacheside";
 pub(super) const BATCH: usize = 256;
 /// Pause when the stream has nothing for this consumer (no BLOCK: the connections are shared).
 const IDLE: Duration = Duration::from_millis(20);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Starts one worker per write-behind mapping, and its gauges; each ends once `stop` turns true.
@@ -110,7 +111,7 @@ impl Worker {
                 _ = tokio::time::sleep(wait) => wait = (wait * 2).min(BACKOFF_MAX),
             }
         }
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = BACKOFF_MIN;
         let mut pruned_at = Instant::now();
         let mut consumers_at = Instant::now();
         loop {
@@ -119,17 +120,8 @@ impl Worker {
             }
             if self.q.is_cluster() {
                 let round = self.cluster_step().await;
-                let pause = match round {
-                    Round::Done => {
-                        backoff = Duration::from_millis(50);
-                        continue;
-                    }
-                    Round::Idle => IDLE,
-                    Round::Failed => {
-                        let b = backoff;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                        b
-                    }
+                let Some(pause) = pause(round, &mut backoff) else {
+                    continue;
                 };
                 tokio::select! {
                     _ = stop.changed() => return,
@@ -170,17 +162,8 @@ impl Worker {
                     tracing::info!(mapping = %self.q.settings.mapping, consumers = n, "write-behind: removed the group's consumers of sidecars that are gone");
                 }
             }
-            let pause = match round {
-                Round::Done => {
-                    backoff = Duration::from_millis(50);
-                    continue;
-                }
-                Round::Idle => IDLE,
-                Round::Failed => {
-                    let b = backoff;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    b
-                }
+            let Some(pause) = pause(round, &mut backoff) else {
+                continue;
             };
             tokio::select! {
                 _ = stop.changed() => return,
@@ -221,10 +204,11 @@ impl Worker {
         }
     }
 
-    /// XREADGROUP from `from` (`0`: this consumer's unacknowledged entries; `>`: new ones).
-    async fn round(&mut self, from: &[u8]) -> Round {
-        let count = BATCH.to_string();
-        let cmd = encode_command(&[
+    /// XREADGROUP of up to `count` entries of `stream` from `from` (`0`: this consumer's
+    /// unacknowledged entries; `>`: new ones).
+    pub(super) fn read_command(&self, stream: &[u8], count: usize, from: &[u8]) -> Bytes {
+        let count = count.to_string();
+        encode_command(&[
             &b"XREADGROUP"[..],
             b"GROUP",
             GROUP,
@@ -232,9 +216,14 @@ impl Worker {
             b"COUNT",
             count.as_bytes(),
             b"STREAMS",
-            &self.q.stream,
+            stream,
             from,
-        ]);
+        ])
+    }
+
+    /// XREADGROUP from `from` (`0`: this consumer's unacknowledged entries; `>`: new ones).
+    async fn round(&mut self, from: &[u8]) -> Round {
+        let cmd = self.read_command(&self.q.stream, BATCH, from);
         let Ok(r) = call(&self.upstream, cmd, 1).await else {
             return Round::Failed;
         };
@@ -471,5 +460,22 @@ impl Worker {
         }
         let n = 2 * by_stream.len() as u32;
         matches!(call(&self.upstream, Bytes::from(pipeline), n).await, Ok(r) if r.iter().all(|x| !x.starts_with(b"-")))
+    }
+}
+
+/// The wait before the next round: none after one that applied entries (the backoff starts
+/// over), `IDLE` after an empty one, the backoff (doubled for the next failure) after a failure.
+fn pause(round: Round, backoff: &mut Duration) -> Option<Duration> {
+    match round {
+        Round::Done => {
+            *backoff = BACKOFF_MIN;
+            None
+        }
+        Round::Idle => Some(IDLE),
+        Round::Failed => {
+            let b = *backoff;
+            *backoff = (*backoff * 2).min(BACKOFF_MAX);
+            Some(b)
+        }
     }
 }

@@ -221,20 +221,9 @@ impl Flusher {
     /// slot; what it finds is flushed from the next cycle on (records once stale).
     pub(super) async fn periodic_sweep(&mut self, c: &Arc<Counter>) {
         let lease = format!("cacheside:counter:sweep:{}", c.settings.name);
-        let ttl = (c.settings.sweep_every.as_millis() * 3 / 4)
-            .max(1)
-            .to_string();
-        let cmd = encode_command(&[
-            &b"SET"[..],
-            lease.as_bytes(),
-            b"1",
-            b"NX",
-            b"PX",
-            ttl.as_bytes(),
-        ]);
-        match call(&self.upstream, cmd, 1).await {
-            Ok(r) if r.first().is_some_and(|r| r.starts_with(b"+OK")) => {}
-            _ => return,
+        let every = c.settings.sweep_every;
+        if !crate::strategy::marks::take_sweep_lease(&self.upstream, &lease, every).await {
+            return;
         }
         let Some(found) = self.sweep(c).await else {
             return;
