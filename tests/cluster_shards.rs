@@ -113,6 +113,10 @@ async fn resp3_shard_subscriptions_are_confirmed_with_pushes() {
     let proxy = Proxy::start(&cluster.url()).await;
     let chans = channel_per_primary(&cluster);
     let mut sub = proxy.raw().await;
+    // No channel: Redis's own arity error.
+    sub.send(b"SSUBSCRIBE\r\n").await;
+    sub.expect(b"-ERR wrong number of arguments for 'ssubscribe' command\r\n")
+        .await;
     sub.send(b"HELLO 3\r\n").await;
     let hello = sub.read_exact_len(1).await;
     assert_eq!(hello, b"%");

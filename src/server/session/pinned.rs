@@ -22,7 +22,7 @@ impl Session {
         info: &'static CommandInfo,
         decision: Decision,
     ) -> Result<(), Stop> {
-        if self.shard_command(info) {
+        if self.shard_command(info, &req) {
             return self.shard_request(chunk, req, info).await;
         }
         // A shard channel lives in a slot like a key (cluster mode: its primary is the one

@@ -44,10 +44,11 @@ impl Shards {
 }
 
 impl Session {
-    /// Whether `info` is a shard (un)subscription that this module answers: in cluster mode,
-    /// outside a transaction, with replies on.
-    pub(super) fn shard_command(&self, info: &CommandInfo) -> bool {
-        matches!(info.name, "SSUBSCRIBE" | "SUNSUBSCRIBE")
+    /// Whether `req` is a shard (un)subscription that this module answers: in cluster mode,
+    /// outside a transaction, with replies on (an SSUBSCRIBE of no channel goes to Redis, for
+    /// its arity error).
+    pub(super) fn shard_command(&self, info: &CommandInfo, req: &Request) -> bool {
+        (info.name == "SUNSUBSCRIBE" || (info.name == "SSUBSCRIBE" && req.argc() > 1))
             && !self.st.in_multi
             && self.st.reply_mode == ReplyMode::On
             && self.on_cluster()
