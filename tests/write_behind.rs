@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::behind::{configure, rows, toml, DEAD, SLOW_WRITE_QUERY, STREAM, WRITE_QUERY};
+use support::behind::{
+    configure, rows, spawn_writers, toml, DEAD, SLOW_WRITE_QUERY, STREAM, WRITE_QUERY,
+};
 use support::counters::{eventually, Sidecar};
 use support::postgres::PgServer;
 use support::{metric, query, Proxy, RedisServer};
@@ -86,43 +88,7 @@ async fn every_acknowledged_write_survives_a_sigkill_mid_flush() {
     let url = Arc::new(Mutex::new(a.url()));
     let acked = Arc::new(AtomicU64::new(0));
     let last: Arc<Mutex<HashMap<i32, String>>> = Arc::default();
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|t| {
-            let (url, acked, last) = (url.clone(), acked.clone(), last.clone());
-            tokio::spawn(async move {
-                let mut conn = None;
-                for i in 0..PER_TASK {
-                    let id = (t * KEYS_PER_TASK + i % KEYS_PER_TASK + 1) as i32;
-                    let value = format!("t{t}-w{i}");
-                    loop {
-                        if conn.is_none() {
-                            let u = url.lock().unwrap().clone();
-                            conn = redis::Client::open(u)
-                                .unwrap()
-                                .get_multiplexed_async_connection()
-                                .await
-                                .ok();
-                        }
-                        let Some(c) = conn.as_mut() else {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        };
-                        let r: redis::RedisResult<()> = redis::cmd("SET")
-                            .arg(format!("item:{id}"))
-                            .arg(&value)
-                            .query_async(c)
-                            .await;
-                        match r {
-                            Ok(()) => break,
-                            Err(_) => conn = None,
-                        }
-                    }
-                    last.lock().unwrap().insert(id, value);
-                    acked.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let tasks = spawn_writers(&url, &acked, &last, TASKS, PER_TASK, KEYS_PER_TASK);
     assert!(
         eventually(Duration::from_secs(120), async || acked
             .load(Ordering::Relaxed)

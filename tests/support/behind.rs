@@ -5,6 +5,9 @@ use super::postgres::PgServer;
 use cacheside::config::units::Human;
 use cacheside::config::{Config, MappingConfig};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub const STREAM: &str = "cacheside:wb:item";
 pub const DEAD: &str = "cacheside:wb:item:dead";
@@ -60,5 +63,56 @@ pub async fn rows(pg: &PgServer) -> HashMap<i32, String> {
         .expect("read wb_items")
         .into_iter()
         .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// `tasks` writers, each SETting `item:<id>` over its own `keys_per_task` ids `per_task` times
+/// (values `t<task>-w<i>`) through the sidecar at `url` (which a test may point elsewhere, as
+/// when it restarts the sidecar), every SET retried until acknowledged; each acknowledged SET
+/// is counted in `acked` and its value recorded in `last`.
+pub fn spawn_writers(
+    url: &Arc<Mutex<String>>,
+    acked: &Arc<AtomicU64>,
+    last: &Arc<Mutex<HashMap<i32, String>>>,
+    tasks: usize,
+    per_task: usize,
+    keys_per_task: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..tasks)
+        .map(|t| {
+            let (url, acked, last) = (url.clone(), acked.clone(), last.clone());
+            tokio::spawn(async move {
+                let mut conn = None;
+                for i in 0..per_task {
+                    let id = (t * keys_per_task + i % keys_per_task + 1) as i32;
+                    let value = format!("t{t}-w{i}");
+                    loop {
+                        if conn.is_none() {
+                            let u = url.lock().unwrap().clone();
+                            conn = redis::Client::open(u)
+                                .unwrap()
+                                .get_multiplexed_async_connection()
+                                .await
+                                .ok();
+                        }
+                        let Some(c) = conn.as_mut() else {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        };
+                        let r: redis::RedisResult<()> = redis::cmd("SET")
+                            .arg(format!("item:{id}"))
+                            .arg(&value)
+                            .query_async(c)
+                            .await;
+                        match r {
+                            Ok(()) => break,
+                            Err(_) => conn = None,
+                        }
+                    }
+                    last.lock().unwrap().insert(id, value);
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
         .collect()
 }
