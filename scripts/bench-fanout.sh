@@ -6,7 +6,12 @@
 # the run, divided by the writes), with hot.broadcast_batching on and off, for each N.
 #
 # Usage (from the repo root): scripts/bench-fanout.sh [--subscribers "10 100 1000"] [--requests N]
-#                             [--per-prefix]
+#                             [--per-prefix] [--clients C] [--pipeline P] [--batching "true false"]
+#                             [--encoding "keys packed"]
+#
+# --clients / --pipeline: redis-benchmark's -c and -P (default 50 and 1): how many writes are
+# outstanding at once, so how many a batched PUBLISH can carry.
+# --encoding: the values of hot.broadcast_encoding to run (default "keys").
 #
 # --per-prefix: cacheside runs with hot.channel_per_prefix = true (it announces the written
 # key:* keys on "{cacheside:invalidate}:key"), and the N stand-ins are sidecars that cache
@@ -24,12 +29,20 @@ set -euo pipefail
 SUBSCRIBERS="10 100 1000"
 REQUESTS=100000
 PER_PREFIX=false
+CLIENTS=50
+PIPELINE=1
+BATCHING="true false"
+ENCODING="keys"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --subscribers) SUBSCRIBERS=$2; shift 2 ;;
         --requests) REQUESTS=$2; shift 2 ;;
         --per-prefix) PER_PREFIX=true; shift ;;
-        -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --clients) CLIENTS=$2; shift 2 ;;
+        --pipeline) PIPELINE=$2; shift 2 ;;
+        --batching) BATCHING=$2; shift 2 ;;
+        --encoding) ENCODING=$2; shift 2 ;;
+        -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-fanout.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -70,7 +83,8 @@ if $PER_PREFIX; then CHANNELS+=(--channel "{cacheside:invalidate}:other"); fi
 
 rows=()
 for n in $SUBSCRIBERS; do
-    for batching in true false; do
+    for encoding in $ENCODING; do
+    for batching in $BATCHING; do
         rp=$(free_port); cp=$(free_port); ap=$(free_port)
         redis-server --bind 127.0.0.1 --port "$rp" --save "" --appendonly no \
             --logfile "$TMP/redis.log" --dir "$TMP" &
@@ -84,6 +98,7 @@ for n in $SUBSCRIBERS; do
 [hot]
 coherence = "broadcast"
 broadcast_batching = $batching
+broadcast_encoding = "$encoding"
 channel_per_prefix = $PER_PREFIX
 [[cache]]
 keys = "key:*"
@@ -98,7 +113,7 @@ EOF
             sleep 0.1
         done
         c0=$(ticks "$rpid")
-        out=$(redis-benchmark -p "$cp" -c 50 -n "$REQUESTS" -d 100 -r 100000 -t set --csv \
+        out=$(redis-benchmark -p "$cp" -c "$CLIENTS" -P "$PIPELINE" -n "$REQUESTS" -d 100 -r 100000 -t set --csv \
             | tr -d '"' | awk -F, '$1 == "SET"')
         c1=$(ticks "$rpid")
         rps=$(echo "$out" | cut -d, -f2)
@@ -106,17 +121,18 @@ EOF
         keys=$(metric "$ap" cacheside_broadcast_announced_keys_total)
         cpu=$(python3 -c "print(f'{($c1-$c0)*1e6/$HZ/$REQUESTS:.1f}')")
         per=$(python3 -c "s=float('${sent:-0}'); print(f'{float(\"${keys:-0}\")/s:.1f}' if s else '-')")
-        rows+=("| $n | $PER_PREFIX | $batching | $rps | $cpu | ${sent:-0} | $per |")
-        echo "== $n subscribers, channel per prefix $PER_PREFIX, batching $batching: $rps writes/s, Redis $cpu µs CPU per written key" >&2
+        rows+=("| $n | $PER_PREFIX | $batching | $encoding | $rps | $cpu | ${sent:-0} | $per |")
+        echo "== $n subscribers, channel per prefix $PER_PREFIX, batching $batching, encoding $encoding: $rps writes/s, Redis $cpu µs CPU per written key" >&2
         kill "$cpid" "$spid" "$rpid" 2>/dev/null || true
         wait "$cpid" "$spid" "$rpid" 2>/dev/null || true
         PIDS=()
     done
+    done
 done
 
 echo
-echo "redis-benchmark SET through one cacheside (broadcast mode, 50 clients, -P 1, $REQUESTS writes, 100-byte values)"
+echo "redis-benchmark SET through one cacheside (broadcast mode, $CLIENTS clients, -P $PIPELINE, $REQUESTS writes, 100-byte values)"
 echo
-echo "| subscribers | channel per prefix | batching | writes/s | Redis CPU µs per written key | batched PUBLISHes | keys per batched PUBLISH |"
-echo "|---:|---|---|---:|---:|---:|---:|"
+echo "| subscribers | channel per prefix | batching | encoding | writes/s | Redis CPU µs per written key | batched PUBLISHes | keys per batched PUBLISH |"
+echo "|---:|---|---|---|---:|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"

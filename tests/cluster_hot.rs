@@ -117,7 +117,7 @@ async fn tracking_is_refused_on_a_cluster_and_the_tier_bypassed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_read_through_any_sidecar_is_older_than_an_acknowledged_write_on_a_cluster() {
     let cluster = RedisCluster::start();
-    coherence::check(&cluster.url(), "broadcast", false).await;
+    coherence::check(&cluster.url(), "broadcast", false, false).await;
     support::assert_no_panics();
 }
 
@@ -146,7 +146,7 @@ async fn a_rule_without_a_namespace_bypasses_the_tier_on_a_cluster_with_a_channe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_read_is_older_than_an_acknowledged_write_on_a_cluster_with_a_channel_per_prefix() {
     let cluster = RedisCluster::start();
-    coherence::check(&cluster.url(), "broadcast", true).await;
+    coherence::check(&cluster.url(), "broadcast", true, true).await;
     support::assert_no_panics();
 }
 

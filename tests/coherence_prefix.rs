@@ -73,7 +73,7 @@ async fn numsub(redis: &RedisServer, channels: &[&str]) -> Vec<i64> {
 async fn no_read_through_any_sidecar_is_older_than_an_acknowledged_write_with_a_channel_per_prefix()
 {
     let redis = RedisServer::start();
-    coherence::check(&redis.url(), "broadcast", true).await;
+    coherence::check(&redis.url(), "broadcast", true, true).await;
     support::assert_no_panics();
 }
 

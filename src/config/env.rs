@@ -79,6 +79,7 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("hot.channel", Kind::Str),
     ("hot.broadcast_batching", Kind::Bool),
     ("hot.channel_per_prefix", Kind::Bool),
+    ("hot.broadcast_encoding", Kind::Str),
     ("postgres.url", Kind::Str),
     ("postgres.password_file", Kind::Str),
     ("postgres.pool_size", Kind::Int),

@@ -235,6 +235,8 @@ pub struct HotConfig {
     pub broadcast_batching: bool,
     /// Broadcast mode: announce a key on its namespace's channel `{channel}:<ns>`.
     pub channel_per_prefix: bool,
+    /// Broadcast mode: `"keys"` (one RESP string per key) or `"packed"` (front-coded, one string).
+    pub broadcast_encoding: String,
 }
 
 impl Default for HotConfig {
@@ -246,6 +248,7 @@ impl Default for HotConfig {
             channel: "cacheside:invalidate".into(),
             broadcast_batching: true,
             channel_per_prefix: false,
+            broadcast_encoding: "keys".into(),
         }
     }
 }

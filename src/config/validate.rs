@@ -114,6 +114,16 @@ fn validate_hot(c: &Config) -> Result<HotSettings, ConfigError> {
     if h.channel.is_empty() {
         return Err(ConfigError::invalid("hot.channel", "must not be empty"));
     }
+    let broadcast_packed = match h.broadcast_encoding.as_str() {
+        "keys" => false,
+        "packed" => true,
+        other => {
+            return Err(ConfigError::invalid(
+                "hot.broadcast_encoding",
+                format!("{other:?} must be \"keys\" or \"packed\""),
+            ))
+        }
+    };
     // `{channel}:<ns>` must hash to the base channel's slot, and `{channel}:*` must be a
     // pattern that matches only those channels.
     if h.channel_per_prefix && h.channel.contains(['{', '}', '*', '?', '[', ']', '\\']) {
@@ -158,6 +168,7 @@ fn validate_hot(c: &Config) -> Result<HotSettings, ConfigError> {
         channel: h.channel.clone(),
         broadcast_batching: h.broadcast_batching,
         channel_per_prefix: h.channel_per_prefix,
+        broadcast_packed,
         rules,
     })
 }

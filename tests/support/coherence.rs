@@ -22,10 +22,13 @@ const KEYS: usize = 8;
 /// How long writers and readers run, per mode.
 const RUN: Duration = Duration::from_secs(4);
 
-async fn sidecar(upstream: &str, coherence: &str, per_prefix: bool) -> Proxy {
+async fn sidecar(upstream: &str, coherence: &str, per_prefix: bool, packed: bool) -> Proxy {
     let proxy = Proxy::start_with(upstream, |c| {
         c.hot.coherence = coherence.into();
         c.hot.channel_per_prefix = per_prefix;
+        if packed {
+            c.hot.broadcast_encoding = "packed".into();
+        }
         c.cache = vec![super::cache_rule("coh:*", 60)];
         if per_prefix {
             // Announced are the keys the rules cache: with `other:` cached too, MSET and MULTI
@@ -103,12 +106,12 @@ async fn read(c: &mut MultiplexedConnection, mget: bool, i: usize) -> u64 {
 /// Runs the checker against `upstream` (one redis-server, or a cluster's seed node) in
 /// `coherence` mode, with `hot.channel_per_prefix` or not, and fails on any stale read. With
 /// it, SET and EVAL announce on the `coh` namespace's channel, MSET and MULTI (which also write
-/// `other:` keys, cached then) on the base channel.
-pub async fn check(upstream: &str, coherence: &str, per_prefix: bool) {
-    let a = sidecar(upstream, coherence, per_prefix).await;
+/// `other:` keys, cached then) on the base channel. `packed`: `hot.broadcast_encoding = "packed"`.
+pub async fn check(upstream: &str, coherence: &str, per_prefix: bool, packed: bool) {
+    let a = sidecar(upstream, coherence, per_prefix, packed).await;
     let readers = [
-        sidecar(upstream, coherence, per_prefix).await,
-        sidecar(upstream, coherence, per_prefix).await,
+        sidecar(upstream, coherence, per_prefix, packed).await,
+        sidecar(upstream, coherence, per_prefix, packed).await,
     ];
     let mut setup = a.client().await;
     for i in 0..KEYS {

@@ -15,6 +15,7 @@ async fn tier() -> Arc<HotTier> {
             coherence: Coherence::Ttl,
             channel: "c".into(),
             broadcast_batching: true,
+            broadcast_packed: false,
             channel_per_prefix: false,
             rules: vec![RuleSettings {
                 pattern: "p:*".into(),

@@ -15,12 +15,18 @@ pub struct Broadcast {
     pub shard: bool,
     /// `hot.channel_per_prefix`: keys of one namespace are announced on its own channel.
     pub per_prefix: bool,
+    /// `hot.broadcast_encoding = "packed"`: keys go as one front-coded string (see `pack`).
+    pub packed: bool,
 }
 
 impl Broadcast {
     /// The message announcing that `keys` (or everything, with `flush`) changed:
-    /// a RESP array `[id, "K", key...]` or `[id, "F"]`, binary safe.
+    /// a RESP array `[id, "K", key...]`, `[id, "P", packed keys]` or `[id, "F"]`, binary safe.
     pub fn message(&self, keys: &[Bytes], flush: bool) -> Bytes {
+        if self.packed && !flush {
+            let packed = super::pack::pack(keys);
+            return crate::protocol::request::encode_command(&[&self.id[..], b"P", &packed]);
+        }
         let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 2);
         args.push(&self.id);
         args.push(if flush { b"F" } else { b"K" });

@@ -126,6 +126,7 @@ mod tests {
             id: bytes::Bytes::from_static(b"me"),
             shard: false,
             per_prefix,
+            packed: false,
         }
     }
 
@@ -190,6 +191,7 @@ mod tests {
             coherence: Coherence::Ttl,
             channel: "c".into(),
             broadcast_batching: true,
+            broadcast_packed: false,
             channel_per_prefix: true,
             rules: vec![rule("a:*")],
         };

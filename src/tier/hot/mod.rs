@@ -26,6 +26,7 @@ mod fence;
 mod fill;
 mod front;
 pub mod info;
+mod pack;
 mod pattern;
 mod rules;
 pub mod settings;
@@ -172,6 +173,8 @@ pub struct HotTier {
     batching: bool,
     /// `hot.channel_per_prefix`, where messages are heard at all (not in `ttl` mode).
     per_prefix: bool,
+    /// `hot.broadcast_encoding = "packed"`.
+    packed: bool,
     /// A duplicate of the invalidation connection's socket, to peek for unread invalidations.
     watch: std::sync::RwLock<Option<std::net::TcpStream>>,
     /// Raised by the coherence task from before it reads its socket until what it read is
@@ -224,6 +227,7 @@ impl HotTier {
             batching: settings.broadcast_batching,
             per_prefix: settings.channel_per_prefix
                 && settings.coherence != settings::Coherence::Ttl,
+            packed: settings.broadcast_packed,
             watch: std::sync::RwLock::new(None),
             applying: AtomicBool::new(false),
             metrics: metrics.clone(),

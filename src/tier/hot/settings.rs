@@ -34,6 +34,8 @@ pub struct HotSettings {
     pub broadcast_batching: bool,
     /// Broadcast mode: announce keys on a channel per key namespace (`{channel}:<ns>`).
     pub channel_per_prefix: bool,
+    /// Broadcast mode: announcements carry their keys packed (`hot.broadcast_encoding`).
+    pub broadcast_packed: bool,
     /// Enabled rules, in file order: the first match wins.
     pub rules: Vec<RuleSettings>,
 }

@@ -101,6 +101,7 @@ pub(super) async fn run_broadcast(
         id: id.clone(),
         shard: cluster.is_some(),
         per_prefix: tier.per_prefix,
+        packed: tier.packed,
     });
     watch(tier, &stream);
     // As for tracking: frames read with the SUBSCRIBE reply are applied before any hit.
@@ -169,9 +170,10 @@ async fn subscribe(
     Ok(())
 }
 
-/// A message `[id, "K", key...]` or `[id, "F"]` from a sidecar (ours are skipped: our writes
-/// invalidated locally already).
-async fn apply_broadcast(tier: &HotTier, payload: &[u8], own_id: &Bytes) {
+/// A message `[id, "K", key...]`, `[id, "P", packed keys]` or `[id, "F"]` from a sidecar (ours
+/// are skipped: our writes invalidated locally already). Packed keys that do not unpack empty
+/// the tier: which keys they named is unknown.
+pub(super) async fn apply_broadcast(tier: &HotTier, payload: &[u8], own_id: &Bytes) {
     let Ok(Step::Request(p)) = request::parse(payload, 0, &Limits::default()) else {
         return;
     };
@@ -186,6 +188,19 @@ async fn apply_broadcast(tier: &HotTier, payload: &[u8], own_id: &Bytes) {
             for i in 2..msg.argc() {
                 tier.invalidate(msg.arg(i), InvalidationSource::Broadcast)
                     .await;
+            }
+        }
+        b"P" => {
+            let mut keys = Vec::new();
+            let whole = msg.argc() == 3
+                && super::pack::unpack(msg.arg(2), |k| keys.push(Bytes::copy_from_slice(k)));
+            if !whole {
+                tracing::warn!("a packed announcement did not unpack; hot tier emptied");
+                tier.invalidate_all(InvalidationSource::Flush).await;
+                return;
+            }
+            for k in keys {
+                tier.invalidate(&k, InvalidationSource::Broadcast).await;
             }
         }
         _ => {}

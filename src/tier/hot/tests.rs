@@ -9,6 +9,7 @@ pub(super) fn tier(max: u64) -> Arc<HotTier> {
         coherence: settings::Coherence::Ttl,
         channel: "c".into(),
         broadcast_batching: true,
+        broadcast_packed: false,
         channel_per_prefix: false,
         rules: vec![RuleSettings {
             pattern: "p:*".into(),
@@ -342,6 +343,7 @@ async fn writes_that_overlap_an_announcement_share_the_next_publish() {
         channel: Bytes::from_static(b"c"),
         id: Bytes::from_static(b"me"),
         per_prefix: false,
+        packed: false,
     });
     let (sent, keys) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     t.set_publisher(counting_publisher(
@@ -379,6 +381,7 @@ async fn a_failed_publish_fails_the_writes_it_announced() {
         channel: Bytes::from_static(b"c"),
         id: Bytes::from_static(b"me"),
         per_prefix: false,
+        packed: false,
     });
     let (sent, keys) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     t.set_publisher(counting_publisher(sent, keys, Duration::ZERO, false));
@@ -404,4 +407,45 @@ fn keys_held_inline_and_shared_are_found_and_removed_alike() {
         f.remove(&key, h, 1);
         assert!(!f.contains(&key, h), "a key of {len} bytes is removed");
     }
+}
+
+/// A packed announcement from another sidecar evicts exactly the keys it names; one that does
+/// not unpack empties the tier (which keys it meant is unknown); ours are skipped.
+#[tokio::test]
+async fn packed_announcements_evict_their_keys_and_a_broken_one_empties_the_tier() {
+    let t = tier(1 << 20);
+    t.set_coherent(true).await;
+    let keys = ["p:1", "p:10", "p:2", "p:3"];
+    let put = |k: &'static str| fill(&t, k, b"$1\r\nv\r\n", t.stamp(k.as_bytes()));
+    for k in keys {
+        t.fill(put(k)).await;
+    }
+    let b = Broadcast {
+        shard: false,
+        channel: Bytes::from_static(b"c"),
+        id: Bytes::from_static(b"other"),
+        per_prefix: false,
+        packed: true,
+    };
+    let named = [Bytes::from_static(b"p:1"), Bytes::from_static(b"p:10")];
+    let msg = b.message(&named, false);
+    assert!(
+        msg.windows(7).any(|w| w == b"$1\r\nP\r\n"),
+        "packed: {msg:?}"
+    );
+    let me = Bytes::from_static(b"me");
+    super::subscribe::apply_broadcast(&t, &msg, &me).await;
+    let held = |k: &str| t.holds(k.as_bytes());
+    assert!(!held("p:1") && !held("p:10"), "named keys evicted");
+    assert!(held("p:2") && held("p:3"), "other keys kept");
+    // Our own announcement: our writes evicted locally already.
+    super::subscribe::apply_broadcast(&t, &msg, &Bytes::from_static(b"other")).await;
+    assert!(held("p:2"));
+    // A packing that does not unpack.
+    let broken = crate::protocol::request::encode_command(&[&b"other"[..], b"P", &[5, 1, b'x']]);
+    super::subscribe::apply_broadcast(&t, &broken, &me).await;
+    assert!(
+        !held("p:2") && !held("p:3"),
+        "a broken announcement empties the tier"
+    );
 }
