@@ -7,11 +7,13 @@
 #
 # Usage (from the repo root): scripts/bench-fanout.sh [--subscribers "10 100 1000"] [--requests N]
 #                             [--per-prefix] [--clients C] [--pipeline P] [--batching "true false"]
-#                             [--encoding "keys packed"]
+#                             [--encoding "keys packed"] [--sidecars M]
 #
 # --clients / --pipeline: redis-benchmark's -c and -P (default 50 and 1): how many writes are
 # outstanding at once, so how many a batched PUBLISH can carry.
 # --encoding: the values of hot.broadcast_encoding to run (default "keys").
+# --sidecars: writing sidecars (default 1), each taking an equal share of the clients and writes
+# (M redis-benchmark runs at once; writes/s is their sum). They subscribe too: N + M listen.
 #
 # --per-prefix: cacheside runs with hot.channel_per_prefix = true (it announces the written
 # key:* keys on "{cacheside:invalidate}:key"), and the N stand-ins are sidecars that cache
@@ -33,6 +35,7 @@ CLIENTS=50
 PIPELINE=1
 BATCHING="true false"
 ENCODING="keys"
+SIDECARS=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --subscribers) SUBSCRIBERS=$2; shift 2 ;;
@@ -42,7 +45,8 @@ while [[ $# -gt 0 ]]; do
         --pipeline) PIPELINE=$2; shift 2 ;;
         --batching) BATCHING=$2; shift 2 ;;
         --encoding) ENCODING=$2; shift 2 ;;
-        -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --sidecars) SIDECARS=$2; shift 2 ;;
+        -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-fanout.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -85,7 +89,7 @@ rows=()
 for n in $SUBSCRIBERS; do
     for encoding in $ENCODING; do
     for batching in $BATCHING; do
-        rp=$(free_port); cp=$(free_port); ap=$(free_port)
+        rp=$(free_port)
         redis-server --bind 127.0.0.1 --port "$rp" --save "" --appendonly no \
             --logfile "$TMP/redis.log" --dir "$TMP" &
         rpid=$!; PIDS+=("$rpid")
@@ -104,34 +108,49 @@ channel_per_prefix = $PER_PREFIX
 keys = "key:*"
 ttl = "60s"
 EOF
-        "$CACHESIDE" --config "$TMP/cs.toml" --upstream "redis://127.0.0.1:$rp" \
-            --listen "127.0.0.1:$cp" --admin-listen "127.0.0.1:$ap" --log-level warn \
-            >"$TMP/cs.log" 2>&1 &
-        cpid=$!; PIDS+=("$cpid")
-        for _ in $(seq 100); do
-            redis-cli -p "$cp" info 2>/dev/null | grep -q "hot_state:broadcast" && break
-            sleep 0.1
+        cps=(); aps=()
+        for i in $(seq "$SIDECARS"); do
+            cp=$(free_port); ap=$(free_port); cps+=("$cp"); aps+=("$ap")
+            "$CACHESIDE" --config "$TMP/cs.toml" --upstream "redis://127.0.0.1:$rp" \
+                --listen "127.0.0.1:$cp" --admin-listen "127.0.0.1:$ap" --log-level warn \
+                >"$TMP/cs$i.log" 2>&1 &
+            PIDS+=("$!")
+            for _ in $(seq 100); do
+                redis-cli -p "$cp" info 2>/dev/null | grep -q "hot_state:broadcast" && break
+                sleep 0.1
+            done
         done
         c0=$(ticks "$rpid")
-        out=$(redis-benchmark -p "$cp" -c "$CLIENTS" -P "$PIPELINE" -n "$REQUESTS" -d 100 -r 100000 -t set --csv \
-            | tr -d '"' | awk -F, '$1 == "SET"')
+        rbs=()
+        for i in "${!cps[@]}"; do
+            redis-benchmark -p "${cps[$i]}" -c $((CLIENTS / SIDECARS)) -P "$PIPELINE" \
+                -n $((REQUESTS / SIDECARS)) -d 100 -r 100000 -t set --csv >"$TMP/rb$i.csv" &
+            rbs+=("$!")
+        done
+        wait_rb=0
+        for pid in "${rbs[@]}"; do wait "$pid" || wait_rb=1; done
         c1=$(ticks "$rpid")
-        rps=$(echo "$out" | cut -d, -f2)
-        sent=$(metric "$ap" cacheside_broadcast_announcements_total)
-        keys=$(metric "$ap" cacheside_broadcast_announced_keys_total)
+        [[ $wait_rb == 0 ]] || { echo "bench-fanout.sh: redis-benchmark failed" >&2; exit 1; }
+        rps=$(cat "$TMP"/rb*.csv | tr -d '"' | awk -F, '$1 == "SET" { s += $2 } END { printf "%.0f", s }')
+        rm -f "$TMP"/rb*.csv
+        sent=0; keys=0
+        for ap in "${aps[@]}"; do
+            sent=$(python3 -c "print(int(float('${sent}') + float('$(metric "$ap" cacheside_broadcast_announcements_total)' or 0)))")
+            keys=$(python3 -c "print(int(float('${keys}') + float('$(metric "$ap" cacheside_broadcast_announced_keys_total)' or 0)))")
+        done
         cpu=$(python3 -c "print(f'{($c1-$c0)*1e6/$HZ/$REQUESTS:.1f}')")
         per=$(python3 -c "s=float('${sent:-0}'); print(f'{float(\"${keys:-0}\")/s:.1f}' if s else '-')")
         rows+=("| $n | $PER_PREFIX | $batching | $encoding | $rps | $cpu | ${sent:-0} | $per |")
         echo "== $n subscribers, channel per prefix $PER_PREFIX, batching $batching, encoding $encoding: $rps writes/s, Redis $cpu µs CPU per written key" >&2
-        kill "$cpid" "$spid" "$rpid" 2>/dev/null || true
-        wait "$cpid" "$spid" "$rpid" 2>/dev/null || true
+        kill "${PIDS[@]}" 2>/dev/null || true
+        wait "${PIDS[@]}" 2>/dev/null || true
         PIDS=()
     done
     done
 done
 
 echo
-echo "redis-benchmark SET through one cacheside (broadcast mode, $CLIENTS clients, -P $PIPELINE, $REQUESTS writes, 100-byte values)"
+echo "redis-benchmark SET through $SIDECARS cacheside (broadcast mode, $CLIENTS clients, -P $PIPELINE, $REQUESTS writes, 100-byte values)"
 echo
 echo "| subscribers | channel per prefix | batching | encoding | writes/s | Redis CPU µs per written key | batched PUBLISHes | keys per batched PUBLISH |"
 echo "|---:|---|---|---|---:|---:|---:|---:|"
