@@ -55,6 +55,30 @@ async fn slots_moved_under_traffic_give_no_errors_and_lose_no_writes() {
             (round, last)
         })
     };
+    // Transactions meet the moving slots too: each runs where its key lives (redirected whole
+    // when cacheside's map is stale or the key has just migrated), none fails, none runs twice.
+    let counters: Vec<String> = (0..100).map(|i| format!("rt:{i}")).collect();
+    let txns = {
+        let (done, counters) = (done.clone(), counters.clone());
+        let mut c = proxy.client().await;
+        tokio::spawn(async move {
+            let mut rounds = 0u64;
+            while !done.load(Ordering::Relaxed) || rounds < 3 {
+                rounds += 1;
+                for k in &counters {
+                    let (n, got): (u64, u64) = redis::pipe()
+                        .atomic()
+                        .incr(k, 1)
+                        .get(k)
+                        .query_async(&mut c)
+                        .await
+                        .unwrap_or_else(|e| panic!("MULTI INCR {k} in round {rounds}: {e}"));
+                    assert_eq!((n, got), (rounds, rounds), "{k}");
+                }
+            }
+            rounds
+        })
+    };
     let reshard = tokio::task::spawn_blocking(move || {
         Command::new("redis-cli")
             .args(["--cluster", "reshard", &seed])
@@ -72,6 +96,12 @@ async fn slots_moved_under_traffic_give_no_errors_and_lose_no_writes() {
     done.store(true, Ordering::Relaxed);
     let (rounds, last) = writer.await.unwrap();
     assert!(rounds >= 3);
+    let txn_rounds = txns.await.unwrap();
+    for k in &counters {
+        let port = cluster.primary_of(cacheside::tier::redis::cluster::slot::of(k.as_bytes()));
+        let got = cli(port, &["GET", k]);
+        assert_eq!(got.trim(), txn_rounds.to_string(), "{k} on {port}");
+    }
     // The traffic met the moving slots: cacheside followed redirections.
     let text = proxy.admin_get("/metrics").await.1;
     let moved = support::metric(&text, "cacheside_cluster_redirects_total{kind=\"moved\"}");

@@ -14,7 +14,8 @@ use crate::protocol::reply::Expect;
 use crate::protocol::request::encode_command;
 use crate::protocol::{CommandInfo, Request};
 use crate::router::ReplyMode;
-use bytes::Bytes;
+use crate::tier::redis::Replay;
+use bytes::{Bytes, BytesMut};
 
 impl Session {
     /// Whether this MULTI is held back until its first queued command.
@@ -85,5 +86,61 @@ impl Session {
         self.send_to(Dest::Pinned, encode_command(&["MULTI"]), 1, None)
             .await?;
         Ok(false)
+    }
+
+    /// Whether the transaction in progress moves where its commands are redirected (see
+    /// `tier::redis::pinned::txn`): cluster mode, no WATCH (it stays on its node), replies on.
+    pub(super) fn txn_moves(&self) -> bool {
+        self.st.in_multi
+            && !self.st.watching
+            && self.st.reply_mode == ReplyMode::On
+            && self.on_cluster()
+    }
+
+    /// How this client's transaction runs again on the node its commands were redirected to:
+    /// on a connection of its own there (ASKING first for `-ASK`), its queued replies unseen,
+    /// EXEC's reply the client's. The connection is then kept for the next client.
+    pub(super) fn replay(&self) -> Option<Replay> {
+        let upstream = self.ctx.upstream.clone()?;
+        let from = self.pinned.as_ref()?.addr().clone();
+        let (proto, name) = (self.st.proto, self.st.name.clone());
+        Some(Box::new(move |first, abort, cmds| {
+            Box::pin(async move {
+                let Some(hop) = upstream
+                    .cluster()
+                    .and_then(|c| c.pinned_redirect(&first, &from, 1))
+                else {
+                    return abort;
+                };
+                let mut p = match upstream.pin_at(proto, name.as_deref(), hop.addr).await {
+                    Ok(p) => p,
+                    Err(e) => return crate::error::reply_bytes(&ProxyError::Upstream(e)),
+                };
+                let _frames = p.begin();
+                let mut out = BytesMut::new();
+                if hop.asking {
+                    p.expect(Expect::Hidden);
+                    out.extend_from_slice(&encode_command(&["ASKING"]));
+                }
+                for c in std::iter::once(encode_command(&["MULTI"])).chain(cmds) {
+                    p.expect(Expect::Hidden);
+                    out.extend_from_slice(&c);
+                }
+                p.expect(Expect::Frames(1));
+                let reply = p.take_reply();
+                out.extend_from_slice(&encode_command(&["EXEC"]));
+                let lost = |e| crate::error::reply_bytes(&ProxyError::PinnedLost(e));
+                if let Err(e) = p.send(&out).await {
+                    return lost(e);
+                }
+                let got = match reply.await {
+                    Ok(r) => r.frame,
+                    Err(_) => lost(p.lost().await),
+                };
+                p.release();
+                upstream.unpin(p);
+                got
+            })
+        }))
     }
 }

@@ -87,6 +87,12 @@ impl Session {
             (inv.into_iter().collect(), cleanup)
         };
         let replying = self.st.reply_mode == crate::router::ReplyMode::On;
+        // Cluster mode: a transaction redirected whole is run again where it belongs.
+        let moves = (queued || info.name == "EXEC") && self.txn_moves();
+        let sent = match &decision {
+            Decision::PinnedRewrite(bytes) => bytes.clone(),
+            _ => req.frame().clone(),
+        };
         let expect = self.st.note_pinned(info, &req);
         let replying = replying && self.st.reply_mode == crate::router::ReplyMode::On;
         // Broadcast coherence: the PUBLISH runs with the write, on this connection, so
@@ -122,6 +128,9 @@ impl Session {
             if exec && publish.is_some() {
                 p.trim_last();
             }
+            if moves && queued {
+                p.queued(sent, key.is_some());
+            }
             if let (false, Some(hot)) = (writes.is_empty(), self.ctx.router.hot()) {
                 // Before the client sees the reply: the keys evicted again (fills that
                 // raced the write fail), and, when no PUBLISH went with the write, the
@@ -144,6 +153,12 @@ impl Session {
                         w.complete().await;
                     }
                 }));
+            }
+        }
+        if moves && exec {
+            let replay = self.replay();
+            if let (Some(p), Some(r)) = (&mut self.pinned, replay) {
+                p.exec_replay(r);
             }
         }
         // Cluster mode: a blocking command goes alone, and a redirection of it comes back here.

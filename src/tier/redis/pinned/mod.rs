@@ -13,8 +13,10 @@
 
 mod idle;
 mod relay;
+mod txn;
 
 pub(crate) use idle::Idle;
+pub use txn::Replay;
 
 use super::conn::{self, Handshake};
 use super::Settings;
@@ -61,6 +63,18 @@ enum Ctl {
         at: u64,
         tx: oneshot::Sender<Redirected>,
         any: bool,
+    },
+    /// Request number `at` is a command queued in a transaction that may move (see `txn`).
+    Queued {
+        at: u64,
+        cmd: Bytes,
+        keyed: bool,
+    },
+    /// Request number `at` is that transaction's EXEC: an abort caused by redirections is
+    /// replayed by `replay`.
+    Exec {
+        at: u64,
+        replay: Replay,
     },
 }
 
@@ -310,6 +324,20 @@ impl Pinned {
         let at = self.sent;
         self.ctl(Ctl::Watch { at, tx, any: true });
         rx
+    }
+
+    /// Cluster mode: the last declared request (`cmd`, with a key or not) is queued in a
+    /// transaction that moves where its commands are redirected (see `txn`).
+    pub fn queued(&mut self, cmd: Bytes, keyed: bool) {
+        let at = self.sent;
+        self.ctl(Ctl::Queued { at, cmd, keyed });
+    }
+
+    /// Cluster mode: the last declared request is EXEC of such a transaction; if it was
+    /// redirected whole, `replay` runs it where it belongs and its reply is the client's.
+    pub fn exec_replay(&mut self, replay: Replay) {
+        let at = self.sent;
+        self.ctl(Ctl::Exec { at, replay });
     }
 
     /// Queues a reply of the proxy's own, after the replies to everything sent so far; an

@@ -21,6 +21,8 @@ struct Relay {
     trims: VecDeque<u64>,
     /// Requests whose redirection goes back to the session, by request number.
     watches: VecDeque<(u64, oneshot::Sender<Redirected>, bool)>,
+    /// Transactions that move where the cluster redirects them.
+    txn: super::txn::Txn,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     queue: VecDeque<Ctl>,
     stream: Option<mpsc::Sender<Bytes>>,
@@ -62,6 +64,8 @@ impl Relay {
             Ctl::BeforeReply { at, work } => self.before.push_back((at, work)),
             Ctl::Trim { at } => self.trims.push_back(at),
             Ctl::Watch { at, tx, any } => self.watches.push_back((at, tx, any)),
+            Ctl::Queued { at, cmd, keyed } => self.txn.mark(at, cmd, keyed),
+            Ctl::Exec { at, replay } => self.txn.exec(at, replay),
             Ctl::Begin(tx) if self.queue.is_empty() => self.stream = Some(tx),
             other => self.queue.push_back(other),
         }
@@ -282,6 +286,8 @@ impl Relay {
                 Some(Ctl::BeforeReply { at, work }) => self.before.push_back((at, work)),
                 Some(Ctl::Trim { at }) => self.trims.push_back(at),
                 Some(Ctl::Watch { at, tx, any }) => self.watches.push_back((at, tx, any)),
+                Some(Ctl::Queued { at, cmd, keyed }) => self.txn.mark(at, cmd, keyed),
+                Some(Ctl::Exec { at, replay }) => self.txn.exec(at, replay),
                 None => break,
             }
         }
@@ -307,6 +313,7 @@ pub(super) async fn relay(
         before: VecDeque::new(),
         trims: VecDeque::new(),
         watches: VecDeque::new(),
+        txn: Default::default(),
         ctl,
         queue: VecDeque::new(),
         stream: None,
@@ -369,6 +376,12 @@ async fn run(r: &mut Relay, mut rd: ReadHalf, addr: Arc<str>) -> UpstreamError {
                         r.publish();
                         continue;
                     }
+                    // A reply (not a message) may be a transaction's, redirected (see `txn`).
+                    let bytes = if r.owed.is_empty() {
+                        bytes
+                    } else {
+                        r.txn.reply(next, bytes).await
+                    };
                     r.before_due(next).await;
                     let relayed = r.account(&bytes);
                     // Before the reply goes out: once its client has it, the connection must

@@ -1,0 +1,114 @@
+//! Transactions on a real Redis Cluster whose slots move: a transaction that cacheside sent to
+//! a slot's old primary (its slot map not yet refreshed), to a slot being migrated, or whose
+//! EXEC met a key migrated after it was queued, runs where the slot now lives; the client, which
+//! does not speak the cluster protocol, sees `+QUEUED` and EXEC's results as from one Redis.
+
+mod support;
+
+use cacheside::tier::redis::cluster::slot;
+use support::cluster::{cli, RedisCluster};
+use support::query as q;
+use support::Proxy;
+
+async fn start() -> (RedisCluster, Proxy) {
+    let cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    // The slot map is loaded before any slot moves.
+    let mut c = proxy.client().await;
+    let _: () = q(&mut c, &["SET", "txn:warm", "1"]).await;
+    (cluster, proxy)
+}
+
+fn moved_count(metrics: &str) -> f64 {
+    support::metric(metrics, "cacheside_cluster_redirects_total{kind=\"moved\"}").unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_sent_to_a_slots_old_primary_runs_on_its_new_one() {
+    let (cluster, proxy) = start().await;
+    let s = slot::of(b"tm");
+    let from = cluster.primary_of(s);
+    let to = cluster.other_primary(from);
+    cluster.migrate(s, to, None);
+    cluster.finish_migration(s, to);
+    let mut c = proxy.client().await;
+    let (set, n, got): (String, i64, String) = redis::pipe()
+        .atomic()
+        .set("{tm}a", "1")
+        .incr("{tm}n", 5)
+        .get("{tm}a")
+        .query_async(&mut c)
+        .await
+        .expect("the transaction runs on the slot's new primary");
+    assert_eq!((set.as_str(), n, got.as_str()), ("OK", 5, "1"));
+    assert_eq!(cli(to, &["GET", "{tm}n"]).trim(), "5", "written on {to}");
+    assert!(moved_count(&proxy.admin_get("/metrics").await.1) >= 1.0);
+
+    // Pipelined in one write, with a command after EXEC: every reply in order, none an error.
+    cluster.migrate(s, from, None);
+    cluster.finish_migration(s, from);
+    let mut raw = proxy.raw().await;
+    raw.send(b"MULTI\r\nINCR {tm}n\r\nPING\r\nEXEC\r\nGET {tm}n\r\n")
+        .await;
+    raw.expect(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:6\r\n+PONG\r\n$1\r\n6\r\n")
+        .await;
+    assert_eq!(
+        cli(from, &["GET", "{tm}n"]).trim(),
+        "6",
+        "written on {from}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_on_a_key_already_migrated_follows_ask() {
+    let (cluster, proxy) = start().await;
+    let mut c = proxy.client().await;
+    let _: () = q(&mut c, &["SET", "{ta}moved", "10"]).await;
+    let _: () = q(&mut c, &["SET", "{ta}stays", "1"]).await;
+    let s = slot::of(b"ta");
+    let from = cluster.primary_of(s);
+    let to = cluster.other_primary(from);
+    cluster.migrate(s, to, Some(&["{ta}moved"]));
+    // The source still serves the slot and no longer has the key: it answers ASK.
+    let (n, v): (i64, String) = redis::pipe()
+        .atomic()
+        .incr("{ta}moved", 1)
+        .get("{ta}moved")
+        .query_async(&mut c)
+        .await
+        .expect("the transaction runs on the importing node");
+    assert_eq!((n, v.as_str()), (11, "11"));
+    // Keys on both sides of the migration: the node's answers stand, as a cluster's would.
+    let split: redis::RedisResult<(i64, i64)> = redis::pipe()
+        .atomic()
+        .incr("{ta}stays", 1)
+        .incr("{ta}moved", 1)
+        .query_async(&mut c)
+        .await;
+    assert!(split.is_err(), "{split:?}");
+    cluster.migrate(s, to, Some(&["{ta}stays"]));
+    cluster.finish_migration(s, to);
+    assert_eq!(q::<i64>(&mut c, &["GET", "{ta}moved"]).await, 11);
+    assert_eq!(q::<i64>(&mut c, &["GET", "{ta}stays"]).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_whose_key_migrated_after_it_was_queued_runs_on_the_new_node() {
+    let (cluster, proxy) = start().await;
+    let mut c = proxy.client().await;
+    let _: () = q(&mut c, &["SET", "{te}k", "1"]).await;
+    let s = slot::of(b"te");
+    let from = cluster.primary_of(s);
+    let to = cluster.other_primary(from);
+    let mut raw = proxy.raw().await;
+    raw.send(b"MULTI\r\nINCR {te}k\r\n").await;
+    raw.expect(b"+OK\r\n+QUEUED\r\n").await;
+    // Queued where the key was; it leaves before EXEC, which the source then redirects
+    // (discarding the transaction).
+    cluster.migrate(s, to, Some(&["{te}k"]));
+    raw.send(b"EXEC\r\n").await;
+    raw.expect(b"*1\r\n:2\r\n").await;
+    cluster.finish_migration(s, to);
+    assert_eq!(cli(to, &["GET", "{te}k"]).trim(), "2", "written on {to}");
+    assert_eq!(q::<i64>(&mut c, &["GET", "{te}k"]).await, 2);
+}
