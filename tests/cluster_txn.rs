@@ -112,3 +112,45 @@ async fn an_exec_whose_key_migrated_after_it_was_queued_runs_on_the_new_node() {
     assert_eq!(cli(to, &["GET", "{te}k"]).trim(), "2", "written on {to}");
     assert_eq!(q::<i64>(&mut c, &["GET", "{te}k"]).await, 2);
 }
+
+/// A moved transaction that writes a mapped key takes read-through's cleanup with it: the key's
+/// fill lease (a load in flight) is deleted on the node where the transaction ran, so that load
+/// cannot store the row it read before the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_transaction_deletes_the_fill_lease_where_it_ran() {
+    let cluster = RedisCluster::start();
+    let pg = support::postgres::PgServer::start();
+    let proxy = Proxy::start_with(&cluster.url(), |c| {
+        support::readthrough::configure(c, &pg);
+    })
+    .await;
+    let mut c = proxy.client().await;
+    let _: () = q(&mut c, &["SET", "txn:warm", "1"]).await;
+    let key = "product:7";
+    let lease = "cacheside:lease:{product:7}";
+    let s = slot::of(key.as_bytes());
+    let from = cluster.primary_of(s);
+    let to = cluster.other_primary(from);
+    cluster.migrate(s, to, None);
+    cluster.finish_migration(s, to);
+    // A load of the key in flight holds its lease on the slot's primary.
+    assert_eq!(
+        cli(to, &["SET", lease, "token", "PX", "60000"]).trim(),
+        "OK"
+    );
+    let (set,): (String,) = redis::pipe()
+        .atomic()
+        .set(key, "{\"id\":7,\"name\":\"written\"}")
+        .query_async(&mut c)
+        .await
+        .expect("the transaction runs on the slot's new primary");
+    assert_eq!(set, "OK");
+    assert_eq!(
+        cli(to, &["EXISTS", lease]).trim(),
+        "0",
+        "the lease is deleted on {to}"
+    );
+    let got: String = q(&mut c, &["GET", key]).await;
+    assert!(got.contains("written"), "{got}");
+    support::assert_no_panics();
+}

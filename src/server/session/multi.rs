@@ -99,8 +99,11 @@ impl Session {
 
     /// How this client's transaction runs again on the node its commands were redirected to:
     /// on a connection of its own there (ASKING first for `-ASK`), its queued replies unseen,
-    /// EXEC's reply the client's. The connection is then kept for the next client.
-    pub(super) fn replay(&self) -> Option<Replay> {
+    /// EXEC's reply the client's, then `cleanup` (read-through's lease cleanup for the mapped
+    /// keys it wrote, which must run where the transaction did). The connection is then kept
+    /// for the next client.
+    pub(super) fn replay(&self, cleanup: &[Bytes]) -> Option<Replay> {
+        let cleanup = cleanup.to_vec();
         let upstream = self.ctx.upstream.clone()?;
         let from = self.pinned.as_ref()?.addr().clone();
         let (proto, name) = (self.st.proto, self.st.name.clone());
@@ -129,14 +132,29 @@ impl Session {
                 p.expect(Expect::Frames(1));
                 let reply = p.take_reply();
                 out.extend_from_slice(&encode_command(&["EXEC"]));
+                // The last cleanup command's reply is awaited too: the connection is answered
+                // whole before it is kept or closed.
+                let mut cleaned = None;
+                for (i, c) in cleanup.iter().enumerate() {
+                    if i + 1 == cleanup.len() {
+                        p.expect(Expect::Frames(1));
+                        cleaned = Some(p.take_reply());
+                    } else {
+                        p.expect(Expect::Hidden);
+                    }
+                    out.extend_from_slice(c);
+                }
                 let lost = |e| crate::error::reply_bytes(&ProxyError::PinnedLost(e));
                 if let Err(e) = p.send(&out).await {
                     return lost(e);
                 }
                 let got = match reply.await {
                     Ok(r) => r.frame,
-                    Err(_) => lost(p.lost().await),
+                    Err(_) => return lost(p.lost().await),
                 };
+                if let Some(rx) = cleaned {
+                    let _ = rx.await;
+                }
                 p.release();
                 upstream.unpin(p);
                 got

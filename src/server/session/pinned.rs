@@ -119,6 +119,7 @@ impl Session {
         if let Decision::PinnedRewrite(_) = decision {
             self.flush_run(chunk).await?;
         }
+        let replay = (moves && exec).then(|| self.replay(&cleanup)).flatten();
         if let Some(p) = &mut self.pinned {
             use crate::protocol::{Pin, Route};
             match info.route {
@@ -130,6 +131,9 @@ impl Session {
             }
             if moves && queued {
                 p.queued(sent, key.is_some());
+            }
+            if let Some(r) = replay {
+                p.exec_replay(r);
             }
             if let (false, Some(hot)) = (writes.is_empty(), self.ctx.router.hot()) {
                 // Before the client sees the reply: the keys evicted again (fills that
@@ -153,12 +157,6 @@ impl Session {
                         w.complete().await;
                     }
                 }));
-            }
-        }
-        if moves && exec {
-            let replay = self.replay();
-            if let (Some(p), Some(r)) = (&mut self.pinned, replay) {
-                p.exec_replay(r);
             }
         }
         // Cluster mode: a blocking command goes alone, and a redirection of it comes back here.
