@@ -7,13 +7,14 @@
 #
 # Usage (from the repo root): scripts/bench-fanout.sh [--subscribers "10 100 1000"] [--requests N]
 #                             [--per-prefix] [--clients C] [--pipeline P] [--batching "true false"]
-#                             [--encoding "keys packed"] [--sidecars M]
+#                             [--encoding "keys packed"] [--sidecars M] [--relay]
 #
 # --clients / --pipeline: redis-benchmark's -c and -P (default 50 and 1): how many writes are
 # outstanding at once, so how many a batched PUBLISH can carry.
 # --encoding: the values of hot.broadcast_encoding to run (default "keys").
 # --sidecars: writing sidecars (default 1), each taking an equal share of the clients and writes
 # (M redis-benchmark runs at once; writes/s is their sum). They subscribe too: N + M listen.
+# --relay: hot.broadcast_relay = true on every sidecar (one of them relays for all).
 #
 # --per-prefix: cacheside runs with hot.channel_per_prefix = true (it announces the written
 # key:* keys on "{cacheside:invalidate}:key"), and the N stand-ins are sidecars that cache
@@ -36,6 +37,7 @@ PIPELINE=1
 BATCHING="true false"
 ENCODING="keys"
 SIDECARS=1
+RELAY=false
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --subscribers) SUBSCRIBERS=$2; shift 2 ;;
@@ -46,7 +48,8 @@ while [[ $# -gt 0 ]]; do
         --batching) BATCHING=$2; shift 2 ;;
         --encoding) ENCODING=$2; shift 2 ;;
         --sidecars) SIDECARS=$2; shift 2 ;;
-        -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --relay) RELAY=true; shift ;;
+        -h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-fanout.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -103,6 +106,7 @@ for n in $SUBSCRIBERS; do
 coherence = "broadcast"
 broadcast_batching = $batching
 broadcast_encoding = "$encoding"
+broadcast_relay = $RELAY
 channel_per_prefix = $PER_PREFIX
 [[cache]]
 keys = "key:*"
@@ -120,6 +124,13 @@ EOF
                 sleep 0.1
             done
         done
+        if $RELAY; then
+            # Every request must find the relay elected (it takes its lease within a second).
+            for _ in $(seq 50); do
+                [[ $(redis-cli -p "$rp" pubsub numsub "{cacheside:invalidate}.relay" | tail -1) == 1 ]] && break
+                sleep 0.1
+            done
+        fi
         c0=$(ticks "$rpid")
         rbs=()
         for i in "${!cps[@]}"; do
@@ -140,7 +151,7 @@ EOF
         done
         cpu=$(python3 -c "print(f'{($c1-$c0)*1e6/$HZ/$REQUESTS:.1f}')")
         per=$(python3 -c "s=float('${sent:-0}'); print(f'{float(\"${keys:-0}\")/s:.1f}' if s else '-')")
-        rows+=("| $n | $PER_PREFIX | $batching | $encoding | $rps | $cpu | ${sent:-0} | $per |")
+        rows+=("| $n | $PER_PREFIX | $SIDECARS | $RELAY | $batching | $encoding | $rps | $cpu | ${sent:-0} | $per |")
         echo "== $n subscribers, channel per prefix $PER_PREFIX, batching $batching, encoding $encoding: $rps writes/s, Redis $cpu µs CPU per written key" >&2
         kill "${PIDS[@]}" 2>/dev/null || true
         wait "${PIDS[@]}" 2>/dev/null || true
@@ -152,6 +163,6 @@ done
 echo
 echo "redis-benchmark SET through $SIDECARS cacheside (broadcast mode, $CLIENTS clients, -P $PIPELINE, $REQUESTS writes, 100-byte values)"
 echo
-echo "| subscribers | channel per prefix | batching | encoding | writes/s | Redis CPU µs per written key | batched PUBLISHes | keys per batched PUBLISH |"
-echo "|---:|---|---|---|---:|---:|---:|---:|"
+echo "| subscribers | channel per prefix | writing sidecars | relay | batching | encoding | writes/s | Redis CPU µs per written key | batched PUBLISHes | keys per batched PUBLISH |"
+echo "|---:|---|---:|---|---|---|---:|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"

@@ -153,7 +153,12 @@ pub async fn serve_with(
             tier.set_publisher(Box::new(move |cmd| {
                 // Queued now; the future only awaits the reply.
                 let rx = publisher.send(Proto::Resp2, rand::random::<u32>() as u64, cmd, 1);
-                Box::pin(async move { matches!(rx.await, Ok(Ok(r)) if !r.starts_with(b"-")) })
+                Box::pin(async move {
+                    match rx.await {
+                        Ok(Ok(r)) if !r.starts_with(b"-") => Some(r),
+                        _ => None,
+                    }
+                })
             }));
             coherence::spawn(
                 tier.clone(),

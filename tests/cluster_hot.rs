@@ -157,3 +157,12 @@ async fn read_through_with_a_hot_tier_serves_no_row_older_than_an_invalidated_up
     coherence::check_readthrough(&cluster.url(), &pg, Some("broadcast")).await;
     support::assert_no_panics();
 }
+
+/// `hot.broadcast_relay` on a cluster: the relay's channel, acknowledgements and lease share the
+/// base channel's hash tag, so the relay SSUBSCRIBEs on the one primary every sidecar uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_read_is_older_than_an_acknowledged_write_through_the_relay_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    coherence::check_relayed(&cluster.url(), true).await;
+    support::assert_no_panics();
+}

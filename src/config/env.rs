@@ -80,6 +80,7 @@ pub const ENV_KEYS: &[(&str, Kind)] = &[
     ("hot.broadcast_batching", Kind::Bool),
     ("hot.channel_per_prefix", Kind::Bool),
     ("hot.broadcast_encoding", Kind::Str),
+    ("hot.broadcast_relay", Kind::Bool),
     ("postgres.url", Kind::Str),
     ("postgres.password_file", Kind::Str),
     ("postgres.pool_size", Kind::Int),

@@ -237,6 +237,8 @@ pub struct HotConfig {
     pub channel_per_prefix: bool,
     /// Broadcast mode: `"keys"` (one RESP string per key) or `"packed"` (front-coded, one string).
     pub broadcast_encoding: String,
+    /// Broadcast mode: announcements go through one elected sidecar of the fleet.
+    pub broadcast_relay: bool,
 }
 
 impl Default for HotConfig {
@@ -249,6 +251,7 @@ impl Default for HotConfig {
             broadcast_batching: true,
             channel_per_prefix: false,
             broadcast_encoding: "keys".into(),
+            broadcast_relay: false,
         }
     }
 }

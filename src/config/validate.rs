@@ -124,13 +124,20 @@ fn validate_hot(c: &Config) -> Result<HotSettings, ConfigError> {
             ))
         }
     };
-    // `{channel}:<ns>` must hash to the base channel's slot, and `{channel}:*` must be a
-    // pattern that matches only those channels.
-    if h.channel_per_prefix && h.channel.contains(['{', '}', '*', '?', '[', ']', '\\']) {
+    // `{channel}:<ns>` (and the relay's `{channel}.relay`) must hash to the base channel's
+    // slot, and `{channel}:*` must be a pattern that matches only those channels.
+    if (h.channel_per_prefix || h.broadcast_relay)
+        && h.channel.contains(['{', '}', '*', '?', '[', ']', '\\'])
+    {
+        let setting = if h.channel_per_prefix {
+            "hot.channel_per_prefix"
+        } else {
+            "hot.broadcast_relay"
+        };
         return Err(ConfigError::invalid(
             "hot.channel",
             format!(
-                "{:?} must not contain any of {{ }} * ? [ ] \\ with hot.channel_per_prefix",
+                "{:?} must not contain any of {{ }} * ? [ ] \\ with {setting}",
                 h.channel
             ),
         ));
@@ -169,6 +176,7 @@ fn validate_hot(c: &Config) -> Result<HotSettings, ConfigError> {
         broadcast_batching: h.broadcast_batching,
         channel_per_prefix: h.channel_per_prefix,
         broadcast_packed,
+        broadcast_relay: h.broadcast_relay,
         rules,
     })
 }
@@ -402,6 +410,9 @@ mod tests {
         );
         assert!(err("[[cache]]\nkeys = \"a[b\"\nttl = \"1s\"\n").starts_with("cache[0].keys:"));
         assert!(err("[hot]\ncoherence = \"psychic\"\n").starts_with("hot.coherence:"));
+        assert!(err("[hot]\nbroadcast_encoding = \"zip\"\n").starts_with("hot.broadcast_encoding:"));
+        assert!(err("[hot]\nbroadcast_relay = true\nchannel = \"a{b}\"\n")
+            .ends_with("with hot.broadcast_relay"));
     }
 
     #[test]

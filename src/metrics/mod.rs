@@ -34,6 +34,8 @@ pub struct CacheMetrics {
     /// Broadcast mode: PUBLISHes sent by the announcer, and the keys they carried.
     pub announcements: IntCounter,
     pub announced_keys: IntCounter,
+    pub relay_fallbacks: IntCounter,
+    pub relayed: IntCounter,
     invalidations: Vec<IntCounter>,
 }
 
@@ -273,6 +275,14 @@ impl Metrics {
             announced_keys: counter(
                 "cacheside_broadcast_announced_keys_total",
                 "Broadcast mode: keys named by batched invalidation PUBLISHes.",
+            ),
+            relayed: counter(
+                "cacheside_broadcast_relayed_total",
+                "hot.broadcast_relay: requests this sidecar sent that the relay announced and acknowledged.",
+            ),
+            relay_fallbacks: counter(
+                "cacheside_broadcast_relay_fallbacks_total",
+                "hot.broadcast_relay: requests no relay announced (none heard them, or none acknowledged them in time), announced by this sidecar itself.",
             ),
             invalidations: InvalidationSource::ALL
                 .iter()

@@ -22,10 +22,17 @@ const KEYS: usize = 8;
 /// How long writers and readers run, per mode.
 const RUN: Duration = Duration::from_secs(4);
 
-async fn sidecar(upstream: &str, coherence: &str, per_prefix: bool, packed: bool) -> Proxy {
+async fn sidecar(
+    upstream: &str,
+    coherence: &str,
+    per_prefix: bool,
+    packed: bool,
+    relay: bool,
+) -> Proxy {
     let proxy = Proxy::start_with(upstream, |c| {
         c.hot.coherence = coherence.into();
         c.hot.channel_per_prefix = per_prefix;
+        c.hot.broadcast_relay = relay;
         if packed {
             c.hot.broadcast_encoding = "packed".into();
         }
@@ -108,10 +115,36 @@ async fn read(c: &mut MultiplexedConnection, mget: bool, i: usize) -> u64 {
 /// it, SET and EVAL announce on the `coh` namespace's channel, MSET and MULTI (which also write
 /// `other:` keys, cached then) on the base channel. `packed`: `hot.broadcast_encoding = "packed"`.
 pub async fn check(upstream: &str, coherence: &str, per_prefix: bool, packed: bool) {
-    let a = sidecar(upstream, coherence, per_prefix, packed).await;
+    run(upstream, coherence, per_prefix, packed, false).await;
+}
+
+/// The checker with `hot.broadcast_relay` on every sidecar (and packed announcements): the
+/// writers' sidecar's requests must have been relayed, not only announced by itself.
+pub async fn check_relayed(upstream: &str, per_prefix: bool) {
+    let a = run(upstream, "broadcast", per_prefix, true, true).await;
+    let m = a.admin_get("/metrics").await.1;
+    let relayed = metric(&m, "cacheside_broadcast_relayed_total").unwrap_or(0.0);
+    let fallbacks = metric(&m, "cacheside_broadcast_relay_fallbacks_total").unwrap_or(0.0);
+    eprintln!(
+        "relay: {relayed} requests relayed, {fallbacks} announced by the writers' sidecar itself"
+    );
+    assert!(
+        relayed > 100.0,
+        "the writers' announcements went through the relay"
+    );
+}
+
+async fn run(
+    upstream: &str,
+    coherence: &str,
+    per_prefix: bool,
+    packed: bool,
+    relay: bool,
+) -> Proxy {
+    let a = sidecar(upstream, coherence, per_prefix, packed, relay).await;
     let readers = [
-        sidecar(upstream, coherence, per_prefix, packed).await,
-        sidecar(upstream, coherence, per_prefix, packed).await,
+        sidecar(upstream, coherence, per_prefix, packed, relay).await,
+        sidecar(upstream, coherence, per_prefix, packed, relay).await,
     ];
     let mut setup = a.client().await;
     for i in 0..KEYS {
@@ -161,7 +194,7 @@ pub async fn check(upstream: &str, coherence: &str, per_prefix: bool, packed: bo
         }
     }
     let outcome = history::finish(RUN, &stop, tasks, &readers).await;
-    if coherence == "broadcast" {
+    if coherence == "broadcast" && !relay {
         // Writes that overlap an announcement in flight are announced in batches: the checker
         // must have covered that path as well as writes that carry their own PUBLISH.
         let m = a.admin_get("/metrics").await.1;
@@ -171,6 +204,7 @@ pub async fn check(upstream: &str, coherence: &str, per_prefix: bool, packed: bo
         assert!(sent > 0.0, "some writes were announced in batches");
     }
     outcome.assert_clean(coherence, 1000, "were older than an acknowledged write");
+    a
 }
 
 const ROWS: u64 = 6;

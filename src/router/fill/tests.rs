@@ -16,6 +16,7 @@ async fn tier() -> Arc<HotTier> {
             channel: "c".into(),
             broadcast_batching: true,
             broadcast_packed: false,
+            broadcast_relay: false,
             channel_per_prefix: false,
             rules: vec![RuleSettings {
                 pattern: "p:*".into(),

@@ -18,11 +18,15 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, Notify};
 
-/// Sends a PUBLISH; resolves to whether Redis answered it (not an error).
-pub type Publish = Box<dyn Fn(Bytes) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+/// Sends a command (a PUBLISH, mostly); resolves to Redis's reply, `None` for an error reply or
+/// none at all.
+pub type Publish =
+    Box<dyn Fn(Bytes) -> Pin<Box<dyn Future<Output = Option<Bytes>> + Send>> + Send + Sync>;
 
-/// Keys per PUBLISH at most: a larger batch goes as several, pipelined.
+/// Keys per PUBLISH at most: a larger batch goes as several, pipelined. Packed keys take a few
+/// bytes each, and Redis pays per message per subscriber: a packed message holds many more.
 const KEYS_PER_MESSAGE: usize = 512;
+const PACKED_KEYS_PER_MESSAGE: usize = 8192;
 
 #[derive(Default)]
 struct Queue {
@@ -91,7 +95,7 @@ impl HotTier {
     /// The keys of a batch in the groups announced apart: all together, or with
     /// `hot.channel_per_prefix` one group per namespace (keys without one together, on the base
     /// channel), so each group's messages go on its namespace's channel.
-    fn key_groups<'k>(&self, keys: &'k [Bytes]) -> Vec<Vec<Bytes>> {
+    pub(super) fn key_groups<'k>(&self, keys: &'k [Bytes]) -> Vec<Vec<Bytes>> {
         if !self.broadcast().is_some_and(|b| b.per_prefix) {
             return vec![keys.to_vec()];
         }
@@ -126,15 +130,33 @@ impl HotTier {
             let mut keys = q.keys;
             keys.sort_unstable();
             keys.dedup();
-            let messages: Vec<Bytes> = if q.flush {
-                self.broadcast_command(&[], true).into_iter().collect()
+            let mut groups: Vec<(Vec<Bytes>, bool)> = if q.flush {
+                vec![(Vec::new(), true)]
             } else {
                 self.key_groups(&keys)
                     .iter()
-                    .flat_map(|g| g.chunks(KEYS_PER_MESSAGE))
-                    .filter_map(|c| self.broadcast_command(c, false))
+                    .flat_map(|g| g.chunks(self.keys_per_message()))
+                    .map(|c| (c.to_vec(), false))
                     .collect()
             };
+            if self.relay {
+                // Through the fleet's relay; what it did not announce is announced here.
+                let relayed = self.via_relay(publish, &groups).await;
+                let mut done = relayed.into_iter();
+                groups.retain(|_| !done.next().unwrap_or(false));
+                if groups.is_empty() {
+                    self.announcer.in_flight.fetch_sub(1, SeqCst);
+                    for w in q.waiters {
+                        let _ = w.send(true);
+                    }
+                    self.announce_more();
+                    continue;
+                }
+            }
+            let messages: Vec<Bytes> = groups
+                .iter()
+                .filter_map(|(c, flush)| self.broadcast_command(c, *flush))
+                .collect();
             let m = &self.metrics.cache;
             m.announcements.inc_by(messages.len() as u64);
             m.announced_keys.inc_by(keys.len() as u64);
@@ -142,7 +164,7 @@ impl HotTier {
             let sent: Vec<_> = messages.into_iter().map(publish).collect();
             let mut ok = true;
             for s in sent {
-                ok &= s.await;
+                ok &= s.await.is_some();
             }
             // Redis writes a PUBLISH's reply before the messages to the subscribers (its pending
             // writes are handled newest first), so the reply alone does not say that the other
@@ -151,24 +173,36 @@ impl HotTier {
             // reply does. `EXISTS <channel>` reaches the channel's node (its slot, on a cluster).
             if ok {
                 if let Some(fence) = self.broadcast().map(|b| b.fence()) {
-                    ok &= publish(fence).await;
+                    ok &= publish(fence).await.is_some();
                 }
             }
             self.announcer.in_flight.fetch_sub(1, SeqCst);
             for w in q.waiters {
                 let _ = w.send(ok);
             }
-            // More may have been queued while this batch was out.
-            if !self
-                .announcer
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .waiters
-                .is_empty()
-            {
-                self.announcer.ready.notify_one();
-            }
+            self.announce_more();
+        }
+    }
+
+    pub(super) fn keys_per_message(&self) -> usize {
+        if self.packed {
+            PACKED_KEYS_PER_MESSAGE
+        } else {
+            KEYS_PER_MESSAGE
+        }
+    }
+
+    /// Wakes the announcer again if more was queued while a batch was out.
+    fn announce_more(&self) {
+        let more = !self
+            .announcer
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiters
+            .is_empty();
+        if more {
+            self.announcer.ready.notify_one();
         }
     }
 }

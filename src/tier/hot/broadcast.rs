@@ -81,10 +81,11 @@ impl HotTier {
         (flush || !keys.is_empty()).then(|| b.publish(keys, flush))
     }
 
-    /// Whether announcements go on a cluster's shard channel: never in a write's own pipeline
-    /// or transaction, always after its reply, through [`HotTier::announce`].
+    /// Whether announcements go on a cluster's shard channel or through the relay: never in a
+    /// write's own pipeline or transaction, always after its reply, through
+    /// [`HotTier::announce`].
     pub fn announces_after_reply(&self) -> bool {
-        self.broadcast.get().is_some_and(|b| b.shard)
+        self.broadcast.get().is_some_and(|b| b.shard || self.relay)
     }
 
     /// How to send a PUBLISH. The function must queue it at once (the future only awaits the

@@ -162,7 +162,7 @@ mod tests {
         let log = sent.clone();
         t.set_publisher(Box::new(move |cmd| {
             log.lock().unwrap().push(channel_of(&cmd));
-            Box::pin(async { true })
+            Box::pin(async { Some(bytes::Bytes::from_static(b":1\r\n")) })
         }));
         let keys = ["b:1", "a:1", "plain", "a:2", "other"].map(bytes::Bytes::from);
         assert!(t.announce(keys.to_vec(), false).await);
@@ -192,6 +192,7 @@ mod tests {
             channel: "c".into(),
             broadcast_batching: true,
             broadcast_packed: false,
+            broadcast_relay: false,
             channel_per_prefix: true,
             rules: vec![rule("a:*")],
         };

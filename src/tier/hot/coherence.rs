@@ -52,6 +52,14 @@ pub(super) enum End {
 /// fence watches one socket).
 pub fn spawn(tier: Arc<HotTier>, upstream: Arc<Upstream>, mode: Coherence, channel: String) {
     let settings = upstream.settings_arc();
+    if tier.relay && mode != Coherence::Ttl && mode != Coherence::Tracking {
+        // Contends for the fleet's relay once broadcast runs (see `relay`).
+        tokio::spawn(super::relay::run(
+            tier.clone(),
+            upstream.clone(),
+            settings.clone(),
+        ));
+    }
     tokio::spawn(async move {
         if mode == Coherence::Ttl {
             tier.set_coherent(true).await;

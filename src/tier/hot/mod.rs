@@ -28,6 +28,7 @@ mod front;
 pub mod info;
 mod pack;
 mod pattern;
+mod relay;
 mod rules;
 pub mod settings;
 mod subscribe;
@@ -175,6 +176,10 @@ pub struct HotTier {
     per_prefix: bool,
     /// `hot.broadcast_encoding = "packed"`.
     packed: bool,
+    /// `hot.broadcast_relay`: announcements go through the fleet's relay (see `relay`).
+    relay: bool,
+    /// Our requests waiting for the relay.
+    origin: relay::Origin,
     /// A duplicate of the invalidation connection's socket, to peek for unread invalidations.
     watch: std::sync::RwLock<Option<std::net::TcpStream>>,
     /// Raised by the coherence task from before it reads its socket until what it read is
@@ -228,6 +233,8 @@ impl HotTier {
             per_prefix: settings.channel_per_prefix
                 && settings.coherence != settings::Coherence::Ttl,
             packed: settings.broadcast_packed,
+            relay: settings.broadcast_relay && settings.coherence != settings::Coherence::Ttl,
+            origin: relay::Origin::default(),
             watch: std::sync::RwLock::new(None),
             applying: AtomicBool::new(false),
             metrics: metrics.clone(),

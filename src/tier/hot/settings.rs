@@ -36,6 +36,8 @@ pub struct HotSettings {
     pub channel_per_prefix: bool,
     /// Broadcast mode: announcements carry their keys packed (`hot.broadcast_encoding`).
     pub broadcast_packed: bool,
+    /// Broadcast mode: announcements go through one elected sidecar (`hot.broadcast_relay`).
+    pub broadcast_relay: bool,
     /// Enabled rules, in file order: the first match wins.
     pub rules: Vec<RuleSettings>,
 }

@@ -77,6 +77,11 @@ pub(super) async fn run_broadcast(
     } else {
         vec![base.to_vec()]
     };
+    let mut names = names;
+    if tier.relay {
+        // The relay's acknowledgements of our requests: heard here, after its announcements.
+        names.push(super::relay::ack_channel(base, id));
+    }
     let mut args: Vec<&[u8]> = vec![verb];
     args.extend(names.iter().map(Vec::as_slice));
     let mut cmd = encode_command(&args).to_vec();
@@ -179,6 +184,14 @@ pub(super) async fn apply_broadcast(tier: &HotTier, payload: &[u8], own_id: &Byt
     };
     let chunk = Bytes::copy_from_slice(payload);
     let msg = request::Request::from_parsed(&chunk, p);
+    if msg.arg(1) == b"A" {
+        // The relay's acknowledgement of our requests (on our own ack channel; ours too when
+        // we are the relay).
+        let seqs =
+            (2..msg.argc()).filter_map(|i| std::str::from_utf8(msg.arg(i)).ok()?.parse().ok());
+        tier.relay_acked(seqs);
+        return;
+    }
     if msg.arg(0) == &own_id[..] {
         return;
     }

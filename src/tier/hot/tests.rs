@@ -10,6 +10,7 @@ pub(super) fn tier(max: u64) -> Arc<HotTier> {
         channel: "c".into(),
         broadcast_batching: true,
         broadcast_packed: false,
+        broadcast_relay: false,
         channel_per_prefix: false,
         rules: vec![RuleSettings {
             pattern: "p:*".into(),
@@ -330,7 +331,7 @@ fn counting_publisher(
         keys.fetch_add(n as u64, SeqCst);
         Box::pin(async move {
             tokio::time::sleep(delay).await;
-            ok
+            ok.then(|| Bytes::from_static(b":1\r\n"))
         })
     })
 }
