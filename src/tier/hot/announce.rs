@@ -130,15 +130,7 @@ impl HotTier {
             let mut keys = q.keys;
             keys.sort_unstable();
             keys.dedup();
-            let mut groups: Vec<(Vec<Bytes>, bool)> = if q.flush {
-                vec![(Vec::new(), true)]
-            } else {
-                self.key_groups(&keys)
-                    .iter()
-                    .flat_map(|g| g.chunks(self.keys_per_message()))
-                    .map(|c| (c.to_vec(), false))
-                    .collect()
-            };
+            let mut groups = self.message_groups(&keys, q.flush);
             if self.relay {
                 // Through the fleet's relay; what it did not announce is announced here.
                 let relayed = self.via_relay(publish, &groups).await;
@@ -153,29 +145,7 @@ impl HotTier {
                     continue;
                 }
             }
-            let messages: Vec<Bytes> = groups
-                .iter()
-                .filter_map(|(c, flush)| self.broadcast_command(c, *flush))
-                .collect();
-            let m = &self.metrics.cache;
-            m.announcements.inc_by(messages.len() as u64);
-            m.announced_keys.inc_by(keys.len() as u64);
-            // Sent together (each call queues its PUBLISH at once), then awaited.
-            let sent: Vec<_> = messages.into_iter().map(publish).collect();
-            let mut ok = true;
-            for s in sent {
-                ok &= s.await.is_some();
-            }
-            // Redis writes a PUBLISH's reply before the messages to the subscribers (its pending
-            // writes are handled newest first), so the reply alone does not say that the other
-            // sidecars' connections have the message. A command sent after that reply is read
-            // in a later turn of Redis's event loop, after the turn that wrote the messages: its
-            // reply does. `EXISTS <channel>` reaches the channel's node (its slot, on a cluster).
-            if ok {
-                if let Some(fence) = self.broadcast().map(|b| b.fence()) {
-                    ok &= publish(fence).await.is_some();
-                }
-            }
+            let ok = self.publish_groups(publish, &groups, keys.len()).await;
             self.announcer.in_flight.fetch_sub(1, SeqCst);
             for w in q.waiters {
                 let _ = w.send(ok);
@@ -184,12 +154,56 @@ impl HotTier {
         }
     }
 
-    pub(super) fn keys_per_message(&self) -> usize {
-        if self.packed {
+    /// The messages of a batch of sorted, distinct `keys` (or of a flush): per namespace with
+    /// `channel_per_prefix`, each cut at the keys a message holds.
+    pub(super) fn message_groups(&self, keys: &[Bytes], flush: bool) -> Vec<(Vec<Bytes>, bool)> {
+        if flush {
+            return vec![(Vec::new(), true)];
+        }
+        let most = if self.packed {
             PACKED_KEYS_PER_MESSAGE
         } else {
             KEYS_PER_MESSAGE
+        };
+        self.key_groups(keys)
+            .iter()
+            .flat_map(|g| g.chunks(most))
+            .map(|c| (c.to_vec(), false))
+            .collect()
+    }
+
+    /// Announces `groups` (naming `keys` keys in all) and then sends the fence; whether Redis
+    /// answered all of it.
+    pub(super) async fn publish_groups(
+        &self,
+        publish: &Publish,
+        groups: &[(Vec<Bytes>, bool)],
+        keys: usize,
+    ) -> bool {
+        let messages: Vec<Bytes> = groups
+            .iter()
+            .filter_map(|(c, flush)| self.broadcast_command(c, *flush))
+            .collect();
+        let m = &self.metrics.cache;
+        m.announcements.inc_by(messages.len() as u64);
+        m.announced_keys.inc_by(keys as u64);
+        // Sent together (each call queues its PUBLISH at once), then awaited.
+        let sent: Vec<_> = messages.into_iter().map(publish).collect();
+        let mut ok = true;
+        for s in sent {
+            ok &= s.await.is_some();
         }
+        // Redis writes a PUBLISH's reply before the messages to the subscribers (its pending
+        // writes are handled newest first), so the reply alone does not say that the other
+        // sidecars' connections have the message. A command sent after that reply is read in a
+        // later turn of Redis's event loop, after the turn that wrote the messages: its reply
+        // does. `EXISTS <channel>` reaches the channel's node (its slot, on a cluster).
+        if ok {
+            if let Some(fence) = self.broadcast().map(|b| b.fence()) {
+                ok &= publish(fence).await.is_some();
+            }
+        }
+        ok
     }
 
     /// Wakes the announcer again if more was queued while a batch was out.

@@ -320,29 +320,8 @@ async fn round(tier: &HotTier, b: &Broadcast, publish: &Publish, asked: Vec<Aske
             tier.invalidate(k, InvalidationSource::Broadcast).await;
         }
     }
-    let groups = if flush {
-        Vec::new()
-    } else {
-        tier.key_groups(&keys)
-    };
-    let messages: Vec<Bytes> = if flush {
-        tier.broadcast_command(&[], true).into_iter().collect()
-    } else {
-        groups
-            .iter()
-            .flat_map(|g| g.chunks(tier.keys_per_message()))
-            .filter_map(|c| tier.broadcast_command(c, false))
-            .collect()
-    };
-    let m = &tier.metrics.cache;
-    m.announcements.inc_by(messages.len() as u64);
-    m.announced_keys.inc_by(keys.len() as u64);
-    let sent: Vec<_> = messages.into_iter().map(publish).collect();
-    let mut ok = true;
-    for s in sent {
-        ok &= s.await.is_some();
-    }
-    if !ok || publish(b.fence()).await.is_none() {
+    let groups = tier.message_groups(&keys, flush);
+    if !tier.publish_groups(publish, &groups, keys.len()).await {
         return;
     }
     let mut by_origin: BTreeMap<Bytes, Vec<Bytes>> = BTreeMap::new();
