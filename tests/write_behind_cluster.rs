@@ -359,6 +359,98 @@ async fn a_slot_moved_and_failed_over_with_queued_entries_is_applied_in_order() 
     support::assert_no_panics();
 }
 
+/// A primary killed with entries queued (read by the worker, not yet applied: the database is
+/// locked): its replica takes over with the stream, the worker finds the entries on the new
+/// primary and applies them, with the writes made after the failover, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_with_queued_entries_fails_over_and_loses_nothing_replicated() {
+    let mut cluster = RedisCluster::start();
+    let pg = PgServer::start();
+    let proxy = in_process(&cluster, &pg, Human::secs(2), Human::secs(3600)).await;
+    let mut c = proxy.client().await;
+    let holder = lock(&pg).await;
+    let k = "item:9";
+    for n in 1..=5 {
+        let _: () = query(&mut c, &["SET", k, &format!("v{n}")]).await;
+    }
+    let old = cluster.primary_of(slot::of(k.as_bytes()));
+    assert!(
+        eventually(Duration::from_secs(10), async || pending(&cluster).await
+            > 0)
+        .await,
+        "the worker read entries"
+    );
+    // Every write reached the replica (replication is asynchronous: an entry a primary took
+    // with it when it died is lost with it, as any write to it would be).
+    let offset = |p: u16, field: &str| -> i64 {
+        support::cluster::cli(p, &["INFO", "replication"])
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1)
+    };
+    let replica = *cluster
+        .ports
+        .iter()
+        .find(|&&p| {
+            p != old
+                && support::cluster::cli(p, &["INFO", "replication"])
+                    .contains(&format!("master_port:{old}"))
+        })
+        .expect("the primary has a replica");
+    let primary_offset = offset(old, "master_repl_offset:");
+    assert!(
+        eventually(Duration::from_secs(10), async || offset(
+            replica,
+            "slave_repl_offset:"
+        ) >= primary_offset)
+        .await,
+        "the replica caught up"
+    );
+    cluster.kill(old);
+    // Writes fail while the cluster elects the replica, then succeed on it.
+    let mut n = 6;
+    let start = std::time::Instant::now();
+    while n <= 8 {
+        let r: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(k)
+            .arg(format!("v{n}"))
+            .query_async(&mut c)
+            .await;
+        if r.is_ok() {
+            n += 1;
+        } else {
+            assert!(
+                start.elapsed() < Duration::from_secs(40),
+                "never recovered: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(
+        cluster.primary_of(slot::of(k.as_bytes())),
+        replica,
+        "the replica took over"
+    );
+    let queued_there = entries(&cluster, replica, &stream_of(k)).await;
+    let values: Vec<String> = queued_there.iter().filter_map(|e| e.2.clone()).collect();
+    assert_eq!(values, (1..=8).map(|n| format!("v{n}")).collect::<Vec<_>>());
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    let want = HashMap::from([(9, "v8".to_string())]);
+    assert!(
+        reaches(&pg, &want, Duration::from_secs(30)).await,
+        "{:?}",
+        rows(&pg).await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || queued(&cluster).await
+            == 0)
+        .await
+    );
+    proxy.shutdown().await;
+    support::assert_no_panics();
+}
+
 /// `write_behind_max_queue` on a cluster: each slot's stream is bounded by the script (the
 /// write is not made), and the depth summed over the slots this sidecar knows is bounded here,
 /// before Redis; both refusals are counted, and writes are accepted again once drained.

@@ -162,7 +162,13 @@ impl RedisCluster {
 
     /// The ports of the nodes that are primaries now, each with the slot ranges it serves.
     pub fn primaries(&self) -> Vec<(u16, Vec<(u16, u16)>)> {
-        let text = cli(self.ports[0], &["CLUSTER", "NODES"]);
+        // Asked of the first node that answers (one may have been killed).
+        let text = self
+            .ports
+            .iter()
+            .map(|&p| cli(p, &["CLUSTER", "NODES"]))
+            .find(|t| t.contains("myself"))
+            .unwrap_or_default();
         let mut out = Vec::new();
         for line in text.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
