@@ -177,3 +177,62 @@ async fn reset_and_quit_end_shard_subscriptions_on_every_node() {
     sub.send(b"QUIT\r\n").await;
     assert_eq!(sub.read_to_close().await, b"+OK\r\n");
 }
+
+/// A channel's slot moved to another primary: its old node ends the subscription (an unasked
+/// `sunsubscribe`), and cacheside subscribes it again on the new primary. The client sees none
+/// of it: no `sunsubscribe`, the channel's messages keep coming, and its count is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_channel_whose_slot_moves_is_subscribed_again_where_it_lives() {
+    let cluster = RedisCluster::start();
+    let proxy = Proxy::start(&cluster.url()).await;
+    let chans = channel_per_primary(&cluster);
+    let (moving, staying) = (&chans[0], &chans[1]);
+    for resp3 in [false, true] {
+        let mut sub = proxy.raw().await;
+        if resp3 {
+            sub.send(b"HELLO 3\r\n").await;
+            let mut hello = Vec::new();
+            while !hello.ends_with(b"modules\r\n*0\r\n") {
+                hello.extend(sub.read_exact_len(1).await);
+            }
+        }
+        sub.send(format!("SSUBSCRIBE {moving} {staying}\r\n").as_bytes())
+            .await;
+        let want = confirmation("ssubscribe", moving, 1, resp3)
+            + &confirmation("ssubscribe", staying, 2, resp3);
+        sub.expect(want.as_bytes()).await;
+        let s = slot::of(moving.as_bytes());
+        let from = cluster.primary_of(s);
+        let to = cluster.other_primary(from);
+        cluster.migrate(s, to, None);
+        cluster.finish_migration(s, to);
+        // Published once someone listens where the slot now lives (before that, nobody does).
+        let mut node = cluster.node(to).await;
+        let start = std::time::Instant::now();
+        while q::<i64>(&mut node, &["SPUBLISH", moving, "after the move"]).await != 1 {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "never subscribed again on {to}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let kind = if resp3 { '>' } else { '*' };
+        let msg = format!(
+            "{kind}3\r\n{}{}{}",
+            bulk("smessage"),
+            bulk(moving),
+            bulk("after the move")
+        );
+        sub.expect(msg.as_bytes()).await;
+        // The count is the client's: two channels, then a third.
+        let third = &chans[2];
+        sub.send(format!("SSUBSCRIBE {third}\r\n").as_bytes()).await;
+        sub.expect(confirmation("ssubscribe", third, 3, resp3).as_bytes())
+            .await;
+        sub.send(format!("SUNSUBSCRIBE {moving}\r\n").as_bytes())
+            .await;
+        sub.expect(confirmation("sunsubscribe", moving, 2, resp3).as_bytes())
+            .await;
+    }
+    support::assert_no_panics();
+}

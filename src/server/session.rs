@@ -195,9 +195,17 @@ impl Session {
                     self.pinned = None;
                     continue;
                 }
-                lost = self.shards.lost() => {
-                    return self.fail_and_close(ProxyError::PinnedLost(lost)).await;
-                }
+                event = self.shards.event() => match event {
+                    shards::Event::Lost(lost) => {
+                        return self.fail_and_close(ProxyError::PinnedLost(lost)).await;
+                    }
+                    shards::Event::Gone(channel) => {
+                        if let Err(stop) = self.shard_moved(channel).await {
+                            return stop;
+                        }
+                        continue;
+                    }
+                },
                 r = self.rd.read_buf(&mut self.buf) => match r {
                     Ok(0) | Err(_) => return Stop { graceful: false },
                     Ok(_) => {}

@@ -6,6 +6,10 @@
 //! lives, else on a connection of the client's own to that primary, whose frames (the channel's
 //! messages) go into the client's one stream. Confirmations are cacheside's, written after the
 //! node confirmed, in the client's order and with its count over every node, as Redis counts.
+//! When a channel's slot moves (resharding, a failover), its node ends the subscription with an
+//! unasked `sunsubscribe`; the connection reports it here instead of to the client, and the
+//! channel is subscribed again on the slot's new primary, the client's count unchanged. Only if
+//! that fails does the client get the `sunsubscribe`, with its count, as a node would send it.
 
 use super::{Session, Stop};
 use crate::error::{ProxyError, UpstreamError};
@@ -16,6 +20,15 @@ use crate::router::ReplyMode;
 use crate::tier::redis::Pinned;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// What happened to the client's shard subscriptions.
+pub(super) enum Event {
+    /// An extra connection was lost.
+    Lost(UpstreamError),
+    /// A node ended the subscription to this channel unasked (its slot moved).
+    Gone(Bytes),
+}
 
 /// The client's shard subscriptions and the extra connections that hold some of them.
 #[derive(Default)]
@@ -24,22 +37,37 @@ pub(super) struct Shards {
     conns: Vec<Pinned>,
     /// Each subscribed channel, in subscription order, with the node that holds it.
     subs: Vec<(Bytes, Arc<str>)>,
+    /// Channels a node ended unasked, reported by the connections (see `Pinned::report_shards_gone`).
+    gone: Option<(mpsc::UnboundedSender<Bytes>, mpsc::UnboundedReceiver<Bytes>)>,
 }
 
 impl Shards {
     /// Resolves when one of the extra connections is lost (its node went away: the client's
-    /// subscriptions there are gone, as a direct client's connection would be); never while
-    /// there are none.
-    pub(super) async fn lost(&mut self) -> UpstreamError {
+    /// subscriptions there are gone, as a direct client's connection would be), or a node
+    /// ended a channel unasked; never while neither can happen.
+    pub(super) async fn event(&mut self) -> Event {
         std::future::poll_fn(|cx| {
             for p in &mut self.conns {
                 if let std::task::Poll::Ready(e) = p.poll_lost(cx) {
-                    return std::task::Poll::Ready(e);
+                    return std::task::Poll::Ready(Event::Lost(e));
+                }
+            }
+            if let Some((_, rx)) = &mut self.gone {
+                if let std::task::Poll::Ready(Some(c)) = rx.poll_recv(cx) {
+                    return std::task::Poll::Ready(Event::Gone(c));
                 }
             }
             std::task::Poll::Pending
         })
         .await
+    }
+
+    /// Where connections report channels their node ended unasked.
+    fn reporter(&mut self) -> mpsc::UnboundedSender<Bytes> {
+        self.gone
+            .get_or_insert_with(mpsc::unbounded_channel)
+            .0
+            .clone()
     }
 }
 
@@ -79,6 +107,12 @@ impl Session {
             }
         }
         self.flush_run(chunk).await?;
+        if subscribe {
+            let tx = self.shards.reporter();
+            if let Some(p) = &mut self.pinned {
+                p.report_shards_gone(tx);
+            }
+        }
         self.ctx
             .metrics
             .command(info.family, crate::metrics::Outcome::Pinned);
@@ -197,7 +231,43 @@ impl Session {
             .pin_at(self.st.proto, self.st.name.as_deref(), node.clone())
             .await?;
         p.begin_into(stream);
+        p.report_shards_gone(self.shards.reporter());
         Ok(p)
+    }
+
+    /// A node ended the client's subscription to `channel` (its slot moved): subscribed again
+    /// on the slot's primary now, unseen by the client; if that fails, the client is told, as
+    /// the node would have told it, and its count drops.
+    pub(super) async fn shard_moved(&mut self, channel: Bytes) -> Result<(), Stop> {
+        let Some(i) = self.shards.subs.iter().position(|(c, _)| *c == channel) else {
+            return Ok(());
+        };
+        self.shards.subs.remove(i);
+        if let Some(c) = self.ctx.upstream.as_ref().and_then(|u| u.cluster()) {
+            c.refresh_soon();
+        }
+        // While a move is being finished, the nodes may still point at each other: tried again
+        // for a few seconds at most.
+        let mut again = self.shard_subscribe(&channel).await?;
+        for attempt in 1..=RESUBSCRIBE_TRIES {
+            if again.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            if let Some(c) = self.ctx.upstream.as_ref().and_then(|u| u.cluster()) {
+                c.refresh_soon();
+            }
+            again = self.shard_subscribe(&channel).await?;
+        }
+        match again {
+            Ok(node) => self.shards.subs.insert(i, (channel, node)),
+            Err(error) => {
+                tracing::debug!(error = %String::from_utf8_lossy(&error).trim_end(), "a shard channel whose slot moved could not be subscribed again");
+                self.confirm(b"sunsubscribe", Some(&channel)).await?;
+            }
+        }
+        self.close_unused_shard_conns();
+        Ok(())
     }
 
     /// Closes the extra connections that no longer hold a subscription.
@@ -221,6 +291,9 @@ impl Session {
         self.reply(out.freeze()).await
     }
 }
+
+/// Attempts to subscribe again a channel whose slot moved, after the first.
+const RESUBSCRIBE_TRIES: u64 = 8;
 
 /// The reply for a shard subscription that cacheside could not make (no upstream, no stream).
 fn lost() -> Bytes {

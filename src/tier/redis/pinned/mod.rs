@@ -76,6 +76,9 @@ enum Ctl {
         at: u64,
         replay: Replay,
     },
+    /// Shard channels the node ends on its own (`sunsubscribe`: their slot moved) go to this
+    /// sender, not to the client.
+    ShardsGone(mpsc::UnboundedSender<Bytes>),
 }
 
 /// A reply that redirected a watched request, held back from the client, with the work that
@@ -338,6 +341,13 @@ impl Pinned {
     pub fn exec_replay(&mut self, replay: Replay) {
         let at = self.sent;
         self.ctl(Ctl::Exec { at, replay });
+    }
+
+    /// Cluster mode: a shard channel this node stops serving (its slot moved: Redis sends
+    /// `sunsubscribe` unasked) is reported on `tx` instead of reaching the client, for the
+    /// session to subscribe it again where it now lives.
+    pub fn report_shards_gone(&mut self, tx: mpsc::UnboundedSender<Bytes>) {
+        self.ctl(Ctl::ShardsGone(tx));
     }
 
     /// Queues a reply of the proxy's own, after the replies to everything sent so far; an

@@ -23,6 +23,8 @@ struct Relay {
     watches: VecDeque<(u64, oneshot::Sender<Redirected>, bool)>,
     /// Transactions that move where the cluster redirects them.
     txn: super::txn::Txn,
+    /// Where shard channels the node ends unasked are reported (see `Pinned::report_shards_gone`).
+    shards_gone: Option<mpsc::UnboundedSender<Bytes>>,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     queue: VecDeque<Ctl>,
     stream: Option<mpsc::Sender<Bytes>>,
@@ -66,6 +68,7 @@ impl Relay {
             Ctl::Watch { at, tx, any } => self.watches.push_back((at, tx, any)),
             Ctl::Queued { at, cmd, keyed } => self.txn.mark(at, cmd, keyed),
             Ctl::Exec { at, replay } => self.txn.exec(at, replay),
+            Ctl::ShardsGone(tx) => self.shards_gone = Some(tx),
             Ctl::Begin(tx) if self.queue.is_empty() => self.stream = Some(tx),
             other => self.queue.push_back(other),
         }
@@ -118,6 +121,21 @@ impl Relay {
         let subscribed = frame.first() == Some(&b'>')
             || !(self.channels.is_empty() && self.patterns.is_empty() && self.shards.is_empty());
         let ps = reply::pubsub(frame).filter(|p| subscribed || !matches!(p, PubSub::Message));
+        if let (
+            Some(tx),
+            Some(PubSub::Confirm {
+                kind: SubKind::Shard,
+                subscribe: false,
+                name: Some(name),
+            }),
+        ) = (&self.shards_gone, &ps)
+        {
+            // Shard (un)subscriptions of such a client are made by the session, which takes
+            // their replies back; one that comes here was not asked for: the slot moved.
+            if self.shards.remove(name) && tx.send(name.clone()).is_ok() {
+                return false;
+            }
+        }
         if matches!(ps, Some(PubSub::Message)) || self.owed.is_empty() {
             // A message, an invalidation, MONITOR output: relayed, never a reply.
             return true;
@@ -288,6 +306,7 @@ impl Relay {
                 Some(Ctl::Watch { at, tx, any }) => self.watches.push_back((at, tx, any)),
                 Some(Ctl::Queued { at, cmd, keyed }) => self.txn.mark(at, cmd, keyed),
                 Some(Ctl::Exec { at, replay }) => self.txn.exec(at, replay),
+                Some(Ctl::ShardsGone(tx)) => self.shards_gone = Some(tx),
                 None => break,
             }
         }
@@ -314,6 +333,7 @@ pub(super) async fn relay(
         trims: VecDeque::new(),
         watches: VecDeque::new(),
         txn: Default::default(),
+        shards_gone: None,
         ctl,
         queue: VecDeque::new(),
         stream: None,
