@@ -15,7 +15,7 @@ mod shards;
 
 use super::writer::{AfterReply, Out};
 use super::Ctx;
-use crate::error::{to_reply, Disposition, ProxyError, UpstreamError};
+use crate::error::{to_reply, Disposition, ProxyError};
 use crate::metrics::Outcome;
 use crate::protocol::reply::{self, Proto};
 use crate::protocol::request::{self, Parsed, Step};
@@ -188,7 +188,7 @@ impl Session {
                 }
                 // CLIENT KILL picked this client: closed as Redis closes it.
                 () = &mut killed => return Stop { graceful: false },
-                lost = pinned_lost(&mut self.pinned) => {
+                lost = pinned::lost(&mut self.pinned) => {
                     if self.pinned_active || self.release_pending {
                         return self.fail_and_close(ProxyError::PinnedLost(lost)).await;
                     }
@@ -223,19 +223,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    /// Ends the session during a drain: replies already queued are delivered. A pinned
-    /// connection still holding state (a blocked command, an open transaction, subscriptions)
-    /// is closed, which makes the upstream drop that state.
-    async fn close_for_drain(&mut self) -> Stop {
-        self.shards = Default::default();
-        if self.pinned_active {
-            self.pinned = None;
-            self.pinned_active = false;
-        }
-        let _ = self.queue(Out::Close).await;
-        Stop { graceful: true }
     }
 
     /// Handles every complete request in the buffer; returns a hint of the bytes the next
@@ -489,24 +476,5 @@ impl Session {
                 }
             }
         }
-    }
-
-    async fn fail_and_close(&mut self, err: ProxyError) -> Stop {
-        let bytes = crate::error::reply_bytes(&err);
-        self.shards = Default::default();
-        if self.pinned_active {
-            self.pinned = None;
-            self.pinned_active = false;
-        }
-        let _ = self.queue(Out::Ready(bytes)).await;
-        let _ = self.queue(Out::Close).await;
-        Stop { graceful: true }
-    }
-}
-
-async fn pinned_lost(p: &mut Option<Pinned>) -> UpstreamError {
-    match p {
-        Some(p) => p.lost().await,
-        None => std::future::pending().await,
     }
 }

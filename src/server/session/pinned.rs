@@ -328,4 +328,39 @@ impl Session {
         joined.extend_from_slice(&cmd);
         self.send_to(Dest::Pinned, joined.freeze(), 0, None).await
     }
+
+    /// Ends the session during a drain: replies already queued are delivered. A pinned
+    /// connection still holding state (a blocked command, an open transaction, subscriptions)
+    /// is closed, which makes the upstream drop that state.
+    pub(super) async fn close_for_drain(&mut self) -> Stop {
+        self.drop_held_state();
+        let _ = self.queue(Out::Close).await;
+        Stop { graceful: true }
+    }
+
+    /// Answers `err` and closes the client, dropping what its connections hold upstream.
+    pub(super) async fn fail_and_close(&mut self, err: ProxyError) -> Stop {
+        let bytes = crate::error::reply_bytes(&err);
+        self.drop_held_state();
+        let _ = self.queue(Out::Ready(bytes)).await;
+        let _ = self.queue(Out::Close).await;
+        Stop { graceful: true }
+    }
+
+    /// Closes the shard subscriptions' connections and a pinned connection in use.
+    fn drop_held_state(&mut self) {
+        self.shards = Default::default();
+        if self.pinned_active {
+            self.pinned = None;
+            self.pinned_active = false;
+        }
+    }
+}
+
+/// Resolves when the client's pinned connection is lost; never while it has none.
+pub(super) async fn lost(p: &mut Option<crate::tier::redis::Pinned>) -> UpstreamError {
+    match p {
+        Some(p) => p.lost().await,
+        None => std::future::pending().await,
+    }
 }
