@@ -154,3 +154,37 @@ async fn a_moved_transaction_deletes_the_fill_lease_where_it_ran() {
     assert!(got.contains("written"), "{got}");
     support::assert_no_panics();
 }
+
+/// WATCH sent where a stale slot map says its key lives: its `-MOVED` is followed (the WATCH is
+/// sent again on the slot's primary, and the client's connection moves there), so the
+/// transaction after it runs, and a write by another client to the watched key still aborts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sent_to_a_slots_old_primary_moves_with_its_transaction() {
+    let (cluster, proxy) = start().await;
+    let s = slot::of(b"tw");
+    let from = cluster.primary_of(s);
+    let to = cluster.other_primary(from);
+    cluster.migrate(s, to, None);
+    cluster.finish_migration(s, to);
+    let mut raw = proxy.raw().await;
+    raw.send(b"WATCH {tw}k\r\nGET {tw}k\r\nMULTI\r\nSET {tw}k 1\r\nEXEC\r\n")
+        .await;
+    raw.expect(b"+OK\r\n$-1\r\n+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n")
+        .await;
+    assert_eq!(cli(to, &["GET", "{tw}k"]).trim(), "1", "written on {to}");
+    // Moved back: WATCH follows again, and another client's write aborts the transaction.
+    cluster.migrate(s, from, None);
+    cluster.finish_migration(s, from);
+    raw.send(b"WATCH {tw}k\r\n").await;
+    raw.expect(b"+OK\r\n").await;
+    let mut other = proxy.client().await;
+    let _: () = q(&mut other, &["SET", "{tw}k", "2"]).await;
+    raw.send(b"MULTI\r\nSET {tw}k 3\r\nEXEC\r\n").await;
+    raw.expect(b"+OK\r\n+QUEUED\r\n*-1\r\n").await;
+    assert_eq!(
+        cli(from, &["GET", "{tw}k"]).trim(),
+        "2",
+        "the aborted SET did not run"
+    );
+    support::assert_no_panics();
+}

@@ -1,6 +1,6 @@
-//! Cluster mode: a blocking command (BLPOP, BLMOVE, XREAD BLOCK, ...) redirected on the
-//! client's pinned connection is sent again where the cluster says, as shared connections do
-//! for every other command. A slot that moves while the command waits (resharding, scaling)
+//! Cluster mode: a blocking command (BLPOP, BLMOVE, XREAD BLOCK, ...), or a client's first
+//! WATCH, redirected on the client's pinned connection is sent again where the cluster says, as
+//! shared connections do for every other command. A slot that moves while the command waits (resharding, scaling)
 //! ends the wait with `-MOVED`; a client that does not speak the cluster protocol would take
 //! that for an error, so cacheside opens the connection at the slot's new primary and sends the
 //! command again, with what is left of its timeout.
@@ -19,13 +19,17 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 impl Session {
-    /// Whether the request about to go on the pinned connection is a blocking command whose
-    /// redirections cacheside follows: in cluster mode, with a key, on a connection that holds
-    /// no other state (no transaction, WATCH, subscription, CLIENT REPLY OFF), so the command
-    /// can move to another node alone.
+    /// Whether the request about to go on the pinned connection is a blocking command, or the
+    /// first WATCH, whose redirections cacheside follows: in cluster mode, with a key, on a
+    /// connection that holds no other state (no transaction, WATCH, subscription, CLIENT REPLY
+    /// OFF), so the command can move to another node alone. A WATCH moved takes the client's
+    /// connection with it: the transaction that follows runs where its keys are watched.
     pub(super) fn follows_redirects(&self, info: &CommandInfo, has_key: bool) -> bool {
         has_key
-            && matches!(info.route, Route::Pin(Pin::Blocking | Pin::MaybeBlocking))
+            && matches!(
+                info.route,
+                Route::Pin(Pin::Blocking | Pin::MaybeBlocking | Pin::Watch)
+            )
             && !self.pinned_active
             && self.st.can_release()
             && self.st.reply_mode == ReplyMode::On
@@ -87,17 +91,23 @@ impl Session {
                 bytes.extend_from_slice(&encode_command(&["ASKING"]));
             }
             bytes.extend_from_slice(&command);
-            p.expect_blocking(Expect::Frames(1));
+            match info.route {
+                Route::Pin(Pin::Watch) => p.expect(Expect::Frames(1)),
+                _ => p.expect_blocking(Expect::Frames(1)),
+            }
             rx = p.watch();
             for w in work {
                 p.before_reply(w);
             }
             self.send_to(Dest::Pinned, bytes.freeze(), 1, None).await?;
-            if let Some(p) = &mut self.pinned {
-                p.release();
+            // A WATCH keeps the connection for the transaction that follows.
+            if self.st.can_release() {
+                if let Some(p) = &mut self.pinned {
+                    p.release();
+                }
+                self.pinned_active = false;
+                self.release_pending = true;
             }
-            self.pinned_active = false;
-            self.release_pending = true;
         }
         Ok(())
     }
