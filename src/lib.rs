@@ -26,7 +26,8 @@
 //! - [`tier::hot`]: the in-process tier and its coherence (`front.rs`: the sharded read map in
 //!   front of moka, `write.rs`: write guards, `fill.rs`: stamped fills, `fence.rs`: pending
 //!   invalidations, `broadcast.rs` and `subscribe.rs`: announcing and hearing writes, `channels.rs`:
-//!   a channel per key namespace; on a Redis Cluster, broadcast on a shard channel); [`tier::store`]: standalone mode (`strings.rs`,
+//!   a channel per key namespace, `pack.rs`: packed announcements, `relay.rs`: one sidecar
+//!   announcing for the fleet; on a Redis Cluster, broadcast on a shard channel); [`tier::store`]: standalone mode (`strings.rs`,
 //!   `expire.rs`, `info.rs` by command family).
 //! - [`tier::redis`]: the upstream: pipelined shared pools, pinned connections, reconnects, the
 //!   handshake (AUTH with a password re-read from its file on every connect), ElastiCache IAM
@@ -35,7 +36,8 @@
 //!   request planned and merged (`split.rs`) and each batch queued per node (`batch.rs`), behind
 //!   the same `send`; with `upstream.read_from`, read-only commands to a reader endpoint; a
 //!   `-READONLY` after a failover reconnects and resends (`pool/`: the supervisor, and the read
-//!   and write loops in `pool/wire.rs`; the pinned relay in `pinned/relay.rs`).
+//!   and write loops in `pool/wire.rs`; the pinned relay in `pinned/relay.rs`, and a
+//!   transaction redirected whole run again where it belongs in `pinned/txn.rs`).
 //! - [`transport`]: plain TCP or TLS behind one stream type, for the upstream (`rediss://`) and
 //!   for the client listener.
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys (`flight.rs`: one load per
