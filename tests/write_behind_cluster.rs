@@ -32,6 +32,20 @@ async fn gauge(p: &Proxy, name: &str) -> f64 {
     .unwrap_or(-1.0)
 }
 
+/// Every entry applied: the rows equal `want` within 30 s (`what` and the rows said if not),
+/// and the applied entries have left their streams.
+async fn applied(pg: &PgServer, cluster: &RedisCluster, want: &HashMap<i32, String>, what: &str) {
+    assert!(
+        reaches(pg, want, Duration::from_secs(30)).await,
+        "{what}: {:?}",
+        rows(pg).await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || queued(cluster).await == 0).await,
+        "applied entries leave their streams"
+    );
+}
+
 /// Rows of `wb_items` equal `want` (ids absent from `want` have no row).
 async fn reaches(pg: &PgServer, want: &HashMap<i32, String>, limit: Duration) -> bool {
     eventually(limit, async || rows(pg).await == *want).await
@@ -120,17 +134,7 @@ async fn sets_and_dels_over_every_primary_are_queued_in_their_slots_and_reach_po
     );
 
     holder.batch_execute("ROLLBACK").await.unwrap();
-    assert!(
-        reaches(&pg, &want, Duration::from_secs(30)).await,
-        "each key's last write: {:?}",
-        rows(&pg).await
-    );
-    assert!(
-        eventually(Duration::from_secs(10), async || queued(&cluster).await
-            == 0)
-        .await,
-        "applied entries leave their streams"
-    );
+    applied(&pg, &cluster, &want, "each key's last write").await;
     proxy.shutdown().await;
     support::assert_no_panics();
 }
@@ -240,16 +244,7 @@ async fn entries_in_slots_nobody_writes_are_applied_after_sweeps() {
     };
 
     leave(1..=40, &mut want).await;
-    assert!(
-        reaches(&pg, &want, Duration::from_secs(30)).await,
-        "B's periodic sweep found them: {:?}",
-        rows(&pg).await
-    );
-    assert!(
-        eventually(Duration::from_secs(10), async || queued(&cluster).await
-            == 0)
-        .await
-    );
+    applied(&pg, &cluster, &want, "B's periodic sweep found them").await;
     b.shutdown().await;
 
     leave(101..=140, &mut want).await;
@@ -330,16 +325,7 @@ async fn a_slot_moved_and_failed_over_with_queued_entries_is_applied_in_order() 
     );
     holder.batch_execute("ROLLBACK").await.unwrap();
     let want = HashMap::from([(8, "v10".to_string())]);
-    assert!(
-        reaches(&pg, &want, Duration::from_secs(30)).await,
-        "{:?}",
-        rows(&pg).await
-    );
-    assert!(
-        eventually(Duration::from_secs(10), async || queued(&cluster).await
-            == 0)
-        .await
-    );
+    applied(&pg, &cluster, &want, "the last write, v10").await;
     let db = pg.client().await;
     let version: (i64, i64) = db
         .query_one(
@@ -437,16 +423,7 @@ async fn a_killed_primary_with_queued_entries_fails_over_and_loses_nothing_repli
     assert_eq!(values, (1..=8).map(|n| format!("v{n}")).collect::<Vec<_>>());
     holder.batch_execute("ROLLBACK").await.unwrap();
     let want = HashMap::from([(9, "v8".to_string())]);
-    assert!(
-        reaches(&pg, &want, Duration::from_secs(30)).await,
-        "{:?}",
-        rows(&pg).await
-    );
-    assert!(
-        eventually(Duration::from_secs(10), async || queued(&cluster).await
-            == 0)
-        .await
-    );
+    applied(&pg, &cluster, &want, "the last write, v8").await;
     proxy.shutdown().await;
     support::assert_no_panics();
 }
