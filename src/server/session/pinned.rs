@@ -90,6 +90,7 @@ impl Session {
         // Cluster mode: a transaction redirected whole is run again where it belongs.
         let moves = (queued || info.name == "EXEC") && self.txn_moves();
         let sent = match &decision {
+            _ if !(moves && queued) => Bytes::new(),
             Decision::PinnedRewrite(bytes) => bytes.clone(),
             _ => req.frame().clone(),
         };

@@ -23,17 +23,33 @@ impl Broadcast {
     /// The message announcing that `keys` (or everything, with `flush`) changed:
     /// a RESP array `[id, "K", key...]`, `[id, "P", packed keys]` or `[id, "F"]`, binary safe.
     pub fn message(&self, keys: &[Bytes], flush: bool) -> Bytes {
+        self.payload(&[&self.id], keys, flush)
+    }
+
+    /// `head` (our id, and for the relay "R" and a sequence number), then what a message says.
+    pub(super) fn payload(&self, head: &[&[u8]], keys: &[Bytes], flush: bool) -> Bytes {
+        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + head.len() + 1);
+        args.extend_from_slice(head);
+        let packed;
         if self.packed && !flush {
-            let packed = super::pack::pack(keys);
-            return crate::protocol::request::encode_command(&[&self.id[..], b"P", &packed]);
+            packed = super::pack::pack(keys);
+            args.extend([&b"P"[..], &packed]);
+            return crate::protocol::request::encode_command(&args);
         }
-        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 2);
-        args.push(&self.id);
         args.push(if flush { b"F" } else { b"K" });
         if !flush {
             args.extend(keys.iter().map(|k| &k[..]));
         }
         crate::protocol::request::encode_command(&args)
+    }
+
+    /// `PUBLISH`, or `SPUBLISH` on a cluster's shard channel.
+    pub(super) fn verb(&self) -> &'static [u8] {
+        if self.shard {
+            b"SPUBLISH"
+        } else {
+            b"PUBLISH"
+        }
     }
 
     /// `EXISTS <channel>`: a command answered by the channel's node, sent after a PUBLISH's
@@ -45,7 +61,7 @@ impl Broadcast {
     /// `PUBLISH <channel> <message>` (`SPUBLISH` on a cluster). Per prefix: on the channel of
     /// the keys' namespace when they all share one, else on the base channel.
     pub fn publish(&self, keys: &[Bytes], flush: bool) -> Bytes {
-        let verb: &[u8] = if self.shard { b"SPUBLISH" } else { b"PUBLISH" };
+        let verb = self.verb();
         let own = self.per_prefix && !flush;
         let channel: std::borrow::Cow<'_, [u8]> =
             match own.then(|| shared_namespace(keys)).flatten() {

@@ -15,7 +15,6 @@
 //! that no relay hears (PUBLISH answers 0), or whose acknowledgement does not come within
 //! [`ACK_WAIT`], is announced by its origin itself, as without the setting.
 
-use super::channels;
 use super::coherence::open;
 use super::{Broadcast, HotTier, Publish};
 use crate::metrics::InvalidationSource;
@@ -46,10 +45,7 @@ pub(super) struct Origin {
 
 /// `{<base>}<suffix>`: in the base channel's slot (config refuses braces in it).
 fn tagged(base: &[u8], suffix: &[u8]) -> Vec<u8> {
-    let mut c = channels::channel(base, b"");
-    c.pop(); // the ':' of a namespace channel
-    c.extend_from_slice(suffix);
-    c
+    [&b"{"[..], base, b"}", suffix].concat()
 }
 
 pub fn relay_channel(base: &[u8]) -> Vec<u8> {
@@ -67,24 +63,9 @@ fn lease_key(base: &[u8]) -> Vec<u8> {
 impl Broadcast {
     /// `PUBLISH {<channel>}.relay [id, "R", seq, <message tag and keys>]` (SPUBLISH on a cluster).
     fn relay_request(&self, seq: u64, keys: &[Bytes], flush: bool) -> Bytes {
-        let msg = self.message(keys, flush);
-        let Ok(Step::Request(p)) = request::parse(&msg, 0, &Limits::default()) else {
-            return msg;
-        };
-        let m = request::Request::from_parsed(&msg, p);
         let seq = seq.to_string();
-        let mut args: Vec<&[u8]> = vec![m.arg(0), b"R", seq.as_bytes()];
-        args.extend((1..m.argc()).map(|i| m.arg(i)));
-        let payload = encode_command(&args);
+        let payload = self.payload(&[&self.id, b"R", seq.as_bytes()], keys, flush);
         encode_command(&[self.verb(), &relay_channel(&self.channel), &payload])
-    }
-
-    fn verb(&self) -> &'static [u8] {
-        if self.shard {
-            b"SPUBLISH"
-        } else {
-            b"PUBLISH"
-        }
     }
 }
 
