@@ -79,6 +79,47 @@ async fn slots_moved_under_traffic_give_no_errors_and_lose_no_writes() {
             rounds
         })
     };
+    // Optimistic transactions too (WATCH, read, MULTI, write, EXEC, retried on a null EXEC): a
+    // slot moved under a watch reads where the key lives and fails the watch, never an error.
+    let watched: Vec<String> = (0..50).map(|i| format!("rw:{i}")).collect();
+    let cas = {
+        let (done, watched) = (done.clone(), watched.clone());
+        let mut c = proxy.client().await;
+        tokio::spawn(async move {
+            let (mut rounds, mut retries) = (0u64, 0u64);
+            while !done.load(Ordering::Relaxed) || rounds < 3 {
+                rounds += 1;
+                for k in &watched {
+                    loop {
+                        let () = redis::cmd("WATCH")
+                            .arg(k)
+                            .query_async(&mut c)
+                            .await
+                            .unwrap_or_else(|e| panic!("WATCH {k} in round {rounds}: {e}"));
+                        let n: Option<u64> = redis::cmd("GET")
+                            .arg(k)
+                            .query_async(&mut c)
+                            .await
+                            .unwrap_or_else(|e| panic!("WATCH {k} in round {rounds}: {e}"));
+                        assert_eq!(n.unwrap_or(0), rounds - 1, "{k}");
+                        // A wider window for a slot to move under the watch.
+                        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                        let ran: Option<(String,)> = redis::pipe()
+                            .atomic()
+                            .set(k, n.unwrap_or(0) + 1)
+                            .query_async(&mut c)
+                            .await
+                            .unwrap_or_else(|e| panic!("WATCH {k} in round {rounds}: {e}"));
+                        if ran.is_some() {
+                            break;
+                        }
+                        retries += 1;
+                    }
+                }
+            }
+            (rounds, retries)
+        })
+    };
     let reshard = tokio::task::spawn_blocking(move || {
         Command::new("redis-cli")
             .args(["--cluster", "reshard", &seed])
@@ -97,6 +138,13 @@ async fn slots_moved_under_traffic_give_no_errors_and_lose_no_writes() {
     let (rounds, last) = writer.await.unwrap();
     assert!(rounds >= 3);
     let txn_rounds = txns.await.unwrap();
+    let (cas_rounds, retries) = cas.await.unwrap();
+    eprintln!("optimistic transactions: {cas_rounds} rounds, {retries} retried");
+    for k in &watched {
+        let port = cluster.primary_of(cacheside::tier::redis::cluster::slot::of(k.as_bytes()));
+        let got = cli(port, &["GET", k]);
+        assert_eq!(got.trim(), cas_rounds.to_string(), "{k} on {port}");
+    }
     for k in &counters {
         let port = cluster.primary_of(cacheside::tier::redis::cluster::slot::of(k.as_bytes()));
         let got = cli(port, &["GET", k]);

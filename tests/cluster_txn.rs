@@ -188,3 +188,74 @@ async fn a_watch_sent_to_a_slots_old_primary_moves_with_its_transaction() {
     );
     support::assert_no_panics();
 }
+
+/// A slot moved after its key was watched: the watch stays on the old primary, which redirects
+/// the queued commands and discards the transaction. The client reads the watched key where it
+/// now lives, gets what an optimistic transaction expects when its watched key changed (EXEC's
+/// null), and its retry, WATCH again, runs on the new primary. Keys watched on a node the
+/// redirection does not point to keep the node's abort: the transaction now spans two nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_transaction_whose_slot_moved_fails_its_watch_and_retries_where_it_lives() {
+    let (cluster, proxy) = start().await;
+    let mut c = proxy.client().await;
+    let _: () = q(&mut c, &["SET", "{tx}k", "1"]).await;
+    let s = slot::of(b"tx");
+    let from = cluster.primary_of(s);
+    let to = cluster.other_primary(from);
+    let mut raw = proxy.raw().await;
+    // The watched key exists and is migrated, and a key never written (no MIGRATE touches it)
+    // is watched with it: both are in the moved slot.
+    raw.send(b"WATCH {tx}k {tx}none\r\n").await;
+    raw.expect(b"+OK\r\n").await;
+    cluster.migrate(s, to, None);
+    cluster.finish_migration(s, to);
+    raw.send(b"GET {tx}k\r\nMULTI\r\nINCR {tx}k\r\nEXEC\r\n")
+        .await;
+    raw.expect(b"$1\r\n1\r\n+OK\r\n+QUEUED\r\n*-1\r\n").await;
+    raw.send(b"WATCH {tx}none\r\n").await;
+    raw.expect(b"+OK\r\n").await;
+    cluster.migrate(s, from, None);
+    cluster.finish_migration(s, from);
+    raw.send(b"MULTI\r\nINCR {tx}k\r\nEXEC\r\n").await;
+    raw.expect(b"+OK\r\n+QUEUED\r\n*-1\r\n").await;
+    // The retry runs where the slot now lives.
+    raw.send(b"WATCH {tx}k\r\nMULTI\r\nINCR {tx}k\r\nEXEC\r\n")
+        .await;
+    raw.expect(b"+OK\r\n+OK\r\n+QUEUED\r\n*1\r\n:2\r\n").await;
+    assert_eq!(
+        cli(from, &["GET", "{tx}k"]).trim(),
+        "2",
+        "written on {from}"
+    );
+
+    // The key migrated while its slot is still migrating: the source answers ASK for it.
+    raw.send(b"WATCH {tx}k\r\n").await;
+    raw.expect(b"+OK\r\n").await;
+    cluster.migrate(s, to, Some(&["{tx}k"]));
+    raw.send(b"GET {tx}k\r\nMULTI\r\nINCR {tx}k\r\nEXEC\r\n")
+        .await;
+    raw.expect(b"$1\r\n2\r\n+OK\r\n+QUEUED\r\n*-1\r\n").await;
+    cluster.finish_migration(s, to);
+    raw.send(b"WATCH {tx}k\r\nGET {tx}k\r\nMULTI\r\nINCR {tx}k\r\nEXEC\r\n")
+        .await;
+    raw.expect(b"+OK\r\n$1\r\n2\r\n+OK\r\n+QUEUED\r\n*1\r\n:3\r\n")
+        .await;
+    assert_eq!(cli(to, &["GET", "{tx}k"]).trim(), "3", "written on {to}");
+
+    // A key watched in a slot that stays, with the queued key's slot moving away from the
+    // same node: the abort stands (a retry could never run on one node).
+    let stays = (0..)
+        .map(|i| format!("{{txs{i}}}w"))
+        .find(|k| {
+            let w = slot::of(k.as_bytes());
+            w != s && cluster.primary_of(w) == to
+        })
+        .unwrap();
+    raw.send(format!("WATCH {stays}\r\n").as_bytes()).await;
+    raw.expect(b"+OK\r\n").await;
+    cluster.migrate(s, from, None);
+    cluster.finish_migration(s, from);
+    raw.send(b"MULTI\r\nINCR {tx}k\r\nEXEC\r\n").await;
+    raw.expect(b"+OK\r\n+QUEUED\r\n-EXECABORT").await;
+    support::assert_no_panics();
+}

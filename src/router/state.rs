@@ -21,6 +21,8 @@ pub struct ClientState {
     pub default_db: u32,
     pub in_multi: bool,
     pub watching: bool,
+    /// The slots of the keys watched, sorted, each once (cluster mode: where the watch lives).
+    pub watched_slots: Vec<u16>,
     /// Pub/sub, MONITOR, CLIENT TRACKING/REPLY/NO-EVICT/NO-TOUCH: pinned for good.
     pub sticky: bool,
     /// Has subscribed (CLIENT LIST shows it as a pub/sub client).
@@ -50,6 +52,7 @@ impl ClientState {
             default_db,
             in_multi: false,
             watching: false,
+            watched_slots: Vec::new(),
             sticky: false,
             subscribed: false,
             reply_mode: ReplyMode::On,
@@ -91,7 +94,14 @@ impl ClientState {
         };
         match info.route {
             Route::Pin(Pin::Multi) => self.in_multi = true,
-            Route::Pin(Pin::Watch) if !self.in_multi => self.watching = true,
+            Route::Pin(Pin::Watch) if !self.in_multi => {
+                self.watching = true;
+                let keys =
+                    (1..req.argc()).map(|i| crate::tier::redis::cluster::slot::of(req.arg(i)));
+                self.watched_slots.extend(keys);
+                self.watched_slots.sort_unstable();
+                self.watched_slots.dedup();
+            }
             Route::Pin(Pin::Subscribe) => {
                 self.sticky = true;
                 self.subscribed = true;
@@ -130,8 +140,12 @@ impl ClientState {
                 "EXEC" | "DISCARD" => {
                     self.in_multi = false;
                     self.watching = false;
+                    self.watched_slots.clear();
                 }
-                "UNWATCH" if !self.in_multi => self.watching = false,
+                "UNWATCH" if !self.in_multi => {
+                    self.watching = false;
+                    self.watched_slots.clear();
+                }
                 _ => {}
             },
         }

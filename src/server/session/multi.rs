@@ -88,13 +88,46 @@ impl Session {
         Ok(false)
     }
 
-    /// Whether the transaction in progress moves where its commands are redirected (see
-    /// `tier::redis::pinned::txn`): cluster mode, no WATCH (it stays on its node), replies on.
+    /// Whether the transaction in progress is followed where its commands are redirected (see
+    /// `tier::redis::pinned::txn`): cluster mode, replies on. Without WATCH it moves
+    /// (`replay`); with one, EXEC's answer is `watch_replay`'s.
     pub(super) fn txn_moves(&self) -> bool {
-        self.st.in_multi
-            && !self.st.watching
-            && self.st.reply_mode == ReplyMode::On
-            && self.on_cluster()
+        self.st.in_multi && self.st.reply_mode == ReplyMode::On && self.on_cluster()
+    }
+
+    /// A transaction under WATCH that was redirected whole cannot move: its watch was on the
+    /// node that discarded it (and unwatched its keys). When every watched key's slot is the
+    /// redirected one or is served where the redirection points, EXEC answers as for a watched
+    /// key that changed (a null reply): the client's optimistic retry (WATCH again, which
+    /// follows the redirection) then runs the whole transaction there. A slot that moved took
+    /// its keys with it (MIGRATE deletes them on the old node, which fails a watch on any that
+    /// existed), so this is the answer Redis gives in most such cases, and the one the retry
+    /// loop expects in every case. Otherwise the keys now span two nodes and the abort stands.
+    pub(super) fn watch_replay(&self, watched: Vec<u16>) -> Option<Replay> {
+        let cluster = self.ctx.upstream.as_ref()?.cluster()?.clone();
+        let from = self.pinned.as_ref()?.addr().clone();
+        let null = match self.st.proto {
+            crate::protocol::Proto::Resp3 => &b"_\r\n"[..],
+            crate::protocol::Proto::Resp2 => &b"*-1\r\n"[..],
+        };
+        Some(Box::new(move |first, abort, _cmds| {
+            Box::pin(async move {
+                let (Some(hop), Some(slot)) = (
+                    cluster.pinned_redirect(&first, &from, 1),
+                    crate::tier::redis::redirected_slot(&first),
+                ) else {
+                    return abort;
+                };
+                let map = cluster.topology();
+                let there =
+                    |w: u16| w == slot || map.as_ref().is_some_and(|t| t.serves(w, &hop.addr));
+                if watched.into_iter().all(there) {
+                    Bytes::from_static(null)
+                } else {
+                    abort
+                }
+            })
+        }))
     }
 
     /// How this client's transaction runs again on the node its commands were redirected to:
@@ -103,17 +136,34 @@ impl Session {
     /// keys it wrote, which must run where the transaction did). The connection is then kept
     /// for the next client.
     pub(super) fn replay(&self, cleanup: &[Bytes]) -> Option<Replay> {
+        self.rerun(cleanup, true)
+    }
+
+    /// How a command sent under WATCH, outside the transaction, runs again where its
+    /// redirection says: as `replay`, without MULTI and EXEC; its reply is the client's.
+    pub(super) fn reroute(&self) -> Option<Replay> {
+        self.rerun(&[], false)
+    }
+
+    fn rerun(&self, cleanup: &[Bytes], transaction: bool) -> Option<Replay> {
         let cleanup = cleanup.to_vec();
         let upstream = self.ctx.upstream.clone()?;
         let from = self.pinned.as_ref()?.addr().clone();
         let (proto, name) = (self.st.proto, self.st.name.clone());
-        Some(Box::new(move |first, abort, cmds| {
+        Some(Box::new(move |first, abort, mut cmds| {
             Box::pin(async move {
                 let Some(hop) = upstream
                     .cluster()
                     .and_then(|c| c.pinned_redirect(&first, &from, 1))
                 else {
                     return abort;
+                };
+                let answered = match transaction {
+                    true => encode_command(&["EXEC"]),
+                    false => match cmds.pop() {
+                        Some(c) => c,
+                        None => return abort,
+                    },
                 };
                 let mut p = match upstream.pin_at(proto, name.as_deref(), hop.addr).await {
                     Ok(p) => p,
@@ -125,13 +175,14 @@ impl Session {
                     p.expect(Expect::Hidden);
                     out.extend_from_slice(&encode_command(&["ASKING"]));
                 }
-                for c in std::iter::once(encode_command(&["MULTI"])).chain(cmds) {
+                let multi = transaction.then(|| encode_command(&["MULTI"]));
+                for c in multi.into_iter().chain(cmds) {
                     p.expect(Expect::Hidden);
                     out.extend_from_slice(&c);
                 }
                 p.expect(Expect::Frames(1));
                 let reply = p.take_reply();
-                out.extend_from_slice(&encode_command(&["EXEC"]));
+                out.extend_from_slice(&answered);
                 // The last cleanup command's reply is awaited too: the connection is answered
                 // whole before it is kept or closed.
                 let mut cleaned = None;

@@ -89,6 +89,16 @@ impl Session {
         let replying = self.st.reply_mode == crate::router::ReplyMode::On;
         // Cluster mode: a transaction redirected whole is run again where it belongs.
         let moves = (queued || info.name == "EXEC") && self.txn_moves();
+        // Under WATCH, before MULTI: a command with a key whose slot moved runs where it lives.
+        let reroute = self.st.watching
+            && !self.st.in_multi
+            && !self.st.sticky
+            && key.is_some()
+            && info.route == crate::protocol::Route::Forward
+            && self.st.reply_mode == crate::router::ReplyMode::On
+            && self.on_cluster();
+        let watched = (moves && info.name == "EXEC" && self.st.watching)
+            .then(|| self.st.watched_slots.clone());
         let sent = match &decision {
             _ if !(moves && queued) => Bytes::new(),
             Decision::PinnedRewrite(bytes) => bytes.clone(),
@@ -120,7 +130,12 @@ impl Session {
         if let Decision::PinnedRewrite(_) = decision {
             self.flush_run(chunk).await?;
         }
-        let replay = (moves && exec).then(|| self.replay(&cleanup)).flatten();
+        let replay = match watched {
+            _ if !(moves && exec) => None,
+            Some(slots) => self.watch_replay(slots),
+            None => self.replay(&cleanup),
+        };
+        let rerun = reroute.then(|| self.reroute()).flatten();
         if let Some(p) = &mut self.pinned {
             use crate::protocol::{Pin, Route};
             match info.route {
@@ -135,6 +150,11 @@ impl Session {
             }
             if let Some(r) = replay {
                 p.exec_replay(r);
+            }
+            if let (true, crate::protocol::reply::Expect::Frames(1)) = (reroute, expect) {
+                if let Some(r) = rerun {
+                    p.reroute(req.frame().clone(), r);
+                }
             }
             if let (false, Some(hot)) = (writes.is_empty(), self.ctx.router.hot()) {
                 // Before the client sees the reply: the keys evicted again (fills that

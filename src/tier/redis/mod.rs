@@ -10,7 +10,7 @@ mod pool;
 pub use crate::config::validate::ReadFrom;
 pub use crate::config::validate::UpstreamMode as Mode;
 pub use crate::config::validate::UpstreamSettings as Settings;
-pub use pinned::{BeforeReply, Pinned, Redirected, Replay};
+pub use pinned::{redirected_slot, BeforeReply, Pinned, Redirected, Replay};
 pub(crate) use pool::backoff;
 pub use pool::{BatchResult, Pool, ReplyRx};
 

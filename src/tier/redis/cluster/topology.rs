@@ -34,6 +34,13 @@ impl Topology {
         }
     }
 
+    /// Whether the primary at `addr` serves `slot`.
+    pub fn serves(&self, slot: u16, addr: &str) -> bool {
+        self.node_of(slot)
+            .and_then(|n| self.primaries.get(n))
+            .is_some_and(|a| &**a == addr)
+    }
+
     /// Builds the map from (first slot, last slot, primary address) ranges.
     pub(super) fn from_ranges(ranges: Vec<(u16, u16, Arc<str>)>) -> Option<Self> {
         let mut primaries: Vec<Arc<str>> = ranges.iter().map(|r| r.2.clone()).collect();

@@ -16,7 +16,7 @@ mod relay;
 mod txn;
 
 pub(crate) use idle::Idle;
-pub use txn::Replay;
+pub use txn::{slot as redirected_slot, Replay};
 
 use super::conn::{self, Handshake};
 use super::Settings;
@@ -74,6 +74,13 @@ enum Ctl {
     /// replayed by `replay`.
     Exec {
         at: u64,
+        replay: Replay,
+    },
+    /// Request number `at` (`cmd`, outside a transaction) is sent again where its reply, if a
+    /// redirection, says, by `replay` (see `txn`).
+    Reroute {
+        at: u64,
+        cmd: Bytes,
         replay: Replay,
     },
     /// Shard channels the node ends on its own (`sunsubscribe`: their slot moved) go to this
@@ -334,6 +341,13 @@ impl Pinned {
     pub fn queued(&mut self, cmd: Bytes, keyed: bool) {
         let at = self.sent;
         self.ctl(Ctl::Queued { at, cmd, keyed });
+    }
+
+    /// Cluster mode: the last declared request (`cmd`, one reply) is run by `replay` where its
+    /// reply, if a redirection, says, and the reply of that run is the client's.
+    pub fn reroute(&mut self, cmd: Bytes, replay: Replay) {
+        let at = self.sent;
+        self.ctl(Ctl::Reroute { at, cmd, replay });
     }
 
     /// Cluster mode: the last declared request is EXEC of such a transaction; if it was

@@ -68,6 +68,7 @@ impl Relay {
             Ctl::Watch { at, tx, any } => self.watches.push_back((at, tx, any)),
             Ctl::Queued { at, cmd, keyed } => self.txn.mark(at, cmd, keyed),
             Ctl::Exec { at, replay } => self.txn.exec(at, replay),
+            Ctl::Reroute { at, cmd, replay } => self.txn.reroute(at, cmd, replay),
             Ctl::ShardsGone(tx) => self.shards_gone = Some(tx),
             Ctl::Begin(tx) if self.queue.is_empty() => self.stream = Some(tx),
             other => self.queue.push_back(other),
@@ -306,6 +307,7 @@ impl Relay {
                 Some(Ctl::Watch { at, tx, any }) => self.watches.push_back((at, tx, any)),
                 Some(Ctl::Queued { at, cmd, keyed }) => self.txn.mark(at, cmd, keyed),
                 Some(Ctl::Exec { at, replay }) => self.txn.exec(at, replay),
+                Some(Ctl::Reroute { at, cmd, replay }) => self.txn.reroute(at, cmd, replay),
                 Some(Ctl::ShardsGone(tx)) => self.shards_gone = Some(tx),
                 None => break,
             }

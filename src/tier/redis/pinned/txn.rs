@@ -12,7 +12,12 @@
 //! no command with a key was queued where it was sent (its slot is served there: the keys
 //! span two nodes, and the abort stands). EXEC itself may be redirected (a key queued there
 //! migrated before EXEC): the node then discarded the transaction, and it is run where EXEC's
-//! redirection says. A transaction under WATCH is never marked (its watch cannot move).
+//! redirection says. A transaction under WATCH cannot move (its watch stays on the node that
+//! discarded it): its `Replay` decides what EXEC answers instead (see the session's
+//! `watch_replay`). A command sent under WATCH before MULTI (the transaction's reads) whose
+//! reply is a redirection is run once where it says, and that reply is the client's
+//! (`reroute`): the client reads its keys where they now live, and the transaction after it
+//! meets the redirection in turn.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -35,6 +40,8 @@ pub(super) struct Txn {
     marks: VecDeque<(u64, Bytes, bool)>,
     /// EXECs whose abort may be replayed, by request number.
     execs: VecDeque<(u64, Replay)>,
+    /// Commands outside a transaction (under WATCH) run again where a redirection says.
+    reroutes: VecDeque<(u64, Bytes, Replay)>,
     state: State,
 }
 
@@ -50,6 +57,16 @@ struct State {
     /// The transaction cannot be moved whole: a command refused, redirections to two nodes,
     /// too many bytes to keep.
     stuck: bool,
+}
+
+/// The slot a `-MOVED <slot> <addr>` or `-ASK <slot> <addr>` names.
+pub fn slot(frame: &[u8]) -> Option<u16> {
+    let line = frame.strip_suffix(b"\r\n")?;
+    let rest = line
+        .strip_prefix(b"-MOVED ")
+        .or_else(|| line.strip_prefix(b"-ASK "))?;
+    let slot = rest.split(|&b| b == b' ').next()?;
+    std::str::from_utf8(slot).ok()?.parse().ok()
 }
 
 /// The node a `-MOVED <slot> <addr>` or `-ASK <slot> <addr>` names.
@@ -72,6 +89,10 @@ impl Txn {
         self.execs.push_back((at, replay));
     }
 
+    pub fn reroute(&mut self, at: u64, cmd: Bytes, replay: Replay) {
+        self.reroutes.push_back((at, cmd, replay));
+    }
+
     /// The frame the client gets for request `next`'s reply `frame` (one frame, the whole
     /// reply): a queued command's redirection becomes `+QUEUED`, an EXEC's abort the reply of
     /// the transaction run again where it belongs; anything else as it came.
@@ -81,6 +102,19 @@ impl Txn {
         }
         while self.execs.front().is_some_and(|(at, _)| *at < next) {
             self.execs.pop_front();
+        }
+        while self.reroutes.front().is_some_and(|(at, _, _)| *at < next) {
+            self.reroutes.pop_front();
+        }
+        if self.reroutes.front().is_some_and(|(at, _, _)| *at == next) {
+            let Some((_, cmd, replay)) = self.reroutes.pop_front() else {
+                return frame;
+            };
+            self.state = State::default();
+            return match target(&frame) {
+                Some(_) => replay(frame.clone(), frame, vec![cmd]).await,
+                None => frame,
+            };
         }
         if self.marks.front().is_some_and(|(at, _, _)| *at == next) {
             let Some((_, cmd, keyed)) = self.marks.pop_front() else {
@@ -181,6 +215,10 @@ mod tests {
         assert_eq!(target(b"-MOVED 3999\r\n"), None);
         assert_eq!(target(b"-ERR MOVED 1 h:1\r\n"), None);
         assert_eq!(target(b"+QUEUED\r\n"), None);
+        assert_eq!(slot(b"-MOVED 3999 10.0.0.1:6381\r\n"), Some(3999));
+        assert_eq!(slot(b"-ASK 16383 h:1\r\n"), Some(16383));
+        assert_eq!(slot(b"-ASK x h:1\r\n"), None);
+        assert_eq!(slot(b"-ERR 1 h:1\r\n"), None);
     }
 
     #[tokio::test]
@@ -267,5 +305,22 @@ mod tests {
         let abort = b("-EXECABORT x\r\n");
         assert_eq!(t.reply(4, abort.clone()).await, abort);
         assert!(seen.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_rerouted_command_runs_again_only_when_redirected() {
+        let (mut t, seen) = (Txn::default(), Seen::default());
+        t.reroute(1, b("GET a"), replay(&seen));
+        assert_eq!(t.reply(1, b("$1\r\n1\r\n")).await, b("$1\r\n1\r\n"));
+        assert!(seen.lock().unwrap().is_none());
+        t.reroute(2, b("GET a"), replay(&seen));
+        let moved = b("-MOVED 1 h:2\r\n");
+        assert_eq!(t.reply(2, moved.clone()).await, b("*1\r\n+OK\r\n"));
+        assert_eq!(seen.lock().unwrap().take(), Some((moved, vec![b("GET a")])));
+        // One not answered (the connection moved on) is dropped with the replies after it.
+        t.reroute(3, b("GET a"), replay(&seen));
+        let err = b("-ERR x\r\n");
+        assert_eq!(t.reply(4, err.clone()).await, err);
+        assert!(t.reroutes.is_empty());
     }
 }
