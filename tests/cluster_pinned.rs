@@ -152,3 +152,64 @@ async fn client_kill_ends_a_blocked_command_and_its_upstream_wait() {
         "the upstream connection still waits"
     );
 }
+
+/// A primary whose slots all moved away (scaling in: it is removed from the cluster next, and
+/// may run a while) keeps no idle pinned connection of cacheside's: the next connection put
+/// back closes those to nodes no longer in the slot map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pinned_connections_to_a_primary_left_without_slots_are_closed() {
+    let (cluster, proxy) = start().await;
+    let gone = cluster.primary_of(slot::of(b"pr"));
+    let stays = cluster.other_primary(gone);
+    let named = |port| {
+        cli(port, &["CLIENT", "LIST"])
+            .matches("name=pr-idle ")
+            .count()
+    };
+    {
+        let mut c = proxy.client().await;
+        let _: () = q(&mut c, &["CLIENT", "SETNAME", "pr-idle"]).await;
+        let _: () = q(&mut c, &["WATCH", "{pr}k"]).await;
+        let _: () = q(&mut c, &["UNWATCH"]).await;
+    }
+    // The client left: its pinned connection is kept, idle, for the next client.
+    let kept = eventually(Duration::from_secs(5), async || named(gone) == 1).await;
+    assert!(kept, "{}", cli(gone, &["CLIENT", "LIST"]));
+
+    let id = |p: u16| cli(p, &["CLUSTER", "MYID"]).trim().to_string();
+    let owned: usize = cluster
+        .primaries()
+        .into_iter()
+        .find(|(p, _)| *p == gone)
+        .map(|(_, ranges)| ranges.iter().map(|(a, b)| (b - a + 1) as usize).sum())
+        .unwrap();
+    let reshard = std::process::Command::new("redis-cli")
+        .args(["--cluster", "reshard", &format!("127.0.0.1:{stays}")])
+        .args(["--cluster-from", &id(gone), "--cluster-to", &id(stays)])
+        .args(["--cluster-slots", &owned.to_string(), "--cluster-yes"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run redis-cli --cluster reshard");
+    assert!(reshard.success());
+    // cacheside meets the move (a -MOVED refreshes its map), and other clients' pinned
+    // connections are put back afterwards.
+    // Their WATCH is on a key of the primary that stays: one sent where the stale map says
+    // would take the kept connection (and close it, following the redirection).
+    let there = (0..)
+        .map(|i| format!("{{ps{i}}}k"))
+        .find(|k| cluster.primary_of(slot::of(k.as_bytes())) == stays)
+        .unwrap();
+    let closed = eventually(Duration::from_secs(10), async || {
+        let mut other = proxy.client().await;
+        let _: () = q(&mut other, &["SET", "{pr}k", "1"]).await;
+
+        let _: () = q(&mut other, &["WATCH", &there]).await;
+        let _: () = q(&mut other, &["UNWATCH"]).await;
+        drop(other);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        named(gone) == 0
+    })
+    .await;
+    assert!(closed, "{}", cli(gone, &["CLIENT", "LIST"]));
+    support::assert_no_panics();
+}

@@ -255,8 +255,14 @@ impl Upstream {
 
     /// Takes back a client's pinned connection it no longer needs: kept for the next client
     /// if it holds nothing of this one's (see `Pinned::idle`), closed otherwise.
+    /// In cluster mode, kept connections to nodes no longer in the slot map (a primary removed
+    /// from the cluster, still running) are closed then.
     pub fn unpin(&self, p: Pinned) {
-        self.idle.put(p);
+        let map = self.cluster().and_then(|c| c.topology());
+        self.idle.put(p, |addr| {
+            map.as_ref()
+                .is_none_or(|t| t.primaries.iter().any(|a| **a == *addr))
+        });
     }
 
     pub fn settings_arc(&self) -> Arc<Settings> {

@@ -35,17 +35,19 @@ impl Idle {
         None
     }
 
-    /// Keeps `p` for a later client if it is idle and there is room; closes it otherwise.
-    pub fn put(&self, p: Pinned) {
-        if !p.idle() {
+    /// Keeps `p` for a later client if it is idle, its node is `known` and there is room;
+    /// closes it otherwise.
+    pub fn put(&self, p: Pinned, known: impl Fn(&str) -> bool) {
+        if !p.idle() || !known(p.addr()) {
             return;
         }
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        // Connections a node closed meanwhile go, and with them the entries of nodes that are
-        // gone (a cluster's removed primaries), so the map holds only what can be given out.
-        conns.retain(|_, list| {
+        // Connections a node closed meanwhile go, and with them those to nodes no longer
+        // `known` (a cluster's removed primaries, even still running), so the map holds only
+        // what can be given out.
+        conns.retain(|(addr, _), list| {
             list.retain(Pinned::idle);
-            !list.is_empty()
+            !list.is_empty() && known(addr)
         });
         let list = conns.entry((p.addr().clone(), p.proto())).or_default();
         if list.len() < PER_NODE {
