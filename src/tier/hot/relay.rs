@@ -130,11 +130,14 @@ impl HotTier {
 /// Contends for the relay's lease for the tier's life; relays while holding it.
 pub(super) async fn run(tier: Arc<HotTier>, upstream: Arc<Upstream>, settings: Arc<Settings>) {
     let mut first = true;
+    let mut wait = Duration::from_millis(50);
     loop {
         let (Some(b), Some(publish)) = (tier.broadcast().cloned(), tier.publisher.get().cloned())
         else {
-            // Broadcast has not started (or never will, in tracking mode).
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Broadcast has not started (or never will, in tracking mode): looked at again
+            // soon at first, then once per lease renewal.
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RENEW);
             continue;
         };
         if !first {
