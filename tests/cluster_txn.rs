@@ -259,3 +259,59 @@ async fn a_watched_transaction_whose_slot_moved_fails_its_watch_and_retries_wher
     raw.expect(b"+OK\r\n+QUEUED\r\n-EXECABORT").await;
     support::assert_no_panics();
 }
+
+/// A key read under WATCH after its slot moved is read where it now lives, where the watch
+/// cannot see writes to it: the transaction after it must not run, even when its own commands'
+/// slot stayed on the watching node. EXEC answers null (the watch failed), nothing runs, and
+/// the retry reads and watches on the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_whose_key_was_read_elsewhere_fails_even_if_the_transaction_stays() {
+    let (cluster, proxy) = start().await;
+    // The watched key does not exist yet: no MIGRATE touches it, so the node's own watch
+    // stays clean.
+    let mut c = proxy.client().await;
+    let s = slot::of(b"tv");
+    let from = cluster.primary_of(s);
+    let to = cluster.other_primary(from);
+    let other = (0..)
+        .map(|i| format!("{{tvo{i}}}w"))
+        .find(|k| cluster.primary_of(slot::of(k.as_bytes())) == from)
+        .unwrap();
+    let mut raw = proxy.raw().await;
+    raw.send(b"WATCH {tv}k\r\n").await;
+    raw.expect(b"+OK\r\n").await;
+    cluster.migrate(s, to, None);
+    cluster.finish_migration(s, to);
+    raw.send(b"GET {tv}k\r\n").await;
+    raw.expect(b"$-1\r\n").await;
+    // Another client writes the watched key where it now lives.
+    let _: () = q(&mut c, &["SET", "{tv}k", "2"]).await;
+    raw.send(format!("MULTI\r\nSET {other} x\r\nEXEC\r\n").as_bytes())
+        .await;
+    raw.expect(b"+OK\r\n+QUEUED\r\n*-1\r\n").await;
+    assert_eq!(cli(from, &["EXISTS", &other]).trim(), "0", "nothing ran");
+    // Watched and written where the key now lives, a transaction runs.
+    raw.send(b"WATCH {tv}k\r\nGET {tv}k\r\nMULTI\r\nSET {tv}k 3\r\nEXEC\r\n")
+        .await;
+    raw.expect(b"+OK\r\n$1\r\n2\r\n+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n")
+        .await;
+    assert_eq!(cli(to, &["GET", "{tv}k"]).trim(), "3");
+    // A read of a key not watched, whose slot moved, leaves the watch alone (voided, it
+    // would fail every retry).
+    let unwatched = (0..)
+        .map(|i| format!("{{tvu{i}}}u"))
+        .find(|k| cluster.primary_of(slot::of(k.as_bytes())) == from)
+        .unwrap();
+    raw.send(format!("WATCH {other}\r\n").as_bytes()).await;
+    raw.expect(b"+OK\r\n").await;
+    let u = slot::of(unwatched.as_bytes());
+    cluster.migrate(u, to, None);
+    cluster.finish_migration(u, to);
+    raw.send(format!("GET {unwatched}\r\n").as_bytes()).await;
+    raw.expect(b"$-1\r\n").await;
+    raw.send(format!("MULTI\r\nSET {other} y\r\nEXEC\r\n").as_bytes())
+        .await;
+    raw.expect(b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n").await;
+    assert_eq!(cli(from, &["GET", &other]).trim(), "y");
+    support::assert_no_panics();
+}

@@ -80,6 +80,9 @@ pub(super) struct Session {
     fills_queued: bool,
     /// Cluster mode: the open transaction is on the node of its first key (see `rehome`).
     multi_homed: bool,
+    /// Cluster mode: a command under the current WATCH was redirected (its slot moved), so
+    /// the watch no longer guards the key where it lives (see `multi::void_exec`).
+    watch_void: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Cluster mode: MULTI answered and held back (see `multi.rs`); `true` once a command
     /// could not be queued.
     multi_deferred: Option<bool>,
@@ -134,6 +137,7 @@ impl Session {
             replica_reads,
             fills_queued: false,
             multi_homed: false,
+            watch_void: Default::default(),
             multi_deferred: None,
             hot_answered: 0,
             read_began: std::time::Instant::now(),

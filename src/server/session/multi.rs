@@ -17,6 +17,17 @@ use crate::router::ReplyMode;
 use crate::tier::redis::Replay;
 use bytes::{Bytes, BytesMut};
 
+/// Set when a command under the watch was run elsewhere (see `Session::void_exec`).
+type WatchVoid = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
+/// What runs again where a redirection says.
+enum Rerun {
+    /// MULTI, the queued commands, EXEC.
+    Transaction,
+    /// One command, sent under WATCH; run, it sets the flag if one is given.
+    Command(Option<WatchVoid>),
+}
+
 impl Session {
     /// Whether this MULTI is held back until its first queued command.
     pub(super) fn defers_multi(&self, info: &CommandInfo) -> bool {
@@ -136,22 +147,72 @@ impl Session {
     /// keys it wrote, which must run where the transaction did). The connection is then kept
     /// for the next client.
     pub(super) fn replay(&self, cleanup: &[Bytes]) -> Option<Replay> {
-        self.rerun(cleanup, true)
+        self.rerun(cleanup, Rerun::Transaction)
     }
 
     /// How a command sent under WATCH, outside the transaction, runs again where its
-    /// redirection says: as `replay`, without MULTI and EXEC; its reply is the client's.
-    pub(super) fn reroute(&self) -> Option<Replay> {
-        self.rerun(&[], false)
+    /// redirection says: as `replay`, without MULTI and EXEC; its reply is the client's. Run
+    /// for a watched key (`voids`), it voids the watch (`void_exec`); another key's slot may
+    /// move without touching the watch (and voiding it then would fail every retry).
+    pub(super) fn reroute(&self, voids: bool) -> Option<Replay> {
+        let void = voids.then(|| self.watch_void.clone());
+        self.rerun(&[], Rerun::Command(void))
     }
 
-    fn rerun(&self, cleanup: &[Bytes], transaction: bool) -> Option<Replay> {
+    /// EXEC under a watch voided by a redirection (a key read after WATCH had moved to another
+    /// node, where the watch does not see its writes): the transaction must not run, even if
+    /// its own commands' slot stayed. It is discarded on the node and the client gets what a
+    /// failed watch gives, EXEC's null, and retries. `Ok(true)` when so answered.
+    pub(super) async fn void_exec(
+        &mut self,
+        chunk: &Bytes,
+        req: &Request,
+        info: &'static CommandInfo,
+    ) -> Result<bool, Stop> {
+        use std::sync::atomic::Ordering;
+        if info.name != "EXEC" || !self.st.watching || !self.watch_void.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        self.watch_void.store(false, Ordering::Relaxed);
+        self.ctx.metrics.command(info.family, Outcome::Pinned);
+        let _ = self.st.note_pinned(info, req);
+        self.multi_writes.clear();
+        self.multi_cleanup.clear();
+        self.flush_run(chunk).await?;
+        if let Some(p) = &mut self.pinned {
+            p.expect(Expect::Hidden);
+        }
+        self.send_to(Dest::Pinned, encode_command(&["DISCARD"]), 1, None)
+            .await?;
+        let null = match self.st.proto {
+            crate::protocol::Proto::Resp3 => &b"_\r\n"[..],
+            crate::protocol::Proto::Resp2 => &b"*-1\r\n"[..],
+        };
+        if let Some(p) = &mut self.pinned {
+            let _ = p.emit(Bytes::from_static(null));
+            if self.st.can_release() {
+                p.release();
+                self.pinned_active = false;
+                self.release_pending = true;
+            }
+        }
+        Ok(true)
+    }
+
+    fn rerun(&self, cleanup: &[Bytes], what: Rerun) -> Option<Replay> {
+        let (transaction, void) = match what {
+            Rerun::Transaction => (true, None),
+            Rerun::Command(void) => (false, void),
+        };
         let cleanup = cleanup.to_vec();
         let upstream = self.ctx.upstream.clone()?;
         let from = self.pinned.as_ref()?.addr().clone();
         let (proto, name) = (self.st.proto, self.st.name.clone());
         Some(Box::new(move |first, abort, mut cmds| {
             Box::pin(async move {
+                if let Some(v) = &void {
+                    v.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 let Some(hop) = upstream
                     .cluster()
                     .and_then(|c| c.pinned_redirect(&first, &from, 1))

@@ -41,6 +41,13 @@ impl Session {
         {
             return Ok(());
         }
+        if self.void_exec(chunk, &req, info).await? {
+            return Ok(());
+        }
+        if info.name == "WATCH" && !self.st.watching {
+            self.watch_void
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         let follow = self.follows_redirects(info, key.is_some());
         let started = tokio::time::Instant::now();
         if info.name == "MULTI" {
@@ -135,7 +142,12 @@ impl Session {
             Some(slots) => self.watch_replay(slots),
             None => self.replay(&cleanup),
         };
-        let rerun = reroute.then(|| self.reroute()).flatten();
+        // Moved, a watched key's read voids the watch; another key's leaves it.
+        let voids = key.as_deref().is_some_and(|k| {
+            let s = crate::tier::redis::cluster::slot::of(k);
+            self.st.watched_slots.binary_search(&s).is_ok()
+        });
+        let rerun = reroute.then(|| self.reroute(voids)).flatten();
         if let Some(p) = &mut self.pinned {
             use crate::protocol::{Pin, Route};
             match info.route {
