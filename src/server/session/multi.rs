@@ -170,7 +170,12 @@ impl Session {
         info: &'static CommandInfo,
     ) -> Result<bool, Stop> {
         use std::sync::atomic::Ordering;
-        if info.name != "EXEC" || !self.st.watching || !self.watch_void.load(Ordering::Relaxed) {
+        let voided = info.name == "EXEC"
+            && self.st.in_multi
+            && self.st.watching
+            && self.st.reply_mode == ReplyMode::On
+            && self.watch_void.load(Ordering::Relaxed);
+        if !voided {
             return Ok(false);
         }
         self.watch_void.store(false, Ordering::Relaxed);
