@@ -152,6 +152,30 @@ async fn a_moved_transaction_deletes_the_fill_lease_where_it_ran() {
     );
     let got: String = q(&mut c, &["GET", key]).await;
     assert!(got.contains("written"), "{got}");
+
+    // A write under WATCH (outside the transaction) whose slot moved runs where it lives, and
+    // its cleanup with it.
+    let (key, lease) = ("product:8", "cacheside:lease:{product:8}");
+    let s = slot::of(key.as_bytes());
+    let from = cluster.primary_of(s);
+    let to = cluster.other_primary(from);
+    let mut raw = proxy.raw().await;
+    raw.send(b"WATCH product:8\r\n").await;
+    raw.expect(b"+OK\r\n").await;
+    cluster.migrate(s, to, None);
+    cluster.finish_migration(s, to);
+    assert_eq!(
+        cli(to, &["SET", lease, "token", "PX", "60000"]).trim(),
+        "OK"
+    );
+    raw.send(b"SET product:8 x\r\n").await;
+    raw.expect(b"+OK\r\n").await;
+    assert_eq!(cli(to, &["GET", key]).trim(), "x", "written on {to}");
+    assert_eq!(
+        cli(to, &["EXISTS", lease]).trim(),
+        "0",
+        "the lease is deleted on {to}"
+    );
     support::assert_no_panics();
 }
 

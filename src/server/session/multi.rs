@@ -151,12 +151,13 @@ impl Session {
     }
 
     /// How a command sent under WATCH, outside the transaction, runs again where its
-    /// redirection says: as `replay`, without MULTI and EXEC; its reply is the client's. Run
-    /// for a watched key (`voids`), it voids the watch (`void_exec`); another key's slot may
-    /// move without touching the watch (and voiding it then would fail every retry).
-    pub(super) fn reroute(&self, voids: bool) -> Option<Replay> {
+    /// redirection says: as `replay`, without MULTI and EXEC, `cleanup` (read-through's, for a
+    /// mapped key it writes) after it there; its reply is the client's. Run for a watched key
+    /// (`voids`), it voids the watch (`void_exec`); another key's slot may move without
+    /// touching the watch (and voiding it then would fail every retry).
+    pub(super) fn reroute(&self, voids: bool, cleanup: &[Bytes]) -> Option<Replay> {
         let void = voids.then(|| self.watch_void.clone());
-        self.rerun(&[], Rerun::Command(void))
+        self.rerun(cleanup, Rerun::Command(void))
     }
 
     /// EXEC under a watch voided by a redirection (a key read after WATCH had moved to another

@@ -147,7 +147,7 @@ impl Session {
             let s = crate::tier::redis::cluster::slot::of(k);
             self.st.watched_slots.binary_search(&s).is_ok()
         });
-        let rerun = reroute.then(|| self.reroute(voids)).flatten();
+        let rerun = reroute.then(|| self.reroute(voids, &cleanup)).flatten();
         if let Some(p) = &mut self.pinned {
             use crate::protocol::{Pin, Route};
             match info.route {
