@@ -4,6 +4,7 @@
 
 mod support;
 
+use cacheside::tier::redis::cluster::slot;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -79,29 +80,44 @@ async fn slots_moved_under_traffic_give_no_errors_and_lose_no_writes() {
             rounds
         })
     };
-    // Optimistic transactions too (WATCH, read, MULTI, write, EXEC, retried on a null EXEC): a
-    // slot moved under a watch reads where the key lives and fails the watch, never an error.
-    let watched: Vec<String> = (0..50).map(|i| format!("rw:{i}")).collect();
-    let cas = {
+    // Optimistic transactions too (WATCH, read, MULTI, write, EXEC, retried on a null EXEC),
+    // three clients incrementing the same keys: a slot moved under a watch reads where the key
+    // lives and fails the watch, never an error, and no increment is lost (each key ends at
+    // the number of EXECs that ran on it, counted by the clients).
+    // Keys in the slots the reshard below moves first (redis-cli takes a source's slots from
+    // the start of its ranges), so that the watches meet the moves.
+    let first = cluster.primaries()[0].1[0].0;
+    let watched: Vec<String> = (0..)
+        .map(|i| format!("rw:{i}"))
+        .filter(|k| (first..first + 1500).contains(&slot::of(k.as_bytes())))
+        .take(4)
+        .collect();
+    let mut cas = Vec::new();
+    for t in 0..3usize {
         let (done, watched) = (done.clone(), watched.clone());
         let mut c = proxy.client().await;
-        tokio::spawn(async move {
+        cas.push(tokio::spawn(async move {
             let (mut rounds, mut retries) = (0u64, 0u64);
+            let mut ran_on = vec![0u64; watched.len()];
             while !done.load(Ordering::Relaxed) || rounds < 3 {
                 rounds += 1;
-                for k in &watched {
+                // All in the same order: the clients contend for each key.
+                for i in 0..watched.len() {
+                    let k = &watched[i];
                     loop {
+                        let fail = |e: redis::RedisError| -> ! {
+                            panic!("CAS {k} by client {t} in round {rounds}: {e}")
+                        };
                         let () = redis::cmd("WATCH")
                             .arg(k)
                             .query_async(&mut c)
                             .await
-                            .unwrap_or_else(|e| panic!("WATCH {k} in round {rounds}: {e}"));
+                            .unwrap_or_else(|e| fail(e));
                         let n: Option<u64> = redis::cmd("GET")
                             .arg(k)
                             .query_async(&mut c)
                             .await
-                            .unwrap_or_else(|e| panic!("WATCH {k} in round {rounds}: {e}"));
-                        assert_eq!(n.unwrap_or(0), rounds - 1, "{k}");
+                            .unwrap_or_else(|e| fail(e));
                         // A wider window for a slot to move under the watch.
                         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                         let ran: Option<(String,)> = redis::pipe()
@@ -109,17 +125,18 @@ async fn slots_moved_under_traffic_give_no_errors_and_lose_no_writes() {
                             .set(k, n.unwrap_or(0) + 1)
                             .query_async(&mut c)
                             .await
-                            .unwrap_or_else(|e| panic!("WATCH {k} in round {rounds}: {e}"));
+                            .unwrap_or_else(|e| fail(e));
                         if ran.is_some() {
+                            ran_on[i] += 1;
                             break;
                         }
                         retries += 1;
                     }
                 }
             }
-            (rounds, retries)
-        })
-    };
+            (rounds, retries, ran_on)
+        }));
+    }
     let reshard = tokio::task::spawn_blocking(move || {
         Command::new("redis-cli")
             .args(["--cluster", "reshard", &seed])
@@ -138,12 +155,20 @@ async fn slots_moved_under_traffic_give_no_errors_and_lose_no_writes() {
     let (rounds, last) = writer.await.unwrap();
     assert!(rounds >= 3);
     let txn_rounds = txns.await.unwrap();
-    let (cas_rounds, retries) = cas.await.unwrap();
-    eprintln!("optimistic transactions: {cas_rounds} rounds, {retries} retried");
-    for k in &watched {
+    let (mut ran_on, mut nulls) = (vec![0u64; watched.len()], 0);
+    for task in cas {
+        let (rounds, retries, ran) = task.await.unwrap();
+        eprintln!("optimistic transactions: {rounds} rounds, {retries} retried");
+        for (total, n) in ran_on.iter_mut().zip(ran) {
+            *total += n;
+        }
+        nulls += retries;
+    }
+    assert!(nulls > 0, "the clients contended: some watches failed");
+    for (k, ran) in watched.iter().zip(ran_on) {
         let port = cluster.primary_of(cacheside::tier::redis::cluster::slot::of(k.as_bytes()));
         let got = cli(port, &["GET", k]);
-        assert_eq!(got.trim(), cas_rounds.to_string(), "{k} on {port}");
+        assert_eq!(got.trim(), ran.to_string(), "{k} on {port}: EXECs that ran");
     }
     for k in &counters {
         let port = cluster.primary_of(cacheside::tier::redis::cluster::slot::of(k.as_bytes()));
