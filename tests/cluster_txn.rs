@@ -337,5 +337,10 @@ async fn a_watch_whose_key_was_read_elsewhere_fails_even_if_the_transaction_stay
         .await;
     raw.expect(b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n").await;
     assert_eq!(cli(from, &["GET", &other]).trim(), "y");
+    let failed = support::metric(
+        &proxy.admin_get("/metrics").await.1,
+        "cacheside_cluster_watches_failed_total",
+    );
+    assert_eq!(failed, Some(1.0), "the voided watch is counted");
     support::assert_no_panics();
 }

@@ -120,6 +120,8 @@ pub struct Metrics {
     pub cluster_moved: IntCounter,
     pub cluster_ask: IntCounter,
     pub cluster_refreshes: IntCounter,
+    /// Cluster mode: EXECs under WATCH answered null because a watched slot moved.
+    pub cluster_watches_failed: IntCounter,
     /// `cacheside_request_duration_seconds` by where the answer came from.
     pub latency: Latency,
 }
@@ -414,6 +416,10 @@ impl Metrics {
             cluster_refreshes: counter(
                 "cacheside_cluster_slot_map_reads_total",
                 "Cluster mode: reads of the slot map (CLUSTER SHARDS), periodic or after MOVED.",
+            ),
+            cluster_watches_failed: counter(
+                "cacheside_cluster_watches_failed_total",
+                "Cluster mode: EXECs under WATCH answered null because a watched key's slot moved.",
             ),
             latency,
             registry,

@@ -121,6 +121,7 @@ impl Session {
             crate::protocol::Proto::Resp3 => &b"_\r\n"[..],
             crate::protocol::Proto::Resp2 => &b"*-1\r\n"[..],
         };
+        let metrics = self.ctx.metrics.clone();
         Some(Box::new(move |first, abort, _cmds| {
             Box::pin(async move {
                 let (Some(hop), Some(slot)) = (
@@ -133,6 +134,7 @@ impl Session {
                 let there =
                     |w: u16| w == slot || map.as_ref().is_some_and(|t| t.serves(w, &hop.addr));
                 if watched.into_iter().all(there) {
+                    metrics.cluster_watches_failed.inc();
                     Bytes::from_static(null)
                 } else {
                     abort
@@ -181,6 +183,7 @@ impl Session {
         }
         self.watch_void.store(false, Ordering::Relaxed);
         self.ctx.metrics.command(info.family, Outcome::Pinned);
+        self.ctx.metrics.cluster_watches_failed.inc();
         let _ = self.st.note_pinned(info, req);
         self.multi_writes.clear();
         self.multi_cleanup.clear();
