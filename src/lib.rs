@@ -37,7 +37,9 @@
 //!   the same `send`; with `upstream.read_from`, read-only commands to a reader endpoint; a
 //!   `-READONLY` after a failover reconnects and resends (`pool/`: the supervisor, and the read
 //!   and write loops in `pool/wire.rs`; the pinned relay in `pinned/relay.rs`, and a
-//!   transaction redirected whole run again where it belongs in `pinned/txn.rs`).
+//!   transaction redirected whole run again where it belongs, a command under WATCH run where
+//!   its redirection says, in `pinned/txn.rs`; what EXEC answers under a watch whose slot
+//!   moved is the session's, `server/session/multi.rs`).
 //! - [`transport`]: plain TCP or TLS behind one stream type, for the upstream (`rediss://`) and
 //!   for the client listener.
 //! - [`loader`]: read-through from PostgreSQL for `[[mapping]]` keys (`flight.rs`: one load per
