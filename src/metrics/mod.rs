@@ -10,9 +10,12 @@ use prometheus::{
 };
 
 mod labels;
+mod origin;
 pub mod reload;
 mod strategy;
 pub use labels::{InvalidationSource, Outcome, UpstreamFailure, LATENCY_BUCKETS};
+use origin::OriginFamilies;
+pub use origin::OriginMetrics;
 pub use strategy::StrategyMetrics;
 
 /// The hot tier's counters, resolved once.
@@ -47,43 +50,6 @@ impl CacheMetrics {
             .unwrap_or(0);
         self.invalidations[i].inc();
     }
-}
-
-/// One read-through mapping's counters (label `mapping`: from the configured names only).
-pub struct OriginMetrics {
-    pub queries: IntCounter,
-    pub latency: Histogram,
-    pub rows: IntCounter,
-    pub negative_hits: IntCounter,
-    pub coalesced: IntCounter,
-    pub lease_waits: IntCounter,
-    pub fills: IntCounter,
-    pub fills_skipped_raced: IntCounter,
-    pub fills_skipped_error: IntCounter,
-    pub degraded: IntCounter,
-    errors: IntCounterVec,
-    name: String,
-}
-
-impl OriginMetrics {
-    pub fn error(&self, kind: &str) {
-        self.errors
-            .with_label_values(&[self.name.as_str(), kind])
-            .inc();
-    }
-}
-
-struct OriginFamilies {
-    queries: IntCounterVec,
-    latency: prometheus::HistogramVec,
-    rows: IntCounterVec,
-    negative_hits: IntCounterVec,
-    coalesced: IntCounterVec,
-    lease_waits: IntCounterVec,
-    fills: IntCounterVec,
-    fills_skipped: IntCounterVec,
-    degraded: IntCounterVec,
-    errors: IntCounterVec,
 }
 
 type ScrapeHook = Box<dyn Fn() + Send + Sync>;
@@ -291,67 +257,7 @@ impl Metrics {
                 .map(|s| invalidations_vec.with_label_values(&[s.as_str()]))
                 .collect(),
         };
-        let by_mapping = |name: &str, help: &str| {
-            register(
-                r,
-                IntCounterVec::new(Opts::new(name, help), &["mapping"]).expect("valid metric"),
-            )
-        };
-        let origin = OriginFamilies {
-            queries: by_mapping("cacheside_origin_queries_total", "Queries run against PostgreSQL, by mapping."),
-            latency: register(
-                r,
-                prometheus::HistogramVec::new(
-                    HistogramOpts::new(
-                        "cacheside_origin_query_duration_seconds",
-                        "PostgreSQL query latency, by mapping.",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["mapping"],
-                )
-                .expect("valid metric"),
-            ),
-            rows: by_mapping("cacheside_origin_rows_total", "Rows returned by PostgreSQL, by mapping."),
-            negative_hits: by_mapping(
-                "cacheside_origin_negative_hits_total",
-                "Reads answered nil from a remembered \"not found\", by mapping.",
-            ),
-            coalesced: by_mapping(
-                "cacheside_origin_coalesced_total",
-                "Misses that waited for another load of the same key in this sidecar, by mapping.",
-            ),
-            lease_waits: by_mapping(
-                "cacheside_origin_lease_waits_total",
-                "Misses that waited for another sidecar's fill (its lease), by mapping.",
-            ),
-            fills: by_mapping("cacheside_origin_fills_total", "Loaded values written to Redis, by mapping."),
-            fills_skipped: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "cacheside_origin_fills_skipped_total",
-                        "Loads not written to Redis, by mapping and reason (raced: a write won; error: Redis refused).",
-                    ),
-                    &["mapping", "reason"],
-                )
-                .expect("valid metric"),
-            ),
-            degraded: by_mapping(
-                "cacheside_origin_degraded_total",
-                "Mapped reads answered from PostgreSQL directly because Redis was unavailable, by mapping.",
-            ),
-            errors: register(
-                r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "cacheside_origin_errors_total",
-                        "Failed loads, by mapping and kind (pool_timeout, unavailable, timeout, query, circuit_open).",
-                    ),
-                    &["mapping", "kind"],
-                )
-                .expect("valid metric"),
-            ),
-        };
+        let origin = OriginFamilies::new(r);
         let notify = NotifyMetrics {
             notifications: counter(
                 "cacheside_db_notifications_total",
@@ -428,21 +334,7 @@ impl Metrics {
 
     /// The counters of one mapping.
     pub fn origin(&self, mapping: &str) -> OriginMetrics {
-        let o = &self.origin;
-        OriginMetrics {
-            queries: o.queries.with_label_values(&[mapping]),
-            latency: o.latency.with_label_values(&[mapping]),
-            rows: o.rows.with_label_values(&[mapping]),
-            negative_hits: o.negative_hits.with_label_values(&[mapping]),
-            coalesced: o.coalesced.with_label_values(&[mapping]),
-            lease_waits: o.lease_waits.with_label_values(&[mapping]),
-            fills: o.fills.with_label_values(&[mapping]),
-            fills_skipped_raced: o.fills_skipped.with_label_values(&[mapping, "raced"]),
-            fills_skipped_error: o.fills_skipped.with_label_values(&[mapping, "error"]),
-            degraded: o.degraded.with_label_values(&[mapping]),
-            errors: o.errors.clone(),
-            name: mapping.to_string(),
-        }
+        self.origin.of(mapping)
     }
 
     /// The write and freshness strategy counters of one mapping.
