@@ -218,6 +218,15 @@ pub fn null(out: &mut BytesMut, proto: Proto) {
     });
 }
 
+/// The null array in the client's protocol (EXEC of a transaction whose watch failed):
+/// `*-1` in RESP2, `_` in RESP3.
+pub fn null_array(proto: Proto) -> bytes::Bytes {
+    bytes::Bytes::from_static(match proto {
+        Proto::Resp2 => b"*-1\r\n",
+        Proto::Resp3 => b"_\r\n",
+    })
+}
+
 /// The header of an array (RESP2) or map (RESP3) of `pairs` key/value pairs.
 pub fn map_header(out: &mut BytesMut, pairs: usize, proto: Proto) {
     match proto {

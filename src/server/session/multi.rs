@@ -117,10 +117,7 @@ impl Session {
     pub(super) fn watch_replay(&self, watched: Vec<u16>) -> Option<Replay> {
         let cluster = self.ctx.upstream.as_ref()?.cluster()?.clone();
         let from = self.pinned.as_ref()?.addr().clone();
-        let null = match self.st.proto {
-            crate::protocol::Proto::Resp3 => &b"_\r\n"[..],
-            crate::protocol::Proto::Resp2 => &b"*-1\r\n"[..],
-        };
+        let null = crate::protocol::reply::null_array(self.st.proto);
         let metrics = self.ctx.metrics.clone();
         Some(Box::new(move |first, abort, _cmds| {
             Box::pin(async move {
@@ -135,7 +132,7 @@ impl Session {
                     |w: u16| w == slot || map.as_ref().is_some_and(|t| t.serves(w, &hop.addr));
                 if watched.into_iter().all(there) {
                     metrics.cluster_watches_failed.inc();
-                    Bytes::from_static(null)
+                    null
                 } else {
                     abort
                 }
@@ -193,12 +190,8 @@ impl Session {
         }
         self.send_to(Dest::Pinned, encode_command(&["DISCARD"]), 1, None)
             .await?;
-        let null = match self.st.proto {
-            crate::protocol::Proto::Resp3 => &b"_\r\n"[..],
-            crate::protocol::Proto::Resp2 => &b"*-1\r\n"[..],
-        };
         if let Some(p) = &mut self.pinned {
-            let _ = p.emit(Bytes::from_static(null));
+            let _ = p.emit(crate::protocol::reply::null_array(self.st.proto));
             if self.st.can_release() {
                 p.release();
                 self.pinned_active = false;

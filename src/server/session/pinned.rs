@@ -142,12 +142,17 @@ impl Session {
             Some(slots) => self.watch_replay(slots),
             None => self.replay(&cleanup),
         };
-        // Moved, a watched key's read voids the watch; another key's leaves it.
-        let voids = key.as_deref().is_some_and(|k| {
-            let s = crate::tier::redis::cluster::slot::of(k);
-            self.st.watched_slots.binary_search(&s).is_ok()
-        });
-        let rerun = reroute.then(|| self.reroute(voids, &cleanup)).flatten();
+        // Moved, a watched key's read voids the watch; another key's leaves it. Only worked
+        // out for a command that may be rerouted.
+        let rerun = reroute
+            .then(|| {
+                let voids = key.as_deref().is_some_and(|k| {
+                    let s = crate::tier::redis::cluster::slot::of(k);
+                    self.st.watched_slots.binary_search(&s).is_ok()
+                });
+                self.reroute(voids, &cleanup)
+            })
+            .flatten();
         if let Some(p) = &mut self.pinned {
             use crate::protocol::{Pin, Route};
             match info.route {
