@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::time::Duration;
 use support::{coherence, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,5 +53,91 @@ async fn no_read_is_older_than_an_acknowledged_write_with_packed_announcements()
     eprintln!("announcements seen: {packed} packed, {plain} with a string per key");
     assert!(packed > 100, "packed announcements were sent");
     assert_eq!(plain, 0, "no announcement names its keys one string each");
+    support::assert_no_panics();
+}
+
+/// Redis writes a PUBLISH's reply before the message to each subscriber (its pending writes go
+/// out newest first), so with many subscribers on the channel, the last ones get a write's
+/// announcement well after the writer has its reply. A sidecar subscribed before 400 others is
+/// written to last: a read through it right after a write acknowledged through another sidecar
+/// must still not be served the old value. Writes by SET (its PUBLISH in the write's pipeline)
+/// and MULTI/EXEC (in the transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_acknowledged_only_once_every_sidecar_has_its_announcement() {
+    use redis::AsyncCommands;
+    use tokio::io::AsyncWriteExt;
+    // With I/O threads (as ElastiCache runs larger nodes), Redis writes the pending replies and
+    // messages of a turn in parallel: a PUBLISH's reply may go out before other subscribers'
+    // messages even when the write's own reply made it wait behind them.
+    let redis = RedisServer::start_with(&["--io-threads", "4"]);
+    let url = redis.url();
+    let start = || {
+        support::Proxy::start_with(&url, |c| {
+            c.hot.coherence = "broadcast".into();
+            c.cache = vec![support::cache_rule("fan:*", 60)];
+        })
+    };
+    let (a, b) = (start().await, start().await);
+    support::history::wait_coherent(&a).await;
+    support::history::wait_coherent(&b).await;
+    // Subscribers that never read: 400 writes of each message ahead of B's.
+    let mut others = Vec::new();
+    for _ in 0..400 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", redis.port))
+            .await
+            .expect("connect to redis-server");
+        s.write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$20\r\ncacheside:invalidate\r\n")
+            .await
+            .unwrap();
+        others.push(s);
+    }
+    let mut direct = redis.direct().await;
+    let subscribed = support::eventually(Duration::from_secs(10), async || {
+        let n: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("cacheside:invalidate")
+            .query_async(&mut direct)
+            .await
+            .unwrap();
+        n.first().is_some_and(|(_, n)| *n >= 402)
+    })
+    .await;
+    assert!(subscribed, "the 400 subscribers joined the channel");
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    // Stale reads after a SET, after a MULTI/EXEC.
+    let mut stale = [0; 2];
+    for i in 0..200i64 {
+        for _ in 0..2 {
+            let _: Option<i64> = cb.get("fan:k").await.unwrap();
+        }
+        if i % 2 == 0 {
+            let _: () = ca.set("fan:k", i).await.unwrap();
+        } else {
+            let _: () = redis::pipe()
+                .atomic()
+                .set("fan:k", i)
+                .ignore()
+                .query_async(&mut ca)
+                .await
+                .unwrap();
+        }
+        let v: Option<i64> = cb.get("fan:k").await.unwrap();
+        if v != Some(i) {
+            stale[(i % 2) as usize] += 1;
+        }
+    }
+    let hits = support::metric(
+        &b.admin_get("/metrics").await.1,
+        "cacheside_cache_gets_total{result=\"hit\",tier=\"hot\"}",
+    )
+    .unwrap_or(0.0);
+    eprintln!("stale reads (after SET, after MULTI/EXEC): {stale:?} of 200; {hits} hits through B");
+    assert_eq!(
+        stale,
+        [0, 0],
+        "reads through B older than a write acknowledged before them"
+    );
+    assert!(hits >= 100.0, "B's repeated reads were hits ({hits})");
+    drop(others);
     support::assert_no_panics();
 }

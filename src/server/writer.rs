@@ -306,16 +306,23 @@ async fn after_reply(ctx: &Ctx, a: AfterReply, replies: Bytes, count: u32, proto
     for w in a.writes {
         w.complete().await;
     }
-    drop(a.inline);
+    if let (Some(inline), Some(hot)) = (a.inline, hot) {
+        // The PUBLISH ends the batch's pipeline. Once answered, the fence: its messages reach
+        // the other sidecars in a turn of Redis's loop before the fence's, so before the client
+        // has the reply.
+        let published = reply::split(&replies, (count + a.extra) as usize, proto)
+            .and_then(|f| f.last().map(|(_, k)| !matches!(k, reply::ReplyKind::Error)))
+            .unwrap_or(false);
+        let fenced = published && hot.fence_published().await;
+        drop(inline);
+        if !fenced {
+            return announce_failed(count);
+        }
+    }
     if let (Some((keys, flush)), Some(hot)) = (a.announce, hot) {
         // The writes ran; other sidecars must hear of them before the client does.
         if !hot.announce(keys, flush).await {
-            let err = reply_bytes(&ProxyError::Announce);
-            let mut out = BytesMut::with_capacity(err.len() * count as usize);
-            for _ in 0..count {
-                out.extend_from_slice(&err);
-            }
-            return out.freeze();
+            return announce_failed(count);
         }
     }
     if let Some(c) = a.refusals {
@@ -334,6 +341,16 @@ async fn after_reply(ctx: &Ctx, a: AfterReply, replies: Bytes, count: u32, proto
         replies = crate::tier::hot::info::append_section(&replies, &hot.info_section());
     }
     replies
+}
+
+/// The replies of `count` writes whose invalidation the other sidecars may not have heard.
+fn announce_failed(count: u32) -> Bytes {
+    let err = reply_bytes(&ProxyError::Announce);
+    let mut out = BytesMut::with_capacity(err.len() * count as usize);
+    for _ in 0..count {
+        out.extend_from_slice(&err);
+    }
+    out.freeze()
 }
 
 async fn flush(wr: &mut WriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {

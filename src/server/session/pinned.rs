@@ -9,7 +9,7 @@ use crate::metrics::Outcome;
 use crate::protocol::{CommandInfo, Request};
 use crate::router::Decision;
 use crate::server::Out;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::ops::Range;
 
 impl Session {
@@ -113,20 +113,21 @@ impl Session {
         };
         let expect = self.st.note_pinned(info, &req);
         let replying = replying && self.st.reply_mode == crate::router::ReplyMode::On;
-        // Broadcast coherence: the PUBLISH runs with the write, on this connection, so
+        let exec = info.name == "EXEC";
+        // Broadcast coherence: a transaction's PUBLISH runs in it, on this connection, so
         // other sidecars have the invalidation before the client sees the reply: queued
-        // last in the transaction (its element is cut from EXEC's reply), or sent right
-        // after a write outside one.
+        // last in the transaction (its element is cut from EXEC's reply), and fenced before
+        // the reply. A write outside one is announced once its reply is in (below): a PUBLISH
+        // sent after it could be read by Redis in a later turn than the write's reply.
         let publish = self
             .ctx
             .router
             .hot()
-            .filter(|hot| replying && !writes.is_empty() && !hot.announces_after_reply())
+            .filter(|hot| exec && replying && !writes.is_empty() && !hot.announces_after_reply())
             .and_then(|hot| {
                 let keys: Vec<Bytes> = writes.iter().flat_map(|w| w.keys().to_vec()).collect();
                 hot.broadcast_command(&keys, writes.iter().any(|w| w.flush()))
             });
-        let exec = info.name == "EXEC";
         if let (true, Some(cmd)) = (exec, &publish) {
             self.flush_run(chunk).await?;
             if let Some(p) = &mut self.pinned {
@@ -175,20 +176,24 @@ impl Session {
             }
             if let (false, Some(hot)) = (writes.is_empty(), self.ctx.router.hot()) {
                 // Before the client sees the reply: the keys evicted again (fills that
-                // raced the write fail), and, when no PUBLISH went with the write, the
-                // writes announced.
-                let (hot, announce) = (hot.clone(), publish.is_none());
+                // raced the write fail), and the transaction's PUBLISH fenced or, when none
+                // went with the writes, the writes announced.
+                let (hot, fence) = (hot.clone(), publish.is_some());
                 p.before_reply(Box::pin(async move {
-                    if announce && replying && hot.announces_after_reply() {
-                        // A cluster's shard channel: the writes ran; announced, and answered,
-                        // before the client sees the reply.
+                    if fence {
+                        if !hot.fence_published().await {
+                            tracing::warn!("a transaction's invalidation was not fenced");
+                        }
+                    } else if replying && hot.broadcast().is_some() {
+                        // The writes ran; announced, and answered, before the client sees
+                        // the reply.
                         let keys: Vec<Bytes> =
                             writes.iter().flat_map(|w| w.keys().to_vec()).collect();
                         let flush = writes.iter().any(|w| w.flush());
                         if !hot.announce(keys, flush).await {
                             tracing::warn!("a pinned write's invalidation was not announced");
                         }
-                    } else if announce {
+                    } else {
                         hot.announce_pinned_writes(&writes);
                     }
                     for w in writes {
@@ -207,9 +212,6 @@ impl Session {
         }
         if watch.is_some() {
             self.flush_run(chunk).await?;
-        }
-        if let (false, Some(cmd)) = (exec, publish) {
-            self.flush_run_then(chunk, cmd).await?;
         }
         // With CLIENT REPLY OFF the upstream would not answer them either: skipped.
         if !cleanup.is_empty() && self.st.reply_mode == crate::router::ReplyMode::On {
@@ -350,21 +352,6 @@ impl Session {
                 u.unpin(p);
             }
         }
-    }
-
-    /// Sends the current (pinned) run with a command of cacheside's own after it, in one write.
-    async fn flush_run_then(&mut self, chunk: &Bytes, cmd: Bytes) -> Result<(), Stop> {
-        let head = match self.run.take() {
-            Some(run) => chunk.slice(run.span),
-            None => Bytes::new(),
-        };
-        if let Some(p) = &mut self.pinned {
-            p.expect(crate::protocol::reply::Expect::Hidden);
-        }
-        let mut joined = BytesMut::with_capacity(head.len() + cmd.len());
-        joined.extend_from_slice(&head);
-        joined.extend_from_slice(&cmd);
-        self.send_to(Dest::Pinned, joined.freeze(), 0, None).await
     }
 
     /// Ends the session during a drain: replies already queued are delivered. A pinned

@@ -115,6 +115,20 @@ impl HotTier {
         }
     }
 
+    /// For a PUBLISH that went with its writes (in their pipeline or their transaction) and has
+    /// been answered: sends the fence (`EXISTS <channel>`, see `publish_groups`) and resolves
+    /// once Redis answers it, when the other sidecars' connections have the message. Redis writes
+    /// the PUBLISH's reply before the messages, so without this a client could have its write's
+    /// reply, and read through another sidecar, while that sidecar's message is still unwritten
+    /// (for a long message, or on a Redis with many subscribers to write to). Whether Redis
+    /// answered; true when there is nothing to fence (not broadcast, or no publisher yet).
+    pub async fn fence_published(&self) -> bool {
+        match (self.broadcast.get(), self.publisher.get()) {
+            (Some(b), Some(publish)) => publish(b.fence()).await.is_some(),
+            _ => true,
+        }
+    }
+
     /// Announces writes answered on a pinned connection, in broadcast mode, without waiting:
     /// such writes are not ordered before their reply.
     pub fn announce_pinned_writes(&self, writes: &[WriteGuard]) {
