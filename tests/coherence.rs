@@ -60,8 +60,8 @@ async fn no_read_is_older_than_an_acknowledged_write_with_packed_announcements()
 /// out newest first), so with many subscribers on the channel, the last ones get a write's
 /// announcement well after the writer has its reply. A sidecar subscribed before 400 others is
 /// written to last: a read through it right after a write acknowledged through another sidecar
-/// must still not be served the old value. Writes by SET (its PUBLISH in the write's pipeline)
-/// and MULTI/EXEC (in the transaction).
+/// must still not be served the old value. Writes by SET (its PUBLISH in the write's pipeline),
+/// MULTI/EXEC (in the transaction) and SET under WATCH (announced after its reply).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_is_acknowledged_only_once_every_sidecar_has_its_announcement() {
     use redis::AsyncCommands;
@@ -104,26 +104,35 @@ async fn a_write_is_acknowledged_only_once_every_sidecar_has_its_announcement() 
     .await;
     assert!(subscribed, "the 400 subscribers joined the channel");
     let (mut ca, mut cb) = (a.client().await, b.client().await);
-    // Stale reads after a SET, after a MULTI/EXEC.
-    let mut stale = [0; 2];
-    for i in 0..200i64 {
+    // Stale reads after a SET, after a MULTI/EXEC, after a SET under WATCH (on the client's
+    // pinned connection, outside a transaction).
+    let mut stale = [0; 3];
+    for i in 0..300i64 {
         for _ in 0..2 {
             let _: Option<i64> = cb.get("fan:k").await.unwrap();
         }
-        if i % 2 == 0 {
-            let _: () = ca.set("fan:k", i).await.unwrap();
-        } else {
-            let _: () = redis::pipe()
+        match i % 3 {
+            0 => ca.set::<_, _, ()>("fan:k", i).await.unwrap(),
+            1 => redis::pipe()
                 .atomic()
                 .set("fan:k", i)
                 .ignore()
-                .query_async(&mut ca)
+                .query_async::<()>(&mut ca)
                 .await
-                .unwrap();
+                .unwrap(),
+            _ => {
+                let _: () = redis::cmd("WATCH")
+                    .arg("fan:k")
+                    .query_async(&mut ca)
+                    .await
+                    .unwrap();
+                ca.set::<_, _, ()>("fan:k", i).await.unwrap();
+                let _: () = redis::cmd("UNWATCH").query_async(&mut ca).await.unwrap();
+            }
         }
         let v: Option<i64> = cb.get("fan:k").await.unwrap();
         if v != Some(i) {
-            stale[(i % 2) as usize] += 1;
+            stale[(i % 3) as usize] += 1;
         }
     }
     let hits = support::metric(
@@ -131,13 +140,15 @@ async fn a_write_is_acknowledged_only_once_every_sidecar_has_its_announcement() 
         "cacheside_cache_gets_total{result=\"hit\",tier=\"hot\"}",
     )
     .unwrap_or(0.0);
-    eprintln!("stale reads (after SET, after MULTI/EXEC): {stale:?} of 200; {hits} hits through B");
+    eprintln!(
+        "stale reads (after SET, MULTI/EXEC, SET under WATCH): {stale:?} of 300; {hits} hits"
+    );
     assert_eq!(
         stale,
-        [0, 0],
+        [0, 0, 0],
         "reads through B older than a write acknowledged before them"
     );
-    assert!(hits >= 100.0, "B's repeated reads were hits ({hits})");
+    assert!(hits >= 150.0, "B's repeated reads were hits ({hits})");
     drop(others);
     support::assert_no_panics();
 }
