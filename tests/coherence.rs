@@ -56,6 +56,45 @@ async fn no_read_is_older_than_an_acknowledged_write_with_packed_announcements()
     support::assert_no_panics();
 }
 
+/// The broadcast history checker against a Redis that writes with I/O threads, with 100 other
+/// subscribers on the channel: the conditions of the fence test below, under concurrency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_read_is_older_than_an_acknowledged_write_with_broadcast_on_io_threads() {
+    let redis = RedisServer::start_with(&["--io-threads", "4"]);
+    let others = subscribers(&redis, 100, 100).await;
+    coherence::check(&redis.url(), "broadcast", false, false).await;
+    drop(others);
+}
+
+/// `n` connections subscribed to the invalidation channel that never read, once the channel
+/// counts `total` subscribers.
+async fn subscribers(redis: &RedisServer, n: usize, total: i64) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut others = Vec::new();
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", redis.port))
+            .await
+            .expect("connect to redis-server");
+        s.write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$20\r\ncacheside:invalidate\r\n")
+            .await
+            .unwrap();
+        others.push(s);
+    }
+    let mut direct = redis.direct().await;
+    let subscribed = support::eventually(Duration::from_secs(10), async || {
+        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("cacheside:invalidate")
+            .query_async(&mut direct)
+            .await
+            .unwrap();
+        counts.first().is_some_and(|(_, c)| *c >= total)
+    })
+    .await;
+    assert!(subscribed, "the {n} subscribers joined the channel");
+    others
+}
+
 /// Redis writes a PUBLISH's reply before the message to each subscriber (its pending writes go
 /// out newest first), so with many subscribers on the channel, the last ones get a write's
 /// announcement well after the writer has its reply. A sidecar subscribed before 400 others is
@@ -65,7 +104,6 @@ async fn no_read_is_older_than_an_acknowledged_write_with_packed_announcements()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_is_acknowledged_only_once_every_sidecar_has_its_announcement() {
     use redis::AsyncCommands;
-    use tokio::io::AsyncWriteExt;
     // With I/O threads (as ElastiCache runs larger nodes), Redis writes the pending replies and
     // messages of a turn in parallel: a PUBLISH's reply may go out before other subscribers'
     // messages even when the write's own reply made it wait behind them.
@@ -81,28 +119,7 @@ async fn a_write_is_acknowledged_only_once_every_sidecar_has_its_announcement() 
     support::history::wait_coherent(&a).await;
     support::history::wait_coherent(&b).await;
     // Subscribers that never read: 400 writes of each message ahead of B's.
-    let mut others = Vec::new();
-    for _ in 0..400 {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", redis.port))
-            .await
-            .expect("connect to redis-server");
-        s.write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$20\r\ncacheside:invalidate\r\n")
-            .await
-            .unwrap();
-        others.push(s);
-    }
-    let mut direct = redis.direct().await;
-    let subscribed = support::eventually(Duration::from_secs(10), async || {
-        let n: Vec<(String, i64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("cacheside:invalidate")
-            .query_async(&mut direct)
-            .await
-            .unwrap();
-        n.first().is_some_and(|(_, n)| *n >= 402)
-    })
-    .await;
-    assert!(subscribed, "the 400 subscribers joined the channel");
+    let others = subscribers(&redis, 400, 402).await;
     let (mut ca, mut cb) = (a.client().await, b.client().await);
     // Stale reads after a SET, after a MULTI/EXEC, after a SET under WATCH (on the client's
     // pinned connection, outside a transaction).
