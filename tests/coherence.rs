@@ -23,14 +23,9 @@ async fn no_read_through_any_sidecar_is_older_than_an_acknowledged_write_with_tr
 /// messages Redis relayed were packed ones (`[id, "P", keys]`), not `[id, "K", key...]`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_read_is_older_than_an_acknowledged_write_with_packed_announcements() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let redis = RedisServer::start();
-    let mut sub = tokio::net::TcpStream::connect(("127.0.0.1", redis.port))
-        .await
-        .expect("connect to redis-server");
-    sub.write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$20\r\ncacheside:invalidate\r\n")
-        .await
-        .unwrap();
+    let mut sub = subscribers(&redis, 1, 1).await.remove(0);
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let listen = tokio::spawn(async move {
         let mut seen = Vec::new();

@@ -128,7 +128,7 @@ impl Session {
                 let keys: Vec<Bytes> = writes.iter().flat_map(|w| w.keys().to_vec()).collect();
                 hot.broadcast_command(&keys, writes.iter().any(|w| w.flush()))
             });
-        if let (true, Some(cmd)) = (exec, &publish) {
+        if let Some(cmd) = &publish {
             self.flush_run(chunk).await?;
             if let Some(p) = &mut self.pinned {
                 p.expect(crate::protocol::reply::Expect::Hidden);
@@ -160,7 +160,7 @@ impl Session {
                 Route::Pin(Pin::Blocking | Pin::MaybeBlocking) => p.expect_blocking(expect),
                 _ => p.expect(expect),
             }
-            if exec && publish.is_some() {
+            if publish.is_some() {
                 p.trim_last();
             }
             if moves && queued {

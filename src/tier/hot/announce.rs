@@ -198,12 +198,7 @@ impl HotTier {
         // sidecars' connections have the message. A command sent after that reply is read in a
         // later turn of Redis's event loop, after the turn that wrote the messages: its reply
         // does. `EXISTS <channel>` reaches the channel's node (its slot, on a cluster).
-        if ok {
-            if let Some(fence) = self.broadcast().map(|b| b.fence()) {
-                ok &= publish(fence).await.is_some();
-            }
-        }
-        ok
+        ok && self.fence_published().await
     }
 
     /// Wakes the announcer again if more was queued while a batch was out.

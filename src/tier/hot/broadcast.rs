@@ -129,8 +129,8 @@ impl HotTier {
         }
     }
 
-    /// Announces writes answered on a pinned connection, in broadcast mode, without waiting:
-    /// such writes are not ordered before their reply.
+    /// Announces writes on a pinned connection whose reply the client does not get (`CLIENT
+    /// REPLY OFF`/`SKIP`), in broadcast mode, without waiting: there is no reply to hold back.
     pub fn announce_pinned_writes(&self, writes: &[WriteGuard]) {
         let keys: Vec<Bytes> = writes
             .iter()
