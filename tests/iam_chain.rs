@@ -96,30 +96,30 @@ fn cacheside(
     home: &std::path::Path,
     aws_env: &[(&str, String)],
 ) -> (Child, u16) {
-    let port = support::free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacheside"));
-    cmd.env_clear()
-        .current_dir(home)
-        .env("HOME", home)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", home.join("no-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("no-credentials"))
-        .env("CACHESIDE_SERVER_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CACHESIDE_ADMIN_LISTEN", "")
-        .env("CACHESIDE_UPSTREAM_URL", fake.url())
-        .env("CACHESIDE_UPSTREAM_CONNECTIONS", "1")
-        .env("CACHESIDE_UPSTREAM_CONNECT_TIMEOUT", "5s")
-        .env("CACHESIDE_UPSTREAM_IAM_REGION", "eu-central-1")
-        .env("CACHESIDE_UPSTREAM_IAM_CACHE_NAME", "orders-cache")
-        .env("CACHESIDE_UPSTREAM_IAM_USER_ID", "cacheside")
-        .env("CACHESIDE_LOG_LEVEL", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in aws_env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("start cacheside");
-    support::wait_for_port(port, Duration::from_secs(20));
+    let (child, [port]) = support::process::spawn_listening(Duration::from_secs(20), |[port]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacheside"));
+        cmd.env_clear()
+            .current_dir(home)
+            .env("HOME", home)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", home.join("no-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", home.join("no-credentials"))
+            .env("CACHESIDE_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CACHESIDE_ADMIN_LISTEN", "")
+            .env("CACHESIDE_UPSTREAM_URL", fake.url())
+            .env("CACHESIDE_UPSTREAM_CONNECTIONS", "1")
+            .env("CACHESIDE_UPSTREAM_CONNECT_TIMEOUT", "5s")
+            .env("CACHESIDE_UPSTREAM_IAM_REGION", "eu-central-1")
+            .env("CACHESIDE_UPSTREAM_IAM_CACHE_NAME", "orders-cache")
+            .env("CACHESIDE_UPSTREAM_IAM_USER_ID", "cacheside")
+            .env("CACHESIDE_LOG_LEVEL", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in aws_env {
+            cmd.env(k, v);
+        }
+        cmd
+    });
     (child, port)
 }
 

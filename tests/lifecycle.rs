@@ -6,7 +6,7 @@ mod support;
 use redis::AsyncCommands;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{eventually, metric, wait_for_port, Proxy, RedisServer};
+use support::{eventually, metric, Proxy, RedisServer};
 use tokio::io::AsyncReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,27 +204,26 @@ async fn shutdown_delivers_in_flight_replies_then_stops_accepting() {
 #[test]
 fn sigterm_mid_pipeline_delivers_replies_and_exits_zero() {
     let redis = RedisServer::start();
-    let port = support::free_port();
-    let admin = support::free_port();
     let empty = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cacheside"))
-        .args([
-            "--config",
-            empty.path().to_str().unwrap(),
-            "--upstream",
-            &redis.url(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-            "--log-level",
-            "warn",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start cacheside");
-    wait_for_port(port, Duration::from_secs(10));
+    let (mut child, [port, _]) =
+        support::process::spawn_listening(Duration::from_secs(10), |[port, admin]| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacheside"));
+            cmd.args([
+                "--config",
+                empty.path().to_str().unwrap(),
+                "--upstream",
+                &redis.url(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+                "--log-level",
+                "warn",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            cmd
+        });
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut raw = support::Raw(
@@ -268,4 +267,41 @@ fn sigterm_mid_pipeline_delivers_replies_and_exits_zero() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The harness's guard against free-port races: a process handed an admin port another process
+/// already listens on binds its client port (which then accepts) and exits; the harness must
+/// notice that the listener is not its child's and start it again elsewhere, not hand the test
+/// someone else's ports.
+#[test]
+fn a_process_started_on_a_taken_port_is_started_again_on_free_ones() {
+    let redis = RedisServer::start();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let mut attempts = 0;
+    let (mut child, [port, admin]) =
+        support::process::spawn_listening(Duration::from_secs(10), |[port, admin]| {
+            attempts += 1;
+            let admin = if attempts == 1 { taken_port } else { admin };
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacheside"));
+            cmd.args([
+                "--config",
+                empty.path().to_str().unwrap(),
+                "--upstream",
+                &redis.url(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            cmd
+        });
+    assert_eq!(attempts, 2, "the clash was seen and the process started again");
+    assert_ne!(admin, taken_port);
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("its own client port");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -2,7 +2,7 @@
 //! they can be SIGKILLed), and reads of what PostgreSQL and Redis hold.
 
 use super::postgres::PgServer;
-use super::{free_port, wait_for_port, RedisServer};
+use super::RedisServer;
 use cacheside::config::units::Human;
 use cacheside::config::{Config, CounterConfig};
 use std::process::{Child, Command, Stdio};
@@ -57,27 +57,27 @@ impl Sidecar {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("proxy.toml");
         std::fs::write(&path, toml).expect("write config");
-        let (port, admin) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_cacheside"))
-            .args([
-                "--config",
-                path.to_str().expect("utf-8 path"),
-                "--upstream",
-                url,
-                "--postgres",
-                &pg.url(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin}"),
-                "--log-level",
-                "warn",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start cacheside");
-        wait_for_port(port, Duration::from_secs(20));
+        let (child, [port, admin]) =
+            super::process::spawn_listening(Duration::from_secs(20), |[port, admin]| {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacheside"));
+                cmd.args([
+                    "--config",
+                    path.to_str().expect("utf-8 path"),
+                    "--upstream",
+                    url,
+                    "--postgres",
+                    &pg.url(),
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--admin-listen",
+                    &format!("127.0.0.1:{admin}"),
+                    "--log-level",
+                    "warn",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+                cmd
+            });
         Self {
             port,
             admin,

@@ -1,7 +1,7 @@
 //! cacheside as a real process (the built binary) on free ports, for what only a process can
 //! show: signals, exit codes, the drain as the kubelet sees it.
 
-use super::{free_port, http, wait_for_port};
+use super::{free_port, http};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -21,7 +21,7 @@ impl Process {
     /// until its client port accepts.
     pub fn start(upstream: &str, env: &[(&str, &str)]) -> Self {
         let config = tempfile::NamedTempFile::new().expect("temp config");
-        let mut p = Self::spawn(config.path(), upstream, env, Stdio::null());
+        let mut p = Self::spawn(config.path(), upstream, env, None);
         p._config = Some(config);
         p
     }
@@ -29,15 +29,13 @@ impl Process {
     /// Starts the binary with the config file `config` (which it reloads on SIGHUP and when
     /// it changes), writing its log (warn and above) to `log`.
     pub fn start_with_file(config: &Path, upstream: &str, log: &Path) -> Self {
-        let log = std::fs::File::create(log).expect("create log file");
-        Self::spawn(config, upstream, &[], Stdio::from(log))
+        Self::spawn(config, upstream, &[], Some(log))
     }
 
-    fn spawn(config: &Path, upstream: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
-        let port = free_port();
-        let admin = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_cacheside"))
-            .args([
+    fn spawn(config: &Path, upstream: &str, env: &[(&str, &str)], log: Option<&Path>) -> Self {
+        let (child, [port, admin]) = spawn_listening(Duration::from_secs(10), |[port, admin]| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacheside"));
+            cmd.args([
                 "--config",
                 config.to_str().expect("utf-8 config path"),
                 "--upstream",
@@ -51,10 +49,11 @@ impl Process {
             ])
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start cacheside");
-        wait_for_port(port, Duration::from_secs(10));
+            .stderr(log.map_or_else(Stdio::null, |log| {
+                Stdio::from(std::fs::File::create(log).expect("create log file"))
+            }));
+            cmd
+        });
         Self {
             port,
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
@@ -115,4 +114,57 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts the command `make(ports)` builds on `N` free ports, and returns once this very child
+/// listens on all of them. A free port races with every other listener the test binary starts
+/// (two processes can be handed the same one, and a process that bound its first port answers
+/// connects before its second bind fails), so "something accepts" is not enough: on a clash the
+/// child is killed and started again on other ports.
+pub fn spawn_listening<const N: usize>(
+    limit: Duration,
+    mut make: impl FnMut([u16; N]) -> Command,
+) -> (Child, [u16; N]) {
+    for _ in 0..5 {
+        let ports = [(); N].map(|_| free_port());
+        let mut child = make(ports).spawn().expect("start cacheside");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for cacheside") {
+                eprintln!("cacheside on ports {ports:?} exited ({status}); starting it again");
+                break;
+            }
+            if ports.iter().all(|p| listens(child.id(), *p)) {
+                return (child, ports);
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("cacheside does not listen on ports {ports:?} after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    panic!("cacheside exited at start five times: see its log above");
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (from /proc).
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| f[9].to_string())
+    });
+    let Some(inode) = inode else {
+        return false;
+    };
+    let socket = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == socket.as_str()))
 }
