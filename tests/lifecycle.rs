@@ -4,7 +4,7 @@
 mod support;
 
 use redis::AsyncCommands;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{eventually, metric, Proxy, RedisServer};
 use tokio::io::AsyncReadExt;
@@ -207,22 +207,7 @@ fn sigterm_mid_pipeline_delivers_replies_and_exits_zero() {
     let empty = tempfile::NamedTempFile::new().unwrap();
     let (mut child, [port, _]) =
         support::process::spawn_listening(Duration::from_secs(10), |[port, admin]| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacheside"));
-            cmd.args([
-                "--config",
-                empty.path().to_str().unwrap(),
-                "--upstream",
-                &redis.url(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin}"),
-                "--log-level",
-                "warn",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-            cmd
+            support::process::command(empty.path(), &redis.url(), port, admin)
         });
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -284,22 +269,12 @@ fn a_process_started_on_a_taken_port_is_started_again_on_free_ones() {
         support::process::spawn_listening(Duration::from_secs(10), |[port, admin]| {
             attempts += 1;
             let admin = if attempts == 1 { taken_port } else { admin };
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacheside"));
-            cmd.args([
-                "--config",
-                empty.path().to_str().unwrap(),
-                "--upstream",
-                &redis.url(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-            cmd
+            support::process::command(empty.path(), &redis.url(), port, admin)
         });
-    assert_eq!(attempts, 2, "the clash was seen and the process started again");
+    assert_eq!(
+        attempts, 2,
+        "the clash was seen and the process started again"
+    );
     assert_ne!(admin, taken_port);
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("its own client port");
     let _ = child.kill();

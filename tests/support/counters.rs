@@ -59,23 +59,8 @@ impl Sidecar {
         std::fs::write(&path, toml).expect("write config");
         let (child, [port, admin]) =
             super::process::spawn_listening(Duration::from_secs(20), |[port, admin]| {
-                let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacheside"));
-                cmd.args([
-                    "--config",
-                    path.to_str().expect("utf-8 path"),
-                    "--upstream",
-                    url,
-                    "--postgres",
-                    &pg.url(),
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--admin-listen",
-                    &format!("127.0.0.1:{admin}"),
-                    "--log-level",
-                    "warn",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit());
+                let mut cmd = super::process::command(&path, url, port, admin);
+                cmd.args(["--postgres", &pg.url()]).stderr(Stdio::inherit());
                 cmd
             });
         Self {

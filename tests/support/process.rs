@@ -34,24 +34,11 @@ impl Process {
 
     fn spawn(config: &Path, upstream: &str, env: &[(&str, &str)], log: Option<&Path>) -> Self {
         let (child, [port, admin]) = spawn_listening(Duration::from_secs(10), |[port, admin]| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacheside"));
-            cmd.args([
-                "--config",
-                config.to_str().expect("utf-8 config path"),
-                "--upstream",
-                upstream,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin}"),
-                "--log-level",
-                "warn",
-            ])
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log.map_or_else(Stdio::null, |log| {
-                Stdio::from(std::fs::File::create(log).expect("create log file"))
-            }));
+            let mut cmd = command(config, upstream, port, admin);
+            cmd.envs(env.iter().copied())
+                .stderr(log.map_or_else(Stdio::null, |log| {
+                    Stdio::from(std::fs::File::create(log).expect("create log file"))
+                }));
             cmd
         });
         Self {
@@ -114,6 +101,27 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The cacheside binary with config file `config`, in front of `upstream`, listening on
+/// `port` and `admin` on 127.0.0.1, logging warnings and above to stderr (null unless set).
+pub fn command(config: &Path, upstream: &str, port: u16, admin: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cacheside"));
+    cmd.args([
+        "--config",
+        config.to_str().expect("utf-8 config path"),
+        "--upstream",
+        upstream,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin-listen",
+        &format!("127.0.0.1:{admin}"),
+        "--log-level",
+        "warn",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd
 }
 
 /// Starts the command `make(ports)` builds on `N` free ports, and returns once this very child
