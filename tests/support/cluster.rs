@@ -1,7 +1,7 @@
 //! A real Redis Cluster for tests: 3 primaries and 3 replicas on free loopback ports, created
 //! with `redis-cli --cluster create` and killed when dropped.
 
-use super::{free_port, redis_pid, require_binary, wait_for_port};
+use super::{claim_port, free_port, redis_pid, require_binary, wait_for_child_port};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ fn free_cluster_port(taken: &[u16]) -> u16 {
         if p > 55_000 || taken.contains(&p) {
             continue;
         }
-        if std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() && claim_port(p + 10_000)
+        {
             return p;
         }
     }
@@ -107,10 +108,12 @@ impl RedisCluster {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn redis-server");
+            let mut child = child;
             let pid = child.id();
+            let up = wait_for_child_port(&mut child, port, Duration::from_secs(10));
             c.children.push(child);
-            wait_for_port(port, Duration::from_secs(10));
-            if redis_pid(port) == Some(pid) {
+            // A node that could not bind (its port or bus port taken) exited: try another.
+            if up && redis_pid(port) == Some(pid) {
                 c.ports.push(port);
                 c.tls_ports.extend(tls_port);
             } else if let Some(mut lost) = c.children.pop() {

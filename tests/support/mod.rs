@@ -43,18 +43,27 @@ pub fn cache_rule(keys: &str, ttl_secs: u64) -> cacheside::config::CacheRule {
 /// kernel hands a closed port out again soon; whoever starts a server on it still checks that
 /// the listener is theirs, as other listeners race for it too).
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let port = StdListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("bind 127.0.0.1:0 to find a free port");
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
+        if claim_port(port) {
             return port;
         }
     }
+}
+
+/// Marks `port` as handed out in this test binary (a cluster node's bus port, `port + 10000`,
+/// say); false if it already was.
+pub fn claim_port(port: u16) -> bool {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    if given.contains(&port) {
+        return false;
+    }
+    given.push(port);
+    true
 }
 
 /// Fails the test, naming the Debian package to install, when `name` is not on the PATH.
@@ -140,14 +149,14 @@ impl RedisServer {
         if let Some(tls_port) = self.tls_port {
             cmd.args(["--tls-port", &tls_port.to_string()]);
         }
-        let child = cmd.spawn().expect("spawn redis-server");
+        let mut child = cmd.spawn().expect("spawn redis-server");
         let pid = child.id();
+        let up = wait_for_child_port(&mut child, self.port, Duration::from_secs(10));
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10));
         // Free ports race with other listeners of the same test binary: make sure what answers
-        // is this server, or start again on another port. (A server that cannot bind its TLS
-        // port does not start at all, so this covers that port too.)
-        if redis_pid(self.port) != Some(pid) {
+        // is this server, or start again on other ports. (A server that cannot bind its TLS
+        // port exits at once.)
+        if !up || redis_pid(self.port) != Some(pid) {
             self.kill();
             self.port = free_port();
             self.tls_port = self.tls_port.map(|_| free_port());
@@ -220,6 +229,23 @@ pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bo
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     false
+}
+
+/// Waits until something accepts connections on `port` while `child` runs (polling,
+/// bounded); false if the child exited first (it could not bind, say).
+pub fn wait_for_child_port(child: &mut Child, port: u16, limit: Duration) -> bool {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "nothing listens on port {port} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 /// Waits until something accepts connections on `port` (polling, bounded).
