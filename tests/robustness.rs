@@ -105,6 +105,88 @@ async fn a_request_read_while_a_transaction_drains_is_answered() {
     );
 }
 
+/// How many GETs Redis has run, once that count has stopped moving.
+async fn get_calls_settled(redis: &RedisServer) -> u64 {
+    let mut direct = redis.direct().await;
+    let mut last = u64::MAX;
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut direct)
+            .await
+            .unwrap();
+        let calls = info
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+            .and_then(|l| l.split(',').next())
+            .map_or(0, |n| n.parse().unwrap());
+        if calls == last {
+            return calls;
+        }
+        last = calls;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A client that pipelines without reading its replies is read no further once
+/// `server.max_pending_replies` of them are outstanding, on a shared connection and on a pinned
+/// one (under WATCH) alike. Redis reads a pipeline however far behind its reader is; without
+/// the bound cacheside would forward all of it and keep its books on every request, for as
+/// long as the client sends. Then the client reads, and every reply arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_replies_is_not_read_further() {
+    const SENT: usize = 20_000;
+    let redis = RedisServer::start();
+    let proxy = Proxy::start_with(&redis.url(), |c| c.server.max_pending_replies = 64).await;
+    let value = "x".repeat(1024);
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(&value)
+        .query_async(&mut redis.direct().await)
+        .await
+        .unwrap();
+    let one = "*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n";
+    let reply = format!("$1024\r\n{value}\r\n");
+    let mut before = 0;
+    for pinned in [false, true] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut c = socket.connect(proxy.addr).await.unwrap();
+        if pinned {
+            c.write_all(b"WATCH w\r\n").await.unwrap();
+            let mut ok = [0u8; 5];
+            c.read_exact(&mut ok).await.unwrap();
+            assert_eq!(&ok, b"+OK\r\n");
+        }
+        let (mut rd, mut wr) = c.into_split();
+        let pipeline = one.repeat(SENT);
+        let writing = tokio::spawn(async move {
+            wr.write_all(pipeline.as_bytes()).await.unwrap();
+            wr
+        });
+        let ran = get_calls_settled(&redis).await - before;
+        assert!(
+            ran < SENT as u64 / 2,
+            "pinned: {pinned}: {ran} of {SENT} GETs ran while the client read nothing"
+        );
+        let mut got = vec![0u8; reply.len() * SENT];
+        tokio::time::timeout(Duration::from_secs(30), rd.read_exact(&mut got))
+            .await
+            .expect("every reply arrives once the client reads")
+            .unwrap();
+        assert!(got.chunks(reply.len()).all(|r| r == reply.as_bytes()));
+        let _wr = writing.await.unwrap();
+        before = get_calls_settled(&redis).await;
+        assert_eq!(
+            before,
+            SENT as u64 * if pinned { 2 } else { 1 },
+            "every GET ran once"
+        );
+        eprintln!("pinned: {pinned}: {ran} of {SENT} GETs ran before the client read");
+    }
+    support::assert_no_panics();
+}
+
 /// Reply bytes a broken upstream or middlebox might send, pub/sub frames that answer nothing
 /// included: a reply that never comes is a timeout, on pinned connections too.
 fn upstream_bytes() -> impl Strategy<Value = Vec<u8>> {

@@ -6,7 +6,9 @@
 //! a session waiting for room is polled again at once when the writer has made some. A tokio
 //! channel here woke the task on every reply it carried, which polled the whole client (its
 //! read, kill and drain waits included) a second time for nothing once per request at pipeline
-//! depth 1. The queue is bounded (`server.max_pending_replies`) as the channel was.
+//! depth 1. The queue is bounded by replies (`server.max_pending_replies`): an item weighs
+//! the replies it carries (a run of requests sent upstream, gathered replies of the proxy's
+//! own), at least one.
 //!
 //! Because they register no waker, [`Tx::send`] and [`Rx::recv`] must only be awaited inside
 //! the [`Together`] that owns the pair.
@@ -19,11 +21,28 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 struct State {
-    items: VecDeque<Out>,
+    /// Items with their weights.
+    items: VecDeque<(Out, usize)>,
+    /// The weights of `items`, summed.
+    weight: usize,
     sender: bool,
     receiver: bool,
-    /// The session found the queue full and waits for room.
-    blocked: bool,
+    /// The session found no room for an item of this weight and waits.
+    blocked: Option<usize>,
+}
+
+impl State {
+    /// Whether an item of weight `w` fits: the queue holds at most `cap`, but an item is
+    /// taken whole into an empty queue.
+    fn fits(&self, w: usize, cap: usize) -> bool {
+        self.weight == 0 || self.weight + w <= cap
+    }
+
+    fn pop(&mut self) -> Option<Out> {
+        let (item, w) = self.items.pop_front()?;
+        self.weight -= w;
+        Some(item)
+    }
 }
 
 struct Shared {
@@ -37,14 +56,15 @@ impl Shared {
     }
 }
 
-/// A queue of at most `cap` items (at least one).
+/// A queue of at most `cap` replies' worth of items (at least one).
 pub(crate) fn pair(cap: usize) -> (Tx, Rx) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            weight: 0,
             sender: true,
             receiver: true,
-            blocked: false,
+            blocked: None,
         }),
         cap: cap.max(1),
     });
@@ -73,21 +93,24 @@ impl Tx {
         Link(self.0.clone())
     }
 
-    /// Queues `item`, waiting for room while the queue is full.
-    pub async fn send(&self, item: Out) -> Result<(), Closed> {
+    /// Queues `item`, which carries `replies` replies, waiting for room while the queue is
+    /// full.
+    pub async fn send(&self, item: Out, replies: usize) -> Result<(), Closed> {
+        let w = replies.max(1);
         let mut item = Some(item);
         poll_fn(|_| {
             let mut s = self.0.lock();
             if !s.receiver {
                 return Poll::Ready(Err(Closed));
             }
-            if s.items.len() < self.0.cap {
+            if s.fits(w, self.0.cap) {
                 if let Some(it) = item.take() {
-                    s.items.push_back(it);
+                    s.items.push_back((it, w));
+                    s.weight += w;
                 }
                 return Poll::Ready(Ok(()));
             }
-            s.blocked = true;
+            s.blocked = Some(w);
             Poll::Pending
         })
         .await
@@ -108,7 +131,7 @@ impl Rx {
     pub async fn recv(&mut self) -> Option<Out> {
         poll_fn(|_| {
             let mut s = self.0.lock();
-            match s.items.pop_front() {
+            match s.pop() {
                 Some(it) => Poll::Ready(Some(it)),
                 None if !s.sender => Poll::Ready(None),
                 None => Poll::Pending,
@@ -119,7 +142,7 @@ impl Rx {
 
     /// The next item if one is queued.
     pub fn try_recv(&mut self) -> Option<Out> {
-        self.0.lock().items.pop_front()
+        self.0.lock().pop()
     }
 }
 
@@ -180,9 +203,11 @@ impl<T: Unpin> Future for Together<T> {
             // is gone, which it must learn of).
             let again = {
                 let mut s = me.shared.lock();
-                let again = s.blocked && (s.items.len() < me.shared.cap || !s.receiver);
+                let again = s
+                    .blocked
+                    .is_some_and(|w| s.fits(w, me.shared.cap) || !s.receiver);
                 if again {
-                    s.blocked = false;
+                    s.blocked = None;
                 }
                 again
             };
@@ -216,7 +241,7 @@ mod tests {
         let link = tx.link();
         let session = async move {
             for i in 0..1000 {
-                tx.send(item(i)).await.unwrap();
+                tx.send(item(i), 1).await.unwrap();
             }
             "session done"
         };
@@ -238,12 +263,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_bound_counts_replies_and_an_item_larger_than_it_enters_an_empty_queue() {
+        let (tx, mut rx) = pair(10);
+        let link = tx.link();
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+        let session = async move {
+            for i in 0..3 {
+                tx.send(item(i), 4).await.unwrap();
+            }
+            tx.send(item(3), 25).await.unwrap();
+            tx.send(item(4), 1).await.unwrap();
+        };
+        let writer = async move {
+            let (mut got, mut queued) = (Vec::new(), Vec::new());
+            loop {
+                // The session queues what fits meanwhile.
+                tokio::task::yield_now().await;
+                queued.push(rx.0.lock().weight);
+                match rx.recv().await {
+                    Some(o) => got.push(value(o)),
+                    None => break,
+                }
+            }
+            let _ = seen_tx.send((got, queued));
+        };
+        Together::new(link, session, writer).await;
+        let (got, queued) = seen_rx.await.unwrap();
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+        assert_eq!(queued[0], 8, "the third item of 4 waits: 12 > 10");
+        assert!(queued.iter().all(|&w| w <= 25), "{queued:?}");
+        assert!(
+            queued.contains(&25),
+            "the item of 25 entered once the queue was empty: {queued:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_writer_that_is_gone_fails_the_sessions_next_send() {
         let (tx, mut rx) = pair(1);
         let link = tx.link();
         let session = async move {
             let mut sent = 0;
-            while tx.send(item(sent)).await.is_ok() {
+            while tx.send(item(sent), 1).await.is_ok() {
                 sent += 1;
             }
             sent

@@ -57,8 +57,9 @@ pub(super) struct Session {
     shared_dirty: bool,
     run: Option<Run>,
     parsed: Vec<Parsed>,
-    /// Replies of cacheside's own not yet queued (sent as one item).
+    /// Replies of cacheside's own not yet queued (sent as one item), and how many.
     ready: BytesMut,
+    ready_n: usize,
     /// A hot-tier hit that must wait for the run before it (see `handle`).
     hits: BytesMut,
     /// Cached keys written by commands queued in the open transaction.
@@ -127,6 +128,7 @@ impl Session {
             run: None,
             parsed: Vec::new(),
             ready: BytesMut::new(),
+            ready_n: 0,
             hits: BytesMut::new(),
             multi_writes: Vec::new(),
             multi_cleanup: Vec::new(),
@@ -356,16 +358,11 @@ impl Session {
                 self.ctx.metrics.command(info.family, Outcome::Cached);
                 self.hot_answered += 1;
                 if direct {
-                    return Ok(());
+                    return self.gathered().await;
                 }
                 self.flush_run(chunk).await?;
-                if self.pinned_active {
-                    let bytes = self.hits.split().freeze();
-                    return self.reply(bytes).await;
-                }
-                self.ready.extend_from_slice(&self.hits);
-                self.hits.clear();
-                Ok(())
+                let bytes = self.hits.split().freeze();
+                self.reply(bytes).await
             }
             Decision::Fill(plan) => {
                 self.ctx.metrics.command(info.family, Outcome::Forwarded);

@@ -45,6 +45,17 @@ pub enum Out {
     Close,
 }
 
+impl Out {
+    /// The replies the item carries, for the queue's bound (gathered replies are counted by
+    /// the session, which gathers them).
+    pub fn replies(&self) -> usize {
+        match self {
+            Out::Upstream { count, .. } => *count as usize,
+            _ => 1,
+        }
+    }
+}
+
 /// What a batch does when its replies arrive, before the client sees them.
 #[derive(Debug, Default)]
 pub struct AfterReply {

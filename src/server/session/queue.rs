@@ -20,17 +20,29 @@ impl Session {
             }
         }
         self.ready.extend_from_slice(&bytes);
+        self.gathered().await
+    }
+
+    /// Counts a reply just gathered into `ready`; a full queue's worth is queued at once (and
+    /// waits for room), so a pipeline answered here is held back like one sent upstream.
+    pub(super) async fn gathered(&mut self) -> Result<(), Stop> {
+        self.ready_n += 1;
+        if self.ready_n >= self.ctx.max_pending_replies {
+            self.flush_ready().await?;
+        }
         Ok(())
     }
 
     /// Queues the gathered replies, if any.
     pub(super) async fn flush_ready(&mut self) -> Result<(), Stop> {
         if self.ready.is_empty() {
+            self.ready_n = 0;
             return Ok(());
         }
         let ready = self.ready.split().freeze();
+        let n = std::mem::take(&mut self.ready_n);
         self.out
-            .send(Out::Ready(ready))
+            .send(Out::Ready(ready), n)
             .await
             .map_err(|_| Stop { graceful: false })
     }
@@ -38,8 +50,9 @@ impl Session {
     /// Queues `item` after every reply gathered so far.
     pub(super) async fn queue(&mut self, item: Out) -> Result<(), Stop> {
         self.flush_ready().await?;
+        let replies = item.replies();
         self.out
-            .send(item)
+            .send(item, replies)
             .await
             .map_err(|_| Stop { graceful: false })
     }
@@ -56,17 +69,18 @@ impl Session {
             .map_err(|_| Stop { graceful: false })
     }
 
-    /// Waits for `rx`, reading ahead meanwhile (what is read is handled after), so that a
+    /// Waits for `done`, reading ahead meanwhile (what is read is handled after), so that a
     /// client that leaves, or that CLIENT KILL picks, ends the wait.
-    pub(super) async fn wait_reading<T>(
+    pub(super) async fn wait_reading<F: std::future::Future>(
         &mut self,
-        mut rx: oneshot::Receiver<T>,
-    ) -> Result<Result<T, oneshot::error::RecvError>, Stop> {
+        done: F,
+    ) -> Result<F::Output, Stop> {
         let me = self.me.client.clone();
         let mut killed = std::pin::pin!(me.killed());
+        let mut done = std::pin::pin!(done);
         loop {
             tokio::select! {
-                r = &mut rx => return Ok(r),
+                r = &mut done => return Ok(r),
                 () = &mut killed => return Err(Stop { graceful: false }),
                 r = self.rd.read_buf(&mut self.buf), if self.buf.len() <= self.ctx.max_query_buffer => {
                     if matches!(r, Ok(0) | Err(_)) {

@@ -48,7 +48,9 @@ impl Session {
         match span {
             Some(s) => {
                 if let Some(run) = &mut self.run {
-                    if run.dest == dest && run.span.end == s.start {
+                    // A run is one item of the reply queue: at most its bound long.
+                    let room = (run.count as usize) < self.ctx.max_pending_replies;
+                    if run.dest == dest && run.span.end == s.start && room {
                         run.span.end = s.end;
                         run.count += 1;
                         merge(&mut run.after, inv);
@@ -155,6 +157,13 @@ impl Session {
                 .await
             }
             Dest::Pinned => {
+                let window = self.ctx.max_pending_replies as u64;
+                let room = self.pinned.as_ref().and_then(|p| p.room(window.max(1)));
+                if let Some(room) = room {
+                    // A client that pipelines without reading its replies is read no further
+                    // until it does, as the reply queue holds it back on shared connections.
+                    self.wait_reading(room).await?;
+                }
                 let p = self
                     .pinned
                     .as_mut()

@@ -115,8 +115,12 @@ pub struct Pinned {
     reauth_at: Option<tokio::time::Instant>,
     /// Set by the relay at a `-READONLY` reply (see `demoted`).
     demoted: Arc<std::sync::atomic::AtomicBool>,
-    /// Requests fully answered, as the relay last published it (see `idle`).
+    /// Requests fully answered, as the relay last published it (see `idle`, `room`).
     completed: Arc<std::sync::atomic::AtomicU64>,
+    /// Notified by the relay when it publishes `completed`.
+    answered: Arc<tokio::sync::Notify>,
+    /// Requests written to the socket (`sent` counts them once declared).
+    written: u64,
     /// `release` was called and no `begin` since: no client's stream is attached.
     released: bool,
     /// The stream `begin` opened, without keeping it open (see `stream`).
@@ -147,13 +151,14 @@ impl Pinned {
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let demoted = Arc::default();
         let completed = Arc::default();
+        let answered = Arc::default();
         let task = tokio::spawn(relay::relay(
             rd,
             ctl_rx,
             addr.clone(),
             settings.command_timeout,
             Arc::clone(&demoted),
-            Arc::clone(&completed),
+            (Arc::clone(&completed), Arc::clone(&answered)),
         ));
         metrics.pinned_connections.inc();
         Ok(Self {
@@ -171,6 +176,8 @@ impl Pinned {
                 .map(|iam| tokio::time::Instant::now() + iam.reauth_delay()),
             demoted,
             completed,
+            answered,
+            written: 0,
             released: true,
             stream: None,
             released_at: 0,
@@ -297,9 +304,33 @@ impl Pinned {
             Ok(()) => self.wr.flush().await,
             e => e,
         };
+        self.written = self.sent;
         res.map_err(|e| UpstreamError::Unavailable {
             addr: self.addr.clone(),
             detail: e.to_string().into(),
+        })
+    }
+
+    /// `None` while at most `window` of the requests written are unanswered; else a wait until
+    /// that holds again. Redis reads a client's pipeline however far it is from reading the
+    /// replies; bounding what is outstanding here bounds what the relay keeps per request.
+    /// A relay that ends answers everything owed (with errors), which ends the wait.
+    pub fn room(&self, window: u64) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let (done, answered, written) = (
+            Arc::clone(&self.completed),
+            Arc::clone(&self.answered),
+            self.written,
+        );
+        let has_room = move || {
+            written.saturating_sub(done.load(std::sync::atomic::Ordering::Acquire)) <= window
+        };
+        if has_room() || self.dead || self.task.is_finished() {
+            return None;
+        }
+        Some(async move {
+            while !has_room() {
+                answered.notified().await;
+            }
         })
     }
 

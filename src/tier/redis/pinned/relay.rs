@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 struct Relay {
     /// Work by the request number whose reply it precedes.
@@ -43,8 +43,9 @@ struct Relay {
     /// Raised at a `-READONLY` reply: the node was demoted by a failover (see `Pinned::demoted`).
     demoted: Arc<AtomicBool>,
     /// `completed`, published once the control messages due by then are applied (a release
-    /// among them), for `Pinned::idle`.
+    /// among them), for `Pinned::idle` and `Pinned::room`, which waits on `answered`.
     published: Arc<AtomicU64>,
+    answered: Arc<Notify>,
 }
 
 impl Relay {
@@ -317,6 +318,8 @@ impl Relay {
 
     fn publish(&self) {
         self.published.store(self.completed, Ordering::Release);
+        // A stored permit when nobody waits: a load once one is stored.
+        self.answered.notify_one();
     }
 }
 
@@ -328,7 +331,7 @@ pub(super) async fn relay(
     addr: Arc<str>,
     timeout: std::time::Duration,
     demoted: Arc<AtomicBool>,
-    published: Arc<AtomicU64>,
+    (published, answered): (Arc<AtomicU64>, Arc<Notify>),
 ) -> UpstreamError {
     let mut r = Relay {
         before: VecDeque::new(),
@@ -349,6 +352,7 @@ pub(super) async fn relay(
         shards: HashSet::new(),
         demoted,
         published,
+        answered,
     };
     let err = run(&mut r, rd, addr).await;
     r.fail_owed(&err).await;
