@@ -11,14 +11,7 @@ use support::{query as q, Proxy};
 
 /// `calls=` of `command` in a node's INFO commandstats (0 when never called).
 fn calls(port: u16, command: &str) -> u64 {
-    let stats = cli(port, &["INFO", "commandstats"]);
-    stats
-        .lines()
-        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    support::command_calls(&cli(port, &["INFO", "commandstats"]), command)
 }
 
 /// The nodes that are replicas now.

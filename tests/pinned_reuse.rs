@@ -184,14 +184,7 @@ async fn transactions_moving_between_cluster_primaries_open_no_connection_each_t
     let calls = |cmd: &str| -> u64 {
         primaries
             .iter()
-            .map(|&p| {
-                cli(p, &["INFO", "commandstats"])
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-                    .and_then(|rest| rest.split(',').next())
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0)
-            })
+            .map(|&p| support::command_calls(&cli(p, &["INFO", "commandstats"]), cmd))
             .sum()
     };
     assert_eq!(calls("multi"), 180);

@@ -26,19 +26,6 @@ async fn pair() -> (RedisServer, RedisServer) {
     (primary, replica)
 }
 
-/// `calls=` of one command in INFO commandstats (0 when never called).
-async fn calls(server: &RedisServer, command: &str) -> u64 {
-    let mut c = server.direct().await;
-    let stats: String = q(&mut c, &["INFO", "commandstats"]).await;
-    let prefix = format!("cmdstat_{command}:calls=");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Waits until the replica holds `key` = `value`.
 async fn replicated(replica: &RedisServer, key: &str, value: &str) {
     let mut r = replica.direct().await;
@@ -65,7 +52,7 @@ async fn reads_go_to_the_reader_endpoint_and_writes_to_the_primary() {
     let mut c = proxy.client().await;
     let _: () = q(&mut c, &["SET", "k", "v1"]).await;
     replicated(&replica, "k", "v1").await;
-    let (gets_p, gets_r) = (calls(&primary, "get").await, calls(&replica, "get").await);
+    let (gets_p, gets_r) = (primary.calls("get").await, replica.calls("get").await);
     for _ in 0..20 {
         let v: String = q(&mut c, &["GET", "k"]).await;
         assert_eq!(v, "v1");
@@ -73,12 +60,12 @@ async fn reads_go_to_the_reader_endpoint_and_writes_to_the_primary() {
     let len: i64 = q(&mut c, &["STRLEN", "k"]).await;
     assert_eq!(len, 2);
     assert_eq!(
-        calls(&primary, "get").await,
+        primary.calls("get").await,
         gets_p,
         "a read went to the primary"
     );
-    assert_eq!(calls(&replica, "get").await - gets_r, 20);
-    assert_eq!(calls(&replica, "strlen").await, 1);
+    assert_eq!(replica.calls("get").await - gets_r, 20);
+    assert_eq!(replica.calls("strlen").await, 1);
     // Writes, read-modify-writes and transactions never go to the replica (it would refuse them).
     let n: i64 = q(&mut c, &["INCR", "n"]).await;
     assert_eq!(n, 1);
@@ -88,7 +75,7 @@ async fn reads_go_to_the_reader_endpoint_and_writes_to_the_primary() {
     pipe.atomic().set("t", "1").get("t");
     let (_, t): ((), String) = pipe.query_async(&mut c).await.unwrap();
     assert_eq!(t, "1");
-    assert_eq!(calls(&primary, "set").await, 2);
+    assert_eq!(primary.calls("set").await, 2);
     proxy.shutdown().await;
     support::assert_no_panics();
 }
@@ -127,12 +114,12 @@ async fn prefer_replica_falls_back_to_the_primary_and_replica_reports_the_replic
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let before = calls(&primary, "get").await;
+    let before = primary.calls("get").await;
     for _ in 0..5 {
         let v: String = q(&mut p, &["GET", "k"]).await;
         assert_eq!(v, "v");
     }
-    assert_eq!(calls(&primary, "get").await - before, 5);
+    assert_eq!(primary.calls("get").await - before, 5);
     // read_from = "replica" answers the replica's unavailability, and writes still work.
     let err = redis::cmd("GET")
         .arg("k")

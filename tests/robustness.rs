@@ -107,19 +107,9 @@ async fn a_request_read_while_a_transaction_drains_is_answered() {
 
 /// How many GETs Redis has run, once that count has stopped moving.
 async fn get_calls_settled(redis: &RedisServer) -> u64 {
-    let mut direct = redis.direct().await;
     let mut last = u64::MAX;
     loop {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut direct)
-            .await
-            .unwrap();
-        let calls = info
-            .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
-            .and_then(|l| l.split(',').next())
-            .map_or(0, |n| n.parse().unwrap());
+        let calls = redis.calls("get").await;
         if calls == last {
             return calls;
         }

@@ -361,8 +361,13 @@ impl Session {
                     return self.gathered().await;
                 }
                 self.flush_run(chunk).await?;
-                let bytes = self.hits.split().freeze();
-                self.reply(bytes).await
+                if self.pinned_active {
+                    let bytes = self.hits.split().freeze();
+                    return self.reply(bytes).await;
+                }
+                self.ready.extend_from_slice(&self.hits);
+                self.hits.clear();
+                self.gathered().await
             }
             Decision::Fill(plan) => {
                 self.ctx.metrics.command(info.family, Outcome::Forwarded);

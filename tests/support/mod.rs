@@ -182,6 +182,16 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// How many times the server ran `command` (lower case), from `INFO commandstats`.
+    pub async fn calls(&self, command: &str) -> u64 {
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut self.direct().await)
+            .await
+            .expect("INFO commandstats");
+        command_calls(&stats, command)
+    }
+
     /// A direct client, bypassing cacheside.
     pub async fn direct(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
@@ -217,6 +227,17 @@ fn redis_pid(port: u16) -> Option<u32> {
     text.lines()
         .find_map(|l| l.strip_prefix("process_id:"))
         .and_then(|p| p.trim().parse().ok())
+}
+
+/// `calls=` of `command` (lower case) in an `INFO commandstats` text; 0 when never called.
+pub fn command_calls(stats: &str, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Runs `f` until it returns true, at most `limit` (polling, never a fixed sleep).

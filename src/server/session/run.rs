@@ -158,7 +158,7 @@ impl Session {
             }
             Dest::Pinned => {
                 let window = self.ctx.max_pending_replies as u64;
-                let room = self.pinned.as_ref().and_then(|p| p.room(window.max(1)));
+                let room = self.pinned.as_ref().and_then(|p| p.room(window));
                 if let Some(room) = room {
                     // A client that pipelines without reading its replies is read no further
                     // until it does, as the reply queue holds it back on shared connections.
