@@ -177,6 +177,48 @@ async fn a_client_that_does_not_read_its_replies_is_not_read_further() {
     support::assert_no_panics();
 }
 
+/// A client that writes its whole pipeline before it reads a reply (redis-py's
+/// `pipeline.execute()`, `redis-cli --pipe`) gets every reply, on a shared connection and on a
+/// pinned one, although the pipeline and its replies are far larger than the sockets' buffers
+/// and than `server.max_pending_replies`: Redis buffers any amount of output, so a proxy that
+/// stopped reading while replies wait would leave both sides waiting for the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_writes_its_whole_pipeline_before_reading_gets_every_reply() {
+    const SENT: usize = 400_000;
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(&redis.url()).await;
+    let value = "v".repeat(32);
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg(&value)
+        .query_async(&mut redis.direct().await)
+        .await
+        .unwrap();
+    let reply = format!("$32\r\n{value}\r\n");
+    let pipeline = "*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".repeat(SENT);
+    for pinned in [false, true] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.set_send_buffer_size(4096).unwrap();
+        let mut c = socket.connect(proxy.addr).await.unwrap();
+        if pinned {
+            c.write_all(b"WATCH w\r\n").await.unwrap();
+            let mut ok = [0u8; 5];
+            c.read_exact(&mut ok).await.unwrap();
+            assert_eq!(&ok, b"+OK\r\n");
+        }
+        let mut got = vec![0u8; reply.len() * SENT];
+        tokio::time::timeout(Duration::from_secs(60), async {
+            c.write_all(pipeline.as_bytes()).await.unwrap();
+            c.read_exact(&mut got).await.unwrap();
+        })
+        .await
+        .unwrap_or_else(|_| panic!("pinned: {pinned}: the pipeline was not answered in 60 s"));
+        assert!(got.chunks(reply.len()).all(|r| r == reply.as_bytes()));
+    }
+    support::assert_no_panics();
+}
+
 /// Reply bytes a broken upstream or middlebox might send, pub/sub frames that answer nothing
 /// included: a reply that never comes is a timeout, on pinned connections too.
 fn upstream_bytes() -> impl Strategy<Value = Vec<u8>> {

@@ -10,7 +10,7 @@
 //! the replies it carries (a run of requests sent upstream, gathered replies of the proxy's
 //! own), at least one.
 //!
-//! Because they register no waker, [`Tx::send`] and [`Rx::recv`] must only be awaited inside
+//! Because they register no waker, [`Room::send`] and [`Rx::recv`] must only be awaited inside
 //! the [`Together`] that owns the pair.
 
 use super::writer::Out;
@@ -93,6 +93,39 @@ impl Tx {
         Link(self.0.clone())
     }
 
+    /// Queues `item`, which carries `replies` replies, if it fits now; gives it back if the
+    /// queue is full.
+    pub fn try_send(&self, item: Out, replies: usize) -> Result<(), TrySend> {
+        let mut s = self.0.lock();
+        if !s.receiver {
+            return Err(TrySend::Closed);
+        }
+        let w = replies.max(1);
+        if !s.fits(w, self.0.cap) {
+            return Err(TrySend::Full(item));
+        }
+        s.items.push_back((item, w));
+        s.weight += w;
+        Ok(())
+    }
+
+    /// A handle that waits for room (see [`Room::send`]) without borrowing this end, so the
+    /// session can watch its client while it waits.
+    pub fn room(&self) -> Room {
+        Room(self.0.clone())
+    }
+}
+
+/// Why [`Tx::try_send`] did not queue its item.
+pub enum TrySend {
+    Full(Out),
+    Closed,
+}
+
+/// Waits for room in a queue; dropping it closes nothing.
+pub struct Room(Arc<Shared>);
+
+impl Room {
     /// Queues `item`, which carries `replies` replies, waiting for room while the queue is
     /// full.
     pub async fn send(&self, item: Out, replies: usize) -> Result<(), Closed> {
@@ -241,7 +274,7 @@ mod tests {
         let link = tx.link();
         let session = async move {
             for i in 0..1000 {
-                tx.send(item(i), 1).await.unwrap();
+                tx.room().send(item(i), 1).await.unwrap();
             }
             "session done"
         };
@@ -269,10 +302,10 @@ mod tests {
         let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
         let session = async move {
             for i in 0..3 {
-                tx.send(item(i), 4).await.unwrap();
+                tx.room().send(item(i), 4).await.unwrap();
             }
-            tx.send(item(3), 25).await.unwrap();
-            tx.send(item(4), 1).await.unwrap();
+            tx.room().send(item(3), 25).await.unwrap();
+            tx.room().send(item(4), 1).await.unwrap();
         };
         let writer = async move {
             let (mut got, mut queued) = (Vec::new(), Vec::new());
@@ -304,7 +337,7 @@ mod tests {
         let link = tx.link();
         let session = async move {
             let mut sent = 0;
-            while tx.send(item(sent), 1).await.is_ok() {
+            while tx.room().send(item(sent), 1).await.is_ok() {
                 sent += 1;
             }
             sent

@@ -2,6 +2,7 @@
 
 use super::{Session, Stop};
 use crate::error::ProxyError;
+use crate::server::queue::TrySend;
 use crate::server::writer::Out;
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
@@ -41,19 +42,29 @@ impl Session {
         }
         let ready = self.ready.split().freeze();
         let n = std::mem::take(&mut self.ready_n);
-        self.out
-            .send(Out::Ready(ready), n)
-            .await
-            .map_err(|_| Stop { graceful: false })
+        self.push(Out::Ready(ready), n).await
     }
 
     /// Queues `item` after every reply gathered so far.
     pub(super) async fn queue(&mut self, item: Out) -> Result<(), Stop> {
         self.flush_ready().await?;
         let replies = item.replies();
-        self.out
-            .send(item, replies)
-            .await
+        self.push(item, replies).await
+    }
+
+    /// Queues `item`, which carries `replies` replies. While the queue is full the client's
+    /// replies wait for it to read them; what it sends meanwhile is read (and handled after),
+    /// so a client that writes its whole pipeline before reading a reply is not left waiting
+    /// on cacheside while cacheside waits on it. Nothing more goes upstream for it meanwhile.
+    async fn push(&mut self, item: Out, replies: usize) -> Result<(), Stop> {
+        let item = match self.out.try_send(item, replies) {
+            Ok(()) => return Ok(()),
+            Err(TrySend::Closed) => return Err(Stop { graceful: false }),
+            Err(TrySend::Full(item)) => item,
+        };
+        let room = self.out.room();
+        self.wait_reading(room.send(item, replies))
+            .await?
             .map_err(|_| Stop { graceful: false })
     }
 
