@@ -38,6 +38,11 @@ impl State {
         self.weight == 0 || self.weight + w <= cap
     }
 
+    fn push(&mut self, item: Out, w: usize) {
+        self.items.push_back((item, w));
+        self.weight += w;
+    }
+
     fn pop(&mut self) -> Option<Out> {
         let (item, w) = self.items.pop_front()?;
         self.weight -= w;
@@ -104,8 +109,7 @@ impl Tx {
         if !s.fits(w, self.0.cap) {
             return Err(TrySend::Full(item));
         }
-        s.items.push_back((item, w));
-        s.weight += w;
+        s.push(item, w);
         Ok(())
     }
 
@@ -138,8 +142,7 @@ impl Room {
             }
             if s.fits(w, self.0.cap) {
                 if let Some(it) = item.take() {
-                    s.items.push_back((it, w));
-                    s.weight += w;
+                    s.push(it, w);
                 }
                 return Poll::Ready(Ok(()));
             }
