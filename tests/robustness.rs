@@ -118,36 +118,39 @@ async fn get_calls_settled(redis: &RedisServer) -> u64 {
     }
 }
 
-/// A client that pipelines without reading its replies is read no further once
+/// A raw client with 4 KiB socket buffers (so the kernel holds little of what is in flight),
+/// under WATCH when `pinned` (its requests then go to a pinned connection).
+async fn small_buffered_client(proxy: &Proxy, pinned: bool) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    let mut c = socket.connect(proxy.addr).await.unwrap();
+    if pinned {
+        c.write_all(b"WATCH w\r\n").await.unwrap();
+        let mut ok = [0u8; 5];
+        c.read_exact(&mut ok).await.unwrap();
+        assert_eq!(&ok, b"+OK\r\n");
+    }
+    c
+}
+
+/// A client that pipelines without reading its replies has no more of it forwarded once
 /// `server.max_pending_replies` of them are outstanding, on a shared connection and on a pinned
 /// one (under WATCH) alike. Redis reads a pipeline however far behind its reader is; without
 /// the bound cacheside would forward all of it and keep its books on every request, for as
 /// long as the client sends. Then the client reads, and every reply arrives, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_does_not_read_its_replies_is_not_read_further() {
+async fn a_client_that_does_not_read_its_replies_has_no_more_of_its_pipeline_forwarded() {
     const SENT: usize = 20_000;
     let redis = RedisServer::start();
     let proxy = Proxy::start_with(&redis.url(), |c| c.server.max_pending_replies = 64).await;
     let value = "x".repeat(1024);
-    let _: () = redis::cmd("SET")
-        .arg("big")
-        .arg(&value)
-        .query_async(&mut redis.direct().await)
-        .await
-        .unwrap();
+    let _: () = support::query(&mut redis.direct().await, &["SET", "big", &value]).await;
     let one = "*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n";
     let reply = format!("$1024\r\n{value}\r\n");
     let mut before = 0;
     for pinned in [false, true] {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut c = socket.connect(proxy.addr).await.unwrap();
-        if pinned {
-            c.write_all(b"WATCH w\r\n").await.unwrap();
-            let mut ok = [0u8; 5];
-            c.read_exact(&mut ok).await.unwrap();
-            assert_eq!(&ok, b"+OK\r\n");
-        }
+        let c = small_buffered_client(&proxy, pinned).await;
         let (mut rd, mut wr) = c.into_split();
         let pipeline = one.repeat(SENT);
         let writing = tokio::spawn(async move {
@@ -188,25 +191,11 @@ async fn a_client_that_writes_its_whole_pipeline_before_reading_gets_every_reply
     let redis = RedisServer::start();
     let proxy = Proxy::start(&redis.url()).await;
     let value = "v".repeat(32);
-    let _: () = redis::cmd("SET")
-        .arg("k")
-        .arg(&value)
-        .query_async(&mut redis.direct().await)
-        .await
-        .unwrap();
+    let _: () = support::query(&mut redis.direct().await, &["SET", "k", &value]).await;
     let reply = format!("$32\r\n{value}\r\n");
     let pipeline = "*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".repeat(SENT);
     for pinned in [false, true] {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket.set_send_buffer_size(4096).unwrap();
-        let mut c = socket.connect(proxy.addr).await.unwrap();
-        if pinned {
-            c.write_all(b"WATCH w\r\n").await.unwrap();
-            let mut ok = [0u8; 5];
-            c.read_exact(&mut ok).await.unwrap();
-            assert_eq!(&ok, b"+OK\r\n");
-        }
+        let mut c = small_buffered_client(&proxy, pinned).await;
         let mut got = vec![0u8; reply.len() * SENT];
         tokio::time::timeout(Duration::from_secs(60), async {
             c.write_all(pipeline.as_bytes()).await.unwrap();

@@ -160,8 +160,9 @@ impl Session {
                 let window = self.ctx.max_pending_replies as u64;
                 let room = self.pinned.as_ref().and_then(|p| p.room(window));
                 if let Some(room) = room {
-                    // A client that pipelines without reading its replies is read no further
-                    // until it does, as the reply queue holds it back on shared connections.
+                    // A client that pipelines without reading its replies has nothing more
+                    // sent until it reads (what it sends meanwhile is read, and handled after),
+                    // as the reply queue holds it back on shared connections.
                     self.wait_reading(room).await?;
                 }
                 let p = self
