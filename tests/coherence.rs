@@ -164,3 +164,82 @@ async fn a_write_is_acknowledged_only_once_every_sidecar_has_its_announcement() 
     drop(others);
     support::assert_no_panics();
 }
+
+/// A write whose reply the client turned off (`CLIENT REPLY OFF`, `SKIP`) is announced once it
+/// has run, though no reply of the client's follows it; and a reply the client does see after
+/// it (`CLIENT REPLY ON`'s) comes only once every sidecar has the announcement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_without_a_reply_is_announced_and_what_follows_it_is_fenced() {
+    use redis::AsyncCommands;
+    let redis = RedisServer::start_with(&["--io-threads", "4"]);
+    let url = redis.url();
+    let start = || {
+        support::Proxy::start_with(&url, |c| {
+            c.hot.coherence = "broadcast".into();
+            c.cache = vec![support::cache_rule("off:*", 60)];
+        })
+    };
+    let (a, b) = (start().await, start().await);
+    support::history::wait_coherent(&a).await;
+    support::history::wait_coherent(&b).await;
+    let others = subscribers(&redis, 400, 402).await;
+    let mut cb = b.client().await;
+    let mut direct = redis.direct().await;
+    let mut raw = a.raw().await;
+    let cached = async |cb: &mut redis::aio::MultiplexedConnection| {
+        for _ in 0..2 {
+            let _: Option<String> = cb.get("off:k").await.unwrap();
+        }
+    };
+    // Replies off, and nothing sent after the write: it is announced all the same.
+    for (mode, value) in [("OFF", "v1"), ("SKIP", "v2")] {
+        cached(&mut cb).await;
+        raw.send(format!("CLIENT REPLY {mode}\r\nSET off:k {value}\r\n").as_bytes())
+            .await;
+        assert!(
+            support::eventually(Duration::from_secs(5), async || {
+                direct
+                    .get::<_, Option<String>>("off:k")
+                    .await
+                    .unwrap()
+                    .as_deref()
+                    == Some(value)
+            })
+            .await
+        );
+        let seen = support::eventually(Duration::from_secs(5), async || {
+            cb.get::<_, Option<String>>("off:k")
+                .await
+                .unwrap()
+                .as_deref()
+                == Some(value)
+        })
+        .await;
+        assert!(
+            seen,
+            "REPLY {mode}: B still serves the value before {value}"
+        );
+        if mode == "OFF" {
+            raw.send(b"CLIENT REPLY ON\r\n").await;
+            raw.expect(b"+OK\r\n").await;
+        }
+    }
+    // The first reply after writes under REPLY OFF comes once B has their announcement.
+    let mut stale = 0;
+    for i in 0..100 {
+        cached(&mut cb).await;
+        raw.send(format!("CLIENT REPLY OFF\r\nSET off:k {i}\r\nCLIENT REPLY ON\r\n").as_bytes())
+            .await;
+        raw.expect(b"+OK\r\n").await;
+        let v: Option<String> = cb.get("off:k").await.unwrap();
+        if v != Some(i.to_string()) {
+            stale += 1;
+        }
+    }
+    assert_eq!(
+        stale, 0,
+        "reads through B older than the reply that followed the write"
+    );
+    drop(others);
+    support::assert_no_panics();
+}

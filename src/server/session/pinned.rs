@@ -154,6 +154,8 @@ impl Session {
                 self.reroute(voids, &cleanup)
             })
             .flatten();
+        // The hot tier's work for this request's writes, done before its reply is relayed.
+        let mut work: Option<crate::tier::redis::BeforeReply> = None;
         if let Some(p) = &mut self.pinned {
             use crate::protocol::{Pin, Route};
             match info.route {
@@ -177,29 +179,28 @@ impl Session {
             if let (false, Some(hot)) = (writes.is_empty(), self.ctx.router.hot()) {
                 // Before the client sees the reply: the keys evicted again (fills that
                 // raced the write fail), and the transaction's PUBLISH fenced or, when none
-                // went with the writes, the writes announced.
+                // went with the writes, the writes announced (fenced) once they ran.
                 let (hot, fence) = (hot.clone(), publish.is_some());
-                p.before_reply(Box::pin(async move {
+                work = Some(Box::pin(async move {
                     if fence {
                         if !hot.fence_published().await {
                             tracing::warn!("a transaction's invalidation was not fenced");
                         }
-                    } else if replying && hot.broadcast().is_some() {
-                        // The writes ran; announced, and answered, before the client sees
-                        // the reply.
+                    } else if hot.broadcast().is_some() {
                         let keys: Vec<Bytes> =
                             writes.iter().flat_map(|w| w.keys().to_vec()).collect();
                         let flush = writes.iter().any(|w| w.flush());
                         if !hot.announce(keys, flush).await {
                             tracing::warn!("a pinned write's invalidation was not announced");
                         }
-                    } else {
-                        hot.announce_pinned_writes(&writes);
                     }
                     for w in writes {
                         w.complete().await;
                     }
                 }));
+                if replying {
+                    p.before_reply(work.take().expect("set above"));
+                }
             }
         }
         // Cluster mode: a blocking command goes alone, and a redirection of it comes back here.
@@ -212,6 +213,13 @@ impl Session {
         }
         if watch.is_some() {
             self.flush_run(chunk).await?;
+        }
+        if let Some(work) = work {
+            // A write whose reply the client does not get (CLIENT REPLY OFF or SKIP): a
+            // request of cacheside's own follows it, whose unseen reply shows it ran; the work
+            // (the announcement) is done then, and anything the client sees after waits for it.
+            self.flush_run(chunk).await?;
+            self.probe_reply(work).await?;
         }
         // With CLIENT REPLY OFF the upstream would not answer them either: skipped.
         if !cleanup.is_empty() && self.st.reply_mode == crate::router::ReplyMode::On {
@@ -235,6 +243,30 @@ impl Session {
             self.follow_redirects(rx, &req, info, key, started).await?;
         }
         Ok(())
+    }
+
+    /// Sends a request of cacheside's own whose reply (unseen) follows everything sent before
+    /// it, with `work` done before that reply is taken: a `PING` once replies are on again
+    /// (after a SKIP), else `CLIENT REPLY ON` (answered) and `CLIENT REPLY OFF` (not).
+    async fn probe_reply(&mut self, work: crate::tier::redis::BeforeReply) -> Result<(), Stop> {
+        use crate::protocol::reply::Expect;
+        use crate::protocol::request::encode_command;
+        let Some(p) = &mut self.pinned else {
+            return Ok(());
+        };
+        let cmd = if self.st.reply_mode == crate::router::ReplyMode::On {
+            p.expect(Expect::Hidden);
+            p.before_reply(work);
+            encode_command(&["PING"])
+        } else {
+            p.expect(Expect::Hidden);
+            p.before_reply(work);
+            p.expect(Expect::Frames(0));
+            let mut both = encode_command(&["CLIENT", "REPLY", "ON"]).to_vec();
+            both.extend_from_slice(&encode_command(&["CLIENT", "REPLY", "OFF"]));
+            Bytes::from(both)
+        };
+        self.send_to(Dest::Pinned, cmd, 1, None).await
     }
 
     /// Opens (or reuses) the pinned connection and starts relaying its frames to the client,

@@ -1,6 +1,6 @@
 //! Broadcast coherence, sending side: announcing the keys this sidecar's writes changed.
 
-use super::{channels, HotTier, Publish, WriteGuard};
+use super::{channels, HotTier, Publish};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -126,22 +126,6 @@ impl HotTier {
         match (self.broadcast.get(), self.publisher.get()) {
             (Some(b), Some(publish)) => publish(b.fence()).await.is_some(),
             _ => true,
-        }
-    }
-
-    /// Announces writes on a pinned connection whose reply the client does not get (`CLIENT
-    /// REPLY OFF`/`SKIP`), in broadcast mode, without waiting: there is no reply to hold back.
-    pub fn announce_pinned_writes(&self, writes: &[WriteGuard]) {
-        let keys: Vec<Bytes> = writes
-            .iter()
-            .flat_map(|w| w.keys().iter().cloned())
-            .collect();
-        let flush = writes.iter().any(|w| w.flush());
-        if let (Some(cmd), Some(publish)) =
-            (self.broadcast_command(&keys, flush), self.publisher.get())
-        {
-            // Queued at once; the reply is not awaited.
-            drop(publish(cmd));
         }
     }
 }
