@@ -61,6 +61,21 @@ async fn no_read_is_older_than_an_acknowledged_write_with_broadcast_on_io_thread
     drop(others);
 }
 
+/// Two sidecars in broadcast mode caching `keys` (TTL 60 s), each hearing announcements.
+async fn broadcast_pair(redis: &RedisServer, keys: &str) -> (support::Proxy, support::Proxy) {
+    let url = redis.url();
+    let start = || {
+        support::Proxy::start_with(&url, |c| {
+            c.hot.coherence = "broadcast".into();
+            c.cache = vec![support::cache_rule(keys, 60)];
+        })
+    };
+    let (a, b) = (start().await, start().await);
+    support::history::wait_coherent(&a).await;
+    support::history::wait_coherent(&b).await;
+    (a, b)
+}
+
 /// `n` connections subscribed to the invalidation channel that never read, once the channel
 /// counts `total` subscribers.
 async fn subscribers(redis: &RedisServer, n: usize, total: i64) -> Vec<tokio::net::TcpStream> {
@@ -103,16 +118,7 @@ async fn a_write_is_acknowledged_only_once_every_sidecar_has_its_announcement() 
     // messages of a turn in parallel: a PUBLISH's reply may go out before other subscribers'
     // messages even when the write's own reply made it wait behind them.
     let redis = RedisServer::start_with(&["--io-threads", "4"]);
-    let url = redis.url();
-    let start = || {
-        support::Proxy::start_with(&url, |c| {
-            c.hot.coherence = "broadcast".into();
-            c.cache = vec![support::cache_rule("fan:*", 60)];
-        })
-    };
-    let (a, b) = (start().await, start().await);
-    support::history::wait_coherent(&a).await;
-    support::history::wait_coherent(&b).await;
+    let (a, b) = broadcast_pair(&redis, "fan:*").await;
     // Subscribers that never read: 400 writes of each message ahead of B's.
     let others = subscribers(&redis, 400, 402).await;
     let (mut ca, mut cb) = (a.client().await, b.client().await);
@@ -172,16 +178,7 @@ async fn a_write_is_acknowledged_only_once_every_sidecar_has_its_announcement() 
 async fn a_write_without_a_reply_is_announced_and_what_follows_it_is_fenced() {
     use redis::AsyncCommands;
     let redis = RedisServer::start_with(&["--io-threads", "4"]);
-    let url = redis.url();
-    let start = || {
-        support::Proxy::start_with(&url, |c| {
-            c.hot.coherence = "broadcast".into();
-            c.cache = vec![support::cache_rule("off:*", 60)];
-        })
-    };
-    let (a, b) = (start().await, start().await);
-    support::history::wait_coherent(&a).await;
-    support::history::wait_coherent(&b).await;
+    let (a, b) = broadcast_pair(&redis, "off:*").await;
     let others = subscribers(&redis, 400, 402).await;
     let mut cb = b.client().await;
     let mut direct = redis.direct().await;
