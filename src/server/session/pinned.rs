@@ -254,13 +254,11 @@ impl Session {
         let Some(p) = &mut self.pinned else {
             return Ok(());
         };
+        p.expect(Expect::Hidden);
+        p.before_reply(work);
         let cmd = if self.st.reply_mode == crate::router::ReplyMode::On {
-            p.expect(Expect::Hidden);
-            p.before_reply(work);
             encode_command(&["PING"])
         } else {
-            p.expect(Expect::Hidden);
-            p.before_reply(work);
             p.expect(Expect::Frames(0));
             let mut both = encode_command(&["CLIENT", "REPLY", "ON"]).to_vec();
             both.extend_from_slice(&encode_command(&["CLIENT", "REPLY", "OFF"]));
