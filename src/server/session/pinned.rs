@@ -180,6 +180,7 @@ impl Session {
                 // Before the client sees the reply: the keys evicted again (fills that
                 // raced the write fail), and the transaction's PUBLISH fenced or, when none
                 // went with the writes, the writes announced (fenced) once they ran.
+                let broadcast = hot.broadcast().is_some();
                 let (hot, fence) = (hot.clone(), publish.is_some());
                 work = Some(Box::pin(async move {
                     if fence {
@@ -198,7 +199,10 @@ impl Session {
                         w.complete().await;
                     }
                 }));
-                if replying {
+                // Without a reply, in broadcast mode, the work waits for a probe (below);
+                // otherwise it is done at this request's reply or, with none, the next one
+                // (tracking mode needs no announcement: Redis invalidates by itself).
+                if replying || !broadcast {
                     p.before_reply(work.take().expect("set above"));
                 }
             }
